@@ -1,0 +1,252 @@
+//! Events a gateway sends up, and what head office answers.
+//!
+//! Every event carries the gateway's sequence number, contiguous from 1 and never reused. Head
+//! office stores each (gateway, seq) once and acknowledges the ranges it has *committed*; the
+//! gateway deletes from its outbox only what is acknowledged.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{DecodeError, MemberRecord, SCHEMA_VERSION, topics::valid_id};
+
+/// One event with its place in the gateway's sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    /// Wall-clock time at the gateway, milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub body: EventBody,
+}
+
+/// What happened. Tagged by `type` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventBody {
+    /// A member's visit started.
+    Arrive {
+        member_id: String,
+        zone: String,
+        visit_id: String,
+    },
+    /// A member's visit ended after `dwell_s` seconds.
+    Depart {
+        member_id: String,
+        zone: String,
+        visit_id: String,
+        dwell_s: u64,
+    },
+    /// A rule raised a clerk alert.
+    AlertRaised {
+        alert_id: String,
+        rule: String,
+        member_id: String,
+        priority: AlertPriority,
+        message: String,
+    },
+    /// Anonymous footfall: distinct non-member devices heard in an interval (never their addresses).
+    Footfall {
+        interval_s: u64,
+        unique_devices: u64,
+    },
+    /// The gateway started (after boot, crash or upgrade).
+    GatewayStarted { version: String },
+}
+
+impl EventBody {
+    /// Short name of the variant, as used in metrics labels and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventBody::Arrive { .. } => "arrive",
+            EventBody::Depart { .. } => "depart",
+            EventBody::AlertRaised { .. } => "alert_raised",
+            EventBody::Footfall { .. } => "footfall",
+            EventBody::GatewayStarted { .. } => "gateway_started",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertPriority {
+    Low,
+    Normal,
+    High,
+}
+
+/// Events published together on [`crate::topics::events`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub v: u32,
+    pub gateway_id: String,
+    pub store_id: String,
+    pub events: Vec<Event>,
+}
+
+impl EventBatch {
+    /// Decodes and checks a batch: ids well-formed, sequence numbers positive and strictly rising.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let batch: EventBatch = crate::decode(bytes)?;
+        if batch.v > SCHEMA_VERSION {
+            return Err(DecodeError::Version(batch.v));
+        }
+        if !valid_id(&batch.gateway_id) || !valid_id(&batch.store_id) {
+            return Err(DecodeError::Invalid("gateway_id or store_id"));
+        }
+        let mut prev = 0u64;
+        for e in &batch.events {
+            if e.seq <= prev {
+                return Err(DecodeError::Invalid("sequence numbers must rise and start at 1"));
+            }
+            prev = e.seq;
+        }
+        Ok(batch)
+    }
+}
+
+/// An inclusive range of sequence numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRange {
+    pub first: u64,
+    pub last: u64,
+}
+
+/// Head office → gateway, sent only after the events are committed at head office.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    pub v: u32,
+    pub gateway_id: String,
+    /// Ranges now durable at head office (including ones it already had: duplicates).
+    pub ranges: Vec<SeqRange>,
+    /// Highest sequence number head office has ever committed for this gateway. A gateway never
+    /// issues a number at or below it, even if its own database was rolled back.
+    pub high_water: u64,
+}
+
+impl Ack {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let ack: Ack = crate::decode(bytes)?;
+        if ack.v > SCHEMA_VERSION {
+            return Err(DecodeError::Version(ack.v));
+        }
+        if ack.ranges.iter().any(|r| r.first == 0 || r.first > r.last) {
+            return Err(DecodeError::Invalid("ack range"));
+        }
+        Ok(ack)
+    }
+}
+
+/// Retained on [`crate::topics::status`]; the offline form is also the gateway's last will.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    pub v: u32,
+    pub gateway_id: String,
+    pub store_id: String,
+    pub online: bool,
+}
+
+/// Retained on [`crate::topics::members`]: the store's member set is at `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MembersNotice {
+    pub v: u32,
+    pub store_id: String,
+    pub version: u64,
+}
+
+/// The whole member set of a store at a version, served by head office over HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberSnapshot {
+    pub v: u32,
+    pub store_id: String,
+    pub version: u64,
+    pub members: Vec<MemberRecord>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_json(seqs: &[u64]) -> Vec<u8> {
+        let events: Vec<Event> = seqs
+            .iter()
+            .map(|&seq| Event {
+                seq,
+                at_ms: 1_700_000_000_000,
+                body: EventBody::Arrive {
+                    member_id: "M1".into(),
+                    zone: "entrance".into(),
+                    visit_id: "v1".into(),
+                },
+            })
+            .collect();
+        serde_json::to_vec(&EventBatch {
+            v: SCHEMA_VERSION,
+            gateway_id: "gw-1".into(),
+            store_id: "s-1".into(),
+            events,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_event_is_flat_json_tagged_by_type() {
+        let e = Event {
+            seq: 7,
+            at_ms: 5,
+            body: EventBody::Depart {
+                member_id: "M1".into(),
+                zone: "till".into(),
+                visit_id: "v".into(),
+                dwell_s: 30,
+            },
+        };
+        let v: serde_json::Value = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "depart");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["dwell_s"], 30);
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn a_well_formed_batch_decodes() {
+        let b = EventBatch::decode(&batch_json(&[1, 2, 5])).unwrap();
+        assert_eq!(b.events.len(), 3);
+    }
+
+    #[test]
+    fn batches_with_bad_sequences_are_refused() {
+        for seqs in [&[0u64][..], &[2, 2], &[3, 1]] {
+            assert!(matches!(
+                EventBatch::decode(&batch_json(seqs)),
+                Err(DecodeError::Invalid(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn truncated_oversized_and_future_payloads_are_refused() {
+        let full = batch_json(&[1]);
+        assert!(matches!(
+            EventBatch::decode(&full[..full.len() / 2]),
+            Err(DecodeError::Malformed(_))
+        ));
+        let big = vec![b' '; crate::MAX_PAYLOAD_BYTES + 1];
+        assert!(matches!(
+            EventBatch::decode(&big),
+            Err(DecodeError::TooLarge(_))
+        ));
+        let future = String::from_utf8(full).unwrap().replace("\"v\":1", "\"v\":99");
+        assert!(matches!(
+            EventBatch::decode(future.as_bytes()),
+            Err(DecodeError::Version(99))
+        ));
+    }
+
+    #[test]
+    fn acks_with_inverted_ranges_are_refused() {
+        let bad = br#"{"v":1,"gateway_id":"g","ranges":[{"first":5,"last":2}],"high_water":5}"#;
+        assert!(Ack::decode(bad).is_err());
+        let good = br#"{"v":1,"gateway_id":"g","ranges":[{"first":1,"last":2}],"high_water":5}"#;
+        assert_eq!(Ack::decode(good).unwrap().high_water, 5);
+    }
+}

@@ -1,0 +1,340 @@
+//! The member record: the NDJSON import format (agent `members import`, head office
+//! `POST /api/members`) and the element of a store's member snapshot.
+//!
+//! ```json
+//! {"member_id":"M1001","display_name":"Ms. Li","tier":"platinum","stage":"value","tags":["linen"],
+//!  "consent":{"presence":true},
+//!  "identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2},
+//!                 {"kind":"eddystone_uid","namespace":"edd1ebeac04e5defa017","instance":"0000000004d2"},
+//!                 {"kind":"mac","address":"C0:11:22:33:44:55"},
+//!                 {"kind":"irk","irk":"ec0234a357c8ad05341010a60a397d9b"}]}
+//! ```
+//! `consent.presence` defaults to `false`: a member imported without consent is never tracked.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRecord {
+    pub member_id: String,
+    /// The name as the member wants to be greeted.
+    pub display_name: String,
+    pub tier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub consent: Consent,
+    #[serde(default)]
+    pub identifiers: Vec<Identifier>,
+    /// `MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub birthday: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_purchase: Option<LastPurchase>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    #[serde(default)]
+    pub presence: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastPurchase {
+    /// ISO date, `YYYY-MM-DD`.
+    pub date: String,
+    pub summary: String,
+}
+
+/// How a member's device can be recognised, as written in the import format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Identifier {
+    Ibeacon { uuid: String, major: u16, minor: u16 },
+    EddystoneUid { namespace: String, instance: String },
+    Mac { address: String },
+    Irk { irk: String },
+}
+
+/// The parsed, normalised form of an [`Identifier`]: what the gateway's index is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdentifierKey {
+    Ibeacon { uuid: [u8; 16], major: u16, minor: u16 },
+    EddystoneUid { namespace: [u8; 10], instance: [u8; 6] },
+    Mac([u8; 6]),
+    /// Identity resolving key, most significant byte first (as the Core specification writes it).
+    Irk([u8; 16]),
+}
+
+pub const STAGES: [&str; 5] = ["acquire", "activate", "stick", "value", "refer"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberError {
+    #[error("not a member record: {0}")]
+    Json(String),
+    #[error("member_id must be 1-128 printable characters")]
+    MemberId,
+    #[error("display_name must not be empty")]
+    DisplayName,
+    #[error("tier must not be empty")]
+    Tier,
+    #[error("unknown stage {0:?} (expected one of acquire, activate, stick, value, refer)")]
+    Stage(String),
+    #[error("birthday {0:?} is not MM-DD")]
+    Birthday(String),
+    #[error("identifier {index}: {reason}")]
+    Identifier { index: usize, reason: String },
+    #[error("identifier {index} is already used by member {other}")]
+    DuplicateIdentifier { index: usize, other: String },
+}
+
+/// A line of an NDJSON import that was skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    pub error: MemberError,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.error)
+    }
+}
+
+impl Identifier {
+    pub fn key(&self) -> Result<IdentifierKey, String> {
+        match self {
+            Identifier::Ibeacon { uuid, major, minor } => Ok(IdentifierKey::Ibeacon {
+                uuid: parse_uuid(uuid)?,
+                major: *major,
+                minor: *minor,
+            }),
+            Identifier::EddystoneUid {
+                namespace,
+                instance,
+            } => Ok(IdentifierKey::EddystoneUid {
+                namespace: hex_array(namespace, "namespace")?,
+                instance: hex_array(instance, "instance")?,
+            }),
+            Identifier::Mac { address } => Ok(IdentifierKey::Mac(parse_mac(address)?)),
+            Identifier::Irk { irk } => Ok(IdentifierKey::Irk(hex_array(irk, "irk")?)),
+        }
+    }
+}
+
+impl MemberRecord {
+    /// Checks every field and returns the identifiers in normalised form.
+    pub fn validate(&self) -> Result<Vec<IdentifierKey>, MemberError> {
+        let id = &self.member_id;
+        if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+            return Err(MemberError::MemberId);
+        }
+        if self.display_name.trim().is_empty() {
+            return Err(MemberError::DisplayName);
+        }
+        if self.tier.trim().is_empty() {
+            return Err(MemberError::Tier);
+        }
+        if let Some(stage) = &self.stage
+            && !STAGES.contains(&stage.as_str())
+        {
+            return Err(MemberError::Stage(stage.clone()));
+        }
+        if let Some(b) = &self.birthday
+            && !valid_birthday(b)
+        {
+            return Err(MemberError::Birthday(b.clone()));
+        }
+        self.identifiers
+            .iter()
+            .enumerate()
+            .map(|(index, i)| i.key().map_err(|reason| MemberError::Identifier { index, reason }))
+            .collect()
+    }
+}
+
+/// Parses NDJSON member records. Blank lines are ignored; a line that fails to parse or validate,
+/// or that claims an identifier an earlier line already holds, is reported and skipped.
+pub fn parse_ndjson(text: &str) -> (Vec<MemberRecord>, Vec<LineError>) {
+    let mut members = Vec::new();
+    let mut errors = Vec::new();
+    let mut owners: HashMap<IdentifierKey, String> = HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = serde_json::from_str::<MemberRecord>(line)
+            .map_err(|e| MemberError::Json(e.to_string()))
+            .and_then(|m| m.validate().map(|keys| (m, keys)));
+        let (member, keys) = match result {
+            Ok(ok) => ok,
+            Err(error) => {
+                errors.push(LineError {
+                    line: line_no,
+                    error,
+                });
+                continue;
+            }
+        };
+        let clash = keys.iter().enumerate().find_map(|(index, k)| {
+            owners
+                .get(k)
+                .filter(|other| **other != member.member_id)
+                .map(|other| MemberError::DuplicateIdentifier {
+                    index,
+                    other: other.clone(),
+                })
+        });
+        if let Some(error) = clash {
+            errors.push(LineError {
+                line: line_no,
+                error,
+            });
+            continue;
+        }
+        for k in keys {
+            owners.insert(k, member.member_id.clone());
+        }
+        members.push(member);
+    }
+    (members, errors)
+}
+
+fn valid_birthday(s: &str) -> bool {
+    let Some((m, d)) = s.split_once('-') else {
+        return false;
+    };
+    let (Ok(m), Ok(d)) = (m.parse::<u8>(), d.parse::<u8>()) else {
+        return false;
+    };
+    s.len() == 5 && (1..=12).contains(&m) && (1..=31).contains(&d)
+}
+
+fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
+    let bytes = hex::decode(s).map_err(|_| format!("{what} is not hexadecimal"))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{what} must be {} hex characters", N * 2))
+}
+
+/// Accepts `f7826da6-4fa2-4e98-8024-bc5b71e0893e` or the same 32 hex digits without hyphens.
+pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    let compact: String = s.chars().filter(|c| *c != '-').collect();
+    if compact.len() != 32 || (s.len() != 32 && s.len() != 36) {
+        return Err("uuid must be 32 hex digits, optionally hyphenated".into());
+    }
+    hex_array(&compact, "uuid")
+}
+
+/// Formats 16 bytes as a lowercase hyphenated UUID.
+pub fn format_uuid(b: &[u8; 16]) -> String {
+    let h = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Accepts `C0:11:22:33:44:55` (or with `-`), most significant byte first.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2) {
+        return Err("address must be six colon-separated hex bytes".into());
+    }
+    let mut out = [0u8; 6];
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).map_err(|_| "address is not hexadecimal".to_string())?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BRIEF_EXAMPLE: &str = r#"{"member_id":"M1001","display_name":"Ms. Li","tier":"platinum","stage":"value","tags":["linen"],"consent":{"presence":true},"identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2},{"kind":"eddystone_uid","namespace":"edd1ebeac04e5defa017","instance":"0000000004d2"},{"kind":"mac","address":"C0:11:22:33:44:55"},{"kind":"irk","irk":"ec0234a357c8ad05341010a60a397d9b"}]}"#;
+
+    #[test]
+    fn the_brief_example_parses_into_four_keys() {
+        let (members, errors) = parse_ndjson(BRIEF_EXAMPLE);
+        assert!(errors.is_empty(), "{errors:?}");
+        let keys = members[0].validate().unwrap();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(
+            keys[0],
+            IdentifierKey::Ibeacon {
+                uuid: parse_uuid("f7826da64fa24e988024bc5b71e0893e").unwrap(),
+                major: 1,
+                minor: 2
+            }
+        );
+        assert_eq!(
+            keys[2],
+            IdentifierKey::Mac([0xC0, 0x11, 0x22, 0x33, 0x44, 0x55])
+        );
+        let IdentifierKey::Irk(irk) = keys[3] else {
+            panic!("not an irk")
+        };
+        assert_eq!(irk[0], 0xec, "most significant byte first");
+        assert!(members[0].consent.presence);
+    }
+
+    #[test]
+    fn bad_lines_are_reported_with_their_number_and_the_rest_imported() {
+        let text = format!(
+            "{BRIEF_EXAMPLE}\n\nnot json\n{}\n{}\n{}\n",
+            r#"{"member_id":"M2","display_name":"A","tier":"gold","identifiers":[{"kind":"mac","address":"zz"}]}"#,
+            r#"{"member_id":"M3","display_name":"B","tier":"gold","identifiers":[{"kind":"mac","address":"C0:11:22:33:44:55"}]}"#,
+            r#"{"member_id":"M4","display_name":"C","tier":"silver"}"#,
+        );
+        let (members, errors) = parse_ndjson(&text);
+        let ids: Vec<_> = members.iter().map(|m| m.member_id.as_str()).collect();
+        assert_eq!(ids, ["M1001", "M4"]);
+        let lines: Vec<_> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [3, 4, 5]);
+        assert!(matches!(
+            errors[2].error,
+            MemberError::DuplicateIdentifier { .. }
+        ));
+        assert!(!members[1].consent.presence, "consent defaults to no");
+    }
+
+    #[test]
+    fn field_validation_names_the_problem() {
+        let base: MemberRecord = serde_json::from_str(BRIEF_EXAMPLE).unwrap();
+        let mut m = base.clone();
+        m.stage = Some("loyal".into());
+        assert_eq!(m.validate(), Err(MemberError::Stage("loyal".into())));
+        let mut m = base.clone();
+        m.birthday = Some("13-01".into());
+        assert!(matches!(m.validate(), Err(MemberError::Birthday(_))));
+        let mut m = base.clone();
+        m.identifiers = vec![Identifier::Irk { irk: "ec02".into() }];
+        assert!(matches!(
+            m.validate(),
+            Err(MemberError::Identifier { index: 0, .. })
+        ));
+        let mut m = base;
+        m.member_id = String::new();
+        assert_eq!(m.validate(), Err(MemberError::MemberId));
+    }
+
+    #[test]
+    fn uuids_format_and_parse_back() {
+        let u = parse_uuid("F7826DA6-4FA2-4E98-8024-BC5B71E0893E").unwrap();
+        assert_eq!(format_uuid(&u), "f7826da6-4fa2-4e98-8024-bc5b71e0893e");
+        assert!(parse_uuid("f7826da6-4fa2-4e98-8024-bc5b71e0893").is_err());
+    }
+}
