@@ -90,6 +90,9 @@ pub struct SourceConfig {
     /// members loaded into the cache for sim shoppers to be recognised.
     #[serde(default = "default_population")]
     pub population: u32,
+    /// Mean time a simulated shopper stays, seconds (kind = "sim").
+    #[serde(default = "default_mean_dwell_s")]
+    pub mean_dwell_s: f64,
     /// Recorded advert log (kind = "replay").
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -103,6 +106,9 @@ fn default_shoppers_per_minute() -> f64 {
 }
 fn default_member_share() -> f64 {
     0.4
+}
+fn default_mean_dwell_s() -> f64 {
+    300.0
 }
 fn default_population() -> u32 {
     200
@@ -294,7 +300,10 @@ impl AgentConfig {
         for s in &self.sources {
             match s.kind {
                 SourceKind::Ble if s.adapter.as_deref().unwrap_or("").is_empty() => {
-                    return Err(invalid("adapter", "a ble source needs an adapter, e.g. \"hci0\"".into()));
+                    return Err(invalid(
+                        "adapter",
+                        "a ble source needs an adapter, e.g. \"hci0\"".into(),
+                    ));
                 }
                 SourceKind::Replay if s.path.is_none() => {
                     return Err(invalid("path", "a replay source needs a path".into()));
@@ -302,8 +311,22 @@ impl AgentConfig {
                 SourceKind::Sim if !(0.0..=1.0).contains(&s.member_share) => {
                     return Err(invalid("member_share", "must be between 0 and 1".into()));
                 }
-                SourceKind::Sim if !(s.shoppers_per_minute > 0.0 && s.shoppers_per_minute <= 10_000.0) => {
-                    return Err(invalid("shoppers_per_minute", "must be above 0 and at most 10000".into()));
+                SourceKind::Sim if !(s.mean_dwell_s >= 1.0 && s.mean_dwell_s <= 86_400.0) => {
+                    return Err(invalid(
+                        "mean_dwell_s",
+                        "must be between 1 and 86400".into(),
+                    ));
+                }
+                SourceKind::Sim if !(1..=65_535).contains(&s.population) => {
+                    return Err(invalid("population", "must be between 1 and 65535".into()));
+                }
+                SourceKind::Sim
+                    if !(s.shoppers_per_minute > 0.0 && s.shoppers_per_minute <= 10_000.0) =>
+                {
+                    return Err(invalid(
+                        "shoppers_per_minute",
+                        "must be above 0 and at most 10000".into(),
+                    ));
                 }
                 _ => {}
             }
@@ -314,11 +337,17 @@ impl AgentConfig {
         if self.sync.enabled {
             let b = &self.sync.broker;
             if !(b.starts_with("mqtt://") || b.starts_with("mqtts://")) {
-                return Err(invalid("broker", "must be an mqtt:// or mqtts:// URL".into()));
+                return Err(invalid(
+                    "broker",
+                    "must be an mqtt:// or mqtts:// URL".into(),
+                ));
             }
             let h = &self.sync.hq_url;
             if !(h.starts_with("http://") || h.starts_with("https://")) {
-                return Err(invalid("hq_url", "must be an http:// or https:// URL".into()));
+                return Err(invalid(
+                    "hq_url",
+                    "must be an http:// or https:// URL".into(),
+                ));
             }
             if self.sync.batch_max_events == 0 {
                 return Err(invalid("batch_max_events", "must be at least 1".into()));
@@ -326,7 +355,9 @@ impl AgentConfig {
             if self.sync.max_inflight_batches == 0 {
                 return Err(invalid("max_inflight_batches", "must be at least 1".into()));
             }
-            if self.sync.reconnect_min_ms == 0 || self.sync.reconnect_min_ms > self.sync.reconnect_max_ms {
+            if self.sync.reconnect_min_ms == 0
+                || self.sync.reconnect_min_ms > self.sync.reconnect_max_ms
+            {
                 return Err(invalid(
                     "reconnect_min_ms",
                     "must be above 0 and at most reconnect_max_ms".into(),
@@ -376,7 +407,9 @@ mod tests {
 
     #[test]
     fn an_invalid_value_is_reported_with_key_and_line() {
-        let text = format!("{MINIMAL}\n[sync]\nenabled = true\nbroker = \"tcp://x\"\nhq_url = \"http://h\"\n");
+        let text = format!(
+            "{MINIMAL}\n[sync]\nenabled = true\nbroker = \"tcp://x\"\nhq_url = \"http://h\"\n"
+        );
         let err = AgentConfig::parse(&text, "a.toml").unwrap_err().to_string();
         assert!(err.contains("`broker`") && err.contains("line 7"), "{err}");
     }

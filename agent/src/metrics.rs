@@ -57,21 +57,41 @@ impl Metrics {
     pub fn new() -> (Self, Registry) {
         let m = Self::default();
         let mut r = Registry::with_prefix("instore_agent");
-        r.register("adverts", "BLE/sim adverts received from sources", m.adverts.clone());
+        r.register(
+            "adverts",
+            "BLE/sim adverts received from sources",
+            m.adverts.clone(),
+        );
         r.register(
             "adverts_dropped",
             "Adverts dropped because the engine was behind (source channel full)",
             m.adverts_dropped.clone(),
         );
-        r.register("identified", "Adverts matched to a member", m.identified.clone());
-        r.register("strangers", "Adverts not matched to any member", m.strangers.clone());
+        r.register(
+            "identified",
+            "Adverts matched to a member",
+            m.identified.clone(),
+        );
+        r.register(
+            "strangers",
+            "Adverts not matched to any member",
+            m.strangers.clone(),
+        );
         r.register(
             "presence_events",
             "Presence events emitted, by kind",
             m.presence_events.clone(),
         );
-        r.register("members_present", "Members present now", m.members_present.clone());
-        r.register("members_cached", "Consenting members in the cache index", m.members_cached.clone());
+        r.register(
+            "members_present",
+            "Members present now",
+            m.members_present.clone(),
+        );
+        r.register(
+            "members_cached",
+            "Consenting members in the cache index",
+            m.members_cached.clone(),
+        );
         r.register(
             "member_snapshots_applied",
             "Member snapshots taken from head office",
@@ -82,26 +102,66 @@ impl Metrics {
             "Member snapshot downloads or applies that failed",
             m.member_snapshot_failures.clone(),
         );
-        r.register("alerts_raised", "Clerk alerts raised", m.alerts_raised.clone());
+        r.register(
+            "alerts_raised",
+            "Clerk alerts raised",
+            m.alerts_raised.clone(),
+        );
         r.register(
             "alerts_suppressed",
             "Alerts a rule matched but a cooldown or limit suppressed",
             m.alerts_suppressed.clone(),
         );
-        r.register("sse_clients", "Connected alert-stream clients", m.sse_clients.clone());
-        r.register("outbox_appended", "Events written to the outbox", m.outbox_appended.clone());
-        r.register("outbox_depth", "Events in the outbox not yet acknowledged", m.outbox_depth.clone());
+        r.register(
+            "sse_clients",
+            "Connected alert-stream clients",
+            m.sse_clients.clone(),
+        );
+        r.register(
+            "outbox_appended",
+            "Events written to the outbox",
+            m.outbox_appended.clone(),
+        );
+        r.register(
+            "outbox_depth",
+            "Events in the outbox not yet acknowledged",
+            m.outbox_depth.clone(),
+        );
         r.register(
             "outbox_oldest_age_seconds",
             "Age of the oldest unacknowledged event",
             m.outbox_oldest_age_seconds.clone(),
         );
-        r.register("outbox_commits", "Outbox write transactions (fsync points)", m.outbox_commits.clone());
-        r.register("events_sent", "Events published to the broker (including re-sends)", m.events_sent.clone());
-        r.register("events_acked", "Events acknowledged by head office", m.events_acked.clone());
-        r.register("batches_sent", "Event batches published", m.batches_sent.clone());
-        r.register("mqtt_connected", "1 while connected to the broker", m.mqtt_connected.clone());
-        r.register("mqtt_reconnects", "Broker connection attempts after the first", m.mqtt_reconnects.clone());
+        r.register(
+            "outbox_commits",
+            "Outbox write transactions (fsync points)",
+            m.outbox_commits.clone(),
+        );
+        r.register(
+            "events_sent",
+            "Events published to the broker (including re-sends)",
+            m.events_sent.clone(),
+        );
+        r.register(
+            "events_acked",
+            "Events acknowledged by head office",
+            m.events_acked.clone(),
+        );
+        r.register(
+            "batches_sent",
+            "Event batches published",
+            m.batches_sent.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the broker",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "Broker connection attempts after the first",
+            m.mqtt_reconnects.clone(),
+        );
         r.register(
             "mqtt_bad_payloads",
             "MQTT payloads refused as malformed",

@@ -1,1 +1,212 @@
-//! (being written)
+//! Wiring: opens the stores, starts every task of the agent and stops them within a deadline.
+//!
+//! No domain logic lives here. Task map (channels are bounded):
+//! sources ─(sightings, 4096, drop+count when full)─► engine ─► outbox ─► sync (MQTT)
+//!                                  engine ─► alerts hub ─► web (SSE)   sync ─(control, 16)─► engine
+
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    alerts::AlertHub,
+    cache::{MemberCache, MemberIndex},
+    config::AgentConfig,
+    engine::{self, Clock, Control, Core, EngineIo},
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox},
+    presence::{Presence, PresenceParams},
+    react::Rules,
+    sources, sync, web,
+};
+
+/// How many sightings may wait for the engine before sources start dropping.
+const SIGHTING_QUEUE: usize = 4096;
+/// Alerts kept for `GET /api/alerts` and SSE catch-up.
+const ALERT_RING: usize = 500;
+
+/// A running agent.
+pub struct Agent {
+    pub http_addr: SocketAddr,
+    pub outbox: Outbox,
+    pub metrics: Metrics,
+    pub alerts: AlertHub,
+    control: mpsc::Sender<Control>,
+    cache: MemberCache,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("http_addr", &self.http_addr)
+            .finish()
+    }
+}
+
+/// Paths of the agent's files under `data_dir`.
+pub fn members_db(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("members.db")
+}
+pub fn outbox_db(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("outbox.db")
+}
+
+/// Starts every task. Fails before anything runs if a store cannot be opened, the rules are bad
+/// or the HTTP port is taken.
+pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
+    let (metrics, registry) = Metrics::new();
+    let cache = MemberCache::open(&members_db(&cfg.data_dir))?;
+    let index = Arc::new(cache.load_index()?);
+    let outbox = Outbox::open(&outbox_db(&cfg.data_dir), metrics.clone())?;
+    let rules = match &cfg.react.rules {
+        Some(path) => Rules::load(path)?,
+        None => {
+            tracing::warn!("no [react] rules configured: no clerk alerts will be raised");
+            Rules::default()
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
+    let http_addr = listener.local_addr()?;
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let clock = Clock::new();
+    let boot = format!("{:08x}", rand::random::<u32>());
+    tracing::info!(
+        store = %cfg.store_id, gateway = %cfg.gateway_id, boot = %boot,
+        members = index.len(), rules = rules.len(), http = %http_addr,
+        "agent starting"
+    );
+    outbox
+        .append(vec![NewEvent {
+            at_ms: crate::now_ms(),
+            body: instore_protocol::EventBody::GatewayStarted {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+        }])
+        .await?;
+
+    let (sighting_tx, sighting_rx) = mpsc::channel(SIGHTING_QUEUE);
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let (presence_tx, presence_rx) = watch::channel(Arc::new(Vec::new()));
+    let alerts = AlertHub::new(ALERT_RING);
+
+    let presence = Presence::new(
+        PresenceParams::from(&cfg.presence),
+        format!("{}-{boot}", cfg.gateway_id),
+    );
+    let core = Core::new(index, presence, rules, metrics.clone());
+    let io = EngineIo {
+        sightings: sighting_rx,
+        control: control_rx,
+        outbox: outbox.clone(),
+        alerts: alerts.clone(),
+        presence: presence_tx,
+        metrics: metrics.clone(),
+        rules_path: cfg.react.rules.clone(),
+    };
+    tracker.spawn(engine::run(core, clock.clone(), io, cancel.clone()));
+
+    sources::spawn_all(
+        &cfg.sources,
+        clock,
+        sighting_tx,
+        &metrics,
+        &tracker,
+        &cancel,
+    )?;
+
+    let state = web::WebState {
+        store_id: cfg.store_id.clone(),
+        gateway_id: cfg.gateway_id.clone(),
+        admin_token: cfg.http.admin_token.clone(),
+        alerts: alerts.clone(),
+        presence: presence_rx,
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+    };
+    {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = web::serve(listener, state, cancel).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+    }
+
+    if cfg.sync.enabled {
+        sync::spawn(
+            sync::SyncContext {
+                store_id: cfg.store_id.clone(),
+                gateway_id: cfg.gateway_id.clone(),
+                cfg: cfg.sync.clone(),
+                outbox: outbox.clone(),
+                cache: cache.clone(),
+                engine: control_tx.clone(),
+                metrics: metrics.clone(),
+            },
+            &tracker,
+            cancel.clone(),
+        )?;
+    } else {
+        tracing::info!("sync disabled: running standalone");
+    }
+
+    Ok(Agent {
+        http_addr,
+        outbox,
+        metrics,
+        alerts,
+        control: control_tx,
+        cache,
+        tracker,
+        cancel,
+    })
+}
+
+impl Agent {
+    /// Re-reads the rules file and the member cache (after a local `members import`).
+    pub async fn reload(&self) {
+        let _ = self.control.send(Control::ReloadRules).await;
+        let cache = self.cache.clone();
+        match tokio::task::spawn_blocking(move || cache.load_index()).await {
+            Ok(Ok(index)) => {
+                let _ = self.control.send(Control::Members(Arc::new(index))).await;
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "member cache reload failed"),
+            Err(e) => tracing::warn!(error = %e, "member cache reload task failed"),
+        }
+    }
+
+    /// Sends a member index straight to the engine (tests, demo).
+    pub async fn set_members(&self, index: MemberIndex) {
+        let _ = self.control.send(Control::Members(Arc::new(index))).await;
+    }
+
+    /// A token that stops the agent when cancelled.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Stops every task; gives up waiting after `grace`. Returns false if tasks were still running.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.cancel.cancel();
+        self.tracker.close();
+        let done = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
+        self.outbox.close().await;
+        if !done {
+            tracing::warn!(?grace, "some tasks did not stop within the grace period");
+        }
+        done
+    }
+}

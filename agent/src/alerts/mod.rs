@@ -54,7 +54,9 @@ pub struct AlertHub {
 
 impl std::fmt::Debug for AlertHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertHub").field("capacity", &self.capacity).finish()
+        f.debug_struct("AlertHub")
+            .field("capacity", &self.capacity)
+            .finish()
     }
 }
 
@@ -108,7 +110,12 @@ impl AlertHub {
     /// atomically.
     pub fn subscribe_since(&self, seq: u64) -> (Vec<Arc<Alert>>, broadcast::Receiver<Arc<Alert>>) {
         let inner = self.lock();
-        let missed = inner.recent.iter().filter(|a| a.seq > seq).cloned().collect();
+        let missed = inner
+            .recent
+            .iter()
+            .filter(|a| a.seq > seq)
+            .cloned()
+            .collect();
         (missed, self.tx.subscribe())
     }
 }
@@ -143,7 +150,11 @@ mod tests {
         for id in ["a", "b", "c"] {
             hub.publish(alert(id));
         }
-        let recent: Vec<_> = hub.recent(10).iter().map(|a| (a.id.clone(), a.seq)).collect();
+        let recent: Vec<_> = hub
+            .recent(10)
+            .iter()
+            .map(|a| (a.id.clone(), a.seq))
+            .collect();
         assert_eq!(recent, [("b".into(), 2), ("c".into(), 3)]);
     }
 
@@ -153,7 +164,10 @@ mod tests {
         hub.publish(alert("a"));
         hub.publish(alert("b"));
         let (missed, mut live) = hub.subscribe_since(1);
-        assert_eq!(missed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            missed.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         hub.publish(alert("c"));
         assert_eq!(live.recv().await.unwrap().id, "c");
     }

@@ -37,7 +37,7 @@ pub struct MemberIndex {
     version: u64,
     by_key: HashMap<IdentifierKey, Arc<Member>>,
     irks: Vec<([u8; 16], Arc<Member>)>,
-    members: usize,
+    by_id: HashMap<String, Arc<Member>>,
 }
 
 impl MemberIndex {
@@ -54,7 +54,7 @@ impl MemberIndex {
             }
             let Ok(keys) = r.validate() else { continue };
             let member = Arc::new(Member::from(r));
-            index.members += 1;
+            index.by_id.insert(r.member_id.clone(), member.clone());
             for k in keys {
                 match k {
                     IdentifierKey::Irk(irk) => index.irks.push((irk, member.clone())),
@@ -72,6 +72,11 @@ impl MemberIndex {
     }
 
     /// Identity resolving keys of consenting members, for resolvable private addresses.
+    /// The consenting member with this id.
+    pub fn member(&self, member_id: &str) -> Option<&Arc<Member>> {
+        self.by_id.get(member_id)
+    }
+
     pub fn irks(&self) -> &[([u8; 16], Arc<Member>)] {
         &self.irks
     }
@@ -82,11 +87,11 @@ impl MemberIndex {
 
     /// Number of consenting members indexed.
     pub fn len(&self) -> usize {
-        self.members
+        self.by_id.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members == 0
+        self.by_id.is_empty()
     }
 }
 

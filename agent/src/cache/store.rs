@@ -171,7 +171,12 @@ mod tests {
         cache.import_ndjson(LINE).unwrap();
         let (other, _) = parse_ndjson(&LINE.replace("M1", "M2").replace("C0:", "C1:"));
         cache.replace_all(7, &other).unwrap();
-        let ids: Vec<_> = cache.load().unwrap().into_iter().map(|m| m.member_id).collect();
+        let ids: Vec<_> = cache
+            .load()
+            .unwrap()
+            .into_iter()
+            .map(|m| m.member_id)
+            .collect();
         assert_eq!(ids, ["M2"]);
         assert_eq!(cache.version().unwrap(), 7);
     }

@@ -1,12 +1,32 @@
 //! The engine: the one task that owns identify, presence and react state.
 //!
-//! In: sightings from the sources (bounded channel; sources drop and count when it is full) and
-//! [`Control`] messages. Out: events appended to the outbox, then — only once committed — alerts to
-//! the hub and the presence view to the web. It does no other I/O.
+//! In: sightings from the sources (bounded channel; sources drop and count when it is full),
+//! [`Control`] messages, and its own clock ticks. Out: events appended to the outbox, then — only
+//! once they are committed — alerts to the hub and the presence view to the web.
+//!
+//! [`Core`] is the functional part (no I/O, time passed in); [`run`] is the shell around it.
 
-use std::sync::Arc;
+mod clock;
+mod core;
 
-use crate::cache::MemberIndex;
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub use self::{
+    clock::Clock,
+    core::{Core, Output},
+};
+use crate::{
+    alerts::AlertHub,
+    cache::MemberIndex,
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox},
+    presence::PresentMember,
+    react::Rules,
+    sources::Sighting,
+};
 
 /// Control messages to the engine from other tasks.
 #[derive(Debug)]
@@ -15,4 +35,112 @@ pub enum Control {
     Members(Arc<MemberIndex>),
     /// Re-read the rules file.
     ReloadRules,
+}
+
+/// Everything the engine task talks to.
+pub struct EngineIo {
+    pub sightings: mpsc::Receiver<Sighting>,
+    pub control: mpsc::Receiver<Control>,
+    pub outbox: Outbox,
+    pub alerts: AlertHub,
+    pub presence: watch::Sender<Arc<Vec<PresentMember>>>,
+    pub metrics: Metrics,
+    pub rules_path: Option<PathBuf>,
+}
+
+/// Most sightings handled before their events are committed together.
+const SIGHTINGS_PER_ROUND: usize = 512;
+
+/// Runs the engine until `cancel` fires or the sighting channel closes.
+pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut buf = Vec::with_capacity(SIGHTINGS_PER_ROUND);
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            Some(ctl) = io.control.recv() => match ctl {
+                Control::Members(index) => {
+                    io.metrics.members_cached.set(index.len() as i64);
+                    tracing::info!(members = index.len(), version = index.version(), "member set swapped in");
+                    core.set_members(index, clock.now_ms(), &mut out);
+                }
+                Control::ReloadRules => reload_rules(&mut core, io.rules_path.as_deref()),
+            },
+            n = io.sightings.recv_many(&mut buf, SIGHTINGS_PER_ROUND) => {
+                if n == 0 {
+                    break;
+                }
+                for s in buf.drain(..) {
+                    core.on_sighting(&s, &mut out);
+                }
+            }
+            _ = tick.tick() => core.on_tick(clock.now_ms(), &mut out),
+        }
+        if !out.is_empty() {
+            deliver(&mut out, &clock, &io).await;
+        }
+        if core.take_presence_changed() {
+            let view = core.present(|ms| clock.wall_ms(ms));
+            io.metrics.members_present.set(view.len() as i64);
+            io.presence.send_replace(Arc::new(view));
+        }
+    }
+    tracing::debug!("engine stopped");
+}
+
+fn reload_rules(core: &mut Core, path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    match Rules::load(path) {
+        Ok(rules) => {
+            tracing::info!(rules = rules.len(), path = %path.display(), "rules reloaded");
+            core.replace_rules(rules);
+        }
+        // The old rules stay in force: a typo must not silence the store.
+        Err(e) => tracing::warn!(error = %e, "rules reload failed; keeping the previous rules"),
+    }
+}
+
+/// Commits the round's events to the outbox, then hands committed alerts to the clerks.
+async fn deliver(out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
+    let mut events = Vec::with_capacity(out.len());
+    let mut alerts = Vec::new();
+    for o in out.drain(..) {
+        match o {
+            Output::Event { at_ms, body } => events.push(NewEvent {
+                at_ms: clock.wall_ms(at_ms),
+                body,
+            }),
+            Output::Alert { at_ms, body, alert } => {
+                events.push(NewEvent {
+                    at_ms: clock.wall_ms(at_ms),
+                    body,
+                });
+                alerts.push(alert);
+            }
+        }
+    }
+    for attempt in 1..=3u32 {
+        match io.outbox.append(events.clone()).await {
+            Ok(_) => {
+                for a in alerts {
+                    io.metrics.alerts_raised.inc();
+                    io.alerts.publish(a);
+                }
+                return;
+            }
+            Err(e) => {
+                // The outbox is the record of truth: an alert nobody can account for later is
+                // not raised. Operators must look at the disk.
+                tracing::error!(error = %e, attempt, events = events.len(), "outbox append failed");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+        }
+    }
+    tracing::error!(
+        events = events.len(),
+        "events dropped after repeated outbox failures"
+    );
 }
