@@ -1,0 +1,117 @@
+# shellcheck shell=bash
+# Helpers sourced by scripts/test, scripts/setup and scripts/cross-build; not meant to be run.
+#
+# Everything here is idempotent: on a machine that already has what is needed it only checks
+# (dpkg, rustup), so running the test command twice costs nothing extra.
+
+# A section header that stands out in a long CI log, with the wall-clock time so slow steps show.
+section() {
+    printf '\n======== %s  [%s] ========\n' "$*" "$(date -u +%H:%M:%S)"
+}
+
+warn() {
+    printf '\n!!!!!!!! WARNING: %s\n\n' "$*" >&2
+}
+
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Root runs apt directly; anyone else needs sudo (a developer laptop), and we say so rather than
+# let apt fail with a permissions message that hides which packages were missing.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+# `dpkg -s` also succeeds for a package that was removed but left its config files behind, so the
+# Status line is what tells "installed". Once a foreign architecture is enabled a bare name can be
+# ambiguous (pkg-config:amd64 and pkg-config:arm64 both installed), so a name without `:ARCH` is
+# asked as the native one first; Architecture: all packages answer only to the bare name.
+deb_installed() {
+    local status='^Status: install ok installed'
+    if [[ $1 != *:* ]] && dpkg -s "$1:$(dpkg --print-architecture)" 2>/dev/null | grep -q "$status"; then
+        return 0
+    fi
+    dpkg -s "$1" 2>/dev/null | grep -q "$status"
+}
+
+_apt_updated=0
+
+# apt_ensure PKG...: installs those of PKG that are missing; `apt-get update` runs at most once per
+# script run, and only when something is missing (an offline machine that has everything works).
+apt_ensure() {
+    local missing=() p
+    for p in "$@"; do
+        deb_installed "$p" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "apt: already installed: $*"
+        return 0
+    fi
+    echo "apt: installing: ${missing[*]}"
+    if [ "$_apt_updated" -eq 0 ]; then
+        as_root apt-get update -q
+        _apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# deb_arch_ensure ARCH: enables a foreign Debian architecture (arm64, armhf) for the cross
+# libraries; a newly added one makes the next apt_ensure refresh the package lists.
+deb_arch_ensure() {
+    if ! dpkg --print-foreign-architectures | grep -qx "$1"; then
+        echo "dpkg: adding architecture $1"
+        as_root dpkg --add-architecture "$1"
+        _apt_updated=0
+    fi
+}
+
+# rust_component_ensure NAME...: rustup components of the toolchain active in the repository.
+rust_component_ensure() {
+    local c installed
+    installed="$(rustup component list --installed)"
+    for c in "$@"; do
+        if ! grep -q "^$c" <<<"$installed"; then
+            echo "rustup: adding component $c"
+            rustup component add "$c"
+        fi
+    done
+}
+
+# rust_target_ensure TRIPLE: 0 when the target's standard library is (now) installed.
+rust_target_ensure() {
+    if rustup target list --installed | grep -qx "$1"; then
+        return 0
+    fi
+    echo "rustup: adding target $1"
+    rustup target add "$1"
+}
+
+# Debian architecture, cross gcc prefix and packages for each gateway target we build.
+# Usage: cross_vars aarch64|armv7 -> sets TRIPLE, DEB_ARCH, GCC_PREFIX, CROSS_PKGS.
+cross_vars() {
+    case "$1" in
+        aarch64)
+            TRIPLE=aarch64-unknown-linux-gnu
+            DEB_ARCH=arm64
+            GCC_PREFIX=aarch64-linux-gnu
+            ;;
+        armv7)
+            TRIPLE=armv7-unknown-linux-gnueabihf
+            DEB_ARCH=armhf
+            GCC_PREFIX=arm-linux-gnueabihf
+            ;;
+        *)
+            die "unknown gateway target '$1' (expected aarch64 or armv7)"
+            ;;
+    esac
+    CROSS_PKGS=("gcc-$GCC_PREFIX" "libc6-dev-$DEB_ARCH-cross" "libdbus-1-dev:$DEB_ARCH")
+}
