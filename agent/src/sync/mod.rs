@@ -1,1 +1,311 @@
-//! (being written)
+//! Sync with head office: the uplink drains the outbox over MQTT, the downlink takes member
+//! snapshots over HTTP.
+//!
+//! In: committed events in the [`Outbox`]; from the broker, [`Ack`](instore_protocol::Ack)s on
+//! `topics::ack(gateway)` and [`MembersNotice`](instore_protocol::MembersNotice)s on
+//! `topics::members(store)`; member snapshots from `GET {hq_url}/api/stores/{store}/members/snapshot`.
+//! Out: [`EventBatch`](instore_protocol::EventBatch)es (QoS 1) on `topics::events(gateway)`; the
+//! retained gateway status (online on every connect, offline on shutdown and as the last will);
+//! acknowledged events deleted from the outbox; new member sets written to the [`MemberCache`] and
+//! sent to the engine as [`Control::Members`].
+//!
+//! It must not delete an event head office has not acknowledged, block the MQTT event loop, apply
+//! half a member set, or log payloads or member data at info.
+//!
+//! # Tasks
+//! - `connection`: owns rumqttc's `EventLoop` and only polls it; reconnects with jittered
+//!   exponential backoff; hands connection state, acks and member notices to the others through
+//!   channels that never block it (a watch, a `try_send`, a watch).
+//! - `uplink`: reads the outbox in sequence order, batches by count, bytes and age, keeps up to
+//!   `max_inflight_batches` batches unacknowledged *by head office* (not merely by the broker),
+//!   and after any reconnect or an ack timeout re-sends everything unacknowledged from the
+//!   lowest number. rumqttc drops its QoS 1 state on a session-less reconnect, so the outbox, not
+//!   the client, is the retransmission buffer; head office de-duplicates on (gateway, seq).
+//! - `downlink`: on a notice newer than the cache, downloads, checks and applies the snapshot in
+//!   one transaction, then swaps the engine's index; failures retry with backoff.
+//!
+//! # Known gap
+//! After a database rollback (see the outbox docs), events appended before the first ack arrives
+//! may reuse numbers head office already holds and would be dropped there as duplicates.
+
+mod connection;
+mod downlink;
+mod uplink;
+
+use std::{sync::Arc, time::Duration};
+
+use instore_protocol::{GatewayStatus, MAX_PAYLOAD_BYTES, SCHEMA_VERSION, topics};
+use rumqttc::{AsyncClient, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
+use tokio::sync::{mpsc, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    cache::MemberCache, config::SyncConfig, engine::Control, metrics::Metrics, outbox::Outbox,
+};
+
+/// Everything the sync tasks need, handed over by the runtime.
+pub struct SyncContext {
+    pub store_id: String,
+    pub gateway_id: String,
+    pub cfg: SyncConfig,
+    pub outbox: Outbox,
+    pub cache: MemberCache,
+    pub engine: mpsc::Sender<Control>,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("[sync] broker {url:?}: {reason}")]
+    BrokerUrl { url: String, reason: String },
+    #[error("[sync] broker {url:?}: no usable TLS trust roots on this system ({reason})")]
+    TlsRoots { url: String, reason: String },
+    #[error("[sync] hq_url {url:?}: {reason}")]
+    HqUrl { url: String, reason: String },
+    #[error("[sync] cannot build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("[sync] cannot encode the gateway status: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// MQTT keepalive: short enough that a dead 4G link is noticed (and the last will published)
+/// within a minute, long enough not to matter for data volume.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Room for the MQTT header and topic around the largest payload.
+const PACKET_SLACK: usize = 4 * 1024;
+
+/// Connection state published by the connection task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Link {
+    connected: bool,
+    /// Incremented on every ConnAck: a new epoch means everything unacknowledged must be re-sent.
+    epoch: u64,
+}
+
+/// Starts the connection, uplink and downlink tasks on `tracker`; they stop on `cancel`.
+/// Fails only on configuration that can never work (a bad URL, no TLS roots).
+pub fn spawn(
+    ctx: SyncContext,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<(), SyncError> {
+    let SyncContext {
+        store_id,
+        gateway_id,
+        cfg,
+        outbox,
+        cache,
+        engine,
+        metrics,
+    } = ctx;
+    let status = |online| {
+        serde_json::to_vec(&GatewayStatus {
+            v: SCHEMA_VERSION,
+            gateway_id: gateway_id.clone(),
+            store_id: store_id.clone(),
+            online,
+        })
+    };
+    let online = status(true)?;
+    let offline = status(false)?;
+
+    let options = mqtt_options(&cfg, &gateway_id, offline.clone())?;
+    // Room for every batch the uplink may have outstanding plus status and subscriptions, so the
+    // uplink's publish never waits on a full request queue while connected.
+    let (client, eventloop) = AsyncClient::new(options, cfg.max_inflight_batches + 16);
+    let http = downlink::http_client()?;
+
+    let (link_tx, link_rx) = watch::channel(Link::default());
+    let (acks_tx, acks_rx) = mpsc::channel(256);
+    let (notice_tx, notice_rx) = watch::channel(0u64);
+
+    let conn = connection::Connection {
+        client: client.clone(),
+        eventloop,
+        gateway_id: gateway_id.clone(),
+        store_id: store_id.clone(),
+        online,
+        offline,
+        backoff: Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
+        link: link_tx,
+        acks: acks_tx,
+        notices: notice_tx,
+        metrics: metrics.clone(),
+    };
+    tracker.spawn(conn.run(cancel.clone()));
+
+    let up = uplink::Uplink::new(
+        client,
+        topics::events(&gateway_id),
+        gateway_id.clone(),
+        store_id.clone(),
+        &cfg,
+        outbox,
+        metrics.clone(),
+    );
+    tracker.spawn(up.run(link_rx, acks_rx, cancel.clone()));
+
+    let down = downlink::Downlink {
+        http,
+        url: downlink::snapshot_url(&cfg.hq_url, &store_id)?,
+        token: cfg.token.clone(),
+        gateway_id,
+        store_id,
+        cache,
+        engine,
+        metrics,
+        backoff: Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
+    };
+    tracker.spawn(down.run(notice_rx, cancel));
+    Ok(())
+}
+
+fn mqtt_options(
+    cfg: &SyncConfig,
+    gateway_id: &str,
+    will: Vec<u8>,
+) -> Result<MqttOptions, SyncError> {
+    let bad = |reason: &str| SyncError::BrokerUrl {
+        url: cfg.broker.clone(),
+        reason: reason.to_string(),
+    };
+    let url = reqwest::Url::parse(&cfg.broker).map_err(|e| bad(&e.to_string()))?;
+    let tls = match url.scheme() {
+        "mqtt" => false,
+        "mqtts" => true,
+        _ => return Err(bad("scheme must be mqtt:// or mqtts://")),
+    };
+    let host = url
+        .host_str()
+        .ok_or_else(|| bad("no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port().unwrap_or(if tls { 8883 } else { 1883 });
+
+    let mut options = MqttOptions::new(gateway_id, host, port);
+    options
+        .set_keep_alive(KEEPALIVE)
+        // The broker keeps our subscriptions (and acks queued for us) across short drops.
+        .set_clean_session(false)
+        .set_max_packet_size(
+            MAX_PAYLOAD_BYTES + PACKET_SLACK,
+            MAX_PAYLOAD_BYTES + PACKET_SLACK,
+        )
+        .set_last_will(LastWill::new(
+            topics::status(gateway_id),
+            will,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if !cfg.token.is_empty() {
+        // Brokers that authenticate gateways by token (Mosquitto with an auth plugin, EMQX) see
+        // the gateway id as user name; brokers without authentication ignore it.
+        options.set_credentials(gateway_id, cfg.token.clone());
+    }
+    if tls {
+        options.set_transport(Transport::Tls(tls_config(&cfg.broker)?));
+    }
+    Ok(options)
+}
+
+/// rustls with the operating system's trust roots, via the aws-lc-rs provider that rumqttc and
+/// reqwest already pull in.
+fn tls_config(url: &str) -> Result<TlsConfiguration, SyncError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let reason = found
+            .errors
+            .first()
+            .map_or_else(|| "no certificates found".to_string(), ToString::to_string);
+        return Err(SyncError::TlsRoots {
+            url: url.to_string(),
+            reason,
+        });
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| SyncError::TlsRoots {
+        url: url.to_string(),
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+/// Jittered exponential backoff: each delay is drawn from the upper half of a window that doubles
+/// from `min` to `max`, so a fleet of gateways that lost the same broker does not return in step.
+#[derive(Debug, Clone)]
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    window: Duration,
+}
+
+impl Backoff {
+    fn new(min_ms: u64, max_ms: u64) -> Self {
+        let min = Duration::from_millis(min_ms.max(1));
+        let max = Duration::from_millis(max_ms).max(min);
+        Backoff {
+            min,
+            max,
+            window: min,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.window = self.min;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        use rand::Rng;
+        let half = self.window / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        let delay = half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms));
+        self.window = (self.window * 2).min(self.max);
+        delay
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter() {
+        let mut b = Backoff::new(100, 1_000);
+        let delays: Vec<Duration> = (0..8).map(|_| b.next_delay()).collect();
+        for d in &delays {
+            assert!(*d <= Duration::from_millis(1_000), "{d:?}");
+            assert!(*d >= Duration::from_millis(50), "{d:?}");
+        }
+        assert!(delays[7] >= Duration::from_millis(500), "{delays:?}");
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn broker_urls_are_checked_before_anything_connects() {
+        let mut cfg = SyncConfig {
+            broker: "tcp://h:1".into(),
+            ..SyncConfig::default()
+        };
+        let will = b"{}".to_vec();
+        assert!(matches!(
+            mqtt_options(&cfg, "g", will.clone()),
+            Err(SyncError::BrokerUrl { .. })
+        ));
+        cfg.broker = "mqtt://127.0.0.1:1884".into();
+        let o = mqtt_options(&cfg, "g", will.clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.broker_address(), ("127.0.0.1".to_string(), 1884));
+        assert!(!o.clean_session());
+        cfg.broker = "mqtt://[::1]".into();
+        let o = mqtt_options(&cfg, "g", will).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(o.broker_address(), ("::1".to_string(), 1883));
+    }
+}

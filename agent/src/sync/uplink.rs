@@ -1,0 +1,388 @@
+//! The uplink: outbox → event batches on MQTT, acknowledgements → outbox deletions.
+//!
+//! The outbox is the retransmission buffer. The uplink remembers only which batches it published
+//! in the current connection epoch and which head office has not yet acknowledged; on a new
+//! epoch (any reconnect) or when the oldest batch has waited [`ACK_TIMEOUT`] for its ack, it
+//! forgets that and starts again from the lowest unacknowledged event. Head office de-duplicates
+//! on (gateway, seq), so a re-send costs bandwidth, never correctness.
+
+use std::{collections::VecDeque, time::Duration};
+
+use instore_protocol::{Ack, Event, EventBatch, MAX_PAYLOAD_BYTES, SCHEMA_VERSION, SeqRange};
+use rumqttc::{AsyncClient, ClientError, QoS};
+use tokio::{
+    sync::{mpsc, watch},
+    time::{Instant, MissedTickBehavior},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::Link;
+use crate::{
+    config::SyncConfig,
+    metrics::Metrics,
+    outbox::{Outbox, OutboxError},
+};
+
+/// A batch unacknowledged this long (while connected) is presumed lost with everything after it.
+pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before retrying after the outbox or the client failed.
+const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
+/// How often the outbox gauges (depth, oldest age) are refreshed when nothing else happens.
+const GAUGE_TICK: Duration = Duration::from_secs(5);
+/// Batches stay strictly below the protocol's payload limit.
+const MAX_BATCH_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
+
+#[derive(Debug, thiserror::Error)]
+enum UplinkError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error("cannot encode a batch: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("mqtt client: {0}")]
+    Client(#[from] ClientError),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+pub(super) struct Uplink {
+    client: AsyncClient,
+    topic: String,
+    gateway_id: String,
+    store_id: String,
+    outbox: Outbox,
+    metrics: Metrics,
+    batch_max_events: usize,
+    batch_max_age: Duration,
+    max_inflight: usize,
+    inflight: Inflight,
+    /// Highest sequence number published in this epoch; the next batch starts above it.
+    sent_upto: u64,
+}
+
+impl Uplink {
+    pub(super) fn new(
+        client: AsyncClient,
+        topic: String,
+        gateway_id: String,
+        store_id: String,
+        cfg: &SyncConfig,
+        outbox: Outbox,
+        metrics: Metrics,
+    ) -> Self {
+        Uplink {
+            client,
+            topic,
+            gateway_id,
+            store_id,
+            outbox,
+            metrics,
+            batch_max_events: cfg.batch_max_events.max(1),
+            batch_max_age: Duration::from_millis(cfg.batch_max_age_ms),
+            max_inflight: cfg.max_inflight_batches.max(1),
+            inflight: Inflight::default(),
+            sent_upto: 0,
+        }
+    }
+
+    /// Forget what was sent: the next fill starts from the lowest unacknowledged event.
+    fn restart(&mut self) {
+        self.inflight.clear();
+        self.sent_upto = 0;
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut link: watch::Receiver<Link>,
+        mut acks: mpsc::Receiver<Ack>,
+        cancel: CancellationToken,
+    ) {
+        let mut appended = self.outbox.appended();
+        let mut epoch = 0;
+        let mut gauges = tokio::time::interval(GAUGE_TICK);
+        gauges.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let now = *link.borrow_and_update();
+            if now.connected && now.epoch != epoch {
+                epoch = now.epoch;
+                if self.sent_upto > 0 {
+                    info!(
+                        unacknowledged_batches = self.inflight.len(),
+                        "sync: reconnected; re-sending everything unacknowledged"
+                    );
+                }
+                self.restart();
+            }
+            let mut hold_until = None;
+            if now.connected {
+                match self.fill(&cancel).await {
+                    Ok(hold) => hold_until = hold,
+                    Err(UplinkError::Cancelled) => break,
+                    Err(e) => {
+                        warn!(error = %e, "sync: uplink failed; retrying");
+                        hold_until = Some(Instant::now() + RETRY_AFTER_ERROR);
+                    }
+                }
+            }
+            let ack_deadline = self
+                .inflight
+                .oldest_sent()
+                .filter(|_| now.connected)
+                .map(|t| t + ACK_TIMEOUT);
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                Some(ack) = acks.recv() => self.on_ack(ack).await,
+                changed = link.changed() => if changed.is_err() { break },
+                changed = appended.changed() => if changed.is_err() {
+                    info!("sync: outbox closed; uplink stopping");
+                    break;
+                },
+                () = sleep_until(hold_until), if hold_until.is_some() => {}
+                () = sleep_until(ack_deadline), if ack_deadline.is_some() => {
+                    warn!(
+                        unacknowledged_batches = self.inflight.len(),
+                        "sync: no ack from head office in time; re-sending"
+                    );
+                    self.restart();
+                }
+                _ = gauges.tick() => {
+                    // A stats call makes the outbox thread refresh its gauges (oldest age moves
+                    // even when nothing is written).
+                    let _ = self.outbox.stats().await;
+                }
+            }
+        }
+        debug!("sync: uplink stopped");
+    }
+
+    /// Publishes batches until the window is full or the outbox has nothing more to send now.
+    /// Returns when to look again if a partial batch is being held for company.
+    async fn fill(&mut self, cancel: &CancellationToken) -> Result<Option<Instant>, UplinkError> {
+        while self.inflight.len() < self.max_inflight {
+            let events = self
+                .outbox
+                .pending(self.sent_upto, self.batch_max_events)
+                .await?;
+            let Some(first) = events.first() else {
+                return Ok(None);
+            };
+            let (payload, taken) =
+                encode_batch(&self.gateway_id, &self.store_id, &events, MAX_BATCH_BYTES)?;
+            let full = taken < events.len() || events.len() >= self.batch_max_events;
+            if !full {
+                // Event time is wall-clock; clamp so a clock step cannot hold a batch for long.
+                let max_age = i64::try_from(self.batch_max_age.as_millis()).unwrap_or(i64::MAX);
+                let age = crate::now_ms().saturating_sub(first.at_ms).max(0);
+                if age < max_age {
+                    let wait = u64::try_from(max_age - age).unwrap_or(0);
+                    return Ok(Some(Instant::now() + Duration::from_millis(wait)));
+                }
+            }
+            let seqs: Vec<u64> = events[..taken].iter().map(|e| e.seq).collect();
+            let bytes = payload.len();
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return Err(UplinkError::Cancelled),
+                r = self.client.publish(self.topic.clone(), QoS::AtLeastOnce, false, payload) => r?,
+            }
+            let (first_seq, last_seq) = (seqs[0], seqs[seqs.len() - 1]);
+            self.sent_upto = last_seq;
+            self.inflight.push(seqs, Instant::now());
+            self.metrics.batches_sent.inc();
+            self.metrics.events_sent.inc_by(taken as u64);
+            debug!(
+                first = first_seq,
+                last = last_seq,
+                events = taken,
+                bytes,
+                "sync: batch published"
+            );
+        }
+        Ok(None)
+    }
+
+    async fn on_ack(&mut self, ack: Ack) {
+        match self
+            .outbox
+            .acknowledge(ack.ranges.clone(), ack.high_water)
+            .await
+        {
+            Ok(deleted) => {
+                self.metrics.events_acked.inc_by(deleted);
+                debug!(
+                    deleted,
+                    high_water = ack.high_water,
+                    "sync: head office acknowledged events"
+                );
+            }
+            Err(OutboxError::HighWaterOutOfRange(high_water)) => {
+                self.metrics.mqtt_bad_payloads.inc();
+                warn!(
+                    high_water,
+                    "sync: ignoring an ack with an impossible high-water mark"
+                );
+                return;
+            }
+            Err(e) => {
+                // Not deleted, so re-sent later: nothing is lost.
+                error!(error = %e, "sync: could not record an ack");
+                return;
+            }
+        }
+        self.inflight.acknowledge(&ack.ranges);
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Encodes the longest prefix of `events` (at least one) whose batch stays within `max_bytes`;
+/// returns the payload and how many events it holds.
+pub(super) fn encode_batch(
+    gateway_id: &str,
+    store_id: &str,
+    events: &[Event],
+    max_bytes: usize,
+) -> Result<(Vec<u8>, usize), serde_json::Error> {
+    let mut batch = EventBatch {
+        v: SCHEMA_VERSION,
+        gateway_id: gateway_id.to_string(),
+        store_id: store_id.to_string(),
+        events: Vec::new(),
+    };
+    let mut out = serde_json::to_vec(&batch)?;
+    // `events` is the struct's last field, so the envelope ends in `[]}` and each event is
+    // spliced in before `]}`: one serialisation per event, and the size is known exactly.
+    if !out.ends_with(b"[]}") {
+        batch.events = events.to_vec();
+        return Ok((serde_json::to_vec(&batch)?, events.len()));
+    }
+    let tail = out.split_off(out.len() - 2);
+    let mut taken = 0;
+    for e in events {
+        let encoded = serde_json::to_vec(e)?;
+        let comma = usize::from(taken > 0);
+        if taken > 0 && out.len() + comma + encoded.len() + tail.len() > max_bytes {
+            break;
+        }
+        if comma == 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&encoded);
+        taken += 1;
+    }
+    out.extend_from_slice(&tail);
+    Ok((out, taken))
+}
+
+/// Batches published in this epoch and not yet acknowledged by head office, oldest first.
+#[derive(Debug, Default)]
+struct Inflight {
+    batches: VecDeque<SentBatch>,
+}
+
+#[derive(Debug)]
+struct SentBatch {
+    seqs: Vec<u64>,
+    at: Instant,
+}
+
+impl Inflight {
+    fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+    }
+
+    fn push(&mut self, seqs: Vec<u64>, at: Instant) {
+        self.batches.push_back(SentBatch { seqs, at });
+    }
+
+    fn oldest_sent(&self) -> Option<Instant> {
+        self.batches.front().map(|b| b.at)
+    }
+
+    /// Head office may acknowledge a batch in pieces and out of order: a batch leaves the window
+    /// once every one of its events is covered.
+    fn acknowledge(&mut self, ranges: &[SeqRange]) {
+        for b in &mut self.batches {
+            b.seqs
+                .retain(|s| !ranges.iter().any(|r| r.first <= *s && *s <= r.last));
+        }
+        self.batches.retain(|b| !b.seqs.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use instore_protocol::EventBody;
+
+    use super::*;
+
+    fn event(seq: u64, message_len: usize) -> Event {
+        Event {
+            seq,
+            at_ms: 1_700_000_000_000,
+            body: EventBody::AlertRaised {
+                alert_id: format!("a{seq}"),
+                rule: "vip".into(),
+                member_id: "M1".into(),
+                priority: instore_protocol::AlertPriority::High,
+                message: "x".repeat(message_len),
+            },
+        }
+    }
+
+    #[test]
+    fn a_spliced_batch_is_exactly_what_serde_would_write() {
+        let events: Vec<Event> = (1..=3).map(|s| event(s, 10)).collect();
+        let (payload, taken) = encode_batch("gw-1", "s-1", &events, usize::MAX).unwrap();
+        assert_eq!(taken, 3);
+        let expected = serde_json::to_vec(&EventBatch {
+            v: SCHEMA_VERSION,
+            gateway_id: "gw-1".into(),
+            store_id: "s-1".into(),
+            events: events.clone(),
+        })
+        .unwrap();
+        assert_eq!(payload, expected);
+        assert_eq!(EventBatch::decode(&payload).unwrap().events, events);
+    }
+
+    #[test]
+    fn batches_are_cut_to_stay_under_the_byte_limit() {
+        let events: Vec<Event> = (1..=50).map(|s| event(s, 10_000)).collect();
+        let (payload, taken) = encode_batch("gw-1", "s-1", &events, MAX_BATCH_BYTES).unwrap();
+        assert!(payload.len() <= MAX_BATCH_BYTES);
+        assert!(taken > 1 && taken < 50, "{taken}");
+        let decoded = EventBatch::decode(&payload).unwrap();
+        assert_eq!(decoded.events.len(), taken);
+        // One event always goes, even over the limit, so the uplink always makes progress.
+        let (_, one) = encode_batch("gw-1", "s-1", &events, 10).unwrap();
+        assert_eq!(one, 1);
+    }
+
+    #[test]
+    fn a_batch_leaves_the_window_only_when_all_its_events_are_acknowledged() {
+        let mut w = Inflight::default();
+        let t = Instant::now();
+        w.push(vec![1, 2, 3], t);
+        w.push(vec![4, 5], t);
+        w.acknowledge(&[
+            SeqRange { first: 1, last: 2 },
+            SeqRange { first: 4, last: 5 },
+        ]);
+        assert_eq!(w.len(), 1, "batch 1-3 still waits for 3");
+        w.acknowledge(&[SeqRange { first: 3, last: 3 }]);
+        assert_eq!(w.len(), 0);
+    }
+}
