@@ -1,0 +1,225 @@
+//! Who may read member data: bearer tokens checked in constant time.
+//!
+//! A request carries its token in `Authorization: Bearer …` or, because a browser's `EventSource`
+//! cannot set headers, in a `?token=` query parameter. An [`Authorizer`] asks each of its
+//! [`TokenCheck`]s in turn; today there is only the admin token from the config. Tablet pairing
+//! (issue 3) adds its own `TokenCheck` with [`Authorizer::with`] and passes the result to
+//! [`super::router_with`]; nothing else here has to change.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    extract::{Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+
+/// Who a request was authorized as. Handlers find it in the request extensions, so that later
+/// features (taking an alert, recording its outcome) can say who did it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Principal {
+    /// Holder of `[http] admin_token`.
+    Admin,
+    /// A paired tablet, by its pairing id.
+    Tablet(String),
+}
+
+/// One source of valid tokens.
+///
+/// Called on every authenticated request from the async runtime, so it must answer from memory and
+/// must not block. Compare with [`TokenDigest::matches`] so a wrong guess takes as long as a near
+/// miss.
+pub trait TokenCheck: Send + Sync + 'static {
+    fn check(&self, token: &str) -> Option<Principal>;
+}
+
+/// SHA-256 of a token. Holding only the digest keeps the secret's length out of the comparison's
+/// timing, and comparing fixed-size digests byte by byte without an early exit keeps its content
+/// out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenDigest([u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    /// Constant-time equality with the digest of `token`.
+    pub fn matches(&self, token: &str) -> bool {
+        let other = Self::of(token);
+        let diff = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        diff == 0
+    }
+}
+
+/// The `[http] admin_token`. An empty token in the config disables it rather than matching an
+/// empty bearer.
+#[derive(Debug, Clone)]
+pub struct AdminToken(Option<TokenDigest>);
+
+impl AdminToken {
+    pub fn new(token: &str) -> Self {
+        Self((!token.is_empty()).then(|| TokenDigest::of(token)))
+    }
+}
+
+impl TokenCheck for AdminToken {
+    fn check(&self, token: &str) -> Option<Principal> {
+        let digest = self.0.as_ref()?;
+        digest.matches(token).then_some(Principal::Admin)
+    }
+}
+
+/// Every way a request can be authorized, asked in order.
+#[derive(Clone)]
+pub struct Authorizer {
+    checks: Vec<Arc<dyn TokenCheck>>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("checks", &self.checks.len())
+            .finish()
+    }
+}
+
+impl Authorizer {
+    /// Only the admin token (which may be empty, and then nothing is authorized).
+    pub fn admin_only(admin_token: &str) -> Self {
+        Self {
+            checks: vec![Arc::new(AdminToken::new(admin_token))],
+        }
+    }
+
+    /// Adds another source of tokens, such as paired tablets.
+    #[must_use]
+    pub fn with(mut self, check: Arc<dyn TokenCheck>) -> Self {
+        self.checks.push(check);
+        self
+    }
+
+    pub fn authorize(&self, token: &str) -> Option<Principal> {
+        // An empty token never authorizes, whatever a check might think of it.
+        if token.is_empty() {
+            return None;
+        }
+        self.checks.iter().find_map(|c| c.check(token))
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The token a request presents: the bearer header first, else the `token` query parameter.
+pub(crate) fn presented_token(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned());
+    }
+    // A malformed query string is treated as no token, which is then refused.
+    Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
+}
+
+/// Middleware for every route that returns member data.
+pub(crate) async fn require_token(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let principal =
+        presented_token(req.headers(), req.uri()).and_then(|token| state.auth.authorize(&token));
+    match principal {
+        Some(principal) => {
+            req.extensions_mut().insert(principal);
+            next.run(req).await
+        }
+        None => {
+            state.web.metrics.http_unauthorized.inc();
+            // The path only: the query may hold the (wrong) token, which must not reach the logs.
+            tracing::info!(
+                path = req.uri().path(),
+                "http request refused: missing or wrong token"
+            );
+            unauthorized()
+        }
+    }
+}
+
+pub(crate) fn unauthorized() -> Response {
+    let mut resp = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({"error": "unauthorized"})),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Tablets;
+    impl TokenCheck for Tablets {
+        fn check(&self, token: &str) -> Option<Principal> {
+            (token == "tab").then(|| Principal::Tablet("t1".into()))
+        }
+    }
+
+    #[test]
+    fn an_empty_admin_token_authorizes_nothing() {
+        let auth = Authorizer::admin_only("");
+        assert_eq!(auth.authorize(""), None);
+        assert_eq!(auth.authorize("x"), None);
+    }
+
+    #[test]
+    fn the_admin_token_authorizes_and_a_near_miss_does_not() {
+        let auth = Authorizer::admin_only("s3cret");
+        assert_eq!(auth.authorize("s3cret"), Some(Principal::Admin));
+        assert_eq!(auth.authorize("s3cre"), None);
+        assert_eq!(auth.authorize("s3cret "), None);
+    }
+
+    #[test]
+    fn an_added_check_authorizes_its_own_tokens() {
+        let auth = Authorizer::admin_only("").with(Arc::new(Tablets));
+        assert_eq!(auth.authorize("tab"), Some(Principal::Tablet("t1".into())));
+        assert_eq!(auth.authorize("other"), None);
+    }
+
+    #[test]
+    fn the_token_comes_from_the_bearer_header_before_the_query() {
+        let uri: axum::http::Uri = "/api/presence?token=q".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        assert_eq!(presented_token(&headers, &uri).as_deref(), Some("q"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer h"));
+        assert_eq!(presented_token(&headers, &uri).as_deref(), Some("h"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic h"));
+        assert_eq!(presented_token(&headers, &uri), None);
+    }
+}

@@ -1,0 +1,404 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The agent's HTTP server over real TCP: auth, the JSON API, the SSE alert feed, the clerk page.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use instore_agent::{
+    alerts::{Alert, AlertHub, MemberCard},
+    metrics::Metrics,
+    presence::PresentMember,
+    web::{self, WebState},
+};
+use instore_protocol::AlertPriority;
+use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "admin-secret";
+const WAIT: Duration = Duration::from_secs(5);
+
+struct Server {
+    base: String,
+    hub: AlertHub,
+    metrics: Metrics,
+    presence: watch::Sender<Arc<Vec<PresentMember>>>,
+    cancel: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(admin_token: &str) -> Server {
+    let (metrics, registry) = Metrics::new();
+    let hub = AlertHub::new(16);
+    let (presence, presence_rx) = watch::channel(Arc::new(Vec::new()));
+    let state = WebState {
+        store_id: "S1".into(),
+        gateway_id: "G1".into(),
+        admin_token: admin_token.into(),
+        alerts: hub.clone(),
+        presence: presence_rx,
+        metrics: metrics.clone(),
+        registry: Arc::new(registry),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(web::serve(listener, state, cancel.clone()));
+    Server {
+        base,
+        hub,
+        metrics,
+        presence,
+        cancel,
+        task,
+    }
+}
+
+fn alert(id: &str) -> Alert {
+    Alert {
+        id: id.into(),
+        seq: 0,
+        raised_at_ms: 1_700_000_000_000,
+        rule: "vip_arrival".into(),
+        priority: AlertPriority::High,
+        message: "Greet Ms. Li".into(),
+        zone: "entrance".into(),
+        member: MemberCard {
+            member_id: "M1001".into(),
+            display_name: "Ms. Li".into(),
+            tier: "platinum".into(),
+            stage: Some("value".into()),
+            tags: vec!["linen".into()],
+            last_purchase: None,
+        },
+    }
+}
+
+fn member() -> PresentMember {
+    PresentMember {
+        member_id: "M1001".into(),
+        display_name: "Ms. Li".into(),
+        tier: "platinum".into(),
+        zone: "entrance".into(),
+        since: 1_700_000_000_000,
+        last_seen: 1_700_000_005_000,
+        last_rssi: -60,
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// One parsed Server-Sent Event.
+#[derive(Debug, Default)]
+struct SseEvent {
+    id: Option<String>,
+    event: Option<String>,
+    data: String,
+}
+
+/// Reads events off a streaming response, skipping comment-only blocks (keep-alives, retry).
+struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
+    buf: String,
+}
+
+impl SseReader {
+    fn new(resp: reqwest::Response) -> Self {
+        Self {
+            // Chunks as plain bytes, so the test needs no direct `bytes` dependency.
+            body: resp.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed(),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event with data, or `None` when the stream ends.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = Some(v.trim().to_owned());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        has_data = true;
+                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.body.next())
+                .await
+                .expect("no SSE bytes in time")?
+                .ok()?;
+            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    async fn next_alert(&mut self) -> (u64, serde_json::Value) {
+        let ev = self.next().await.expect("stream ended early");
+        assert_eq!(ev.event.as_deref(), Some("alert"));
+        let id = ev.id.expect("event without id").parse().unwrap();
+        (id, serde_json::from_str(&ev.data).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn member_data_is_refused_without_a_token_or_with_a_wrong_one() {
+    let s = start(TOKEN).await;
+    s.presence.send_replace(Arc::new(vec![member()]));
+    s.hub.publish(alert("a1"));
+    for path in ["/api/presence", "/api/alerts", "/api/alerts/stream"] {
+        let none = client().get(format!("{}{path}", s.base)).send().await.unwrap();
+        let wrong_bearer = client()
+            .get(format!("{}{path}", s.base))
+            .bearer_auth("admin-secreT")
+            .send()
+            .await
+            .unwrap();
+        let wrong_query = client()
+            .get(format!("{}{path}?token=nope", s.base))
+            .send()
+            .await
+            .unwrap();
+        for resp in [none, wrong_bearer, wrong_query] {
+            assert_eq!(resp.status(), 401, "{path}");
+            let body = resp.text().await.unwrap();
+            assert_eq!(body, r#"{"error":"unauthorized"}"#);
+            assert!(!body.contains("M1001") && !body.contains("Li"));
+        }
+    }
+    assert_eq!(s.metrics.http_unauthorized.get(), 9);
+}
+
+#[tokio::test]
+async fn an_empty_admin_token_refuses_even_an_empty_bearer() {
+    let s = start("").await;
+    let resp = client()
+        .get(format!("{}/api/presence", s.base))
+        .header("authorization", "Bearer ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = client()
+        .get(format!("{}/api/presence?token=", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn member_data_is_served_with_a_bearer_token_or_a_token_query() {
+    let s = start(TOKEN).await;
+    let bearer = client()
+        .get(format!("{}/api/presence", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    assert_eq!(bearer.headers()["cache-control"], "no-store");
+    let query = client()
+        .get(format!("{}/api/alerts?token={TOKEN}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(query.status(), 200);
+    assert_eq!(query.text().await.unwrap(), "[]");
+}
+
+#[tokio::test]
+async fn presence_lists_what_the_watch_channel_holds() {
+    let s = start(TOKEN).await;
+    let get = || async {
+        client()
+            .get(format!("{}/api/presence", s.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(get().await, serde_json::json!([]));
+    s.presence.send_replace(Arc::new(vec![member()]));
+    let list = get().await;
+    assert_eq!(list[0]["member_id"], "M1001");
+    assert_eq!(list[0]["zone"], "entrance");
+    assert_eq!(list[0]["since"], 1_700_000_000_000_i64);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn recent_alerts_are_listed_oldest_first_up_to_the_limit() {
+    let s = start(TOKEN).await;
+    for id in ["a1", "a2", "a3"] {
+        s.hub.publish(alert(id));
+    }
+    let list: serde_json::Value = client()
+        .get(format!("{}/api/alerts?limit=2", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<_> = list.as_array().unwrap().iter().map(|a| a["id"].clone()).collect();
+    assert_eq!(ids, ["a2", "a3"]);
+    assert_eq!(list[1]["seq"], 3);
+    assert_eq!(list[1]["member"]["display_name"], "Ms. Li");
+}
+
+#[tokio::test]
+async fn health_and_metrics_need_no_token() {
+    let s = start(TOKEN).await;
+    let health: serde_json::Value = client()
+        .get(format!("{}/healthz", s.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "store_id": "S1", "gateway_id": "G1"})
+    );
+    let metrics = client().get(format!("{}/metrics", s.base)).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    assert!(metrics.text().await.unwrap().contains("instore_agent_sse_clients"));
+}
+
+#[tokio::test]
+async fn unknown_paths_are_not_found() {
+    let s = start(TOKEN).await;
+    for path in ["/nope", "/api/nope"] {
+        let resp = client()
+            .get(format!("{}{path}", s.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn the_clerk_page_is_html_with_the_event_source_code() {
+    let s = start(TOKEN).await;
+    let resp = client().get(format!("{}/", s.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = resp.text().await.unwrap();
+    assert!(html.contains("new EventSource(\"/api/alerts/stream?token=\""));
+    assert!(html.contains("/api/presence"));
+}
+
+#[tokio::test]
+async fn a_stream_client_receives_an_alert_published_after_it_connected() {
+    let s = start(TOKEN).await;
+    s.hub.publish(alert("old"));
+    let resp = client()
+        .get(format!("{}/api/alerts/stream?token={TOKEN}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(s.metrics.sse_clients.get(), 1);
+    let mut events = SseReader::new(resp);
+    s.hub.publish(alert("new"));
+    let (id, data) = events.next_alert().await;
+    assert_eq!(id, 2);
+    assert_eq!(data["id"], "new");
+    assert_eq!(data["member"]["display_name"], "Ms. Li");
+    drop(events);
+    // The client count falls once the server notices the dropped connection.
+    tokio::time::timeout(WAIT, async {
+        while s.metrics.sse_clients.get() != 0 {
+            s.hub.publish(alert("poke"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("sse_clients never went back to 0");
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_first_gets_what_it_missed() {
+    let s = start(TOKEN).await;
+    for id in ["a1", "a2", "a3"] {
+        s.hub.publish(alert(id));
+    }
+    let resp = client()
+        .get(format!("{}/api/alerts/stream", s.base))
+        .bearer_auth(TOKEN)
+        .header("last-event-id", "1")
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(resp);
+    assert_eq!(events.next_alert().await.0, 2);
+    assert_eq!(events.next_alert().await.0, 3);
+    s.hub.publish(alert("a4"));
+    let (id, data) = events.next_alert().await;
+    assert_eq!((id, data["id"].as_str()), (4, Some("a4")));
+}
+
+#[tokio::test]
+async fn the_last_event_id_query_parameter_also_resumes() {
+    let s = start(TOKEN).await;
+    for id in ["a1", "a2"] {
+        s.hub.publish(alert(id));
+    }
+    let resp = client()
+        .get(format!("{}/api/alerts/stream?token={TOKEN}&last_event_id=1", s.base))
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(resp);
+    assert_eq!(events.next_alert().await.1["id"], "a2");
+}
+
+#[tokio::test]
+async fn the_stream_ends_and_the_server_stops_when_cancel_fires() {
+    let s = start(TOKEN).await;
+    let resp = client()
+        .get(format!("{}/api/alerts/stream?token={TOKEN}", s.base))
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(resp);
+    s.cancel.cancel();
+    assert!(events.next().await.is_none(), "stream still open after cancel");
+    let served = tokio::time::timeout(WAIT, s.task)
+        .await
+        .expect("server did not stop");
+    served.unwrap().unwrap();
+}
