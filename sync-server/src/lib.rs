@@ -1,1 +1,51 @@
-//! placeholder
+//! instore-sync: head office. Ingests gateway events exactly once, holds members, and tells
+//! stores when their member set changes.
+//!
+//! The modules follow the flow: `broker` (embedded rumqttd, optional) → `ingest` (MQTT session,
+//! decode, commit, ack) → `store` (SQLite, the only owner of the database) ← `members` (import,
+//! snapshot, notices) ← `http` (API and HQ page). `runtime` wires them; `config` reads the TOML.
+//!
+//! Library use (the demo, tests): build or load an [`HqConfig`], then
+//! [`start`] it to learn the bound addresses ([`HeadOffice::http_addr`],
+//! [`HeadOffice::mqtt_url`]) and [`HeadOffice::wait`] for it, or simply [`run`] it.
+
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod members;
+pub mod metrics;
+pub mod runtime;
+pub mod store;
+
+pub use config::{ApiConfig, AuthConfig, BrokerConfig, ConfigError, HqConfig, HttpConfig};
+pub use runtime::{HeadOffice, run, start};
+
+/// Why head office could not start or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Broker(#[from] broker::BrokerError),
+    #[error("cannot listen on {addr} for HTTP (is the port taken?): {source}")]
+    HttpBind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server: {0}")]
+    Http(std::io::Error),
+    #[error("{0} stopped unexpectedly")]
+    Stopped(&'static str),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Milliseconds since the Unix epoch, for `received_at_ms` and `last_seen_ms`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}

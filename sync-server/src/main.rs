@@ -1,1 +1,191 @@
-fn main() {}
+//! `instore-sync`: head office's binary. Thin: parses the command line, sets up logging and
+//! signals, and calls the library.
+//!
+//! Exit codes: 0 success; 1 runtime failure (including a failed `members import` request);
+//! 2 bad configuration (systemd's `RestartPreventExitStatus=2` keeps it from restarting in a loop).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use instore_sync::{Error, HqConfig};
+use tokio_util::sync::CancellationToken;
+
+const EXIT_RUNTIME: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+/// Whole-shutdown deadline after SIGTERM/Ctrl-C; the runtime's own steps are shorter.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+
+#[derive(Parser)]
+#[command(
+    name = "instore-sync",
+    version,
+    about = "instore head office: ingest, members, API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run head office.
+    Run {
+        #[arg(long, env = "INSTORE_SYNC_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a config file; prints the first problem with its key and line, exits 2 if bad.
+    CheckConfig { file: PathBuf },
+    /// Member administration against a running head office.
+    Members {
+        #[command(subcommand)]
+        command: MembersCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// POST an NDJSON member file to the running head office and print its report.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "INSTORE_SYNC_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                // rumqttd logs every connection at info.
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::CheckConfig { file } => match HqConfig::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config } => {
+            let cfg = match HqConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match block_on(serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    let code = match e.downcast_ref::<Error>() {
+                        Some(Error::Config(_)) => EXIT_CONFIG,
+                        _ => EXIT_RUNTIME,
+                    };
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(code)
+                }
+            }
+        }
+        Command::Members {
+            command: MembersCommand::Import { file, config },
+        } => {
+            let cfg = match HqConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match block_on(import_members(cfg, file)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
+                }
+            }
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?
+        .block_on(f)
+}
+
+async fn serve(cfg: HqConfig) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    let office = instore_sync::start(cfg, cancel.clone()).await?;
+    let signals = cancel.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("signal received, stopping");
+        signals.cancel();
+    });
+    let wait = office.wait();
+    tokio::pin!(wait);
+    tokio::select! {
+        res = &mut wait => Ok(res?),
+        _ = async { cancel.cancelled().await; tokio::time::sleep(SHUTDOWN_DEADLINE).await } => {
+            anyhow::bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}")
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn import_members(cfg: HqConfig, file: PathBuf) -> anyhow::Result<()> {
+    let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let mut addr = cfg.http.listen;
+    // A server listening on every interface is reached on loopback from here.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/api/members");
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .bearer_auth(&cfg.api.token)
+        .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let text = resp.text().await.context("reading the response")?;
+    if !status.is_success() {
+        anyhow::bail!("POST {url}: HTTP {status}: {text}");
+    }
+    println!("{text}");
+    Ok(())
+}

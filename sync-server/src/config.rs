@@ -1,0 +1,394 @@
+//! Head office's TOML configuration: parsed, defaulted and validated in one place.
+//!
+//! `instore-sync check-config FILE` runs [`HqConfig::load`] and prints its error, which names the
+//! key and its line. Every key is documented in `sync-server/examples/hq.toml`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Client id of head office's MQTT session. Fixed so that the broker keeps the persistent
+/// session (and its queued QoS 1 batches) across head-office restarts.
+pub const DEFAULT_CLIENT_ID: &str = "instore-sync";
+
+/// Shortest accepted `[auth] gateway_secret`: gateway tokens are only as strong as this secret.
+pub const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// Syntax and type errors; toml's message carries the line, column and key.
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    /// A value that parses but makes no sense. `line` is 0 when the key is absent from the text
+    /// (or the config was built in code).
+    #[error("{path}: key `{key}` (line {line}): {reason}")]
+    Invalid {
+        path: String,
+        key: String,
+        line: usize,
+        reason: String,
+    },
+}
+
+/// The whole head-office configuration (`instore-sync run --config FILE`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HqConfig {
+    /// Folder of the SQLite database (`hq.sqlite`). Created if missing.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub broker: BrokerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP API, dashboard, `/healthz` and `/metrics`. Port 0 picks a free port
+    /// (see [`crate::HeadOffice::http_addr`]).
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Admin bearer token: full access to the API.
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HMAC secret behind gateway tokens (`instore_protocol::token`).
+    pub gateway_secret: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Run the embedded broker (rumqttd) on this address. Exclusive with `url`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Connect to an external broker, `mqtt://host:port`. Exclusive with `listen`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// MQTT client id of head office's persistent session.
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+}
+
+fn default_client_id() -> String {
+    DEFAULT_CLIENT_ID.to_string()
+}
+
+/// Where head office's MQTT client connects, derived from [`BrokerConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerEndpoint {
+    /// Start rumqttd in-process on this address, then connect to it.
+    Embedded(SocketAddr),
+    /// An external broker.
+    External { host: String, port: u16 },
+}
+
+impl BrokerConfig {
+    /// Resolves `listen` / `url` into an endpoint; the error names the key at fault.
+    pub fn endpoint(&self) -> Result<BrokerEndpoint, (&'static str, String)> {
+        match (&self.listen, &self.url) {
+            (Some(addr), None) => Ok(BrokerEndpoint::Embedded(*addr)),
+            (None, Some(url)) => parse_mqtt_url(url)
+                .map(|(host, port)| BrokerEndpoint::External { host, port })
+                .map_err(|reason| ("url", reason)),
+            (Some(_), Some(_)) => Err((
+                "listen",
+                "set either `listen` (embedded broker) or `url` (external broker), not both".into(),
+            )),
+            (None, None) => Err((
+                "broker",
+                "set `listen` (embedded broker) or `url` (external broker)".into(),
+            )),
+        }
+    }
+}
+
+/// Parses `mqtt://host[:port]` (port 1883 by default). TLS (`mqtts://`) is not supported yet.
+pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
+        format!("{url:?} must start with mqtt:// (mqtts:// is not supported yet)")
+    })?;
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() || rest.contains('/') || rest.contains('@') {
+        return Err(format!("{url:?} must be mqtt://host:port"));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        // A bracketed IPv6 literal without a port, e.g. mqtt://[::1]
+        Some((_, p)) if p.ends_with(']') => (rest, 1883),
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("{url:?}: port {p:?} is not a number 0-65535"))?,
+        ),
+        None => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+impl HqConfig {
+    /// Reads, parses and validates a config file. Relative paths inside it are resolved against
+    /// the file's folder, so a unit file and a shell see the same config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, &display)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.data_dir.is_relative() {
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let cfg: HqConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.check()
+            .map_err(|(table, key, reason)| ConfigError::Invalid {
+                path: origin.to_string(),
+                key: qualified(table, key),
+                line: line_of_key(text, table, key),
+                reason,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Validates a config built in code (the demo, tests). Errors carry line 0.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(table, key, reason)| ConfigError::Invalid {
+                path: "<in-process config>".into(),
+                key: qualified(table, key),
+                line: 0,
+                reason,
+            })
+    }
+
+    /// The semantic checks: `(table, key, reason)` of the first problem.
+    fn check(&self) -> Result<(), (Option<&'static str>, &'static str, String)> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err((None, "data_dir", "must not be empty".into()));
+        }
+        if self.api.token.trim().is_empty() {
+            return Err((Some("api"), "token", "must not be empty".into()));
+        }
+        if self.auth.gateway_secret.len() < MIN_SECRET_LEN {
+            return Err((
+                Some("auth"),
+                "gateway_secret",
+                format!("must be at least {MIN_SECRET_LEN} characters"),
+            ));
+        }
+        if self.broker.client_id.is_empty() || self.broker.client_id.len() > 23 {
+            // MQTT 3.1.1 only promises client ids of 1-23 characters to work on every broker.
+            return Err((
+                Some("broker"),
+                "client_id",
+                "must be 1-23 characters".into(),
+            ));
+        }
+        match self.broker.endpoint() {
+            Ok(_) => Ok(()),
+            // Neither key set: point at the table header itself.
+            Err(("broker", reason)) => Err((None, "[broker]", reason)),
+            Err((key, reason)) => Err((Some("broker"), key, reason)),
+        }
+    }
+
+    /// Path of the SQLite database inside `data_dir`.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("hq.sqlite")
+    }
+}
+
+fn qualified(table: Option<&str>, key: &str) -> String {
+    match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    }
+}
+
+/// The 1-based line where `key` is assigned inside `[table]` (or at the top level when `table` is
+/// `None`), or where a `[table]`-style `key` header sits; 0 when absent (a missing key).
+///
+/// Unlike a plain text search this knows which table a line belongs to: `listen` appears under
+/// both `[http]` and `[broker]`.
+pub fn line_of_key(text: &str, table: Option<&str>, key: &str) -> usize {
+    let mut current: Option<String> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            if line == key {
+                return i + 1;
+            }
+            let name = header.split(']').next().unwrap_or("").trim();
+            current = Some(name.to_string());
+            continue;
+        }
+        if current.as_deref() != table {
+            continue;
+        }
+        if line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='))
+        {
+            return i + 1;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = r#"data_dir = "data"
+
+[http]
+listen = "127.0.0.1:8090"
+
+[api]
+token = "admin-token"
+
+[auth]
+gateway_secret = "0123456789abcdef0123"
+
+[broker]
+listen = "127.0.0.1:1883"
+"#;
+
+    #[test]
+    fn the_shipped_example_is_valid() {
+        let cfg = HqConfig::parse(include_str!("../examples/hq.toml"), "hq.toml").unwrap();
+        assert!(matches!(
+            cfg.broker.endpoint(),
+            Ok(BrokerEndpoint::Embedded(_))
+        ));
+    }
+
+    #[test]
+    fn a_minimal_config_gets_the_default_client_id() {
+        let cfg = HqConfig::parse(VALID, "t").unwrap();
+        assert_eq!(cfg.broker.client_id, "instore-sync");
+        assert_eq!(cfg.http.listen.port(), 8090);
+    }
+
+    #[test]
+    fn relative_data_dirs_resolve_against_the_config_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hq.toml");
+        std::fs::write(&path, VALID).unwrap();
+        let cfg = HqConfig::load(&path).unwrap();
+        assert_eq!(cfg.data_dir, dir.path().join("data"));
+    }
+
+    #[test]
+    fn an_external_broker_url_is_split_into_host_and_port() {
+        let text = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "url = \"mqtt://mq.example:1884\"",
+        );
+        let cfg = HqConfig::parse(&text, "t").unwrap();
+        assert_eq!(
+            cfg.broker.endpoint(),
+            Ok(BrokerEndpoint::External {
+                host: "mq.example".into(),
+                port: 1884
+            })
+        );
+    }
+
+    #[test]
+    fn both_listen_and_url_are_refused_naming_the_broker_line() {
+        let text = format!("{VALID}url = \"mqtt://x:1883\"\n");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("broker.listen") && err.contains("line 13"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_broker_choice_is_refused() {
+        let text = VALID.replace("listen = \"127.0.0.1:1883\"", "");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("[broker]") && err.contains("line 12"), "{err}");
+    }
+
+    #[test]
+    fn a_short_gateway_secret_is_refused_with_its_line() {
+        let text = VALID.replace("0123456789abcdef0123", "short");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("auth.gateway_secret") && err.contains("line 10"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_non_mqtt_url_is_refused() {
+        let text = VALID.replace("listen = \"127.0.0.1:1883\"", "url = \"http://x\"");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("broker.url") && err.contains("line 13"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_type_error_names_the_line_and_key() {
+        let text = VALID.replace("\"127.0.0.1:8090\"", "8090");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("line 4") && err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_rather_than_ignored() {
+        let text = format!("{VALID}lisen = \"typo\"\n");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn line_of_key_knows_which_table_a_key_is_in() {
+        assert_eq!(line_of_key(VALID, Some("http"), "listen"), 4);
+        assert_eq!(line_of_key(VALID, Some("broker"), "listen"), 13);
+        assert_eq!(line_of_key(VALID, None, "data_dir"), 1);
+        assert_eq!(line_of_key(VALID, Some("broker"), "url"), 0);
+    }
+
+    #[test]
+    fn mqtt_urls_parse_with_a_default_port() {
+        assert_eq!(parse_mqtt_url("mqtt://h"), Ok(("h".into(), 1883)));
+        assert_eq!(parse_mqtt_url("mqtt://h:9/"), Ok(("h".into(), 9)));
+        assert_eq!(parse_mqtt_url("mqtt://[::1]:7"), Ok(("::1".into(), 7)));
+        assert!(parse_mqtt_url("mqtts://h").is_err());
+        assert!(parse_mqtt_url("mqtt://h:x").is_err());
+        assert!(parse_mqtt_url("mqtt://").is_err());
+    }
+}

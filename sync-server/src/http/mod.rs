@@ -1,0 +1,254 @@
+//! Head office's HTTP API (axum): health, metrics, gateways, events, members, HQ page.
+//!
+//! In: requests. Out: JSON (errors too: `{"error": "..."}`), Prometheus text, one HTML page.
+//! Handlers never panic on input: bad bodies and parameters are 400s, missing or wrong tokens
+//! 401s, database trouble a logged 500. This module alone imports axum.
+
+pub mod auth;
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::QueryRejection},
+    http::{HeaderMap, StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use instore_protocol::{SCHEMA_VERSION, topics::valid_id};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    members::{self, notifier::NoticeInput},
+    metrics::MetricsHandle,
+    store::{Store, StoreError, queries},
+};
+
+/// Largest member import accepted in one request. Imports are upserts, so a bigger member file
+/// is sent in parts.
+pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
+/// Gap ranges listed per gateway in `/api/gateways`, at most.
+const MAX_GAPS: usize = 100;
+const DEFAULT_EVENTS_LIMIT: u32 = 100;
+const MAX_EVENTS_LIMIT: u32 = 10_000;
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: MetricsHandle,
+    pub admin_token: Arc<str>,
+    pub gateway_secret: Arc<str>,
+    pub notices: mpsc::Sender<NoticeInput>,
+    /// `"embedded"` or `"external"`, for `/healthz`.
+    pub broker_kind: &'static str,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/gateways", get(gateways))
+        .route("/api/events", get(events))
+        .route(
+            "/api/members",
+            post(import_members).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+        )
+        .route("/api/stores/{store}/members/snapshot", get(snapshot))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// An error answer: a status and a message, sent as `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn unauthorized(state: &AppState) -> Self {
+        state.metrics.metrics.http_unauthorized.inc();
+        Self::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "database request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if auth::is_admin(headers, &state.admin_token) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(state))
+    }
+}
+
+async fn page() -> Html<&'static str> {
+    Html(include_str!("page.html"))
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let broker_connected = state.metrics.metrics.mqtt_connected.get() == 1;
+    let db = state.store.call(|c| queries::counts(c)).await;
+    let body = serde_json::json!({
+        "status": if db.is_ok() { "ok" } else { "error" },
+        "database": db.is_ok(),
+        "broker": state.broker_kind,
+        "broker_connected": broker_connected,
+        "schema_version": SCHEMA_VERSION,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    let status = if db.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    // Gauges that mirror the database are read at scrape time rather than kept in step.
+    match state.store.call(|c| queries::counts(c)).await {
+        Ok(c) => {
+            let m = &state.metrics.metrics;
+            m.gateways_known.set(c.gateways_known);
+            m.gateways_online.set(c.gateways_online);
+            m.members.set(c.members);
+            m.member_set_version.set(c.member_set_version);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot refresh metrics gauges"),
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn gateways(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let rows = state.store.call(|c| queries::gateways(c, MAX_GAPS)).await?;
+    Ok(Json(rows).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    gateway: String,
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "expected ?gateway=ID&after_seq=N&limit=M: {}",
+                e.body_text()
+            ),
+        )
+    })?;
+    if !valid_id(&q.gateway) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "gateway is not a valid id",
+        ));
+    }
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_EVENTS_LIMIT)
+        .clamp(1, MAX_EVENTS_LIMIT);
+    let rows = state
+        .store
+        .call(move |c| queries::events_after(c, &q.gateway, q.after_seq, limit))
+        .await?;
+    Ok(Json(rows).into_response())
+}
+
+async fn import_members(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let text = std::str::from_utf8(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "body is not UTF-8 (byte {}): expected NDJSON member records",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let (report, stores) = members::import(&state.store, text).await?;
+    tracing::info!(
+        imported = report.imported,
+        skipped = report.skipped.len(),
+        version = report.version,
+        "members imported"
+    );
+    if report.imported > 0 {
+        state.metrics.metrics.member_imports.inc();
+        let input = NoticeInput::Imported {
+            version: report.version,
+            stores,
+        };
+        if state.notices.send(input).await.is_err() {
+            tracing::warn!("members notifier has stopped; stores learn the version on restart");
+        }
+    }
+    Ok(Json(report).into_response())
+}
+
+async fn snapshot(
+    State(state): State<AppState>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    if !auth::may_read_store(&headers, &state.admin_token, &state.gateway_secret, &store) {
+        return Err(ApiError::unauthorized(&state));
+    }
+    if !valid_id(&store) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "store is not a valid id",
+        ));
+    }
+    let snap = members::snapshot(&state.store, &store).await?;
+    Ok(Json(snap).into_response())
+}

@@ -1,0 +1,153 @@
+//! Head office's Prometheus metrics: one struct, cloned into every task that counts something.
+//!
+//! A metric is registered here once, with its help text; tasks only increment. Gauges that mirror
+//! the database (gateways online, members) are refreshed when `/metrics` is scraped.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Label set `reason="..."`.
+pub type ReasonLabel = Vec<(&'static str, &'static str)>;
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub events_received: Counter,
+    pub duplicates_dropped: Counter,
+    pub batches: Counter,
+    pub bad_payloads: Family<ReasonLabel, Counter>,
+    pub status_messages: Counter,
+    pub ingest_commits: Counter,
+    pub ingest_commit_failures: Counter,
+    pub acks_sent: Counter,
+    pub members_notices_sent: Counter,
+    pub member_imports: Counter,
+    pub mqtt_connected: Gauge,
+    pub mqtt_reconnects: Counter,
+    pub gateways_online: Gauge,
+    pub gateways_known: Gauge,
+    pub members: Gauge,
+    pub member_set_version: Gauge,
+    pub http_unauthorized: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// The metrics and the registry that renders them.
+#[derive(Debug, Clone)]
+pub struct MetricsHandle {
+    pub metrics: Metrics,
+    registry: Arc<Registry>,
+}
+
+impl MetricsHandle {
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        let mut r = Registry::with_prefix("instore_sync");
+        r.register(
+            "events_received",
+            "Events stored for the first time",
+            m.events_received.clone(),
+        );
+        r.register(
+            "duplicates_dropped",
+            "Events received again (already stored) and dropped",
+            m.duplicates_dropped.clone(),
+        );
+        r.register("batches", "Event batches ingested", m.batches.clone());
+        r.register(
+            "bad_payloads",
+            "MQTT payloads refused (malformed, too large, wrong gateway...), by reason",
+            m.bad_payloads.clone(),
+        );
+        r.register(
+            "status_messages",
+            "Gateway status messages applied",
+            m.status_messages.clone(),
+        );
+        r.register(
+            "ingest_commits",
+            "SQLite transactions committed by ingest",
+            m.ingest_commits.clone(),
+        );
+        r.register(
+            "ingest_commit_failures",
+            "Ingest transactions that failed (the batches are not acknowledged)",
+            m.ingest_commit_failures.clone(),
+        );
+        r.register(
+            "acks_sent",
+            "Acks published to gateways",
+            m.acks_sent.clone(),
+        );
+        r.register(
+            "members_notices_sent",
+            "Retained member-set notices published to stores",
+            m.members_notices_sent.clone(),
+        );
+        r.register(
+            "member_imports",
+            "Member imports that changed the member set",
+            m.member_imports.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the broker and subscribed",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "Broker connection losses",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "gateways_online",
+            "Gateways whose last status was online",
+            m.gateways_online.clone(),
+        );
+        r.register(
+            "gateways_known",
+            "Gateways ever seen",
+            m.gateways_known.clone(),
+        );
+        r.register("members", "Members in the member set", m.members.clone());
+        r.register(
+            "member_set_version",
+            "Current member-set version",
+            m.member_set_version.clone(),
+        );
+        r.register(
+            "http_unauthorized",
+            "HTTP requests refused for a missing or wrong token",
+            m.http_unauthorized.clone(),
+        );
+        Self {
+            metrics: m,
+            registry: Arc::new(r),
+        }
+    }
+
+    /// Renders every metric in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail; an error here would only truncate the output.
+        if encode(&mut out, &self.registry).is_err() {
+            tracing::warn!("metrics encoding failed");
+        }
+        out
+    }
+}
+
+impl Default for MetricsHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,238 @@
+//! Wiring: opens the database, starts the broker (if embedded), the MQTT session, ingest, the
+//! members notifier and HTTP, and stops them in order. No domain logic here.
+//!
+//! Shutdown, on `cancel`: HTTP stops accepting; the event loop stops forwarding publishes (the
+//! ones not yet forwarded stay unacknowledged, so the broker redelivers them); ingest commits and
+//! acknowledges the group in hand; the MQTT session disconnects; the database thread drains its
+//! queue and closes. Each step is bounded by a grace time, so shutdown ends within seconds.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{sync::mpsc, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Error, broker,
+    config::{BrokerEndpoint, HqConfig},
+    http::{self, AppState},
+    ingest::{Ingest, mqtt},
+    members::notifier::{self, Notices},
+    metrics::MetricsHandle,
+    store::{Store, StoreThread, members},
+};
+
+/// Publishes waiting for ingest, at most. Larger than the broker's inflight window (200), so
+/// in practice the event loop never waits on it.
+const PUBLISH_QUEUE: usize = 1024;
+const NOTICE_QUEUE: usize = 1024;
+/// How long each shutdown step may take before it is cut short.
+const GRACE: Duration = Duration::from_secs(3);
+
+/// A running head office. Learn its addresses, then [`HeadOffice::wait`] for it to stop.
+#[derive(Debug)]
+pub struct HeadOffice {
+    http_addr: SocketAddr,
+    broker_addr: Option<SocketAddr>,
+    mqtt_host: String,
+    mqtt_port: u16,
+    cancel: CancellationToken,
+    stop_mqtt: CancellationToken,
+    client: rumqttc::AsyncClient,
+    http: JoinHandle<std::io::Result<()>>,
+    ingest: JoinHandle<()>,
+    eventloop: JoinHandle<()>,
+    notifier: JoinHandle<()>,
+    store_thread: StoreThread,
+}
+
+impl HeadOffice {
+    /// The bound HTTP address (the chosen port when `[http] listen` had port 0).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The embedded broker's address; `None` with an external broker.
+    pub fn broker_addr(&self) -> Option<SocketAddr> {
+        self.broker_addr
+    }
+
+    /// The broker gateways should use, as `mqtt://host:port`.
+    pub fn mqtt_url(&self) -> String {
+        match self.mqtt_host.parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => format!("mqtt://[{ip}]:{}", self.mqtt_port),
+            _ => format!("mqtt://{}:{}", self.mqtt_host, self.mqtt_port),
+        }
+    }
+
+    /// Waits until the caller's token is cancelled (or a part fails), then shuts down in order.
+    pub async fn wait(self) -> Result<(), Error> {
+        let HeadOffice {
+            cancel,
+            stop_mqtt,
+            client,
+            mut http,
+            ingest,
+            eventloop,
+            notifier,
+            store_thread,
+            ..
+        } = self;
+        let mut failure = None;
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            res = &mut http => {
+                // The HTTP server only returns early on an I/O failure.
+                failure = Some(task_error("http", res));
+                cancel.cancel();
+            }
+        }
+        tracing::info!("shutting down");
+        if failure.is_none() && !http.is_finished() {
+            let _ = tokio::time::timeout(GRACE, &mut http).await;
+        }
+        http.abort();
+        if tokio::time::timeout(GRACE, ingest).await.is_err() {
+            tracing::warn!("ingest did not finish its commit within the grace time");
+        }
+        // Acks are queued; a clean disconnect flushes them before the session closes.
+        let _ = client.try_disconnect();
+        if tokio::time::timeout(GRACE, eventloop).await.is_err() {
+            stop_mqtt.cancel();
+        }
+        stop_mqtt.cancel();
+        drop(client);
+        let _ = tokio::time::timeout(GRACE, notifier).await;
+        // Every Store handle is gone with its task: the thread drains its queue and exits.
+        let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+        tracing::info!("stopped");
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn task_error(
+    name: &'static str,
+    res: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Error {
+    match res {
+        Ok(Ok(())) => Error::Stopped(name),
+        Ok(Err(e)) => Error::Http(e),
+        Err(e) => Error::Task(format!("{name}: {e}")),
+    }
+}
+
+/// Runs head office until `cancel` is cancelled. See [`start`] to learn bound addresses first.
+pub async fn run(cfg: HqConfig, cancel: CancellationToken) -> Result<(), Error> {
+    start(cfg, cancel).await?.wait().await
+}
+
+/// Starts every part of head office and returns once the broker (if embedded) and HTTP accept
+/// connections. The MQTT session connects in the background (see `/healthz`).
+pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffice, Error> {
+    cfg.validate()?;
+    // Our own child: a failing part can stop the rest without cancelling the caller's token.
+    let cancel = cancel.child_token();
+    let endpoint = cfg
+        .broker
+        .endpoint()
+        .map_err(|(key, reason)| Error::Task(format!("broker.{key}: {reason}")))?;
+
+    let (store, store_thread) = Store::open(&cfg.data_dir, &cfg.database_path())?;
+    let version = store.call(|c| members::version(c)).await?;
+
+    let (broker_addr, mqtt_host, mqtt_port) = match endpoint {
+        BrokerEndpoint::Embedded(addr) => {
+            let b = broker::start(addr).await?;
+            let a = b.addr();
+            // A broker on every interface is reached on loopback from here.
+            let ip = if a.ip().is_unspecified() {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                a.ip()
+            };
+            (Some(a), ip.to_string(), a.port())
+        }
+        BrokerEndpoint::External { host, port } => (None, host, port),
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|source| Error::HttpBind {
+            addr: cfg.http.listen,
+            source,
+        })?;
+    let http_addr = listener.local_addr().map_err(Error::Http)?;
+
+    let metrics = MetricsHandle::new();
+    let (client, eventloop) = mqtt::connect(&cfg.broker.client_id, &mqtt_host, mqtt_port);
+    let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
+    let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
+    let stop_mqtt = CancellationToken::new();
+
+    let eventloop = tokio::spawn(
+        mqtt::EventLoopTask {
+            client: client.clone(),
+            metrics: metrics.metrics.clone(),
+            publishes: publish_tx,
+            notices: notice_tx.clone(),
+            cancel: cancel.clone(),
+            stop: stop_mqtt.clone(),
+        }
+        .run(eventloop),
+    );
+    let ingest = tokio::spawn(
+        Ingest {
+            store: store.clone(),
+            client: client.clone(),
+            metrics: metrics.metrics.clone(),
+            notices: notice_tx.clone(),
+        }
+        .run(publish_rx),
+    );
+    let notifier = tokio::spawn(notifier::run(
+        notice_rx,
+        Notices::new(version),
+        client.clone(),
+        metrics.metrics.clone(),
+    ));
+    let app = http::router(AppState {
+        store,
+        metrics,
+        admin_token: Arc::from(cfg.api.token.as_str()),
+        gateway_secret: Arc::from(cfg.auth.gateway_secret.as_str()),
+        notices: notice_tx,
+        broker_kind: if broker_addr.is_some() {
+            "embedded"
+        } else {
+            "external"
+        },
+    });
+    let http_cancel = cancel.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+    });
+    tracing::info!(%http_addr, mqtt_host, mqtt_port, data_dir = %cfg.data_dir.display(), "head office started");
+
+    Ok(HeadOffice {
+        http_addr,
+        broker_addr,
+        mqtt_host,
+        mqtt_port,
+        cancel,
+        stop_mqtt,
+        client,
+        http,
+        ingest,
+        eventloop,
+        notifier,
+        store_thread,
+    })
+}

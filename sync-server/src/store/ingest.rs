@@ -1,0 +1,209 @@
+//! Storing event batches and gateway status: one transaction per group of items.
+
+use rusqlite::{Connection, params};
+
+use super::{StoreError, sql};
+
+/// An event ready for its row: validated and serialised by ingest.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: &'static str,
+    pub body_json: String,
+}
+
+/// A decoded batch whose topic matched its gateway.
+#[derive(Debug, Clone)]
+pub struct IngestBatch {
+    pub gateway_id: String,
+    pub store_id: String,
+    pub events: Vec<StoredEvent>,
+}
+
+/// One thing ingest learned from the broker.
+#[derive(Debug, Clone)]
+pub enum IngestItem {
+    Batch(IngestBatch),
+    Status {
+        gateway_id: String,
+        store_id: String,
+        online: bool,
+    },
+    /// A refused payload on this gateway's topic: counted against it if the gateway is known.
+    Bad {
+        gateway_id: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub inserted: u64,
+    pub duplicates: u64,
+    /// Highest sequence number ever committed for the gateway, this batch included.
+    pub high_water: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemOutcome {
+    Batch(BatchOutcome),
+    Status,
+    Bad,
+}
+
+/// Stores `items` in one transaction. Nothing is visible (or acknowledged) unless all of it is.
+pub fn ingest(
+    conn: &mut Connection,
+    items: &[IngestItem],
+    now_ms: i64,
+) -> Result<Vec<ItemOutcome>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(items.len());
+    {
+        let mut insert = tx.prepare_cached(sql::INSERT_EVENT)?;
+        let mut seen = tx.prepare_cached(sql::UPSERT_GATEWAY_SEEN)?;
+        let mut counts = tx.prepare_cached(sql::ADD_BATCH_COUNTS)?;
+        let mut last_seq = tx.prepare_cached(sql::SELECT_LAST_SEQ)?;
+        for item in items {
+            match item {
+                IngestItem::Batch(b) => {
+                    seen.execute(params![b.gateway_id, b.store_id, now_ms])?;
+                    tx.execute(sql::MARK_GATEWAY_ONLINE, params![b.gateway_id])?;
+                    let mut inserted = 0u64;
+                    for e in &b.events {
+                        inserted += insert.execute(params![
+                            b.gateway_id,
+                            e.seq,
+                            b.store_id,
+                            e.at_ms,
+                            e.kind,
+                            e.body_json,
+                            now_ms
+                        ])? as u64;
+                    }
+                    let duplicates = b.events.len() as u64 - inserted;
+                    let max_seq = b.events.last().map_or(0, |e| e.seq);
+                    counts.execute(params![
+                        b.gateway_id,
+                        max_seq,
+                        inserted as i64,
+                        duplicates as i64
+                    ])?;
+                    let high_water: i64 =
+                        last_seq.query_row(params![b.gateway_id], |r| r.get(0))?;
+                    out.push(ItemOutcome::Batch(BatchOutcome {
+                        inserted,
+                        duplicates,
+                        high_water: high_water.max(0) as u64,
+                    }));
+                }
+                IngestItem::Status {
+                    gateway_id,
+                    store_id,
+                    online,
+                } => {
+                    seen.execute(params![gateway_id, store_id, now_ms])?;
+                    tx.execute(sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
+                    out.push(ItemOutcome::Status);
+                }
+                IngestItem::Bad { gateway_id } => {
+                    tx.execute(sql::ADD_BAD_PAYLOAD, params![gateway_id])?;
+                    out.push(ItemOutcome::Bad);
+                }
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{queries, test_connection};
+
+    fn batch(gw: &str, seqs: &[i64]) -> IngestItem {
+        IngestItem::Batch(IngestBatch {
+            gateway_id: gw.into(),
+            store_id: "s1".into(),
+            events: seqs
+                .iter()
+                .map(|&seq| StoredEvent {
+                    seq,
+                    at_ms: 1,
+                    kind: "footfall",
+                    body_json: "{}".into(),
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_resent_batch_counts_duplicates_and_keeps_the_high_water() {
+        let mut c = test_connection();
+        let first = ingest(&mut c, &[batch("g1", &[1, 2, 3])], 10).unwrap();
+        assert_eq!(
+            first,
+            [ItemOutcome::Batch(BatchOutcome {
+                inserted: 3,
+                duplicates: 0,
+                high_water: 3
+            })]
+        );
+        let again = ingest(&mut c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
+        assert_eq!(
+            again,
+            [ItemOutcome::Batch(BatchOutcome {
+                inserted: 1,
+                duplicates: 2,
+                high_water: 4
+            })]
+        );
+        let old = ingest(&mut c, &[batch("g1", &[1])], 12).unwrap();
+        assert_eq!(
+            old,
+            [ItemOutcome::Batch(BatchOutcome {
+                inserted: 0,
+                duplicates: 1,
+                high_water: 4
+            })]
+        );
+        let gws = queries::gateways(&c, 10).unwrap();
+        assert_eq!(gws[0].events_received, 4);
+        assert_eq!(gws[0].duplicates_dropped, 3);
+        assert!(gws[0].online);
+    }
+
+    #[test]
+    fn gaps_are_the_missing_ranges_below_the_last_sequence_number() {
+        let mut c = test_connection();
+        ingest(&mut c, &[batch("g1", &[3, 4, 7, 10])], 1).unwrap();
+        let gws = queries::gateways(&c, 10).unwrap();
+        let gaps: Vec<_> = gws[0].gaps.iter().map(|g| (g.first, g.last)).collect();
+        assert_eq!(gaps, [(1, 2), (5, 6), (8, 9)]);
+        assert_eq!(gws[0].last_seq, 10);
+    }
+
+    #[test]
+    fn status_sets_online_and_bad_payloads_count_only_for_known_gateways() {
+        let mut c = test_connection();
+        let items = [
+            IngestItem::Status {
+                gateway_id: "g1".into(),
+                store_id: "s1".into(),
+                online: false,
+            },
+            IngestItem::Bad {
+                gateway_id: "g1".into(),
+            },
+            IngestItem::Bad {
+                gateway_id: "stranger".into(),
+            },
+        ];
+        ingest(&mut c, &items, 1).unwrap();
+        let gws = queries::gateways(&c, 10).unwrap();
+        assert_eq!(gws.len(), 1, "a bad payload does not create a gateway");
+        assert!(!gws[0].online);
+        assert_eq!(gws[0].bad_payloads, 1);
+    }
+}
