@@ -155,7 +155,11 @@ async fn member_data_is_refused_without_a_token_or_with_a_wrong_one() {
     s.presence.send_replace(Arc::new(vec![member()]));
     s.hub.publish(alert("a1"));
     for path in ["/api/presence", "/api/alerts", "/api/alerts/stream"] {
-        let none = client().get(format!("{}{path}", s.base)).send().await.unwrap();
+        let none = client()
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
         let wrong_bearer = client()
             .get(format!("{}{path}", s.base))
             .bearer_auth("admin-secreT")
@@ -253,7 +257,12 @@ async fn recent_alerts_are_listed_oldest_first_up_to_the_limit() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<_> = list.as_array().unwrap().iter().map(|a| a["id"].clone()).collect();
+    let ids: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["id"].clone())
+        .collect();
     assert_eq!(ids, ["a2", "a3"]);
     assert_eq!(list[1]["seq"], 3);
     assert_eq!(list[1]["member"]["display_name"], "Ms. Li");
@@ -274,7 +283,11 @@ async fn health_and_metrics_need_no_token() {
         health,
         serde_json::json!({"status": "ok", "store_id": "S1", "gateway_id": "G1"})
     );
-    let metrics = client().get(format!("{}/metrics", s.base)).send().await.unwrap();
+    let metrics = client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]
@@ -282,7 +295,13 @@ async fn health_and_metrics_need_no_token() {
             .unwrap()
             .starts_with("text/plain; version=0.0.4")
     );
-    assert!(metrics.text().await.unwrap().contains("instore_agent_sse_clients"));
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("instore_agent_sse_clients")
+    );
 }
 
 #[tokio::test]
@@ -378,7 +397,10 @@ async fn the_last_event_id_query_parameter_also_resumes() {
         s.hub.publish(alert(id));
     }
     let resp = client()
-        .get(format!("{}/api/alerts/stream?token={TOKEN}&last_event_id=1", s.base))
+        .get(format!(
+            "{}/api/alerts/stream?token={TOKEN}&last_event_id=1",
+            s.base
+        ))
         .send()
         .await
         .unwrap();
@@ -396,9 +418,30 @@ async fn the_stream_ends_and_the_server_stops_when_cancel_fires() {
         .unwrap();
     let mut events = SseReader::new(resp);
     s.cancel.cancel();
-    assert!(events.next().await.is_none(), "stream still open after cancel");
+    assert!(
+        events.next().await.is_none(),
+        "stream still open after cancel"
+    );
     let served = tokio::time::timeout(WAIT, s.task)
         .await
         .expect("server did not stop");
     served.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_tablet_that_outlived_an_agent_restart_gets_the_whole_ring() {
+    // The tablet last saw seq 40 from the previous agent process; this one has numbered only 2.
+    let s = start(TOKEN).await;
+    for id in ["a1", "a2"] {
+        s.hub.publish(alert(id));
+    }
+    let resp = client()
+        .get(format!("{}/api/alerts/stream?token={TOKEN}", s.base))
+        .header("last-event-id", "40")
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(resp);
+    assert_eq!(events.next_alert().await.0, 1);
+    assert_eq!(events.next_alert().await.0, 2);
 }

@@ -181,7 +181,77 @@ fn to_event(alert: &Alert) -> Option<Event> {
 
 #[cfg(test)]
 mod tests {
+    use futures::StreamExt;
+    use instore_protocol::AlertPriority;
+
     use super::*;
+    use crate::alerts::MemberCard;
+
+    fn alert(id: &str) -> Alert {
+        Alert {
+            id: id.into(),
+            seq: 0,
+            raised_at_ms: 0,
+            rule: "r".into(),
+            priority: AlertPriority::Normal,
+            message: "m".into(),
+            zone: "z".into(),
+            member: MemberCard {
+                member_id: "M".into(),
+                display_name: "N".into(),
+                tier: "gold".into(),
+                stage: None,
+                tags: vec![],
+                last_purchase: None,
+            },
+        }
+    }
+
+    fn feed(hub: &AlertHub, since: u64, gauge: &Gauge, cancel: &CancellationToken) -> Feed {
+        let (missed, rx) = hub.subscribe_since(since);
+        Feed {
+            hub: hub.clone(),
+            rx,
+            pending: missed.into(),
+            last_seq: since,
+            cancel: cancel.clone(),
+            _client: ClientGuard::new(gauge.clone()),
+            sent_retry: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lagging_feed_resyncs_from_the_ring_instead_of_ending() {
+        let hub = AlertHub::new(4);
+        let gauge = Gauge::default();
+        let cancel = CancellationToken::new();
+        let mut feed = feed(&hub, 0, &gauge, &cancel);
+        // Ten alerts into a broadcast of four: the receiver lags; the ring holds seq 7..=10.
+        for i in 0..10 {
+            hub.publish(alert(&i.to_string()));
+        }
+        let mut seqs = Vec::new();
+        for _ in 0..4 {
+            assert!(feed.next_event().await.is_some());
+            seqs.push(feed.last_seq);
+        }
+        assert_eq!(seqs, [7, 8, 9, 10]);
+        hub.publish(alert("live"));
+        assert!(feed.next_event().await.is_some());
+        assert_eq!(feed.last_seq, 11);
+    }
+
+    #[tokio::test]
+    async fn the_feed_ends_on_cancel_and_stops_counting_its_client() {
+        let hub = AlertHub::new(4);
+        let gauge = Gauge::default();
+        let cancel = CancellationToken::new();
+        let stream = feed(&hub, 0, &gauge, &cancel).into_stream();
+        assert_eq!(gauge.get(), 1);
+        cancel.cancel();
+        assert_eq!(stream.collect::<Vec<_>>().await.len(), 0);
+        assert_eq!(gauge.get(), 0);
+    }
 
     #[test]
     fn the_last_event_id_header_wins_over_the_query_parameter() {
