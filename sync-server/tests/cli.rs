@@ -1,0 +1,141 @@
+//! The `instore-sync` binary as an operator runs it: exit codes, `check-config`, `run` with
+//! SIGTERM, and `members import` against the running server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::free_port;
+
+const BIN: &str = env!("CARGO_BIN_EXE_instore-sync");
+
+fn write_config(dir: &std::path::Path, http: u16, mqtt: u16) -> std::path::PathBuf {
+    let path = dir.join("hq.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[api]\ntoken = \"cli-admin\"\n\
+             [auth]\ngateway_secret = \"0123456789abcdef\"\n[broker]\nlisten = \"127.0.0.1:{mqtt}\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_config_exits_2_naming_the_key_and_line_of_a_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "data_dir = \"d\"\n[http]\nlisten = \"127.0.0.1:1\"\n[api]\ntoken = \"t\"\n[auth]\n\
+         gateway_secret = \"short\"\n[broker]\nlisten = \"127.0.0.1:2\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.gateway_secret") && err.contains("line 7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_config_accepts_the_shipped_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hq.toml");
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(example)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn run_serves_imports_members_from_the_cli_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = write_config(dir.path(), http, free_port());
+    let mut server = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        dir.path().join("data/hq.sqlite").exists(),
+        "data_dir is relative to the config"
+    );
+
+    let members = dir.path().join("members.ndjson");
+    std::fs::write(
+        &members,
+        "{\"member_id\":\"M1\",\"display_name\":\"A\",\"tier\":\"gold\"}\nnot json\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["members", "import"])
+        .arg(&members)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["imported"], 1);
+    assert_eq!(report["skipped"][0]["line"], 2);
+
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = server.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn members_import_fails_with_exit_1_when_no_server_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), free_port(), free_port());
+    let members = dir.path().join("m.ndjson");
+    std::fs::write(&members, "").unwrap();
+    let out = Command::new(BIN)
+        .args(["members", "import"])
+        .arg(&members)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
