@@ -1,0 +1,603 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The uplink and downlink against a real, in-process MQTT broker (rumqttd) and a fake head
+//! office: an MQTT client that stores batches and acknowledges them, and a tiny HTTP server that
+//! serves member snapshots.
+
+use std::{
+    collections::BTreeSet,
+    future::Future,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    routing::get,
+};
+use instore_agent::{
+    cache::MemberCache,
+    config::SyncConfig,
+    engine::Control,
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox},
+    sync::{self, SyncContext},
+};
+use instore_protocol::{
+    Ack, EventBatch, EventBody, GatewayStatus, MAX_PAYLOAD_BYTES, MemberRecord, MemberSnapshot,
+    MembersNotice, SCHEMA_VERSION, SeqRange, topics,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+const STORE: &str = "s-1";
+const GATEWAY: &str = "gw-1";
+const TOKEN: &str = "gw-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts rumqttd on a free port; it lives until the test process exits.
+fn start_broker() -> u16 {
+    let port = free_port();
+    let config = format!(
+        r#"
+        id = 0
+        [router]
+        max_connections = 100
+        max_outgoing_packet_count = 200
+        max_segment_size = 104857600
+        max_segment_count = 10
+        [v4.1]
+        name = "v4-1"
+        listen = "127.0.0.1:{port}"
+        next_connection_delay_ms = 1
+        [v4.1.connections]
+        connection_timeout_ms = 60000
+        max_payload_size = {max}
+        max_inflight_count = 100
+        dynamic_filters = true
+        "#,
+        max = MAX_PAYLOAD_BYTES + 4096
+    );
+    let config: rumqttd::Config = toml::from_str(&config).unwrap();
+    std::thread::spawn(move || {
+        let mut broker = rumqttd::Broker::new(config);
+        broker.start().unwrap();
+    });
+    port
+}
+
+/// What the fake head office has seen.
+#[derive(Default)]
+struct Hq {
+    stored: Mutex<BTreeSet<u64>>,
+    /// Events received, duplicates included.
+    received: AtomicUsize,
+    /// Acks to swallow before answering (a head office that crashed before replying).
+    drop_acks: AtomicUsize,
+    statuses: Mutex<Vec<bool>>,
+}
+
+impl Hq {
+    fn stored(&self) -> Vec<u64> {
+        self.stored.lock().unwrap().iter().copied().collect()
+    }
+    fn last_status(&self) -> Option<bool> {
+        self.statuses.lock().unwrap().last().copied()
+    }
+}
+
+/// Contiguous runs of a batch's sequence numbers, as head office acknowledges them.
+fn runs(seqs: &[u64]) -> Vec<SeqRange> {
+    let mut out: Vec<SeqRange> = Vec::new();
+    for &s in seqs {
+        match out.last_mut() {
+            Some(r) if r.last + 1 == s => r.last = s,
+            _ => out.push(SeqRange { first: s, last: s }),
+        }
+    }
+    out
+}
+
+/// Connects the fake head office to the broker: stores every batch, then acknowledges it.
+async fn start_hq(port: u16, hq: Arc<Hq>) -> AsyncClient {
+    let mut options = MqttOptions::new("hq", "127.0.0.1", port);
+    options.set_max_packet_size(MAX_PAYLOAD_BYTES + 4096, MAX_PAYLOAD_BYTES + 4096);
+    options.set_keep_alive(Duration::from_secs(15));
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let mut ready_tx = Some(ready_tx);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready_tx.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    client
+        .subscribe(topics::ALL_EVENTS, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .subscribe(topics::ALL_STATUS, QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ready_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    let acker = client.clone();
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            if p.topic == topics::status(GATEWAY) {
+                let s: GatewayStatus = serde_json::from_slice(&p.payload).unwrap();
+                hq.statuses.lock().unwrap().push(s.online);
+                continue;
+            }
+            let batch = EventBatch::decode(&p.payload).unwrap();
+            assert_eq!(batch.gateway_id, GATEWAY);
+            let seqs: Vec<u64> = batch.events.iter().map(|e| e.seq).collect();
+            hq.received.fetch_add(seqs.len(), Ordering::SeqCst);
+            // "Commit", then acknowledge.
+            let high_water = {
+                let mut stored = hq.stored.lock().unwrap();
+                stored.extend(&seqs);
+                stored.last().copied().unwrap_or(0)
+            };
+            if hq
+                .drop_acks
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                continue;
+            }
+            let ack = Ack {
+                v: SCHEMA_VERSION,
+                gateway_id: GATEWAY.into(),
+                ranges: runs(&seqs),
+                high_water,
+            };
+            acker
+                .publish(
+                    topics::ack(GATEWAY),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&ack).unwrap(),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    client
+}
+
+/// Head office's snapshot endpoint; fails the first `fail_first` requests with 503.
+#[derive(Default)]
+struct SnapshotServer {
+    requests: AtomicUsize,
+    fail_first: usize,
+    bad_auth: AtomicUsize,
+}
+
+fn member(id: &str) -> MemberRecord {
+    serde_json::from_value(serde_json::json!({
+        "member_id": id, "display_name": "Ms. Li", "tier": "platinum",
+        "consent": {"presence": true},
+        "identifiers": [{"kind": "ibeacon", "uuid": "f7826da6-4fa2-4e98-8024-bc5b71e0893e",
+                         "major": 1, "minor": 2}]
+    }))
+    .unwrap()
+}
+
+async fn snapshot(
+    State(server): State<Arc<SnapshotServer>>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<MemberSnapshot>, StatusCode> {
+    let n = server.requests.fetch_add(1, Ordering::SeqCst);
+    let auth_ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+        == Some(&format!("Bearer {TOKEN}"))
+        && headers
+            .get("x-instore-gateway")
+            .and_then(|v| v.to_str().ok())
+            == Some(GATEWAY);
+    if !auth_ok {
+        server.bad_auth.fetch_add(1, Ordering::SeqCst);
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    if n < server.fail_first {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    Ok(Json(MemberSnapshot {
+        v: SCHEMA_VERSION,
+        store_id: store,
+        version: 7,
+        members: vec![member("M1001"), member("M1002")],
+    }))
+}
+
+async fn start_http(server: Arc<SnapshotServer>) -> u16 {
+    let app = Router::new()
+        .route("/api/stores/{store}/members/snapshot", get(snapshot))
+        .with_state(server);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
+struct Gateway {
+    outbox: Outbox,
+    cache: MemberCache,
+    metrics: Metrics,
+    engine: mpsc::Receiver<Control>,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+fn start_gateway(broker_port: u16, http_port: u16) -> Gateway {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "instore_agent=debug".into()),
+        )
+        .try_init();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::default();
+    let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
+    let cache = MemberCache::open(&dir.path().join("members.db")).unwrap();
+    let (engine_tx, engine) = mpsc::channel(8);
+    let cfg = SyncConfig {
+        enabled: true,
+        broker: format!("mqtt://127.0.0.1:{broker_port}"),
+        hq_url: format!("http://127.0.0.1:{http_port}"),
+        token: TOKEN.into(),
+        batch_max_events: 25,
+        batch_max_age_ms: 20,
+        max_inflight_batches: 3,
+        reconnect_min_ms: 50,
+        reconnect_max_ms: 500,
+    };
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    sync::spawn(
+        SyncContext {
+            store_id: STORE.into(),
+            gateway_id: GATEWAY.into(),
+            cfg,
+            outbox: outbox.clone(),
+            cache: cache.clone(),
+            engine: engine_tx,
+            metrics: metrics.clone(),
+        },
+        &tracker,
+        cancel.clone(),
+    )
+    .unwrap();
+    tracker.close();
+    Gateway {
+        outbox,
+        cache,
+        metrics,
+        engine,
+        tracker,
+        cancel,
+        _dir: dir,
+    }
+}
+
+fn arrivals(from: u64, to: u64) -> Vec<NewEvent> {
+    (from..=to)
+        .map(|n| NewEvent {
+            at_ms: instore_agent::now_ms(),
+            body: EventBody::Arrive {
+                member_id: format!("M{n}"),
+                zone: "entrance".into(),
+                visit_id: format!("v{n}"),
+            },
+        })
+        .collect()
+}
+
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop(gw: &Gateway) {
+    gw.cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(3), gw.tracker.wait())
+        .await
+        .expect("sync stops within the grace period");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_head_office_and_acknowledged_ones_leave_the_outbox() {
+    let broker = start_broker();
+    let hq = Arc::new(Hq::default());
+    let _hq_client = start_hq(broker, hq.clone()).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+
+    let gw = start_gateway(broker, http);
+    // Some events exist before the uplink has connected, some arrive while it runs.
+    gw.outbox.append(arrivals(1, 40)).await.unwrap();
+    eventually(
+        "the gateway to report online",
+        Duration::from_secs(10),
+        || async { hq.last_status() == Some(true) },
+    )
+    .await;
+    for chunk in 0..8u64 {
+        gw.outbox
+            .append(arrivals(41 + chunk * 10, 50 + chunk * 10))
+            .await
+            .unwrap();
+    }
+    eventually("the outbox to drain", Duration::from_secs(10), || async {
+        gw.outbox.depth().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(hq.stored(), (1..=120).collect::<Vec<u64>>());
+    assert_eq!(gw.metrics.events_acked.get(), 120);
+    assert!(
+        gw.metrics.batches_sent.get() >= 120 / 25,
+        "batched by batch_max_events"
+    );
+    assert_eq!(gw.metrics.mqtt_connected.get(), 1);
+    assert_eq!(gw.metrics.outbox_depth.get(), 0);
+
+    stop(&gw).await;
+    eventually("the offline status", Duration::from_secs(5), || async {
+        hq.last_status() == Some(false)
+    })
+    .await;
+    assert_eq!(gw.metrics.mqtt_connected.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_makes_the_gateway_resend_and_nothing_is_lost() {
+    let broker = start_broker();
+    let hq = Arc::new(Hq::default());
+    hq.drop_acks.store(1, Ordering::SeqCst);
+    let _hq_client = start_hq(broker, hq.clone()).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+
+    let gw = start_gateway(broker, http);
+    gw.outbox.append(arrivals(1, 10)).await.unwrap();
+    eventually(
+        "the first batch at head office",
+        Duration::from_secs(10),
+        || async { hq.stored().len() == 10 },
+    )
+    .await;
+    // Its ack was swallowed: the events stay in the outbox...
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.outbox.depth().await.unwrap(), 10);
+    // ...until the ack timeout re-sends them and head office acknowledges the duplicates.
+    eventually(
+        "the re-sent batch to be acknowledged",
+        Duration::from_secs(20),
+        || async { gw.outbox.depth().await.unwrap() == 0 },
+    )
+    .await;
+    assert_eq!(hq.stored(), (1..=10).collect::<Vec<u64>>());
+    assert!(
+        hq.received.load(Ordering::SeqCst) >= 20,
+        "the batch went twice"
+    );
+    assert_eq!(gw.metrics.events_acked.get(), 10);
+    stop(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
+    let broker = start_broker();
+    let hq = Arc::new(Hq::default());
+    let hq_client = start_hq(broker, hq.clone()).await;
+    let server = Arc::new(SnapshotServer {
+        fail_first: 1,
+        ..SnapshotServer::default()
+    });
+    let http = start_http(server.clone()).await;
+
+    let mut gw = start_gateway(broker, http);
+    eventually(
+        "the gateway to report online",
+        Duration::from_secs(10),
+        || async { hq.last_status() == Some(true) },
+    )
+    .await;
+    let notice = MembersNotice {
+        v: SCHEMA_VERSION,
+        store_id: STORE.into(),
+        version: 7,
+    };
+    hq_client
+        .publish(
+            topics::members(STORE),
+            QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&notice).unwrap(),
+        )
+        .await
+        .unwrap();
+    let control = tokio::time::timeout(Duration::from_secs(10), gw.engine.recv())
+        .await
+        .expect("the engine gets the new member set")
+        .unwrap();
+    let Control::Members(index) = control else {
+        panic!("expected a member set")
+    };
+    assert_eq!(index.version(), 7);
+    assert_eq!(index.len(), 2);
+    assert_eq!(gw.cache.version().unwrap(), 7);
+    assert_eq!(
+        gw.metrics.member_snapshot_failures.get(),
+        1,
+        "the 503 was retried"
+    );
+    assert_eq!(gw.metrics.member_snapshots_applied.get(), 1);
+    assert_eq!(
+        server.bad_auth.load(Ordering::SeqCst),
+        0,
+        "token and gateway id sent"
+    );
+
+    // A notice for a version the cache already has fetches nothing.
+    let before = server.requests.load(Ordering::SeqCst);
+    hq_client
+        .publish(
+            topics::members(STORE),
+            QoS::AtLeastOnce,
+            true,
+            serde_json::to_vec(&notice).unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(server.requests.load(Ordering::SeqCst), before);
+    stop(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_acks_are_counted_and_ignored() {
+    let broker = start_broker();
+    let hq = Arc::new(Hq::default());
+    let hq_client = start_hq(broker, hq.clone()).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+    let gw = start_gateway(broker, http);
+    eventually(
+        "the gateway to report online",
+        Duration::from_secs(10),
+        || async { hq.last_status() == Some(true) },
+    )
+    .await;
+    // Give the gateway's subscriptions a moment to settle after its online status.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for bad in [
+        &b"not json"[..],
+        br#"{"v":1,"gateway_id":"gw-1","ranges":[{"first":5,"last":2}],"high_water":5}"#,
+        br#"{"v":1,"gateway_id":"gw-other","ranges":[{"first":1,"last":2}],"high_water":2}"#,
+    ] {
+        hq_client
+            .publish(topics::ack(GATEWAY), QoS::AtLeastOnce, false, bad.to_vec())
+            .await
+            .unwrap();
+    }
+    eventually(
+        "three bad payloads counted",
+        Duration::from_secs(5),
+        || async { gw.metrics.mqtt_bad_payloads.get() == 3 },
+    )
+    .await;
+    // The uplink still works afterwards.
+    gw.outbox.append(arrivals(1, 3)).await.unwrap();
+    eventually("the outbox to drain", Duration::from_secs(10), || async {
+        gw.outbox.depth().await.unwrap() == 0
+    })
+    .await;
+    stop(&gw).await;
+}
+
+/// A TCP proxy between the gateway and the broker whose connections the test can cut, like a 4G
+/// link dropping.
+struct Proxy {
+    port: u16,
+    links: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Proxy {
+    async fn start(broker_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let links: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let registry = links.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut inbound, _) = listener.accept().await.unwrap();
+                let task = tokio::spawn(async move {
+                    let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", broker_port))
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+                registry.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy { port, links }
+    }
+
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
+    let broker = start_broker();
+    let proxy = Proxy::start(broker).await;
+    let hq = Arc::new(Hq::default());
+    // Head office stores but cannot answer (its acks are lost) until the link drops.
+    hq.drop_acks.store(usize::MAX, Ordering::SeqCst);
+    let _hq_client = start_hq(broker, hq.clone()).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+
+    let gw = start_gateway(proxy.port, http);
+    gw.outbox.append(arrivals(1, 30)).await.unwrap();
+    eventually(
+        "the events at head office",
+        Duration::from_secs(10),
+        || async { hq.stored().len() == 30 },
+    )
+    .await;
+    let sent_before = gw.metrics.events_sent.get();
+    hq.drop_acks.store(0, Ordering::SeqCst);
+    proxy.cut();
+    // Well inside the 10 s ack timeout: it is the reconnect that triggers the re-send.
+    eventually(
+        "the re-sent events to be acknowledged",
+        Duration::from_secs(5),
+        || async { gw.outbox.depth().await.unwrap() == 0 },
+    )
+    .await;
+    assert!(gw.metrics.mqtt_reconnects.get() >= 1);
+    assert!(gw.metrics.events_sent.get() >= sent_before + 30);
+    assert_eq!(hq.stored(), (1..=30).collect::<Vec<u64>>());
+    assert_eq!(gw.metrics.events_acked.get(), 30);
+    stop(&gw).await;
+}
