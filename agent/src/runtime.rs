@@ -35,6 +35,9 @@ pub struct Agent {
     pub alerts: AlertHub,
     control: mpsc::Sender<Control>,
     cache: MemberCache,
+    /// Sources and the engine: stopped first, so a drain sees no new events.
+    intake: TaskTracker,
+    intake_cancel: CancellationToken,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -78,6 +81,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let intake_cancel = cancel.child_token();
+    let intake = TaskTracker::new();
     let clock = Clock::new();
     let boot = format!("{:08x}", rand::random::<u32>());
     tracing::info!(
@@ -167,6 +172,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         alerts,
         control: control_tx,
         cache,
+        intake,
+        intake_cancel,
         tracker,
         cancel,
     })
@@ -196,13 +203,32 @@ impl Agent {
         self.cancel.clone()
     }
 
+    /// Stops taking in sightings, then waits up to `timeout` for the uplink to empty the outbox.
+    /// Returns the events still unacknowledged (0: fully drained).
+    pub async fn drain(&self, timeout: Duration) -> anyhow::Result<u64> {
+        self.intake_cancel.cancel();
+        self.intake.close();
+        self.intake.wait().await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let depth = self.outbox.depth().await?;
+            if depth == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(depth);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops every task; gives up waiting after `grace`. Returns false if tasks were still running.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.cancel.cancel();
+        self.intake.close();
         self.tracker.close();
-        let done = tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let both = async {
+            self.intake.wait().await;
+            self.tracker.wait().await;
+        };
+        let done = tokio::time::timeout(grace, both).await.is_ok();
         self.outbox.close().await;
         if !done {
             tracing::warn!(?grace, "some tasks did not stop within the grace period");

@@ -1,1 +1,289 @@
-fn main() {}
+//! `cargo run --release -- demo`: the whole product on one machine.
+//!
+//! Starts head office (embedded MQTT broker, SQLite) and several simulated stores, each a real
+//! agent with its own SQLite files, HTTP port and MQTT connection over loopback. Head office
+//! imports the simulated member population and pushes it to the stores; shoppers walk in; VIPs
+//! raise clerk alerts; every event travels to head office. On stop it drains the stores' outboxes
+//! and prints, as its last stdout line, one JSON object:
+//! `{"alerts":..,"events_sent":..,"events_at_hq":..,...}`.
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use instore_agent::{config::AgentConfig, runtime::Agent, sources::sim};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "instore-demo",
+    about = "Head office plus simulated stores on one machine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the demo until Ctrl-C or for a fixed time.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long = "for", value_name = "SECONDS")]
+        for_secs: Option<u64>,
+        /// Number of simulated stores.
+        #[arg(long, default_value_t = 2)]
+        stores: u32,
+        /// Keep data here instead of a temporary folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Simulated members (ids M000001..).
+        #[arg(long, default_value_t = 300)]
+        members: u32,
+    },
+}
+
+const RULES: &str = include_str!("../demo-rules.toml");
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn main() -> std::process::ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,instore_demo=info,instore_agent=info,instore_sync=info,rumqttd=off",
+        )
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Demo {
+        for_secs,
+        stores,
+        data_dir,
+        members,
+    } = Cli::parse().command;
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("instore-demo: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(demo(
+        for_secs,
+        stores.clamp(1, 50),
+        data_dir,
+        members.clamp(1, 65_535),
+    )) {
+        Ok(summary) => {
+            println!("{summary}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("instore-demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A free loopback port. Another process could take it before we bind again; the demo then fails
+/// with a clear "address in use" error rather than misbehaving.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn token() -> String {
+    (0..4)
+        .map(|_| format!("{:08x}", rand_u32()))
+        .collect::<String>()
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now()) as u32
+}
+
+async fn demo(
+    for_secs: Option<u64>,
+    stores: u32,
+    data_dir: Option<PathBuf>,
+    members: u32,
+) -> anyhow::Result<serde_json::Value> {
+    let _tmp;
+    let root = match data_dir {
+        Some(d) => d,
+        None => {
+            let t = tempfile::tempdir().context("creating a temporary folder")?;
+            let p = t.path().to_path_buf();
+            _tmp = t;
+            p
+        }
+    };
+    std::fs::create_dir_all(&root)?;
+
+    // Head office.
+    let api_token = token();
+    let secret = token();
+    let hq_http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let broker: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let hq_dir = root.join("hq");
+    std::fs::create_dir_all(&hq_dir)?;
+    let hq_cfg = format!(
+        "data_dir = {dir:?}\n[http]\nlisten = \"{hq_http}\"\n[api]\ntoken = \"{api_token}\"\n\
+         [auth]\ngateway_secret = \"{secret}\"\n[broker]\nlisten = \"{broker}\"\n",
+        dir = hq_dir.display().to_string(),
+    );
+    std::fs::write(hq_dir.join("hq.toml"), &hq_cfg)?;
+    let hq_cfg = instore_sync::HqConfig::parse(&hq_cfg, "hq.toml")?;
+    let hq_cancel = CancellationToken::new();
+    let hq = instore_sync::start(hq_cfg, hq_cancel.clone()).await?;
+    let hq_url = format!("http://{}", hq.http_addr());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    // The member population, imported at head office: it reaches the stores by snapshot.
+    let ndjson: String = sim::population(members)
+        .iter()
+        .map(|m| serde_json::to_string(m).map(|s| s + "\n"))
+        .collect::<Result<_, _>>()?;
+    let resp = http
+        .post(format!("{hq_url}/api/members"))
+        .bearer_auth(&api_token)
+        .body(ndjson)
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("member import at head office failed: {}", resp.status());
+    }
+
+    // Stores.
+    let mut agents = Vec::new();
+    let mut clerk_urls = Vec::new();
+    for i in 1..=stores {
+        let (cfg, url) = store_config(&root, i, &hq_url, &hq.mqtt_url(), &secret, members)?;
+        let agent = instore_agent::runtime::start(cfg).await?;
+        clerk_urls.push(url.replace("PORT", &agent.http_addr.port().to_string()));
+        agents.push(agent);
+    }
+    eprintln!();
+    eprintln!("instore demo running: head office and {stores} simulated stores");
+    println!("head office: {hq_url}/#token={api_token}");
+    for (i, url) in clerk_urls.iter().enumerate() {
+        println!("store-{:03} clerk page: {url}", i + 1);
+    }
+    eprintln!("data: {}", root.display());
+    eprintln!("press Ctrl-C to stop");
+
+    let started = Instant::now();
+    match for_secs {
+        Some(s) => tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(s)) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    eprintln!("stopping: draining the stores' outboxes to head office");
+
+    let mut alerts = 0;
+    let mut events_sent = 0;
+    let mut undrained = 0;
+    for agent in &agents {
+        undrained += agent.drain(DRAIN_TIMEOUT).await?;
+        alerts += agent.metrics.alerts_raised.get();
+        events_sent += agent.outbox.last_seq().await?;
+    }
+    let events_at_hq = events_at_hq(&http, &hq_url, &api_token).await?;
+    for agent in agents {
+        stop(agent).await;
+    }
+    hq_cancel.cancel();
+    hq.wait().await?;
+    Ok(serde_json::json!({
+        "alerts": alerts,
+        "events_sent": events_sent,
+        "events_at_hq": events_at_hq,
+        "undrained": undrained,
+        "stores": stores,
+        "seconds": started.elapsed().as_secs(),
+    }))
+}
+
+async fn stop(agent: Agent) {
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+fn store_config(
+    root: &Path,
+    i: u32,
+    hq_url: &str,
+    mqtt_url: &str,
+    secret: &str,
+    population: u32,
+) -> anyhow::Result<(AgentConfig, String)> {
+    let store = format!("store-{i:03}");
+    let gateway = format!("gw-{i:03}-a");
+    let dir = root.join(&store);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("rules.toml"), RULES)?;
+    let gw_token = instore_protocol::token::gateway_token(secret.as_bytes(), &store, &gateway)
+        .context("minting the gateway token")?;
+    let admin = token();
+    let port = free_port()?;
+    // Short dwell and departure times so that a one-minute demo shows whole visits.
+    let text = format!(
+        r#"store_id = "{store}"
+gateway_id = "{gateway}"
+data_dir = "data"
+[http]
+listen = "127.0.0.1:{port}"
+admin_token = "{admin}"
+[[sources]]
+kind = "sim"
+zone = "entrance"
+seed = {i}
+shoppers_per_minute = 60.0
+member_share = 0.6
+population = {population}
+mean_dwell_s = 40.0
+[presence]
+depart_after_s = 15
+[react]
+rules = "rules.toml"
+[sync]
+enabled = true
+broker = "{mqtt_url}"
+hq_url = "{hq_url}"
+token = "{gw_token}"
+"#
+    );
+    let path = dir.join("agent.toml");
+    std::fs::write(&path, &text)?;
+    let cfg = AgentConfig::load(&path)?;
+    Ok((cfg, format!("http://127.0.0.1:PORT/#token={admin}")))
+}
+
+async fn events_at_hq(http: &reqwest::Client, hq_url: &str, token: &str) -> anyhow::Result<u64> {
+    let gateways: Vec<serde_json::Value> = http
+        .get(format!("{hq_url}/api/gateways"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(gateways
+        .iter()
+        .filter_map(|g| g["events_received"].as_u64())
+        .sum())
+}

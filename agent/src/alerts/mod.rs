@@ -82,20 +82,17 @@ impl AlertHub {
 
     /// Numbers the alert, remembers it and sends it to live subscribers.
     pub fn publish(&self, mut alert: Alert) -> Arc<Alert> {
-        let alert = {
-            let mut inner = self.lock();
-            alert.seq = inner.next_seq;
-            inner.next_seq += 1;
-            let alert = Arc::new(alert);
-            if inner.recent.len() == self.capacity {
-                inner.recent.pop_front();
-            }
-            inner.recent.push_back(alert.clone());
-            // Sent under the lock so that a subscriber's catch-up (`subscribe_since`) and the live
-            // stream neither miss nor repeat an alert.
-            let _ = self.tx.send(alert.clone());
-            alert
-        };
+        let mut inner = self.lock();
+        alert.seq = inner.next_seq;
+        inner.next_seq += 1;
+        let alert = Arc::new(alert);
+        if inner.recent.len() == self.capacity {
+            inner.recent.pop_front();
+        }
+        inner.recent.push_back(alert.clone());
+        // Sent under the lock so that a subscriber's catch-up (`subscribe_since`) and the live
+        // stream neither miss nor repeat an alert.
+        let _ = self.tx.send(alert.clone());
         alert
     }
 

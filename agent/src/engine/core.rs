@@ -28,7 +28,7 @@ pub enum Output {
     Alert {
         at_ms: u64,
         body: EventBody,
-        alert: Alert,
+        alert: Box<Alert>,
     },
 }
 
@@ -245,7 +245,11 @@ fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reacti
             last_purchase: member.last_purchase.clone(),
         },
     };
-    Output::Alert { at_ms, body, alert }
+    Output::Alert {
+        at_ms,
+        body,
+        alert: Box::new(alert),
+    }
 }
 
 #[cfg(test)]

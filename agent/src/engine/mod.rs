@@ -127,7 +127,7 @@ async fn deliver(out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
             Ok(_) => {
                 for a in alerts {
                     io.metrics.alerts_raised.inc();
-                    io.alerts.publish(a);
+                    io.alerts.publish(*a);
                 }
                 return;
             }

@@ -345,7 +345,7 @@ mod tests {
             for (i, (kind, _)) in changes.iter().enumerate() {
                 prop_assert_eq!(*kind, if i % 2 == 0 { "arrive" } else { "depart" });
             }
-            prop_assert!(changes.len() % 2 == 0, "everyone has left by the end: {:?}", changes);
+            prop_assert!(changes.len().is_multiple_of(2), "everyone has left by the end: {:?}", changes);
         }
     }
 }

@@ -169,7 +169,7 @@ impl Rules {
             });
         }
         // Highest priority first; file order breaks ties.
-        rules.sort_by(|a, b| b.priority.cmp(&a.priority));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
         Ok(Self {
             rules,
             last_fired: HashMap::new(),
@@ -358,8 +358,10 @@ cooldown_s = 600
             let m = member("gold", &[]);
             let mut fired = Vec::new();
             for t in times {
-                if let (Some(x), _) = r.react(Trigger::Arrive, &m, "e", t) {
-                    if x.rule == "vip-arrival" { fired.push(t); }
+                if let (Some(x), _) = r.react(Trigger::Arrive, &m, "e", t)
+                    && x.rule == "vip-arrival"
+                {
+                    fired.push(t);
                 }
             }
             for w in fired.windows(2) {
