@@ -97,6 +97,7 @@ rust_target_ensure() {
 
 # Debian architecture, cross gcc prefix and packages for each gateway target we build.
 # Usage: cross_vars aarch64|armv7 -> sets TRIPLE, DEB_ARCH, GCC_PREFIX, CROSS_PKGS.
+# shellcheck disable=SC2034 # the variables are this function's output, read by its callers
 cross_vars() {
     case "$1" in
         aarch64)
