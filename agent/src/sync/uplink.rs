@@ -99,6 +99,10 @@ impl Uplink {
     ) {
         let mut appended = self.outbox.appended();
         let mut epoch = 0;
+        // Set while a partial batch waits for company (or after an error): until then only a
+        // commit that could fill a batch, or the deadline, makes the uplink read the outbox
+        // again, so a trickle of single events does not cost a read each.
+        let mut hold_until: Option<Instant> = None;
         let mut gauges = tokio::time::interval(GAUGE_TICK);
         gauges.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -112,9 +116,12 @@ impl Uplink {
                     );
                 }
                 self.restart();
+                hold_until = None;
             }
-            let mut hold_until = None;
-            if now.connected {
+            let could_fill = appended.borrow_and_update().saturating_sub(self.sent_upto)
+                >= self.batch_max_events as u64;
+            let due = hold_until.is_none_or(|h| could_fill || Instant::now() >= h);
+            if now.connected && due {
                 match self.fill(&cancel).await {
                     Ok(hold) => hold_until = hold,
                     Err(UplinkError::Cancelled) => break,
@@ -138,13 +145,15 @@ impl Uplink {
                     info!("sync: outbox closed; uplink stopping");
                     break;
                 },
-                () = sleep_until(hold_until), if hold_until.is_some() => {}
+                // Armed only while connected: a past deadline would otherwise spin the loop.
+                () = sleep_until(hold_until), if now.connected && hold_until.is_some() => {}
                 () = sleep_until(ack_deadline), if ack_deadline.is_some() => {
                     warn!(
                         unacknowledged_batches = self.inflight.len(),
                         "sync: no ack from head office in time; re-sending"
                     );
                     self.restart();
+                    hold_until = None;
                 }
                 _ = gauges.tick() => {
                     // A stats call makes the outbox thread refresh its gauges (oldest age moves
@@ -167,10 +176,9 @@ impl Uplink {
             let Some(first) = events.first() else {
                 return Ok(None);
             };
-            let (payload, taken) =
-                encode_batch(&self.gateway_id, &self.store_id, &events, MAX_BATCH_BYTES)?;
-            let full = taken < events.len() || events.len() >= self.batch_max_events;
-            if !full {
+            // Decide on holding before encoding: a held batch is read again, so encoding it
+            // now would be wasted work.
+            if events.len() < self.batch_max_events {
                 // Event time is wall-clock; clamp so a clock step cannot hold a batch for long.
                 let max_age = i64::try_from(self.batch_max_age.as_millis()).unwrap_or(i64::MAX);
                 let age = crate::now_ms().saturating_sub(first.at_ms).max(0);
@@ -179,6 +187,8 @@ impl Uplink {
                     return Ok(Some(Instant::now() + Duration::from_millis(wait)));
                 }
             }
+            let (payload, taken) =
+                encode_batch(&self.gateway_id, &self.store_id, &events, MAX_BATCH_BYTES)?;
             let seqs: Vec<u64> = events[..taken].iter().map(|e| e.seq).collect();
             let bytes = payload.len();
             tokio::select! {
