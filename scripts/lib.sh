@@ -57,11 +57,29 @@ apt_ensure() {
     fi
     echo "apt: installing: ${missing[*]}"
     if [ "$_apt_updated" -eq 0 ]; then
-        as_root apt-get update -q
+        apt_update
         _apt_updated=1
     fi
     as_root env DEBIAN_FRONTEND=noninteractive \
-        apt-get install -y -q --no-install-recommends "${missing[@]}"
+        apt-get -o Acquire::Retries=3 install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# A Debian mirror caught mid-sync answers with index files of the wrong size for a while (seen
+# here: "File has unexpected size ... Mirror sync in progress?", for the armhf security index
+# only). Retry a little; if one index still fails, go on with the lists apt did get: the install
+# then either finds every package or fails naming the one it could not find.
+apt_update() {
+    local attempt
+    for attempt in 1 2 3; do
+        if as_root apt-get -o Acquire::Retries=3 update -q; then
+            return 0
+        fi
+        if [ "$attempt" -lt 3 ]; then
+            echo "apt-get update failed (attempt $attempt); retrying in $((attempt * 10))s"
+            sleep $((attempt * 10))
+        fi
+    done
+    warn "apt-get update failed $attempt times; installing from the package lists it did fetch"
 }
 
 # deb_arch_ensure ARCH: enables a foreign Debian architecture (arm64, armhf) for the cross
