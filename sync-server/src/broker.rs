@@ -97,7 +97,7 @@ pub async fn start(addr: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
 
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+        if mqtt_handshake(addr).await.is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
             return Ok(EmbeddedBroker { addr });
         }
@@ -113,6 +113,30 @@ pub async fn start(addr: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Connects, sends an MQTT 3.1.1 CONNECT, waits for CONNACK and disconnects: proof the broker
+/// serves MQTT, without the "connection closed" error a bare TCP probe makes rumqttd log.
+async fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CLIENT_ID: &[u8] = b"instore-sync-probe";
+    let mut packet = vec![0x10, (10 + 2 + CLIENT_ID.len()) as u8];
+    // Protocol name "MQTT", level 4, flags: clean session, keep-alive 10 s.
+    packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
+    packet.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
+    packet.extend_from_slice(CLIENT_ID);
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(&packet).await?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut connack))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    if connack[0] != 0x20 || connack[3] != 0 {
+        return Err(std::io::Error::other("unexpected CONNACK"));
+    }
+    // DISCONNECT, so the broker drops the session quietly.
+    stream.write_all(&[0xE0, 0]).await?;
+    Ok(())
 }
 
 #[cfg(test)]

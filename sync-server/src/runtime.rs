@@ -82,17 +82,24 @@ impl HeadOffice {
             ..
         } = self;
         let mut failure = None;
+        let mut http_done = false;
         tokio::select! {
+            // Biased: once cancelled, the HTTP server ending is the expected shutdown, not a
+            // failure, even when both are ready at once.
+            biased;
             _ = cancel.cancelled() => {}
             res = &mut http => {
+                http_done = true;
                 // The HTTP server only returns early on an I/O failure.
-                failure = Some(task_error("http", res));
+                if !cancel.is_cancelled() || !matches!(res, Ok(Ok(()))) {
+                    failure = Some(task_error("http", res));
+                }
                 cancel.cancel();
             }
         }
         tracing::info!("shutting down");
-        if failure.is_none() && !http.is_finished() {
-            let _ = tokio::time::timeout(GRACE, &mut http).await;
+        if !http_done && tokio::time::timeout(GRACE, &mut http).await.is_err() {
+            tracing::warn!("HTTP requests still open after the grace time");
         }
         http.abort();
         if tokio::time::timeout(GRACE, ingest).await.is_err() {

@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -74,7 +74,7 @@ fn run_serves_imports_members_from_the_cli_and_stops_cleanly_on_sigterm() {
         .arg("run")
         .arg("--config")
         .arg(&config)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -116,7 +116,8 @@ fn run_serves_imports_members_from_the_cli_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(killed.success());
     let status = server.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{log}");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "took {:?}",

@@ -131,7 +131,10 @@ async fn the_gateway_list_shows_store_status_last_seq_and_gaps() {
     gw.status(true).await;
     gw.send(&[1, 2, 5, 6, 9]).await;
     gw.next_ack().await;
-    let gws = hq.get_json("/api/gateways").await;
+    // Status and events travel on different topics: their relative order is not promised.
+    let gws = hq
+        .wait_for(|v| v[0]["online"] == true, "/api/gateways")
+        .await;
     let g = &gws[0];
     assert_eq!(g["id"], "gw-7");
     assert_eq!(g["store"], "store-3");

@@ -84,7 +84,10 @@ async fn head_office_ingests_and_acknowledges_through_mosquitto() {
     assert_eq!(ack.high_water, 4);
     gw.send(&[1, 2, 4]).await;
     gw.next_ack().await;
-    let gws = hq.get_json("/api/gateways").await;
+    // Status and events travel on different topics: their relative order is not promised.
+    let gws = hq
+        .wait_for(|v| v[0]["online"] == true, "/api/gateways")
+        .await;
     assert_eq!(gws[0]["store"], "store-m");
     assert_eq!(gws[0]["online"], true);
     assert_eq!(gws[0]["events_received"], 3);

@@ -66,9 +66,6 @@ pub const ADD_BATCH_COUNTS: &str = "UPDATE gateways SET
 
 pub const SET_GATEWAY_ONLINE: &str = "UPDATE gateways SET online = ?2 WHERE id = ?1";
 
-/// Receiving a batch proves the gateway is connected, whatever its retained status said.
-pub const MARK_GATEWAY_ONLINE: &str = "UPDATE gateways SET online = 1 WHERE id = ?1";
-
 pub const ADD_BAD_PAYLOAD: &str =
     "UPDATE gateways SET bad_payloads = bad_payloads + 1 WHERE id = ?1";
 
