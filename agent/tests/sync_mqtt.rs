@@ -258,6 +258,11 @@ struct Gateway {
 }
 
 fn start_gateway(broker_port: u16, http_port: u16) -> Gateway {
+    start_gateway_in(tempfile::tempdir().unwrap(), broker_port, http_port)
+}
+
+/// Starts a gateway on an existing data directory (a reboot keeps its files).
+fn start_gateway_in(dir: tempfile::TempDir, broker_port: u16, http_port: u16) -> Gateway {
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
         .with_env_filter(
@@ -265,7 +270,6 @@ fn start_gateway(broker_port: u16, http_port: u16) -> Gateway {
                 .unwrap_or_else(|_| "instore_agent=debug".into()),
         )
         .try_init();
-    let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::default();
     let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
     let cache = MemberCache::open(&dir.path().join("members.db")).unwrap();
@@ -599,5 +603,43 @@ async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
     assert!(gw.metrics.events_sent.get() >= sent_before + 30);
     assert_eq!(hq.stored(), (1..=30).collect::<Vec<u64>>());
     assert_eq!(gw.metrics.events_acked.get(), 30);
+    stop(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_before_the_acks_arrive_loses_nothing() {
+    let broker = start_broker();
+    let hq = Arc::new(Hq::default());
+    hq.drop_acks.store(usize::MAX, Ordering::SeqCst);
+    let _hq_client = start_hq(broker, hq.clone()).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+
+    let gw = start_gateway(broker, http);
+    gw.outbox.append(arrivals(1, 20)).await.unwrap();
+    eventually(
+        "the events at head office",
+        Duration::from_secs(10),
+        || async { hq.stored().len() == 20 },
+    )
+    .await;
+    // Power is pulled before any ack came back.
+    stop(&gw).await;
+    gw.outbox.close().await;
+    let Gateway { _dir: dir, .. } = gw;
+    hq.drop_acks.store(0, Ordering::SeqCst);
+
+    let gw = start_gateway_in(dir, broker, http);
+    assert_eq!(
+        gw.outbox.depth().await.unwrap(),
+        20,
+        "nothing was deleted unacknowledged"
+    );
+    let more = gw.outbox.append(arrivals(21, 25)).await.unwrap();
+    assert_eq!(more[0].seq, 21, "numbering continues after the reboot");
+    eventually("the outbox to drain", Duration::from_secs(10), || async {
+        gw.outbox.depth().await.unwrap() == 0
+    })
+    .await;
+    assert_eq!(hq.stored(), (1..=25).collect::<Vec<u64>>());
     stop(&gw).await;
 }
