@@ -114,7 +114,7 @@ rust_target_ensure() {
 }
 
 # Debian architecture, cross gcc prefix and packages for each gateway target we build.
-# Usage: cross_vars aarch64|armv7 -> sets TRIPLE, DEB_ARCH, GCC_PREFIX, CROSS_PKGS.
+# Usage: cross_vars aarch64|armv7 -> sets TRIPLE, DEB_ARCH, GCC_PREFIX, QEMU_ARCH, CROSS_PKGS.
 # shellcheck disable=SC2034 # the variables are this function's output, read by its callers
 cross_vars() {
     case "$1" in
@@ -122,15 +122,18 @@ cross_vars() {
             TRIPLE=aarch64-unknown-linux-gnu
             DEB_ARCH=arm64
             GCC_PREFIX=aarch64-linux-gnu
+            QEMU_ARCH=aarch64
             ;;
         armv7)
             TRIPLE=armv7-unknown-linux-gnueabihf
             DEB_ARCH=armhf
             GCC_PREFIX=arm-linux-gnueabihf
+            QEMU_ARCH=arm
             ;;
         *)
             die "unknown gateway target '$1' (expected aarch64 or armv7)"
             ;;
     esac
-    CROSS_PKGS=("gcc-$GCC_PREFIX" "libc6-dev-$DEB_ARCH-cross" "libdbus-1-dev:$DEB_ARCH")
+    # qemu-user-static: scripts/cross-build starts the built binary once, emulated.
+    CROSS_PKGS=("gcc-$GCC_PREFIX" "libc6-dev-$DEB_ARCH-cross" "libdbus-1-dev:$DEB_ARCH" qemu-user-static)
 }
