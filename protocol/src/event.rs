@@ -95,7 +95,9 @@ impl EventBatch {
         let mut prev = 0u64;
         for e in &batch.events {
             if e.seq <= prev {
-                return Err(DecodeError::Invalid("sequence numbers must rise and start at 1"));
+                return Err(DecodeError::Invalid(
+                    "sequence numbers must rise and start at 1",
+                ));
             }
             prev = e.seq;
         }
@@ -235,7 +237,9 @@ mod tests {
             EventBatch::decode(&big),
             Err(DecodeError::TooLarge(_))
         ));
-        let future = String::from_utf8(full).unwrap().replace("\"v\":1", "\"v\":99");
+        let future = String::from_utf8(full)
+            .unwrap()
+            .replace("\"v\":1", "\"v\":99");
         assert!(matches!(
             EventBatch::decode(future.as_bytes()),
             Err(DecodeError::Version(99))

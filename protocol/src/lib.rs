@@ -11,7 +11,7 @@ pub mod token;
 pub mod topics;
 
 pub use event::{
-    Ack, AlertPriority, Event, EventBatch, EventBody, GatewayStatus, MembersNotice, MemberSnapshot,
+    Ack, AlertPriority, Event, EventBatch, EventBody, GatewayStatus, MemberSnapshot, MembersNotice,
     SeqRange,
 };
 pub use member::{Consent, Identifier, IdentifierKey, MemberError, MemberRecord, parse_ndjson};

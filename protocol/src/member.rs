@@ -56,17 +56,35 @@ pub struct LastPurchase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Identifier {
-    Ibeacon { uuid: String, major: u16, minor: u16 },
-    EddystoneUid { namespace: String, instance: String },
-    Mac { address: String },
-    Irk { irk: String },
+    Ibeacon {
+        uuid: String,
+        major: u16,
+        minor: u16,
+    },
+    EddystoneUid {
+        namespace: String,
+        instance: String,
+    },
+    Mac {
+        address: String,
+    },
+    Irk {
+        irk: String,
+    },
 }
 
 /// The parsed, normalised form of an [`Identifier`]: what the gateway's index is keyed by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IdentifierKey {
-    Ibeacon { uuid: [u8; 16], major: u16, minor: u16 },
-    EddystoneUid { namespace: [u8; 10], instance: [u8; 6] },
+    Ibeacon {
+        uuid: [u8; 16],
+        major: u16,
+        minor: u16,
+    },
+    EddystoneUid {
+        namespace: [u8; 10],
+        instance: [u8; 6],
+    },
     Mac([u8; 6]),
     /// Identity resolving key, most significant byte first (as the Core specification writes it).
     Irk([u8; 16]),
@@ -155,7 +173,10 @@ impl MemberRecord {
         self.identifiers
             .iter()
             .enumerate()
-            .map(|(index, i)| i.key().map_err(|reason| MemberError::Identifier { index, reason }))
+            .map(|(index, i)| {
+                i.key()
+                    .map_err(|reason| MemberError::Identifier { index, reason })
+            })
             .collect()
     }
 }

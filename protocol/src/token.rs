@@ -42,7 +42,9 @@ pub fn verify_gateway_token(secret: &[u8], store_id: &str, gateway_id: &str, tok
     let Ok(bytes) = hex::decode(token) else {
         return false;
     };
-    mac(secret, store_id, gateway_id).verify_slice(&bytes).is_ok()
+    mac(secret, store_id, gateway_id)
+        .verify_slice(&bytes)
+        .is_ok()
 }
 
 #[cfg(test)]
