@@ -473,6 +473,13 @@ async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
         1,
         "the 503 was retried"
     );
+    // The counter is bumped just after the hand-over to the engine: give it a moment.
+    for _ in 0..100 {
+        if gw.metrics.member_snapshots_applied.get() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(gw.metrics.member_snapshots_applied.get(), 1);
     assert_eq!(
         server.bad_auth.load(Ordering::SeqCst),
