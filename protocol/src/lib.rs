@@ -7,12 +7,15 @@
 
 pub mod event;
 pub mod member;
+pub mod qr;
+pub mod rotating;
 pub mod token;
 pub mod topics;
 
 pub use event::{
-    Ack, AlertPriority, Event, EventBatch, EventBody, GatewayStatus, MemberSnapshot, MembersNotice,
-    SeqRange,
+    Ack, AlertOutcomeKind, AlertPriority, BootFloor, Event, EventBatch, EventBody, GatewayStatus,
+    Hello, MAX_HELLO_BOOTS, MemberSnapshot, MembersNotice, ScannerState, SeqRange, ShedClass,
+    Welcome,
 };
 pub use member::{Consent, Identifier, IdentifierKey, MemberError, MemberRecord, parse_ndjson};
 

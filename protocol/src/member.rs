@@ -71,6 +71,16 @@ pub enum Identifier {
     Irk {
         irk: String,
     },
+    /// The member app's long-term rotating-ID secret (64 hex). Head office accepts it in imports
+    /// and never forwards it: snapshots carry [`Identifier::RotatingDayKey`]s derived from it.
+    RotatingSecret {
+        secret: String,
+    },
+    /// One day's key of a member's rotating IDs and QR codes (see [`crate::rotating`]).
+    RotatingDayKey {
+        day: u32,
+        key: String,
+    },
 }
 
 /// The parsed, normalised form of an [`Identifier`]: what the gateway's index is keyed by.
@@ -88,6 +98,11 @@ pub enum IdentifierKey {
     Mac([u8; 6]),
     /// Identity resolving key, most significant byte first (as the Core specification writes it).
     Irk([u8; 16]),
+    RotatingSecret([u8; 32]),
+    RotatingDayKey {
+        day: u32,
+        key: [u8; 32],
+    },
 }
 
 pub const STAGES: [&str; 5] = ["acquire", "activate", "stick", "value", "refer"];
@@ -143,6 +158,13 @@ impl Identifier {
             }),
             Identifier::Mac { address } => Ok(IdentifierKey::Mac(parse_mac(address)?)),
             Identifier::Irk { irk } => Ok(IdentifierKey::Irk(hex_array(irk, "irk")?)),
+            Identifier::RotatingSecret { secret } => {
+                Ok(IdentifierKey::RotatingSecret(hex_array(secret, "secret")?))
+            }
+            Identifier::RotatingDayKey { day, key } => Ok(IdentifierKey::RotatingDayKey {
+                day: *day,
+                key: hex_array(key, "key")?,
+            }),
         }
     }
 }

@@ -1,6 +1,16 @@
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    borrow::Borrow,
+    collections::{HashMap, HashSet},
+    hash::{Hash, Hasher},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
-use instore_protocol::{IdentifierKey, MemberRecord, member::LastPurchase};
+use aes::{Aes128Enc, cipher::KeyInit};
+use foldhash::fast::RandomState;
+use instore_protocol::{IdentifierKey, MemberRecord, member::LastPurchase, rotating::DayKey};
 
 /// A member as the gateway uses it: the fields rules and clerk cards need.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,68 +40,294 @@ impl From<&MemberRecord> for Member {
     }
 }
 
-/// Identifier → member in one hash lookup. Immutable: a new member set builds a new index, which
-/// the engine swaps in whole, so identification never sees half an update.
+/// Position of a member in the index; compact (4 bytes) so that the identifier maps stay small
+/// with a million members.
+pub type Slot = u32;
+
+type Map<K, V> = HashMap<K, V, RandomState>;
+
+/// Distinct iBeacon UUIDs up to which the index keeps a list to reject strangers' beacons with a
+/// few comparisons before any hashing (a chain usually issues one or two UUIDs).
+const UUID_PREFILTER_MAX: usize = 8;
+
+static NEXT_BUILD: AtomicU64 = AtomicU64::new(1);
+
+/// A member's identity resolving key with its AES key schedule expanded once, at build time.
+#[derive(Clone)]
+pub struct IrkEntry {
+    pub cipher: Aes128Enc,
+    pub slot: Slot,
+}
+
+impl std::fmt::Debug for IrkEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key itself.
+        f.debug_struct("IrkEntry")
+            .field("slot", &self.slot)
+            .finish()
+    }
+}
+
+/// One day's rotating-ID key of one member.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DayKeyEntry {
+    pub slot: Slot,
+    pub day: u32,
+    pub key: DayKey,
+}
+
+impl std::fmt::Debug for DayKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DayKeyEntry")
+            .field("slot", &self.slot)
+            .field("day", &self.day)
+            .finish()
+    }
+}
+
+/// A member found by its id without a second copy of the id string.
+#[derive(Debug)]
+struct ById {
+    member: Arc<Member>,
+    slot: Slot,
+}
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.member.member_id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash exactly as `str` does, for lookups by `&str`.
+        self.member.member_id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.member.member_id == other.member.member_id
+    }
+}
+impl Eq for ById {}
+
+/// Identifier → member in one hash lookup, for a million members. Immutable: a new member set
+/// builds a new index, which the engine swaps in whole, so identification never sees half an
+/// update.
+///
+/// Keys are fixed-size byte arrays (no per-identifier allocation) mapping to a 4-byte [`Slot`];
+/// the maps use a keyed fast hash (foldhash, randomly seeded per process) so that an advert costs a
+/// few nanoseconds to look up yet crafted adverts cannot aim at one bucket.
 #[derive(Debug, Default)]
 pub struct MemberIndex {
+    build_id: u64,
     version: u64,
-    by_key: HashMap<IdentifierKey, Arc<Member>>,
-    irks: Vec<([u8; 16], Arc<Member>)>,
-    by_id: HashMap<String, Arc<Member>>,
+    members: Vec<Arc<Member>>,
+    by_id: HashSet<ById, RandomState>,
+    ibeacon: Map<[u8; 20], Slot>,
+    /// `None` when members use too many UUIDs for a list to pay off.
+    ibeacon_uuids: Option<Vec<[u8; 16]>>,
+    eddystone: Map<[u8; 16], Slot>,
+    mac: Map<[u8; 6], Slot>,
+    irks: Vec<IrkEntry>,
+    /// Sorted by (slot, day).
+    day_keys: Vec<DayKeyEntry>,
+}
+
+fn ibeacon_key(uuid: &[u8; 16], major: u16, minor: u16) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(uuid);
+    k[16..18].copy_from_slice(&major.to_be_bytes());
+    k[18..].copy_from_slice(&minor.to_be_bytes());
+    k
+}
+
+fn eddystone_key(namespace: &[u8; 10], instance: &[u8; 6]) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..10].copy_from_slice(namespace);
+    k[10..].copy_from_slice(instance);
+    k
 }
 
 impl MemberIndex {
     /// Builds the index of consenting members. Records that fail validation are skipped (they were
-    /// validated on the way in; this keeps a corrupted cache row from poisoning the index).
+    /// validated on the way in; this keeps a corrupted cache row from poisoning the index). When two
+    /// members claim one identifier the first keeps it. A long-term rotating secret, should one
+    /// reach a gateway, is ignored: gateways work only with day keys.
     pub fn build(version: u64, records: &[MemberRecord]) -> Self {
         let mut index = MemberIndex {
+            build_id: NEXT_BUILD.fetch_add(1, Ordering::Relaxed),
             version,
             ..Default::default()
         };
+        let mut uuids: Vec<[u8; 16]> = Vec::new();
+        let mut many_uuids = false;
         for r in records {
             if !r.consent.presence {
                 continue;
             }
             let Ok(keys) = r.validate() else { continue };
+            let Ok(slot) = Slot::try_from(index.members.len()) else {
+                break;
+            };
             let member = Arc::new(Member::from(r));
-            index.by_id.insert(r.member_id.clone(), member.clone());
+            if !index.by_id.insert(ById {
+                member: member.clone(),
+                slot,
+            }) {
+                continue;
+            }
+            index.members.push(member);
             for k in keys {
                 match k {
-                    IdentifierKey::Irk(irk) => index.irks.push((irk, member.clone())),
-                    other => {
-                        index.by_key.insert(other, member.clone());
+                    IdentifierKey::Ibeacon { uuid, major, minor } => {
+                        index
+                            .ibeacon
+                            .entry(ibeacon_key(&uuid, major, minor))
+                            .or_insert(slot);
+                        if !many_uuids && !uuids.contains(&uuid) {
+                            uuids.push(uuid);
+                            many_uuids = uuids.len() > UUID_PREFILTER_MAX;
+                        }
                     }
+                    IdentifierKey::EddystoneUid {
+                        namespace,
+                        instance,
+                    } => {
+                        index
+                            .eddystone
+                            .entry(eddystone_key(&namespace, &instance))
+                            .or_insert(slot);
+                    }
+                    IdentifierKey::Mac(a) => {
+                        index.mac.entry(a).or_insert(slot);
+                    }
+                    IdentifierKey::Irk(irk) => index.irks.push(IrkEntry {
+                        cipher: Aes128Enc::new(&irk.into()),
+                        slot,
+                    }),
+                    IdentifierKey::RotatingDayKey { day, key } => {
+                        index.day_keys.push(DayKeyEntry { slot, day, key })
+                    }
+                    IdentifierKey::RotatingSecret(_) => {}
                 }
             }
         }
+        index.ibeacon_uuids = (!many_uuids).then_some(uuids);
+        index.day_keys.sort_by_key(|e| (e.slot, e.day));
+        index.day_keys.dedup_by_key(|e| (e.slot, e.day));
+        index.members.shrink_to_fit();
         index
     }
 
+    /// The member holding `key` (fixed identifiers; IRKs and day keys are not looked up this way).
     pub fn lookup(&self, key: &IdentifierKey) -> Option<&Arc<Member>> {
-        self.by_key.get(key)
+        let slot = match key {
+            IdentifierKey::Ibeacon { uuid, major, minor } => self.ibeacon(uuid, *major, *minor),
+            IdentifierKey::EddystoneUid {
+                namespace,
+                instance,
+            } => self.eddystone_uid(namespace, instance),
+            IdentifierKey::Mac(a) => self.mac(a),
+            IdentifierKey::Irk(_)
+            | IdentifierKey::RotatingSecret(_)
+            | IdentifierKey::RotatingDayKey { .. } => None,
+        }?;
+        self.at(slot)
+    }
+
+    /// Whether some member's iBeacon could have this UUID: a few comparisons, no hashing.
+    #[inline]
+    pub fn may_have_ibeacon_uuid(&self, uuid: &[u8; 16]) -> bool {
+        match &self.ibeacon_uuids {
+            Some(list) => list.contains(uuid),
+            None => true,
+        }
+    }
+
+    #[inline]
+    pub fn ibeacon(&self, uuid: &[u8; 16], major: u16, minor: u16) -> Option<Slot> {
+        if self.ibeacon.is_empty() || !self.may_have_ibeacon_uuid(uuid) {
+            return None;
+        }
+        self.ibeacon.get(&ibeacon_key(uuid, major, minor)).copied()
+    }
+
+    #[inline]
+    pub fn eddystone_uid(&self, namespace: &[u8; 10], instance: &[u8; 6]) -> Option<Slot> {
+        if self.eddystone.is_empty() {
+            return None;
+        }
+        self.eddystone
+            .get(&eddystone_key(namespace, instance))
+            .copied()
+    }
+
+    #[inline]
+    pub fn mac(&self, address: &[u8; 6]) -> Option<Slot> {
+        if self.mac.is_empty() {
+            return None;
+        }
+        self.mac.get(address).copied()
+    }
+
+    /// The member in `slot`.
+    #[inline]
+    pub fn at(&self, slot: Slot) -> Option<&Arc<Member>> {
+        self.members.get(slot as usize)
+    }
+
+    /// The consenting member with this id.
+    pub fn member(&self, member_id: &str) -> Option<&Arc<Member>> {
+        self.by_id.get(member_id).map(|e| &e.member)
+    }
+
+    /// The slot of the consenting member with this id.
+    pub fn slot_of(&self, member_id: &str) -> Option<Slot> {
+        self.by_id.get(member_id).map(|e| e.slot)
     }
 
     /// Identity resolving keys of consenting members, for resolvable private addresses.
-    /// The consenting member with this id.
-    pub fn member(&self, member_id: &str) -> Option<&Arc<Member>> {
-        self.by_id.get(member_id)
+    pub fn irks(&self) -> &[IrkEntry] {
+        &self.irks
     }
 
-    pub fn irks(&self) -> &[([u8; 16], Arc<Member>)] {
-        &self.irks
+    /// Every member's key for `day` (the rotating-ID table of a window is built from these).
+    pub fn day_keys_for(&self, day: u32) -> impl Iterator<Item = &DayKeyEntry> + '_ {
+        self.day_keys.iter().filter(move |e| e.day == day)
+    }
+
+    /// Whether any member has rotating-ID day keys.
+    pub fn has_day_keys(&self) -> bool {
+        !self.day_keys.is_empty()
+    }
+
+    /// The day key of the member in `slot` for `day`.
+    pub fn day_key(&self, slot: Slot, day: u32) -> Option<&DayKey> {
+        self.day_keys
+            .binary_search_by_key(&(slot, day), |e| (e.slot, e.day))
+            .ok()
+            .map(|i| &self.day_keys[i].key)
     }
 
     pub fn version(&self) -> u64 {
         self.version
     }
 
+    /// Distinguishes this build from every other index built by this process, so that state derived
+    /// from an index (resolution caches, rotating-ID tables) knows when to start over.
+    pub fn build_id(&self) -> u64 {
+        self.build_id
+    }
+
     /// Number of consenting members indexed.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.members.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_id.is_empty()
+        self.members.is_empty()
     }
 }
 

@@ -5,6 +5,7 @@
 //! them must cost one or two hash probes. Never stores or logs a stranger's address.
 
 pub mod ibeacon;
+pub mod qr;
 
 use std::sync::Arc;
 
