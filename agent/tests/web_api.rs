@@ -1,16 +1,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The agent's HTTP server over real TCP: auth, the JSON API, the SSE alert feed, the clerk page.
+//! The agent's HTTP server over real TCP: auth, pairing, the JSON API, clerk actions recorded in a
+//! real outbox, the SSE alert feed, the clerk page.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use instore_agent::{
-    alerts::{Alert, AlertHub, MemberCard},
+    alerts::{Alert, AlertHub, Lifecycle, MemberCard},
     metrics::Metrics,
+    outbox::Outbox,
+    pairing::Tablets,
     presence::PresentMember,
     web::{self, WebState},
 };
-use instore_protocol::AlertPriority;
+use instore_protocol::{AlertOutcomeKind, AlertPriority, EventBody};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -20,6 +23,9 @@ const WAIT: Duration = Duration::from_secs(5);
 struct Server {
     base: String,
     hub: AlertHub,
+    outbox: Outbox,
+    tablets: Tablets,
+    _dir: tempfile::TempDir,
     metrics: Metrics,
     presence: watch::Sender<Arc<Vec<PresentMember>>>,
     cancel: CancellationToken,
@@ -30,11 +36,21 @@ async fn start(admin_token: &str) -> Server {
     let (metrics, registry) = Metrics::new();
     let hub = AlertHub::new(16);
     let (presence, presence_rx) = watch::channel(Arc::new(Vec::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
+    let tablets = Tablets::open(
+        &dir.path().join("tablets.db"),
+        "http://tablets.example",
+        metrics.clone(),
+    )
+    .unwrap();
     let state = WebState {
         store_id: "S1".into(),
         gateway_id: "G1".into(),
         admin_token: admin_token.into(),
         alerts: hub.clone(),
+        lifecycle: Some(Lifecycle::new(hub.clone(), outbox.clone(), metrics.clone())),
+        tablets: Some(tablets.clone()),
         presence: presence_rx,
         metrics: metrics.clone(),
         registry: Arc::new(registry),
@@ -46,6 +62,9 @@ async fn start(admin_token: &str) -> Server {
     Server {
         base,
         hub,
+        outbox,
+        tablets,
+        _dir: dir,
         metrics,
         presence,
         cancel,
@@ -144,8 +163,9 @@ impl SseReader {
     async fn next_alert(&mut self) -> (u64, serde_json::Value) {
         let ev = self.next().await.expect("stream ended early");
         assert_eq!(ev.event.as_deref(), Some("alert"));
-        let id = ev.id.expect("event without id").parse().unwrap();
-        (id, serde_json::from_str(&ev.data).unwrap())
+        let id = ev.id.expect("event without id");
+        let seq = id.rsplit_once('-').expect("id is epoch-seq").1.parse().unwrap();
+        (seq, serde_json::from_str(&ev.data).unwrap())
     }
 }
 
@@ -330,8 +350,10 @@ async fn the_clerk_page_is_html_with_the_event_source_code() {
             .starts_with("text/html")
     );
     let html = resp.text().await.unwrap();
-    assert!(html.contains("new EventSource(\"/api/alerts/stream?token=\""));
+    assert!(html.contains("new EventSource(\"/api/alerts/stream\""));
     assert!(html.contains("/api/presence"));
+    // The shell holds no member data; an unpaired browser gets only the pairing instructions.
+    assert!(html.contains("This tablet is not paired"));
 }
 
 #[tokio::test]
@@ -444,4 +466,257 @@ async fn a_tablet_that_outlived_an_agent_restart_gets_the_whole_ring() {
     let mut events = SseReader::new(resp);
     assert_eq!(events.next_alert().await.0, 1);
     assert_eq!(events.next_alert().await.0, 2);
+}
+
+/// Pairs a tablet through the HTTP API, as `pair-tablet` and the pairing page do.
+async fn pair(s: &Server, label: &str) -> (String, String, reqwest::Response) {
+    let issued: serde_json::Value = client()
+        .post(format!("{}/api/admin/pairings", s.base))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"label": label, "ttl_s": 60}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = issued["url"].as_str().unwrap();
+    assert!(url.starts_with("http://tablets.example/pair?code="), "{url}");
+    let code = url.rsplit_once("code=").unwrap().1.to_owned();
+    let resp = client()
+        .post(format!("{}/api/pair", s.base))
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let token = body["token"].as_str().unwrap().to_owned();
+    assert!(cookie.starts_with(&format!("instore_tablet={token};")), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let again = client()
+        .post(format!("{}/api/pair", s.base))
+        .json(&serde_json::json!({ "code": code }))
+        .send()
+        .await
+        .unwrap();
+    (body["tablet_id"].as_str().unwrap().to_owned(), token, again)
+}
+
+#[tokio::test]
+async fn a_paired_tablet_reads_alerts_by_cookie_or_bearer_and_its_code_works_once() {
+    let s = start(TOKEN).await;
+    s.hub.publish(alert("a1"));
+    let (_, token, again) = pair(&s, "till 2").await;
+    assert_eq!(again.status(), 400, "a pairing code is single-use");
+    let by_cookie = client()
+        .get(format!("{}/api/alerts", s.base))
+        .header("cookie", format!("instore_tablet={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_cookie.status(), 200);
+    assert!(by_cookie.headers().contains_key("x-alert-cursor"));
+    let list: serde_json::Value = by_cookie.json().await.unwrap();
+    assert_eq!(list[0]["member"]["display_name"], "Ms. Li");
+    let me: serde_json::Value = client()
+        .get(format!("{}/api/me", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["label"], "till 2");
+    assert_eq!(me["admin"], false);
+    // A tablet is not the manager.
+    let admin = client()
+        .get(format!("{}/api/admin/tablets", s.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 403);
+    assert_eq!(s.tablets.list().len(), 1);
+}
+
+#[tokio::test]
+async fn wrong_pairing_codes_are_refused_then_rate_limited_and_counted() {
+    let s = start(TOKEN).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let resp = client()
+            .post(format!("{}/api/pair", s.base))
+            .json(&serde_json::json!({"code": "AAAA-AAAA"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        let body = resp.text().await.unwrap();
+        assert!(!body.contains("token"), "{body}");
+    }
+    assert_eq!(statuses[..10], [400; 10]);
+    assert_eq!(statuses[10..], [429; 2]);
+    let metrics = client()
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"instore_agent_pairing_attempts_total{result="bad_code"} 10"#));
+    assert!(metrics.contains(r#"instore_agent_pairing_attempts_total{result="rate_limited"} 2"#));
+}
+
+#[tokio::test]
+async fn taking_an_alert_twice_or_from_a_second_tablet_is_a_conflict_and_one_event() {
+    let s = start(TOKEN).await;
+    let (_, t1, _) = pair(&s, "till 1").await;
+    let (_, t2, _) = pair(&s, "till 2").await;
+    let stream = client()
+        .get(format!("{}/api/alerts/stream", s.base))
+        .bearer_auth(&t2)
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(stream);
+    let id = s.hub.publish(alert("a1")).alert.id.clone();
+    assert_eq!(events.next().await.unwrap().event.as_deref(), Some("alert"));
+
+    let take = |token: String| {
+        let url = format!("{}/api/alerts/{id}/take", s.base);
+        async move { client().post(url).bearer_auth(token).send().await.unwrap() }
+    };
+    // Both tablets tap "I'm on it" at the same moment: exactly one wins.
+    let (r1, r2) = tokio::join!(take(t1.clone()), take(t2.clone()));
+    let mut statuses = [r1.status().as_u16(), r2.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    let winner = if r1.status() == 200 { &t1 } else { &t2 };
+    let loser = if r1.status() == 200 { &t2 } else { &t1 };
+    assert_eq!(take(winner.clone()).await.status(), 409, "taking twice");
+
+    let ev = events.next().await.unwrap();
+    assert_eq!(ev.event.as_deref(), Some("alert_taken"));
+    let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(data["status"], "taken");
+    let winner_label = if winner == &t1 { "till 1" } else { "till 2" };
+    assert_eq!(data["taken_by"], winner_label);
+
+    let outcome = |token: &str, body: serde_json::Value| {
+        client()
+            .post(format!("{}/api/alerts/{id}/outcome", s.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        outcome(loser, serde_json::json!({"outcome": "purchased"}))
+            .await
+            .unwrap()
+            .status(),
+        409,
+        "only the tablet that took it records the outcome"
+    );
+    assert_eq!(
+        outcome(winner, serde_json::json!({"outcome": "bought"}))
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let done = outcome(winner, serde_json::json!({"outcome": "purchased"}))
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let ev = events.next().await.unwrap();
+    assert_eq!(ev.event.as_deref(), Some("alert_outcome"));
+
+    let events: Vec<EventBody> = s
+        .outbox
+        .pending(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.body)
+        .collect();
+    assert_eq!(
+        events,
+        [
+            EventBody::AlertTaken {
+                alert_id: "a1".into(),
+                rule: "vip_arrival".into(),
+                by: winner_label.into()
+            },
+            EventBody::AlertOutcome {
+                alert_id: "a1".into(),
+                rule: "vip_arrival".into(),
+                outcome: AlertOutcomeKind::Purchased,
+                by: winner_label.into()
+            }
+        ]
+    );
+    let unknown = client()
+        .post(format!("{}/api/alerts/nope/dismiss", s.base))
+        .bearer_auth(&t1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+#[tokio::test]
+async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
+    let s = start(TOKEN).await;
+    let (id, token, _) = pair(&s, "till 3").await;
+    let stream = client()
+        .get(format!("{}/api/alerts/stream", s.base))
+        .header("cookie", format!("instore_tablet={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut events = SseReader::new(stream);
+    s.hub.publish(alert("a1"));
+    assert!(events.next().await.is_some());
+
+    let listed: serde_json::Value = client()
+        .get(format!("{}/api/admin/tablets", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["label"], "till 3");
+    assert!(listed[0]["last_seen_ms"].as_i64().unwrap() > 0);
+
+    let revoked = client()
+        .delete(format!("{}/api/admin/tablets/{id}", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    assert!(events.next().await.is_none(), "stream still open after revoke");
+    let after = client()
+        .get(format!("{}/api/alerts", s.base))
+        .header("cookie", format!("instore_tablet={token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    assert!(!after.text().await.unwrap().contains("Li"));
+    let again = client()
+        .delete(format!("{}/api/admin/tablets/{id}", s.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 404);
 }

@@ -1,10 +1,10 @@
 //! Who may read member data: bearer tokens checked in constant time.
 //!
-//! A request carries its token in `Authorization: Bearer …` or, because a browser's `EventSource`
-//! cannot set headers, in a `?token=` query parameter. An [`Authorizer`] asks each of its
-//! [`TokenCheck`]s in turn; today there is only the admin token from the config. Tablet pairing
-//! (issue 3) adds its own `TokenCheck` with [`Authorizer::with`] and passes the result to
-//! [`super::router_with`]; nothing else here has to change.
+//! A request carries its token in `Authorization: Bearer …`, in the `instore_tablet` cookie a
+//! paired tablet's browser got when it paired (HttpOnly, SameSite=Strict: page scripts never see
+//! it, other sites cannot send it), or in a `?token=` query parameter (scripts, old pages). An
+//! [`Authorizer`] asks each of its [`TokenCheck`]s in turn: the admin token from the config, and
+//! the paired tablets ([`crate::pairing::Tablets`]).
 
 use std::sync::Arc;
 
@@ -55,6 +55,10 @@ impl std::fmt::Debug for TokenDigest {
 impl TokenDigest {
     pub fn of(token: &str) -> Self {
         Self(Sha256::digest(token.as_bytes()).into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
     }
 
     /// Constant-time equality with the digest of `token`.
@@ -130,7 +134,29 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-/// The token a request presents: the bearer header first, else the `token` query parameter.
+/// The cookie a paired tablet's browser carries.
+pub const TABLET_COOKIE: &str = "instore_tablet";
+
+/// The `Set-Cookie` value handing a tablet its token. No `Secure`: the store LAN serves plain
+/// HTTP; `SameSite=Strict` keeps other sites from riding on it, `HttpOnly` keeps it from scripts.
+pub(crate) fn tablet_cookie(token: &str) -> String {
+    format!("{TABLET_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age=31536000")
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == TABLET_COOKIE)
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// The token a request presents: the bearer header first, then the tablet cookie, else the
+/// `token` query parameter.
 pub(crate) fn presented_token(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
@@ -138,6 +164,9 @@ pub(crate) fn presented_token(headers: &HeaderMap, uri: &axum::http::Uri) -> Opt
         return scheme
             .eq_ignore_ascii_case("bearer")
             .then(|| token.trim().to_owned());
+    }
+    if let Some(token) = cookie_token(headers) {
+        return Some(token);
     }
     // A malformed query string is treated as no token, which is then refused.
     Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
@@ -221,5 +250,18 @@ mod tests {
         assert_eq!(presented_token(&headers, &uri).as_deref(), Some("h"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic h"));
         assert_eq!(presented_token(&headers, &uri), None);
+    }
+
+    #[test]
+    fn the_tablet_cookie_is_found_among_others_and_beats_the_query() {
+        let uri: axum::http::Uri = "/api/alerts?token=q".parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; instore_tablet=tok; b=2"),
+        );
+        assert_eq!(presented_token(&headers, &uri).as_deref(), Some("tok"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("instore_tablet="));
+        assert_eq!(presented_token(&headers, &uri).as_deref(), Some("q"));
     }
 }

@@ -1,34 +1,46 @@
-//! The agent's HTTP face: health, metrics, the member-data API and the clerk page.
+//! The agent's HTTP face: health, metrics, the member-data API, clerk actions, pairing and the
+//! clerk page.
 //!
-//! In: read-only views of the rest of the agent — the [`AlertHub`](crate::alerts::AlertHub), the
-//! presence snapshot (a `watch` channel the engine publishes), the metrics registry. Out: HTTP
-//! responses and a Server-Sent Events feed of alerts to clerk tablets. This module changes no
-//! agent state and accepts no request bodies; it is the only module that imports axum.
+//! In: the [`AlertHub`](crate::alerts::AlertHub) and its [`Lifecycle`] (clerk actions become
+//! outbox events there), the paired [`Tablets`], the presence snapshot (a `watch` channel the
+//! engine publishes), the metrics registry. Out: HTTP responses and a Server-Sent Events feed of
+//! alert updates to clerk tablets. It is the only module that imports axum; it decides nothing
+//! about alerts or tokens itself.
 //!
 //! Routes:
 //! - `GET /healthz`, `GET /metrics` — open, for monitoring.
-//! - `GET /` — the clerk page (one static HTML file; it holds no data until it has a token).
-//! - `GET /api/presence`, `GET /api/alerts?limit=N`, `GET /api/alerts/stream` — member data, behind
-//!   a bearer token (see [`auth`]).
+//! - `GET /` — the clerk page; `GET /pair?code=…` — the pairing page. Static HTML with no data.
+//! - `POST /api/pair` `{code}` — open but rate-limited: a pairing code for a tablet token (also
+//!   set as an HttpOnly cookie).
+//! - `GET /api/me`, `GET /api/presence`, `GET /api/alerts?limit=N`, `GET /api/alerts/stream`,
+//!   `POST /api/alerts/{id}/take`, `…/outcome` `{outcome}`, `…/dismiss` — a paired tablet or the
+//!   admin token (see [`auth`]).
+//! - `POST /api/admin/pairings`, `GET /api/admin/tablets`, `DELETE /api/admin/tablets/{id}` — the
+//!   admin token only (the `pair-tablet` and `tablets` commands).
 
 pub mod auth;
 mod sse;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
-    extract::{Query, State},
+    Extension, Json, Router,
+    extract::{Path, Query, State},
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{Html, IntoResponse, Response},
-    routing::get,
+    routing::{delete, get, post},
 };
+use instore_protocol::AlertOutcomeKind;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{alerts::Alert, presence::PresentMember};
+use crate::{
+    alerts::{Action, Actor, Lifecycle, LifecycleError, StepError, Update},
+    pairing::{PairingError, Tablets},
+    presence::PresentMember,
+};
 pub use auth::{AdminToken, Authorizer, Principal, TokenCheck, TokenDigest};
 
 /// What the web server reads from the rest of the agent.
@@ -39,6 +51,10 @@ pub struct WebState {
     /// `[http] admin_token`; empty disables it.
     pub admin_token: String,
     pub alerts: crate::alerts::AlertHub,
+    /// Records clerk actions; without it (read-only tests) actions answer 503.
+    pub lifecycle: Option<Lifecycle>,
+    /// Paired tablets; without them only the admin token is accepted and pairing answers 404.
+    pub tablets: Option<Tablets>,
     pub presence: watch::Receiver<Arc<Vec<PresentMember>>>,
     pub metrics: crate::metrics::Metrics,
     pub registry: Arc<prometheus_client::registry::Registry>,
@@ -65,11 +81,17 @@ pub(crate) struct AppState {
 
 /// The clerk page: static, self-contained, compiled in so the gateway serves it with no files on disk.
 const CLERK_PAGE: &str = include_str!("assets/clerk.html");
+/// Opened from the pairing QR code: redeems the code and goes on to the clerk page.
+const PAIR_PAGE: &str = include_str!("assets/pair.html");
 
 /// `GET /api/alerts` without `limit`.
 const DEFAULT_ALERT_LIMIT: usize = 50;
 /// Upper bound on `limit`; the hub's ring is smaller anyway.
 const MAX_ALERT_LIMIT: usize = 1000;
+/// Pairing codes live this long unless the admin asks otherwise, and at most a day.
+const DEFAULT_CODE_TTL: Duration = Duration::from_secs(600);
+const MAX_CODE_TTL: Duration = Duration::from_secs(86_400);
+const MAX_LABEL_CHARS: usize = 64;
 
 /// Serves until `cancel` fires, then stops accepting, ends the alert streams and waits for
 /// in-flight requests.
@@ -78,11 +100,20 @@ pub async fn serve(
     state: WebState,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    let auth = Authorizer::admin_only(&state.admin_token);
+    let auth = default_authorizer(&state);
     serve_with(listener, state, auth, cancel).await
 }
 
-/// [`serve`] with a caller-built [`Authorizer`] (for example one that also knows paired tablets).
+/// The admin token plus the paired tablets, if any.
+fn default_authorizer(state: &WebState) -> Authorizer {
+    let auth = Authorizer::admin_only(&state.admin_token);
+    match &state.tablets {
+        Some(t) => auth.with(Arc::new(t.clone())),
+        None => auth,
+    }
+}
+
+/// [`serve`] with a caller-built [`Authorizer`].
 pub async fn serve_with(
     listener: tokio::net::TcpListener,
     state: WebState,
@@ -91,7 +122,7 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     if state.admin_token.is_empty() {
-        tracing::warn!("[http] admin_token is empty: the member-data API refuses every request");
+        tracing::warn!("[http] admin_token is empty: the admin API and pairing commands are off");
     }
     tracing::info!(%addr, "http listening");
     let app = router_with(state, auth, cancel.clone());
@@ -102,10 +133,11 @@ pub async fn serve_with(
     Ok(())
 }
 
-/// The routes with the admin token as the only credential. Alert streams from this router end
-/// only when their clients go away; [`serve`] ties them to its cancel token.
+/// The routes with the admin token and paired tablets as credentials. Alert streams from this
+/// router end only when their clients go away (or are revoked); [`serve`] ties them to its
+/// cancel token.
 pub fn router(state: WebState) -> Router {
-    let auth = Authorizer::admin_only(&state.admin_token);
+    let auth = default_authorizer(&state);
     router_with(state, auth, CancellationToken::new())
 }
 
@@ -117,22 +149,31 @@ pub fn router_with(state: WebState, auth: Authorizer, shutdown: CancellationToke
         shutdown,
     };
     let api = Router::new()
+        .route("/api/me", get(me))
         .route("/api/presence", get(presence))
         .route("/api/alerts", get(alerts))
         .route("/api/alerts/stream", get(sse::alert_stream))
+        .route("/api/alerts/{id}/take", post(take))
+        .route("/api/alerts/{id}/outcome", post(outcome))
+        .route("/api/alerts/{id}/dismiss", post(dismiss))
+        .route("/api/admin/pairings", post(issue_code))
+        .route("/api/admin/tablets", get(list_tablets))
+        .route("/api/admin/tablets/{id}", delete(revoke_tablet))
         // route_layer: unknown /api paths are a 404, not a 401.
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,
-        ))
-        // Member data must not linger in a browser or proxy cache.
-        .layer(middleware::map_response(no_store));
+        ));
     Router::new()
         .route("/", get(clerk_page))
+        .route("/pair", get(pair_page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/pair", post(redeem))
         .merge(api)
         .fallback(not_found)
+        // Member data and tokens must not linger in a browser or proxy cache.
+        .layer(middleware::map_response(no_store))
         .with_state(app)
 }
 
@@ -141,6 +182,10 @@ async fn no_store(mut resp: Response) -> Response {
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
     resp
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
@@ -164,6 +209,35 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Who the caller is, as the clerk page shows it ("paired as till 2").
+fn actor(state: &AppState, principal: &Principal) -> Option<Actor> {
+    match principal {
+        Principal::Admin => Some(Actor {
+            id: "admin".into(),
+            label: "manager".into(),
+            admin: true,
+        }),
+        Principal::Tablet(id) => {
+            let label = state.web.tablets.as_ref()?.label(id)?;
+            Some(Actor {
+                id: id.clone(),
+                label,
+                admin: false,
+            })
+        }
+    }
+}
+
+async fn me(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    match actor(&state, &p) {
+        Some(a) => Json(serde_json::json!({
+            "id": a.id, "label": a.label, "admin": a.admin, "store_id": state.web.store_id,
+        }))
+        .into_response(),
+        None => auth::unauthorized(),
+    }
+}
+
 async fn presence(State(state): State<AppState>) -> Response {
     // Clone the Arc and release the watch lock before serializing, so the engine's next publish
     // never waits on a slow response.
@@ -178,17 +252,194 @@ struct AlertsQuery {
 
 async fn alerts(State(state): State<AppState>, Query(q): Query<AlertsQuery>) -> Response {
     let limit = q.limit.unwrap_or(DEFAULT_ALERT_LIMIT).min(MAX_ALERT_LIMIT);
-    let recent = state.web.alerts.recent(limit);
-    let body: Vec<&Alert> = recent.iter().map(|a| a.as_ref()).collect();
-    Json(body).into_response()
+    let hub = &state.web.alerts;
+    // Read before the list: a stream resumed from here may repeat an update, never miss one.
+    let cursor = format!("{}-{}", hub.epoch(), hub.newest_seq());
+    let recent = hub.recent(limit);
+    let body: Vec<&Update> = recent.iter().map(|a| a.as_ref()).collect();
+    let mut resp = Json(body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&cursor) {
+        resp.headers_mut()
+            .insert(header::HeaderName::from_static("x-alert-cursor"), v);
+    }
+    resp
 }
 
-async fn clerk_page() -> Response {
+async fn step(state: &AppState, principal: &Principal, id: &str, action: Action) -> Response {
+    let Some(lifecycle) = &state.web.lifecycle else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "alert actions are not available");
+    };
+    let Some(actor) = actor(state, principal) else {
+        return auth::unauthorized();
+    };
+    match lifecycle.apply(id, action, &actor).await {
+        Ok(update) => Json(&*update).into_response(),
+        Err(LifecycleError::Step(StepError::NotFound)) => {
+            error(StatusCode::NOT_FOUND, "no such alert (or too old)")
+        }
+        Err(LifecycleError::Step(e)) => error(StatusCode::CONFLICT, &e.to_string()),
+        Err(LifecycleError::Outbox(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the step could not be recorded; try again",
+        ),
+    }
+}
+
+async fn take(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    step(&state, &p, &id, Action::Take).await
+}
+
+#[derive(Debug, Deserialize)]
+struct OutcomeBody {
+    outcome: AlertOutcomeKind,
+}
+
+async fn outcome(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Result<Json<OutcomeBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    match body {
+        Ok(Json(b)) => step(&state, &p, &id, Action::Outcome(b.outcome)).await,
+        Err(_) => error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"outcome\": \"purchased\" | \"no_sale\" | \"not_found\"}",
+        ),
+    }
+}
+
+async fn dismiss(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    step(&state, &p, &id, Action::Dismiss).await
+}
+
+#[derive(Debug, Deserialize)]
+struct RedeemBody {
+    code: String,
+}
+
+async fn redeem(
+    State(state): State<AppState>,
+    body: Result<Json<RedeemBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Some(tablets) = &state.web.tablets else {
+        return error(StatusCode::NOT_FOUND, "pairing is not enabled");
+    };
+    let Ok(Json(body)) = body else {
+        return error(StatusCode::BAD_REQUEST, "body must be {\"code\": \"…\"}");
+    };
+    match tablets.redeem(&body.code).await {
+        Ok(paired) => {
+            let cookie = auth::tablet_cookie(&paired.token);
+            let mut resp = Json(&paired).into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e @ PairingError::BadCode) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e @ PairingError::RateLimited) => {
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            resp
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "pairing failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "pairing failed")
+        }
+    }
+}
+
+fn admin_tablets<'a>(state: &'a AppState, p: &Principal) -> Result<&'a Tablets, Response> {
+    if *p != Principal::Admin {
+        return Err(error(StatusCode::FORBIDDEN, "admin token required"));
+    }
+    state
+        .web
+        .tablets
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "pairing is not enabled"))
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueBody {
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+async fn issue_code(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    body: Option<Json<IssueBody>>,
+) -> Response {
+    let tablets = match admin_tablets(&state, &p) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    let body = body.map(|Json(b)| b).unwrap_or(IssueBody {
+        label: None,
+        ttl_s: None,
+    });
+    let label: String = body
+        .label
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .unwrap_or("tablet")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LABEL_CHARS)
+        .collect();
+    let ttl = body
+        .ttl_s
+        .map_or(DEFAULT_CODE_TTL, Duration::from_secs)
+        .min(MAX_CODE_TTL);
+    Json(tablets.issue_code(&label, ttl)).into_response()
+}
+
+async fn list_tablets(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    match admin_tablets(&state, &p) {
+        Ok(t) => Json(t.list()).into_response(),
+        Err(resp) => resp,
+    }
+}
+
+async fn revoke_tablet(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let tablets = match admin_tablets(&state, &p) {
+        Ok(t) => t,
+        Err(resp) => return resp,
+    };
+    match tablets.revoke(&id).await {
+        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such tablet"),
+        Err(e) => {
+            tracing::error!(error = %e, "revoking a tablet failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "revoking failed")
+        }
+    }
+}
+
+fn page(html: &'static str) -> Response {
     (
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            // The page is inline by design (one file, no framework), so scripts and styles are
-            // allowed inline only; it talks to this origin alone.
+            // The pages are inline by design (one file each, no framework), so scripts and styles
+            // are allowed inline only; they talk to this origin alone.
             (
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
@@ -197,19 +448,23 @@ async fn clerk_page() -> Response {
                      frame-ancestors 'none'",
                 ),
             ),
-            // The token arrives in the URL fragment; never leak the page URL elsewhere.
+            // The pairing code is in the URL; never leak the page URL elsewhere.
             (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
             (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         ],
-        Html(CLERK_PAGE),
+        Html(html),
     )
         .into_response()
 }
 
+async fn clerk_page() -> Response {
+    page(CLERK_PAGE)
+}
+
+async fn pair_page() -> Response {
+    page(PAIR_PAGE)
+}
+
 async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not found"})),
-    )
-        .into_response()
+    error(StatusCode::NOT_FOUND, "not found")
 }

@@ -1,0 +1,218 @@
+//! The closed loop: every step of an alert's life after its raise becomes an outbox event before
+//! any tablet hears of it.
+//!
+//! In: clerk actions (from `web/`) and the expiry clock. Out: `alert_taken`, `alert_outcome`,
+//! `alert_dismissed` and `alert_expired` events in the outbox, then the hub's broadcast. A step
+//! whose event cannot be committed is undone and reported to the caller, never shown.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Action, AlertHub, Pending, StepError, Update};
+use crate::{
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox, OutboxError},
+};
+
+/// Who performs a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// Stable identity (tablet id, `admin`, `system`).
+    pub id: String,
+    /// What other clerks see and the event records.
+    pub label: String,
+    /// May close an alert someone else took.
+    pub admin: bool,
+}
+
+impl Actor {
+    /// The agent itself (expiry).
+    pub fn system() -> Self {
+        Self {
+            id: "system".into(),
+            label: "system".into(),
+            admin: true,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Step(#[from] StepError),
+    #[error("the step could not be recorded: {0}")]
+    Outbox(#[from] OutboxError),
+}
+
+/// The hub plus the outbox: performs steps.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    hub: AlertHub,
+    outbox: Outbox,
+    metrics: Metrics,
+}
+
+impl Lifecycle {
+    pub fn new(hub: AlertHub, outbox: Outbox, metrics: Metrics) -> Self {
+        Self {
+            hub,
+            outbox,
+            metrics,
+        }
+    }
+
+    pub fn hub(&self) -> &AlertHub {
+        &self.hub
+    }
+
+    /// Performs `action` on alert `id`: reserved in the hub, committed to the outbox, then
+    /// applied and broadcast. Returns the alert as it stands after the step.
+    pub async fn apply(
+        &self,
+        id: &str,
+        action: Action,
+        actor: &Actor,
+    ) -> Result<Arc<Update>, LifecycleError> {
+        let step = match self.hub.begin(id, action, actor) {
+            Ok(step) => step,
+            Err(e) => {
+                self.metrics
+                    .alert_steps_refused
+                    .get_or_create(&vec![("step", step_name(action))])
+                    .inc();
+                return Err(e.into());
+            }
+        };
+        self.record(step).await
+    }
+
+    async fn record(&self, step: Pending) -> Result<Arc<Update>, LifecycleError> {
+        let at_ms = crate::now_ms();
+        let event = NewEvent {
+            at_ms,
+            body: step.event_body(),
+        };
+        if let Err(e) = self.outbox.append(vec![event]).await {
+            self.hub.abort(&step);
+            tracing::error!(error = %e, alert = %step.alert_id, "alert step not recorded");
+            return Err(e.into());
+        }
+        self.metrics
+            .alert_steps
+            .get_or_create(&vec![("step", step_name(step.action))])
+            .inc();
+        // Only a hub that forgot the alert between begin and commit (500 newer alerts in the
+        // meantime) returns None; the event is recorded either way.
+        self.hub
+            .commit(&step, at_ms)
+            .ok_or(LifecycleError::Step(StepError::NotFound))
+    }
+
+    /// Expires every open alert raised at least `after` ago. Returns how many expired.
+    pub async fn expire_due(&self, after: Duration) -> usize {
+        let cutoff = crate::now_ms() - i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let mut n = 0;
+        for id in self.hub.stale(cutoff) {
+            // A clerk may have taken it since `stale` looked: then begin refuses and that's right.
+            if self.apply(&id, Action::Expire, &Actor::system()).await.is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+fn step_name(action: Action) -> &'static str {
+    match action {
+        Action::Take => "taken",
+        Action::Outcome(_) => "outcome",
+        Action::Dismiss => "dismissed",
+        Action::Expire => "expired",
+    }
+}
+
+/// Expires stale alerts once a second until `cancel` fires. `after` of zero disables expiry.
+pub async fn run_expiry(lifecycle: Lifecycle, after: Duration, cancel: CancellationToken) {
+    if after.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {
+                let n = lifecycle.expire_due(after).await;
+                if n > 0 {
+                    tracing::debug!(expired = n, "alerts expired");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use instore_protocol::{AlertOutcomeKind, EventBody};
+
+    use super::*;
+    use crate::alerts::{Status, tests::alert};
+
+    fn tablet(id: &str) -> Actor {
+        Actor {
+            id: id.into(),
+            label: format!("till {id}"),
+            admin: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_step_is_an_outbox_event_and_a_refused_step_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::default();
+        let outbox = Outbox::open(&dir.path().join("o.db"), metrics.clone()).unwrap();
+        let hub = AlertHub::new(8);
+        let lc = Lifecycle::new(hub.clone(), outbox.clone(), metrics);
+        hub.publish(alert("a"));
+        let mut old = alert("b");
+        old.raised_at_ms = 1;
+        hub.publish(old);
+
+        let taken = lc.apply("a", Action::Take, &tablet("1")).await.unwrap();
+        assert_eq!(taken.state.status, Status::Taken);
+        assert!(matches!(
+            lc.apply("a", Action::Take, &tablet("2")).await,
+            Err(LifecycleError::Step(StepError::Conflict { .. }))
+        ));
+        lc.apply("a", Action::Outcome(AlertOutcomeKind::NoSale), &tablet("1"))
+            .await
+            .unwrap();
+        assert_eq!(lc.expire_due(Duration::from_secs(60)).await, 1);
+
+        let events = outbox.pending(0, 100).await.unwrap();
+        let bodies: Vec<_> = events.iter().map(|e| e.body.clone()).collect();
+        assert_eq!(
+            bodies,
+            [
+                EventBody::AlertTaken {
+                    alert_id: "a".into(),
+                    rule: "r".into(),
+                    by: "till 1".into()
+                },
+                EventBody::AlertOutcome {
+                    alert_id: "a".into(),
+                    rule: "r".into(),
+                    outcome: AlertOutcomeKind::NoSale,
+                    by: "till 1".into()
+                },
+                EventBody::AlertExpired {
+                    alert_id: "b".into(),
+                    rule: "r".into()
+                },
+            ]
+        );
+        outbox.close().await;
+    }
+}
