@@ -9,10 +9,10 @@ use instore_protocol::EventBody;
 use crate::{
     alerts::{Alert, MemberCard},
     cache::{Member, MemberIndex},
-    identify::{Identification, identify},
+    identify::{Identification, Identify},
     metrics::Metrics,
     presence::{Presence, PresenceChange, PresentMember},
-    react::{Rules, Trigger},
+    react::{Action, Happening, Occasion, Rules},
     sources::Sighting,
 };
 
@@ -30,6 +30,8 @@ pub enum Output {
         body: EventBody,
         alert: Box<Alert>,
     },
+    /// A reaction's MQTT publish or webhook, for the action task once the round commits.
+    Action(Box<Action>),
 }
 
 const FOOTFALL_INTERVAL_MS: u64 = 60_000;
@@ -39,10 +41,15 @@ const FOOTFALL_CAP: usize = 50_000;
 
 /// Anonymous footfall: distinct non-member devices per minute, remembered only as keyed hashes
 /// whose key lives in memory and is replaced daily, so no address can be recovered or linked
-/// across days.
+/// across days. Only the count leaves this struct; the hashes are dropped every interval.
+///
+/// The key is SipHash's (`RandomState`) plus a 128-bit salt drawn afresh from the OS-seeded
+/// generator at each rotation: successive `RandomState`s of one thread differ by one in a key
+/// word, so without the salt yesterday's key would follow from today's in a memory dump.
 #[derive(Debug)]
 struct Footfall {
     key: RandomState,
+    salt: [u8; 16],
     key_since_ms: u64,
     interval_start_ms: u64,
     seen: HashSet<u64>,
@@ -53,6 +60,7 @@ impl Footfall {
     fn new(now_ms: u64) -> Self {
         Self {
             key: RandomState::new(),
+            salt: rand::random(),
             key_since_ms: now_ms,
             interval_start_ms: now_ms,
             seen: HashSet::new(),
@@ -60,8 +68,12 @@ impl Footfall {
         }
     }
 
+    fn digest(&self, address: &[u8; 6]) -> u64 {
+        self.key.hash_one((&self.salt, address))
+    }
+
     fn observe(&mut self, address: &[u8; 6]) {
-        let h = self.key.hash_one(address);
+        let h = self.digest(address);
         if self.seen.len() < FOOTFALL_CAP {
             self.seen.insert(h);
         } else if !self.seen.contains(&h) {
@@ -79,6 +91,7 @@ impl Footfall {
         self.interval_start_ms = now_ms;
         if now_ms.saturating_sub(self.key_since_ms) >= SALT_LIFETIME_MS {
             self.key = RandomState::new();
+            self.salt = rand::random();
             self.key_since_ms = now_ms;
         }
         (unique > 0).then_some(EventBody::Footfall {
@@ -97,6 +110,10 @@ pub struct Core {
     metrics: Metrics,
     footfall: Footfall,
     presence_changed: bool,
+    /// RPA cache and rotating-ID tables derived from `index`.
+    identify: Identify,
+    /// Reused buffer for one sighting's presence changes.
+    changes: Vec<PresenceChange>,
 }
 
 impl Core {
@@ -113,20 +130,23 @@ impl Core {
             rules,
             metrics,
             footfall: Footfall::new(0),
+            identify: Identify::default(),
             presence_changed: true,
+            changes: Vec::new(),
         }
     }
 
     pub fn on_sighting(&mut self, s: &Sighting, out: &mut Vec<Output>) {
-        match identify(&s.advert, &self.index) {
+        match self.identify.identify(&s.advert, &self.index, s.at_ms) {
             Identification::Member(member) => {
                 self.metrics.identified.inc();
-                if let Some(change) =
-                    self.presence
-                        .observe(&member, &s.zone, s.advert.rssi, s.at_ms)
-                {
+                let mut changes = std::mem::take(&mut self.changes);
+                self.presence
+                    .observe(&member, &s.zone, s.advert.rssi, s.at_ms, &mut changes);
+                for change in changes.drain(..) {
                     self.apply(change, out);
                 }
+                self.changes = changes;
             }
             Identification::Stranger => {
                 self.metrics.strangers.inc();
@@ -136,8 +156,14 @@ impl Core {
     }
 
     pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        self.identify.prepare(&self.index, now_ms);
         for change in self.presence.tick(now_ms) {
             self.apply(change, out);
+        }
+        // Last seen and last RSSI move with every advert: refresh the view once a tick, not per
+        // advert, while anyone is present.
+        if self.presence.present_count() > 0 {
+            self.presence_changed = true;
         }
         if let Some(body) = self.footfall.tick(now_ms) {
             out.push(Output::Event {
@@ -146,6 +172,110 @@ impl Core {
             });
         }
         self.rules.prune(now_ms);
+        if self.rules.planned_due(now_ms) {
+            self.check_planned(now_ms, out);
+        }
+    }
+
+    /// Planned triggers (birthday week, overdue) for the members present now.
+    fn check_planned(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        for p in self.presence.present(|ms| ms as i64) {
+            let Some(member) = self.index.member(&p.member_id).cloned() else {
+                continue;
+            };
+            let occasion = Occasion {
+                what: Happening::Scheduled,
+                member: &member,
+                zone: &p.zone,
+                visit_id: "",
+                at_ms: now_ms,
+            };
+            self.react(&occasion, out);
+        }
+    }
+
+    /// A scanner read `payload` in `zone`: a member's QR code, or counted and dropped.
+    pub fn on_qr(
+        &mut self,
+        zone: &str,
+        payload: &str,
+        at_ms: u64,
+        wall_ms: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let member = match crate::identify::qr::identify_qr(payload, &self.index, wall_ms) {
+            Ok(m) => m,
+            Err(e) => {
+                let label = error_label(&e);
+                // Never the payload: a member's code is a credential.
+                tracing::info!(zone, error = %label, "QR code rejected");
+                self.metrics
+                    .qr_rejected
+                    .get_or_create(&vec![("error", label)])
+                    .inc();
+                return;
+            }
+        };
+        self.metrics.identified.inc();
+        out.push(Output::Event {
+            at_ms,
+            body: EventBody::QrScanned {
+                member_id: member.member_id.clone(),
+                zone: zone.to_string(),
+            },
+        });
+        let occasion = Occasion {
+            what: Happening::QrScan,
+            member: &member,
+            zone,
+            visit_id: "",
+            at_ms,
+        };
+        self.react(&occasion, out);
+    }
+
+    /// Where monotonic 0 is on the wall clock, for the rules' local time.
+    pub fn set_wall_origin(&mut self, wall_at_zero_ms: i64) {
+        self.rules.set_wall_origin(wall_at_zero_ms);
+    }
+
+    pub fn rules_len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Asks the rules about one occasion; at most one rule's alert and actions come out.
+    fn react(&mut self, occasion: &Occasion, out: &mut Vec<Output>) {
+        let verdict = self.rules.react(occasion);
+        let held = verdict.held;
+        self.metrics
+            .alerts_suppressed
+            .inc_by(u64::from(held.total()));
+        for (reason, n) in [
+            ("cooldown", held.cooldown),
+            ("quiet_hours", held.quiet_hours),
+            ("rate_limit", held.rate_limit),
+        ] {
+            if n > 0 {
+                self.metrics
+                    .reactions_held
+                    .get_or_create(&vec![("reason", reason)])
+                    .inc_by(u64::from(n));
+            }
+        }
+        if let Some(r) = verdict.alert {
+            out.push(alert_output(
+                occasion.member,
+                occasion.zone,
+                occasion.at_ms,
+                r,
+            ));
+        }
+        out.extend(
+            verdict
+                .actions
+                .into_iter()
+                .map(|a| Output::Action(Box::new(a))),
+        );
     }
 
     /// Swaps in a new member set; members no longer in it (consent withdrawn, removed) stop being
@@ -176,7 +306,7 @@ impl Core {
 
     fn apply(&mut self, change: PresenceChange, out: &mut Vec<Output>) {
         self.presence_changed = true;
-        let (trigger, member, zone, at_ms, body) = match change {
+        let (what, member, zone, at_ms, body, visit_id) = match change {
             PresenceChange::Arrive {
                 member,
                 zone,
@@ -186,9 +316,9 @@ impl Core {
                 let body = EventBody::Arrive {
                     member_id: member.member_id.clone(),
                     zone: zone.to_string(),
-                    visit_id,
+                    visit_id: visit_id.clone(),
                 };
-                (Trigger::Arrive, member, zone, at_ms, body)
+                (Happening::Arrive, member, zone, at_ms, body, visit_id)
             }
             PresenceChange::Depart {
                 member,
@@ -196,14 +326,60 @@ impl Core {
                 visit_id,
                 at_ms,
                 dwell_ms,
+                zones,
             } => {
                 let body = EventBody::Depart {
                     member_id: member.member_id.clone(),
                     zone: zone.to_string(),
-                    visit_id,
+                    visit_id: visit_id.clone(),
                     dwell_s: dwell_ms / 1000,
+                    zones: zones.iter().map(|z| z.to_string()).collect(),
                 };
-                (Trigger::Depart, member, zone, at_ms, body)
+                (Happening::Depart, member, zone, at_ms, body, visit_id)
+            }
+            PresenceChange::Dwell {
+                member,
+                zone,
+                visit_id,
+                dwell_ms,
+                at_ms,
+            } => {
+                let dwell_s = dwell_ms / 1000;
+                let body = EventBody::Dwell {
+                    member_id: member.member_id.clone(),
+                    zone: zone.to_string(),
+                    visit_id: visit_id.clone(),
+                    dwell_s,
+                };
+                (
+                    Happening::Dwell { dwell_s },
+                    member,
+                    zone,
+                    at_ms,
+                    body,
+                    visit_id,
+                )
+            }
+            PresenceChange::ZoneChange {
+                member,
+                visit_id,
+                from,
+                to,
+                at_ms,
+            } => {
+                // No rule reacts to a zone change itself: the dwell that may follow says more.
+                let body = EventBody::ZoneChange {
+                    member_id: member.member_id.clone(),
+                    visit_id,
+                    from: from.to_string(),
+                    to: to.to_string(),
+                };
+                self.metrics
+                    .presence_events
+                    .get_or_create(&vec![("kind", body.kind())])
+                    .inc();
+                out.push(Output::Event { at_ms, body });
+                return;
             }
         };
         self.metrics
@@ -211,12 +387,32 @@ impl Core {
             .get_or_create(&vec![("kind", body.kind())])
             .inc();
         out.push(Output::Event { at_ms, body });
-        let (reaction, suppressed) = self.rules.react(trigger, &member, &zone, at_ms);
-        self.metrics.alerts_suppressed.inc_by(u64::from(suppressed));
-        if let Some(r) = reaction {
-            out.push(alert_output(&member, &zone, at_ms, r));
-        }
+        let occasion = Occasion {
+            what,
+            member: &member,
+            zone: &zone,
+            visit_id: &visit_id,
+            at_ms,
+        };
+        self.react(&occasion, out);
     }
+}
+
+/// `Expired { skew_s: 40 }` → `expired`: the error's variant, a small fixed set of labels.
+fn error_label(e: &impl std::fmt::Debug) -> String {
+    let debug = format!("{e:?}");
+    let name = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or("");
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reaction) -> Output {
@@ -272,6 +468,7 @@ mod tests {
                 arrive_window_ms: 10_000,
                 depart_after_ms: 60_000,
                 min_rssi: -90,
+                ..PresenceParams::default()
             },
             "gw-boot".into(),
         );
@@ -309,8 +506,9 @@ mod tests {
 
     fn kinds(out: &[Output]) -> Vec<&'static str> {
         out.iter()
-            .map(|o| match o {
-                Output::Event { body, .. } | Output::Alert { body, .. } => body.kind(),
+            .filter_map(|o| match o {
+                Output::Event { body, .. } | Output::Alert { body, .. } => Some(body.kind()),
+                Output::Action(_) => None,
             })
             .collect()
     }
@@ -376,5 +574,98 @@ mod tests {
         out.clear();
         c.set_members(Arc::new(MemberIndex::default()), 5000, &mut out);
         assert_eq!(kinds(&out), ["depart"]);
+    }
+
+    #[test]
+    fn an_opted_out_member_is_never_tracked_only_counted_anonymously() {
+        let mut c = core();
+        let pop = sim::population(40);
+        let i = pop
+            .iter()
+            .position(|m| !m.consent.presence)
+            .expect("the population has an opted-out member");
+        let minor = (i + 1) as u16;
+        let mut out = Vec::new();
+        for t in 0..=120 {
+            c.on_sighting(&member_sighting(minor, t * 1000), &mut out);
+            c.on_tick(t * 1000, &mut out);
+        }
+        assert!(c.present(|ms| ms as i64).is_empty());
+        assert_eq!(c.presence.tracked(), 0);
+        assert_eq!(
+            kinds(&out),
+            ["footfall"; 2],
+            "the opted-out phone is only footfall"
+        );
+    }
+
+    #[test]
+    fn the_footfall_key_is_kept_within_a_day_and_replaced_after_it() {
+        let mut f = Footfall::new(0);
+        let a = [0x40, 1, 2, 3, 4, 5];
+        let first = f.digest(&a);
+        let mut t = 0;
+        while t < SALT_LIFETIME_MS - FOOTFALL_INTERVAL_MS {
+            t += FOOTFALL_INTERVAL_MS;
+            f.observe(&a);
+            assert_eq!(
+                f.tick(t),
+                Some(EventBody::Footfall {
+                    interval_s: 60,
+                    unique_devices: 1
+                })
+            );
+            assert_eq!(f.digest(&a), first, "same key within the day (t = {t})");
+        }
+        t += FOOTFALL_INTERVAL_MS;
+        f.observe(&a);
+        assert!(f.tick(t).is_some());
+        let second = f.digest(&a);
+        assert_ne!(second, first, "a new key after a day");
+        let other = [0x40, 9, 9, 9, 9, 9];
+        f.observe(&a);
+        f.observe(&other);
+        f.observe(&a);
+        assert_eq!(
+            f.tick(t + FOOTFALL_INTERVAL_MS),
+            Some(EventBody::Footfall {
+                interval_s: 60,
+                unique_devices: 2
+            }),
+            "counting goes on across the rotation"
+        );
+    }
+
+    #[test]
+    fn a_dwell_becomes_an_event_and_the_depart_lists_the_zones() {
+        let mut c = core();
+        let mut out = Vec::new();
+        let minor = vip_minor();
+        for t in 0..=70 {
+            c.on_sighting(&member_sighting(minor, t * 1000), &mut out);
+            c.on_tick(t * 1000, &mut out);
+        }
+        c.on_tick(200_000, &mut out);
+        let events: Vec<&EventBody> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event { body, .. } => Some(body),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            events.iter().any(|b| matches!(
+                b,
+                EventBody::Dwell { dwell_s: 60, zone, .. } if zone == "entrance"
+            )),
+            "{events:?}"
+        );
+        assert!(
+            events.iter().any(|b| matches!(
+                b,
+                EventBody::Depart { zones, dwell_s: 70, .. } if zones == &["entrance"]
+            )),
+            "{events:?}"
+        );
     }
 }

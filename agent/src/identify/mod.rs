@@ -1,23 +1,42 @@
 //! Identify: who, if anyone, sent this advert.
 //!
-//! In: an [`Advert`] and the current [`MemberIndex`]. Out: the member, or "stranger". Pure and
-//! allocation-free on the hot path: most adverts in a store are strangers' phones, so rejecting
-//! them must cost one or two hash probes. Never stores or logs a stranger's address.
+//! In: an [`Advert`], the current [`MemberIndex`] and the agent's monotonic time. Out: the member,
+//! or "stranger". No I/O. Most adverts in a store are strangers' phones — Apple "nearby" and Find
+//! My frames, Google Fast Pair, headphones — so each step rejects them before any hashing where it
+//! can: by company id and the first two bytes, by service UUID, by address kind, by iBeacon UUID.
+//! A stranger's address is never stored or logged; the RPA cache keeps only keyed hashes of it.
+//!
+//! Order of checks (first match wins):
+//! 1. Apple manufacturer data `02 15`: iBeacon. Major [`ROTATING_MAJOR`] → rotating member ID
+//!    (one lookup in the current window's table); otherwise a fixed iBeacon identifier.
+//! 2. Any company's manufacturer data `BE AC`: AltBeacon, matched like an iBeacon.
+//! 3. Service data `0xFEAA`: Eddystone UID (EID frames decode but need Google's resolver; URL and
+//!    TLM carry no identity).
+//! 4. The address: public or static random → member by address; resolvable private → the member
+//!    whose IRK resolves it (cached per address); non-resolvable → nobody.
 
+pub mod address;
+pub mod altbeacon;
+pub mod eddystone;
 pub mod ibeacon;
 pub mod qr;
+pub mod rotating;
+pub mod rpa;
 
 use std::sync::Arc;
 
-use instore_protocol::IdentifierKey;
+use instore_protocol::rotating::{ROTATING_MAJOR, window_of_ms};
 
 use crate::{
-    cache::{Member, MemberIndex},
-    sources::{AddressType, Advert},
+    cache::{Member, MemberIndex, Slot},
+    sources::Advert,
 };
+use address::AddressKind;
 
 /// Apple's Bluetooth SIG company id, under which iBeacons are sent.
 pub const COMPANY_APPLE: u16 = 0x004c;
+/// Distinct addresses whose RPA resolution is remembered (per generation; see [`rpa::RpaCache`]).
+pub const RPA_CACHE_CAPACITY: usize = 65_536;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Identification {
@@ -25,101 +44,122 @@ pub enum Identification {
     Stranger,
 }
 
-/// Matches an advert against the member index: iBeacon frames first, then the device address when
-/// it is stable (public or static random — a resolvable or non-resolvable private address changes
-/// every few minutes and identifies nobody by itself).
-pub fn identify(advert: &Advert, index: &MemberIndex) -> Identification {
-    for (company, data) in &advert.manufacturer_data {
-        if *company == COMPANY_APPLE
-            && let Ok(b) = ibeacon::decode(data)
-            && let Some(m) = index.lookup(&b.key())
-        {
-            return Identification::Member(m.clone());
-        }
-    }
-    if is_stable_address(advert)
-        && let Some(m) = index.lookup(&IdentifierKey::Mac(advert.address))
-    {
-        return Identification::Member(m.clone());
-    }
-    Identification::Stranger
+/// The identify stage's own state: caches derived from one member index, rebuilt when the index
+/// is swapped. Owned by the engine task; no locks.
+#[derive(Debug)]
+pub struct Identify {
+    /// Unix milliseconds at monotonic 0 (rotating IDs follow wall-clock windows).
+    wall_anchor_ms: i64,
+    index_build: u64,
+    rpa: rpa::RpaCache,
+    rotating: rotating::RotatingTables,
+    /// Window the rotating tables were prepared for.
+    window: Option<u32>,
+    /// AES blocks spent resolving RPAs since start (what an operator would graph against IRKs).
+    pub rpa_aes_blocks: u64,
 }
 
-/// Public addresses and static random addresses (top two bits `11`) stay with a device.
-fn is_stable_address(a: &Advert) -> bool {
-    match a.address_type {
-        AddressType::Public => true,
-        AddressType::Random => a.address[0] >> 6 == 0b11,
+impl Default for Identify {
+    fn default() -> Self {
+        Self::new(crate::now_ms())
+    }
+}
+
+impl Identify {
+    /// `wall_anchor_ms`: the Unix time of monotonic 0 (see `engine::Clock`).
+    pub fn new(wall_anchor_ms: i64) -> Self {
+        Self {
+            wall_anchor_ms,
+            index_build: 0,
+            rpa: rpa::RpaCache::new(RPA_CACHE_CAPACITY),
+            rotating: rotating::RotatingTables::default(),
+            window: None,
+            rpa_aes_blocks: 0,
+        }
+    }
+
+    fn sync_index(&mut self, index: &MemberIndex) {
+        if self.index_build != index.build_id() {
+            self.index_build = index.build_id();
+            self.rpa.clear();
+            self.rotating.clear();
+            self.window = None;
+        }
+    }
+
+    /// Builds the rotating-ID tables for the window of `at_ms` ahead of the first advert that
+    /// needs them (the engine calls this from its tick, so a window change does not stall an
+    /// advert). Cheap when nothing changed.
+    pub fn prepare(&mut self, index: &MemberIndex, at_ms: u64) {
+        self.sync_index(index);
+        if !index.has_day_keys() {
+            return;
+        }
+        let w = window_of_ms(self.wall_anchor_ms.saturating_add(at_ms as i64));
+        if self.window != Some(w) {
+            self.rotating.prepare(index, w);
+            self.window = Some(w);
+        }
+    }
+
+    /// Who sent `advert`, heard at monotonic `at_ms`.
+    pub fn identify(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Identification {
+        self.sync_index(index);
+        match self.slot(advert, index, at_ms).and_then(|s| index.at(s)) {
+            Some(m) => Identification::Member(m.clone()),
+            None => Identification::Stranger,
+        }
+    }
+
+    fn slot(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Option<Slot> {
+        for (company, data) in &advert.manufacturer_data {
+            let found = match (company, data.get(..2)) {
+                (&COMPANY_APPLE, Some([0x02, 0x15])) => match ibeacon::decode(data) {
+                    Ok(b) if b.major == ROTATING_MAJOR && index.has_day_keys() => {
+                        self.prepare(index, at_ms);
+                        self.rotating.lookup(&b.uuid)
+                    }
+                    Ok(b) => index.ibeacon(&b.uuid, b.major, b.minor),
+                    Err(_) => None,
+                },
+                (_, Some([0xBE, 0xAC])) => altbeacon::decode(data)
+                    .ok()
+                    .and_then(|b| index.ibeacon(&b.uuid(), b.major(), b.minor())),
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        for (uuid, data) in &advert.service_data {
+            if *uuid == eddystone::SERVICE_UUID
+                && let Ok(eddystone::Eddystone::Uid {
+                    namespace,
+                    instance,
+                    ..
+                }) = eddystone::decode(data)
+                && let Some(slot) = index.eddystone_uid(&namespace, &instance)
+            {
+                return Some(slot);
+            }
+        }
+        match address::classify(&advert.address, advert.address_type) {
+            AddressKind::Public | AddressKind::StaticRandom => index.mac(&advert.address),
+            AddressKind::ResolvablePrivate if !index.irks().is_empty() => {
+                if let Some(cached) = self.rpa.get(&advert.address, at_ms) {
+                    return cached;
+                }
+                let found = rpa::resolve(&advert.address, index.irks());
+                self.rpa_aes_blocks += index.irks().len() as u64;
+                self.rpa.insert(&advert.address, found, at_ms);
+                found
+            }
+            AddressKind::ResolvablePrivate
+            | AddressKind::NonResolvablePrivate
+            | AddressKind::Reserved => None,
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use instore_protocol::parse_ndjson;
-
-    use super::*;
-    use crate::sources::sim;
-
-    fn index() -> MemberIndex {
-        let (records, _) = parse_ndjson(
-            r#"{"member_id":"B","display_name":"b","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2}]}
-{"member_id":"P","display_name":"p","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"mac","address":"C0:11:22:33:44:55"}]}"#,
-        );
-        MemberIndex::build(1, &records)
-    }
-
-    fn advert(address: [u8; 6], address_type: AddressType, mfr: Vec<(u16, Vec<u8>)>) -> Advert {
-        Advert {
-            address,
-            address_type,
-            rssi: -60,
-            manufacturer_data: mfr,
-            service_data: vec![],
-        }
-    }
-
-    #[test]
-    fn a_members_ibeacon_identifies_the_member() {
-        let uuid =
-            instore_protocol::member::parse_uuid("f7826da6-4fa2-4e98-8024-bc5b71e0893e").unwrap();
-        let a = advert(
-            [0x40, 0, 0, 0, 0, 1],
-            AddressType::Random,
-            vec![(COMPANY_APPLE, sim::ibeacon_payload(&uuid, 1, 2, -59))],
-        );
-        assert!(matches!(identify(&a, &index()), Identification::Member(m) if m.member_id == "B"));
-    }
-
-    #[test]
-    fn an_unknown_beacon_or_vendor_advert_is_a_stranger() {
-        let uuid = [9u8; 16];
-        let a = advert(
-            [0x40, 0, 0, 0, 0, 1],
-            AddressType::Random,
-            vec![
-                (COMPANY_APPLE, sim::ibeacon_payload(&uuid, 1, 2, -59)),
-                (COMPANY_APPLE, vec![0x10, 0x05, 1, 2]),
-                (0x0006, vec![1, 2, 3]),
-            ],
-        );
-        assert_eq!(identify(&a, &index()), Identification::Stranger);
-    }
-
-    #[test]
-    fn a_stable_address_identifies_but_a_private_one_with_the_same_bits_does_not() {
-        let addr = [0xC0, 0x11, 0x22, 0x33, 0x44, 0x55];
-        let public = advert(addr, AddressType::Public, vec![]);
-        assert!(
-            matches!(identify(&public, &index()), Identification::Member(m) if m.member_id == "P")
-        );
-        let static_random = advert(addr, AddressType::Random, vec![]);
-        assert!(matches!(
-            identify(&static_random, &index()),
-            Identification::Member(_)
-        ));
-        let mut private = addr;
-        private[0] = 0x40 | (addr[0] & 0x3f);
-        let rpa = advert(private, AddressType::Random, vec![]);
-        assert_eq!(identify(&rpa, &index()), Identification::Stranger);
-    }
-}
+mod tests;
