@@ -9,7 +9,10 @@
 
 pub mod notifier;
 
-use instore_protocol::{MemberSnapshot, SCHEMA_VERSION, parse_ndjson};
+use instore_protocol::{
+    Identifier, MemberRecord, MemberSnapshot, SCHEMA_VERSION, parse_ndjson,
+    rotating::{day_key, shipped_days},
+};
 use serde::Serialize;
 
 use crate::store::{Store, StoreError, members};
@@ -50,13 +53,78 @@ pub async fn import(store: &Store, text: &str) -> Result<(ImportReport, Vec<Stri
     ))
 }
 
-/// The member snapshot of `store_id` (chain-wide membership: the whole set).
+/// The member snapshot of `store_id` (chain-wide membership: the whole set), with every rotating
+/// secret replaced by the day keys gateways need now.
 pub async fn snapshot(store: &Store, store_id: &str) -> Result<MemberSnapshot, StoreError> {
     let (version, members) = store.call(members::snapshot).await?;
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
     Ok(MemberSnapshot {
         v: SCHEMA_VERSION,
         store_id: store_id.to_string(),
         version,
-        members,
+        members: for_gateways(members, now_ms),
     })
+}
+
+/// What a gateway may hold: a member's long-term rotating secret never leaves head office; in its
+/// place go the keys of today and tomorrow (UTC, see [`instore_protocol::rotating`]), so a stolen
+/// gateway recognises members for at most 48 hours. Day keys an import carried are dropped too:
+/// only head office decides which days a gateway gets.
+pub fn for_gateways(mut members: Vec<MemberRecord>, now_ms: i64) -> Vec<MemberRecord> {
+    for m in &mut members {
+        let mut out = Vec::with_capacity(m.identifiers.len() + 1);
+        for id in m.identifiers.drain(..) {
+            match id {
+                Identifier::RotatingSecret { secret } => {
+                    let Ok(Ok(secret)) = hex::decode(&secret).map(<[u8; 32]>::try_from) else {
+                        continue;
+                    };
+                    out.extend(shipped_days(now_ms).map(|day| Identifier::RotatingDayKey {
+                        day,
+                        key: hex::encode(day_key(&secret, day)),
+                    }));
+                }
+                Identifier::RotatingDayKey { .. } => {}
+                other => out.push(other),
+            }
+        }
+        m.identifiers = out;
+    }
+    members
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotating_secret_becomes_two_day_keys_and_is_never_forwarded() {
+        let secret = hex::encode([3u8; 32]);
+        let line = format!(
+            r#"{{"member_id":"M1","display_name":"A","tier":"gold","identifiers":[{{"kind":"mac","address":"C0:11:22:33:44:55"}},{{"kind":"rotating_secret","secret":"{secret}"}},{{"kind":"rotating_day_key","day":1,"key":"{secret}"}}]}}"#
+        );
+        let (records, errors) = parse_ndjson(&line);
+        assert!(errors.is_empty(), "{errors:?}");
+        let now = 20_000 * 86_400_000 + 5;
+        let out = for_gateways(records, now);
+        let json = serde_json::to_string(&out).unwrap();
+        assert!(!json.contains(&secret), "{json}");
+        assert!(!json.contains("rotating_secret"));
+        let ids = &out[0].identifiers;
+        assert_eq!(ids.len(), 3);
+        assert_eq!(
+            ids[1],
+            Identifier::RotatingDayKey {
+                day: 20_000,
+                key: hex::encode(day_key(&[3; 32], 20_000))
+            }
+        );
+        assert!(matches!(
+            ids[2],
+            Identifier::RotatingDayKey { day: 20_001, .. }
+        ));
+    }
 }
