@@ -110,55 +110,114 @@ where
     }
 }
 
-/// Head office started as a process with its embedded broker, in `dir`.
+/// Which broker head office (and the agents) use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    /// rumqttd inside the head-office process: restarting head office restarts the broker.
+    Embedded,
+    /// Debian's Mosquitto, a process of its own (see [`Mosquitto`]).
+    Mosquitto,
+}
+
+/// Head office started as a process in `dir`, with its embedded broker or an external one.
+/// Ports and config stay fixed across [`Hq::restart`], like a real server's.
 pub struct Hq {
     pub proc: Proc,
     pub http: String,
     pub mqtt: String,
     pub token: String,
     pub secret: String,
+    pub cfg: PathBuf,
+    pub dir: PathBuf,
 }
 
+/// Head office with its embedded broker.
 pub async fn start_hq(dir: &Path) -> Hq {
+    start_hq_with(dir, None).await
+}
+
+/// Head office using the external broker at `broker_url` (`mqtt://host:port`), or its embedded
+/// broker when `None`.
+pub async fn start_hq_with(dir: &Path, broker_url: Option<&str>) -> Hq {
     let http_port = free_port();
-    let mqtt_port = free_port();
     let token = "hq-test-token".to_string();
     let secret = "0123456789abcdef0123456789abcdef".to_string();
+    let (broker, mqtt) = match broker_url {
+        Some(url) => (format!("url = \"{url}\""), url.to_string()),
+        None => {
+            let mqtt_port = free_port();
+            (
+                format!("listen = \"127.0.0.1:{mqtt_port}\""),
+                format!("mqtt://127.0.0.1:{mqtt_port}"),
+            )
+        }
+    };
     let cfg = format!(
         "data_dir = \"hq-data\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[api]\ntoken = \"{token}\"\n\
-         [auth]\ngateway_secret = \"{secret}\"\n[broker]\nlisten = \"127.0.0.1:{mqtt_port}\"\n"
+         [auth]\ngateway_secret = \"{secret}\"\n[broker]\n{broker}\n"
     );
     let path = dir.join("hq.toml");
     std::fs::write(&path, cfg).unwrap();
-    let proc = Proc::spawn(
-        &bin("instore-sync"),
-        &["run", "--config", path.to_str().unwrap()],
-        dir.join("hq.log"),
-    );
-    let http = format!("http://127.0.0.1:{http_port}");
-    let client = reqwest::Client::new();
-    eventually("head office /healthz", Duration::from_secs(30), || {
-        let c = client.clone();
-        let url = format!("{http}/healthz");
-        async move {
-            c.get(url)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
-    Hq {
+    let proc = spawn_hq(&path, dir);
+    let hq = Hq {
         proc,
-        http,
-        mqtt: format!("mqtt://127.0.0.1:{mqtt_port}"),
+        http: format!("http://127.0.0.1:{http_port}"),
+        mqtt,
         token,
         secret,
-    }
+        cfg: path,
+        dir: dir.to_path_buf(),
+    };
+    hq.wait_healthy().await;
+    hq
+}
+
+fn spawn_hq(cfg: &Path, dir: &Path) -> Proc {
+    Proc::spawn(
+        &bin("instore-sync"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        dir.join("hq.log"),
+    )
 }
 
 impl Hq {
+    pub async fn wait_healthy(&self) {
+        let client = reqwest::Client::new();
+        eventually("head office /healthz", Duration::from_secs(30), || {
+            let c = client.clone();
+            let url = format!("{}/healthz", self.http);
+            async move {
+                c.get(url)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    /// Stops head office with `sig` ("KILL" or "TERM") and waits for the process to end.
+    pub fn stop(&mut self, sig: &str) {
+        self.proc.signal(sig);
+        assert!(
+            self.proc.wait_exit(Duration::from_secs(20)).is_some(),
+            "head office did not stop on SIG{sig}\n{}",
+            self.proc.log_text()
+        );
+    }
+
+    /// Starts the stopped head office again: same config, ports and database.
+    pub async fn start_again(&mut self) {
+        self.proc = spawn_hq(&self.cfg, &self.dir);
+        self.wait_healthy().await;
+    }
+
+    /// Head office's Prometheus text.
+    pub async fn metrics(&self) -> String {
+        scrape(&format!("{}/metrics", self.http)).await
+    }
+
     pub async fn import_members(&self, ndjson: String) -> serde_json::Value {
         reqwest::Client::new()
             .post(format!("{}/api/members", self.http))
@@ -197,11 +256,53 @@ pub fn agent_config(
     http_port: u16,
     rules: &str,
 ) -> PathBuf {
-    std::fs::write(dir.join("rules.toml"), rules).unwrap();
-    let token =
-        instore_protocol::token::gateway_token(hq.secret.as_bytes(), store, gateway).unwrap();
-    let cfg = format!(
-        r#"store_id = "{store}"
+    AgentSetup::new(store, gateway, http_port).write(dir, hq, rules, "agent.toml")
+}
+
+/// The knobs of an agent config that the tests turn; [`AgentSetup::new`] gives the defaults the
+/// end-to-end tests use.
+#[derive(Debug, Clone)]
+pub struct AgentSetup {
+    pub store: String,
+    pub gateway: String,
+    pub http_port: u16,
+    /// Broker URL; head office's broker when `None` (a proxy in front of it otherwise).
+    pub broker: Option<String>,
+    pub shoppers_per_minute: f64,
+    pub population: u32,
+    pub mean_dwell_s: f64,
+    pub depart_after_s: u64,
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl AgentSetup {
+    pub fn new(store: &str, gateway: &str, http_port: u16) -> Self {
+        Self {
+            store: store.into(),
+            gateway: gateway.into(),
+            http_port,
+            broker: None,
+            shoppers_per_minute: 120.0,
+            population: 50,
+            mean_dwell_s: 30.0,
+            depart_after_s: 5,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 1000,
+        }
+    }
+
+    /// Writes the config as `dir/name` (and the rules as `dir/rules.toml`); returns its path.
+    pub fn write(&self, dir: &Path, hq: &Hq, rules: &str, name: &str) -> PathBuf {
+        std::fs::write(dir.join("rules.toml"), rules).unwrap();
+        let token = instore_protocol::token::gateway_token(
+            hq.secret.as_bytes(),
+            &self.store,
+            &self.gateway,
+        )
+        .unwrap();
+        let cfg = format!(
+            r#"store_id = "{store}"
 gateway_id = "{gateway}"
 data_dir = "data"
 [http]
@@ -210,12 +311,12 @@ admin_token = "admin-test-token"
 [[sources]]
 kind = "sim"
 seed = 42
-shoppers_per_minute = 120.0
+shoppers_per_minute = {spm:?}
 member_share = 1.0
-population = 50
-mean_dwell_s = 30.0
+population = {population}
+mean_dwell_s = {dwell:?}
 [presence]
-depart_after_s = 5
+depart_after_s = {depart}
 [react]
 rules = "rules.toml"
 [sync]
@@ -224,15 +325,204 @@ broker = "{mqtt}"
 hq_url = "{http}"
 token = "{token}"
 batch_max_age_ms = 50
-reconnect_min_ms = 100
-reconnect_max_ms = 1000
+reconnect_min_ms = {rmin}
+reconnect_max_ms = {rmax}
 "#,
-        mqtt = hq.mqtt,
-        http = hq.http,
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, cfg).unwrap();
-    path
+            store = self.store,
+            gateway = self.gateway,
+            http_port = self.http_port,
+            spm = self.shoppers_per_minute,
+            population = self.population,
+            dwell = self.mean_dwell_s,
+            depart = self.depart_after_s,
+            mqtt = self.broker.as_deref().unwrap_or(&hq.mqtt),
+            http = hq.http,
+            rmin = self.reconnect_min_ms,
+            rmax = self.reconnect_max_ms,
+        );
+        let path = dir.join(name);
+        std::fs::write(&path, cfg).unwrap();
+        path
+    }
+}
+
+/// GETs a Prometheus text page (empty when unreachable).
+pub async fn scrape(url: &str) -> String {
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the sample named exactly `series` (name plus labels, e.g.
+/// `instore_sync_bad_payloads_total{reason="malformed"}`) in Prometheus text; 0 when absent,
+/// as an unused counter family has no samples yet.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let rest = l.strip_prefix(series)?;
+            let v = rest.strip_prefix(' ')?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until something accepts TCP connections on `127.0.0.1:port`.
+pub async fn wait_tcp(port: u16, what: &str) {
+    eventually(what, Duration::from_secs(30), || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+}
+
+/// Debian's Mosquitto on a free port with its own config file, killed when dropped. Default
+/// limits (1,000 queued messages per offline client) and no persistence, as packaged: a restart
+/// forgets every session, which is what the agent and head office must survive.
+pub struct Mosquitto {
+    proc: Option<Proc>,
+    pub port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+}
+
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+impl Mosquitto {
+    pub async fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let mut m = Mosquitto {
+            proc: None,
+            port,
+            conf,
+            log: dir.join("mosquitto.log"),
+        };
+        m.start_again().await;
+        m
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the broker vanishes with every session and queued message.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal("KILL");
+            p.wait_exit(Duration::from_secs(5))
+                .expect("mosquitto killed");
+        }
+    }
+
+    /// Starts the broker again on the same port.
+    pub async fn start_again(&mut self) {
+        assert!(
+            Path::new(MOSQUITTO).exists(),
+            "Debian's mosquitto must be installed at {MOSQUITTO}"
+        );
+        self.proc = Some(Proc::spawn(
+            Path::new(MOSQUITTO),
+            &["-c", self.conf.to_str().unwrap()],
+            self.log.clone(),
+        ));
+        wait_tcp(self.port, "mosquitto to listen").await;
+    }
+}
+
+/// A TCP proxy the test controls, standing in for the store's internet link: it forwards both
+/// ways between its own port and `upstream`; [`TcpProxy::cut`] drops every connection and refuses
+/// (accepts and closes at once) new ones until [`TcpProxy::restore`].
+pub struct TcpProxy {
+    pub port: u16,
+    state: std::sync::Arc<ProxyState>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: std::sync::atomic::AtomicBool,
+    conns: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    accepted: std::sync::atomic::AtomicU64,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(ProxyState::default());
+        let st = state.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut down, _)) = listener.accept().await else {
+                    continue;
+                };
+                st.accepted.fetch_add(1, Ordering::Relaxed);
+                if st.cut.load(Ordering::SeqCst) {
+                    drop(down);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                });
+                let mut conns = st.conns.lock().unwrap();
+                conns.retain(|h| !h.is_finished());
+                conns.push(task.abort_handle());
+            }
+        });
+        TcpProxy {
+            port,
+            state,
+            accept,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// Drops every open connection (both sockets close) and refuses new ones.
+    pub fn cut(&self) {
+        self.state
+            .cut
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for h in self.state.conns.lock().unwrap().drain(..) {
+            h.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.state
+            .cut
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far (including those refused while cut).
+    pub fn accepted(&self) -> u64 {
+        self.state
+            .accepted
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
 }
 
 /// The simulated population as NDJSON.
