@@ -39,9 +39,35 @@ pub struct AgentConfig {
     #[serde(default)]
     pub sync: SyncConfig,
     #[serde(default)]
+    pub outbox: OutboxConfig,
+    #[serde(default)]
+    pub record: RecordConfig,
+    #[serde(default)]
     pub react: ReactConfig,
     #[serde(default)]
     pub presence: PresenceConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// An alert nobody took or closed within this many seconds expires (0: never).
+    #[serde(default = "default_alert_expire_after_s")]
+    pub expire_after_s: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            expire_after_s: default_alert_expire_after_s(),
+        }
+    }
+}
+
+fn default_alert_expire_after_s() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +78,10 @@ pub struct HttpConfig {
     /// Bearer token with full access (head-office staff, scripts). Empty disables it.
     #[serde(default)]
     pub admin_token: String,
+    /// How tablets reach this agent, for pairing URLs (`http://192.168.1.20:8080`). Default: the
+    /// listen address, with the LAN interface's address for `0.0.0.0`.
+    #[serde(default)]
+    pub public_url: Option<String>,
 }
 
 impl Default for HttpConfig {
@@ -59,6 +89,7 @@ impl Default for HttpConfig {
         Self {
             listen: default_listen(),
             admin_token: String::new(),
+            public_url: None,
         }
     }
 }
@@ -96,6 +127,53 @@ pub struct SourceConfig {
     /// Recorded advert log (kind = "replay").
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// dB added to every RSSI this adapter reports (kind = "ble"): per-gateway calibration.
+    #[serde(default)]
+    pub rssi_offset: i16,
+    /// Restart scanning when no advert arrived for this many seconds (kind = "ble").
+    #[serde(default = "default_watchdog_s")]
+    pub watchdog_s: u64,
+    /// Forget a device silent for this many seconds (kind = "ble").
+    #[serde(default = "default_device_ttl_s")]
+    pub device_ttl_s: u64,
+    /// Most devices remembered per adapter; a storm of random addresses evicts the least
+    /// recently heard (kind = "ble").
+    #[serde(default = "default_max_devices")]
+    pub max_devices: usize,
+    /// Replay speed: 1.0 = as recorded, 10.0 = ten times faster, 0 = as fast as possible
+    /// (kind = "replay").
+    #[serde(default = "default_speed")]
+    pub speed: f64,
+    /// TCP address scanners in TCP-client mode connect to, e.g. `0.0.0.0:7070` (kind = "qr",
+    /// instead of `path`: a serial/HID-raw device or a FIFO, one code per line).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_watchdog_s() -> u64 {
+    60
+}
+fn default_device_ttl_s() -> u64 {
+    300
+}
+fn default_max_devices() -> usize {
+    20_000
+}
+fn default_speed() -> f64 {
+    1.0
+}
+
+/// `[record]`: writes every advert the sources produce to an NDJSON file (the replay format).
+/// For debugging only: the file holds raw addresses of everyone nearby, members or not.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Must be true for `path` to be accepted: an explicit acknowledgement that raw Bluetooth
+    /// addresses of passers-by are written to disk.
+    #[serde(default)]
+    pub write_raw_addresses: bool,
 }
 
 fn default_zone() -> String {
@@ -120,7 +198,9 @@ pub enum SourceKind {
     Sim,
     Ble,
     Replay,
-    QrSerial,
+    /// A QR scanner (the code is a member's signed QR): a device/FIFO `path` or a TCP `listen`.
+    #[serde(alias = "qr_serial")]
+    Qr,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +230,38 @@ pub struct SyncConfig {
     pub reconnect_min_ms: u64,
     #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
+    /// PEM file of the CA(s) that sign the broker's certificate (mqtts:// only). Empty: the
+    /// operating system's trust roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to the broker; needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+/// `[outbox]`: the durable queue of events waiting for head office.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Byte quota (event bodies plus a per-row overhead); over it the outbox sheds the oldest
+    /// low-value events and reports the range. See `agent/examples/agent.toml` for sizing.
+    #[serde(default = "default_outbox_max_bytes")]
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_outbox_max_bytes(),
+        }
+    }
+}
+
+fn default_outbox_max_bytes() -> u64 {
+    crate::outbox::DEFAULT_MAX_BYTES
 }
 
 impl Default for SyncConfig {
@@ -164,6 +276,9 @@ impl Default for SyncConfig {
             max_inflight_batches: default_max_inflight(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 }
@@ -184,12 +299,54 @@ fn default_reconnect_max_ms() -> u64 {
     30_000
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReactConfig {
-    /// Path of the rules file (relative paths are relative to the config file).
+    /// Path of the rules file (relative paths are relative to the config file). Reloaded on
+    /// SIGHUP and when its content changes.
     #[serde(default)]
     pub rules: Option<PathBuf>,
+    /// The store's local time is UTC plus this many minutes (rules' `hours`, quiet hours,
+    /// "today"). Fixed: no daylight-saving rules are applied.
+    #[serde(default)]
+    pub timezone_offset_min: i32,
+    /// Local time range with no clerk alerts, e.g. "22:00-07:00" (empty: none).
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+    /// At most this many clerk alerts per minute in the store (0: unlimited).
+    #[serde(default = "default_alerts_per_minute")]
+    pub alerts_per_minute: u32,
+    /// Alerts allowed at once after a quiet spell (default: alerts_per_minute).
+    #[serde(default)]
+    pub alert_burst: Option<u32>,
+    /// `mqtt://host:port` of the broker rules' `mqtt` actions publish to (none: they fail,
+    /// counted).
+    #[serde(default)]
+    pub mqtt_broker: Option<String>,
+    /// MQTT/webhook actions waiting for the action task, at most (more are dropped, counted).
+    #[serde(default = "default_action_queue")]
+    pub action_queue: usize,
+}
+
+impl Default for ReactConfig {
+    fn default() -> Self {
+        Self {
+            rules: None,
+            timezone_offset_min: 0,
+            quiet_hours: None,
+            alerts_per_minute: default_alerts_per_minute(),
+            alert_burst: None,
+            mqtt_broker: None,
+            action_queue: default_action_queue(),
+        }
+    }
+}
+
+fn default_alerts_per_minute() -> u32 {
+    30
+}
+fn default_action_queue() -> usize {
+    256
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +363,28 @@ pub struct PresenceConfig {
     /// Adverts weaker than this are ignored (too far away: outside the shop window).
     #[serde(default = "default_min_rssi")]
     pub min_rssi: i16,
+    /// Smoothed RSSI (dBm) at or above which a sighting counts towards arriving.
+    #[serde(default = "default_enter_rssi")]
+    pub enter_rssi: i16,
+    /// Smoothed RSSI (dBm) below which a present member starts to leave; below `enter_rssi`, so
+    /// a member at the edge of range does not flap.
+    #[serde(default = "default_exit_rssi")]
+    pub exit_rssi: i16,
+    /// Smoothed RSSI below `exit_rssi` for this long (seconds) departs a member still advertising.
+    #[serde(default = "default_exit_after_s")]
+    pub exit_after_s: u64,
+    /// Time constant of the RSSI moving average, seconds.
+    #[serde(default = "default_smoothing_s")]
+    pub smoothing_s: f64,
+    /// A member changes zone when another zone hears them this much louder (dB) ...
+    #[serde(default = "default_zone_margin_db")]
+    pub zone_margin_db: f64,
+    /// ... for this long without a break (seconds).
+    #[serde(default = "default_zone_switch_s")]
+    pub zone_switch_s: u64,
+    /// Time in one zone (seconds, per visit) at which a dwell event fires, once each.
+    #[serde(default = "default_dwell_s")]
+    pub dwell_s: Vec<u64>,
 }
 
 impl Default for PresenceConfig {
@@ -215,6 +394,13 @@ impl Default for PresenceConfig {
             arrive_window_s: default_arrive_window_s(),
             depart_after_s: default_depart_after_s(),
             min_rssi: default_min_rssi(),
+            enter_rssi: default_enter_rssi(),
+            exit_rssi: default_exit_rssi(),
+            exit_after_s: default_exit_after_s(),
+            smoothing_s: default_smoothing_s(),
+            zone_margin_db: default_zone_margin_db(),
+            zone_switch_s: default_zone_switch_s(),
+            dwell_s: default_dwell_s(),
         }
     }
 }
@@ -230,6 +416,29 @@ fn default_depart_after_s() -> u64 {
 }
 fn default_min_rssi() -> i16 {
     -90
+}
+fn default_enter_rssi() -> i16 {
+    -80
+}
+fn default_exit_rssi() -> i16 {
+    -88
+}
+fn default_exit_after_s() -> u64 {
+    30
+}
+fn default_smoothing_s() -> f64 {
+    5.0
+}
+// With RSSI noise of ±8 dB at a boundary between two equally loud zones, 6 dB for 5 s switched
+// about three times an hour in simulation; 8 dB for 8 s did not switch in 30 hours.
+fn default_zone_margin_db() -> f64 {
+    8.0
+}
+fn default_zone_switch_s() -> u64 {
+    8
+}
+fn default_dwell_s() -> Vec<u64> {
+    vec![60, 300, 900]
 }
 
 impl PresenceConfig {
@@ -262,6 +471,20 @@ impl AgentConfig {
                 && p.is_relative()
             {
                 s.path = Some(base.join(p));
+            }
+        }
+        if let Some(p) = &cfg.record.path
+            && p.is_relative()
+        {
+            cfg.record.path = Some(base.join(p));
+        }
+        for p in [
+            &mut cfg.sync.ca_file,
+            &mut cfg.sync.client_cert,
+            &mut cfg.sync.client_key,
+        ] {
+            if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
+                *p = Some(base.join(rel));
             }
         }
         Ok(cfg)
@@ -305,8 +528,33 @@ impl AgentConfig {
                         "a ble source needs an adapter, e.g. \"hci0\"".into(),
                     ));
                 }
+                SourceKind::Qr if s.path.is_some() == s.listen.is_some() => {
+                    return Err(invalid(
+                        "kind",
+                        "a qr source needs either path (device or FIFO) or listen (TCP)".into(),
+                    ));
+                }
                 SourceKind::Replay if s.path.is_none() => {
                     return Err(invalid("path", "a replay source needs a path".into()));
+                }
+                SourceKind::Replay if !(s.speed >= 0.0 && s.speed <= 1_000_000.0) => {
+                    return Err(invalid(
+                        "speed",
+                        "must be between 0 (as fast as possible) and 1000000".into(),
+                    ));
+                }
+                SourceKind::Ble if s.watchdog_s == 0 || s.device_ttl_s == 0 => {
+                    return Err(invalid(
+                        if s.watchdog_s == 0 {
+                            "watchdog_s"
+                        } else {
+                            "device_ttl_s"
+                        },
+                        "must be at least 1".into(),
+                    ));
+                }
+                SourceKind::Ble if s.max_devices < 64 => {
+                    return Err(invalid("max_devices", "must be at least 64".into()));
                 }
                 SourceKind::Sim if !(0.0..=1.0).contains(&s.member_share) => {
                     return Err(invalid("member_share", "must be between 0 and 1".into()));
@@ -355,6 +603,16 @@ impl AgentConfig {
             if self.sync.max_inflight_batches == 0 {
                 return Err(invalid("max_inflight_batches", "must be at least 1".into()));
             }
+            if self.sync.client_cert.is_some() != self.sync.client_key.is_some() {
+                return Err(invalid(
+                    if self.sync.client_cert.is_some() {
+                        "client_key"
+                    } else {
+                        "client_cert"
+                    },
+                    "client_cert and client_key go together".into(),
+                ));
+            }
             if self.sync.reconnect_min_ms == 0
                 || self.sync.reconnect_min_ms > self.sync.reconnect_max_ms
             {
@@ -364,8 +622,71 @@ impl AgentConfig {
                 ));
             }
         }
-        if self.presence.arrive_sightings == 0 {
-            return Err(invalid("arrive_sightings", "must be at least 1".into()));
+        if self.record.path.is_some() && !self.record.write_raw_addresses {
+            return Err(invalid(
+                "path",
+                "[record] writes raw Bluetooth addresses of everyone nearby to disk; set \
+                 write_raw_addresses = true to confirm (debugging only)"
+                    .into(),
+            ));
+        }
+        if self.outbox.max_bytes < 1024 * 1024 {
+            return Err(invalid("max_bytes", "must be at least 1048576 (1 MiB)".into()));
+        }
+        if let Err(e) = crate::react::ReactSettings::from_config(&self.react) {
+            return Err(invalid("quiet_hours", e));
+        }
+        if !(-14 * 60..=14 * 60).contains(&self.react.timezone_offset_min) {
+            return Err(invalid(
+                "timezone_offset_min",
+                "must be between -840 and 840".into(),
+            ));
+        }
+        if self
+            .react
+            .mqtt_broker
+            .as_deref()
+            .is_some_and(|b| !b.starts_with("mqtt://"))
+        {
+            return Err(invalid("mqtt_broker", "must be an mqtt:// URL".into()));
+        }
+        if self.react.action_queue == 0 {
+            return Err(invalid("action_queue", "must be at least 1".into()));
+        }
+        if !(1..=crate::presence::MAX_ARRIVE_SIGHTINGS).contains(&self.presence.arrive_sightings) {
+            return Err(invalid(
+                "arrive_sightings",
+                format!("must be 1 to {}", crate::presence::MAX_ARRIVE_SIGHTINGS),
+            ));
+        }
+        if self.presence.arrive_window_s == 0 {
+            return Err(invalid("arrive_window_s", "must be at least 1".into()));
+        }
+        let pr = &self.presence;
+        if !(pr.min_rssi <= pr.exit_rssi && pr.exit_rssi < pr.enter_rssi) {
+            return Err(invalid(
+                "exit_rssi",
+                "must satisfy min_rssi <= exit_rssi < enter_rssi (the gap is the hysteresis)"
+                    .into(),
+            ));
+        }
+        if pr.exit_after_s == 0 {
+            return Err(invalid("exit_after_s", "must be at least 1".into()));
+        }
+        if !(0.0..=600.0).contains(&pr.smoothing_s) {
+            return Err(invalid("smoothing_s", "must be between 0 and 600".into()));
+        }
+        if !(0.0..=60.0).contains(&pr.zone_margin_db) {
+            return Err(invalid("zone_margin_db", "must be between 0 and 60".into()));
+        }
+        if pr.dwell_s.len() > 16
+            || pr.dwell_s.contains(&0)
+            || !pr.dwell_s.windows(2).all(|w| w[0] < w[1])
+        {
+            return Err(invalid(
+                "dwell_s",
+                "must be at most 16 durations above 0, in ascending order".into(),
+            ));
         }
         if self.presence.depart_after_s == 0 {
             return Err(invalid("depart_after_s", "must be at least 1".into()));

@@ -17,6 +17,15 @@ pub struct Metrics {
     // sources
     pub adverts: Counter,
     pub adverts_dropped: Counter,
+    // BLE / replay sources (sources/ble, sources/replay.rs)
+    pub ble_adverts_coalesced: Counter,
+    pub ble_signals_malformed: Counter,
+    pub ble_signals_overflow: Counter,
+    pub ble_devices: Gauge,
+    pub ble_devices_evicted: Counter,
+    pub ble_reconnects: Counter,
+    pub ble_watchdog_restarts: Counter,
+    pub replay_malformed: Counter,
     // identify
     pub identified: Counter,
     pub strangers: Counter,
@@ -30,6 +39,17 @@ pub struct Metrics {
     // react / alerts
     pub alerts_raised: Counter,
     pub alerts_suppressed: Counter,
+    /// Matching rules held back, by `reason` (cooldown, quiet_hours, rate_limit).
+    pub reactions_held: Family<KindLabel, Counter>,
+    /// MQTT/webhook actions by `kind` and `result` (sent, acked, retried, failed, dropped).
+    pub reaction_actions: Family<KindLabel, Counter>,
+    pub rules_loaded: Gauge,
+    pub rules_reloads: Counter,
+    pub rules_reload_failures: Counter,
+    pub qr_scans: Counter,
+    /// QR codes that identified nobody, by `error`.
+    pub qr_rejected: Family<Vec<(&'static str, String)>, Counter>,
+    pub qr_lines_dropped: Counter,
     pub sse_clients: Gauge,
     // outbox / sync
     pub outbox_appended: Counter,
@@ -42,8 +62,20 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
     pub mqtt_bad_payloads: Counter,
+    pub outbox_bytes: Gauge,
+    pub outbox_quota_bytes: Gauge,
+    pub outbox_shed_events: Counter,
+    pub outbox_shed_ranges: Counter,
+    pub outbox_renumbered: Counter,
+    pub batches_inflight: Gauge,
+    pub mqtt_connect_failures: Counter,
     // web
     pub http_unauthorized: Counter,
+    // alert lifecycle and tablet pairing
+    pub alert_steps: Family<KindLabel, Counter>,
+    pub alert_steps_refused: Family<KindLabel, Counter>,
+    pub pairing_attempts: Family<KindLabel, Counter>,
+    pub tablets_paired: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +98,46 @@ impl Metrics {
             "adverts_dropped",
             "Adverts dropped because the engine was behind (source channel full)",
             m.adverts_dropped.clone(),
+        );
+        r.register(
+            "ble_adverts_coalesced",
+            "BLE adverts replaced by a newer one from the same device while the engine was behind",
+            m.ble_adverts_coalesced.clone(),
+        );
+        r.register(
+            "ble_signals_malformed",
+            "BlueZ D-Bus signals whose body could not be decoded (skipped)",
+            m.ble_signals_malformed.clone(),
+        );
+        r.register(
+            "ble_signals_overflow",
+            "BlueZ D-Bus signals dropped because the BLE source's decode queue was full",
+            m.ble_signals_overflow.clone(),
+        );
+        r.register(
+            "ble_devices",
+            "Devices in the BLE sources' device tables",
+            m.ble_devices.clone(),
+        );
+        r.register(
+            "ble_devices_evicted",
+            "Devices evicted from a BLE device table by its cap (storm of new addresses)",
+            m.ble_devices_evicted.clone(),
+        );
+        r.register(
+            "ble_reconnects",
+            "BLE scanning sessions re-opened after the adapter, bluetoothd or D-Bus went away",
+            m.ble_reconnects.clone(),
+        );
+        r.register(
+            "ble_watchdog_restarts",
+            "BLE scans restarted because no advert arrived within the watchdog period",
+            m.ble_watchdog_restarts.clone(),
+        );
+        r.register(
+            "replay_malformed",
+            "Replay records (NDJSON lines, btsnoop packets) malformed and skipped",
+            m.replay_malformed.clone(),
         );
         r.register(
             "identified",
@@ -111,6 +183,46 @@ impl Metrics {
             "alerts_suppressed",
             "Alerts a rule matched but a cooldown or limit suppressed",
             m.alerts_suppressed.clone(),
+        );
+        r.register(
+            "reactions_held",
+            "Matching rules held back, by reason (cooldown, quiet_hours, rate_limit)",
+            m.reactions_held.clone(),
+        );
+        r.register(
+            "reaction_actions",
+            "MQTT and webhook reaction actions, by kind and result",
+            m.reaction_actions.clone(),
+        );
+        r.register(
+            "rules_loaded",
+            "Rules in force",
+            m.rules_loaded.clone(),
+        );
+        r.register(
+            "rules_reloads",
+            "Successful rules reloads (SIGHUP or file change)",
+            m.rules_reloads.clone(),
+        );
+        r.register(
+            "rules_reload_failures",
+            "Rules reloads refused (bad file); the previous rules stay in force",
+            m.rules_reload_failures.clone(),
+        );
+        r.register(
+            "qr_scans",
+            "QR codes read by scanners",
+            m.qr_scans.clone(),
+        );
+        r.register(
+            "qr_rejected",
+            "QR codes that identified no member, by error",
+            m.qr_rejected.clone(),
+        );
+        r.register(
+            "qr_lines_dropped",
+            "Scanner lines dropped: too long, not text, or the engine was behind",
+            m.qr_lines_dropped.clone(),
         );
         r.register(
             "sse_clients",
@@ -168,9 +280,64 @@ impl Metrics {
             m.mqtt_bad_payloads.clone(),
         );
         r.register(
+            "outbox_bytes",
+            "Bytes the outbox holds against its quota (event bodies plus a per-row overhead)",
+            m.outbox_bytes.clone(),
+        );
+        r.register(
+            "outbox_quota_bytes",
+            "The outbox byte quota ([outbox] max_bytes)",
+            m.outbox_quota_bytes.clone(),
+        );
+        r.register(
+            "outbox_shed_events",
+            "Events shed because the outbox was over its byte quota",
+            m.outbox_shed_events.clone(),
+        );
+        r.register(
+            "outbox_shed_ranges",
+            "Sheddings (each reported to head office as one events_shed event)",
+            m.outbox_shed_ranges.clone(),
+        );
+        r.register(
+            "outbox_renumbered",
+            "Unsent events renumbered above head office's mark after an outbox rollback",
+            m.outbox_renumbered.clone(),
+        );
+        r.register(
+            "batches_inflight",
+            "Batches published and not yet acknowledged by head office",
+            m.batches_inflight.clone(),
+        );
+        r.register(
+            "mqtt_connect_failures",
+            "Broker connection attempts that failed (refused, TLS, timeout) or connections lost",
+            m.mqtt_connect_failures.clone(),
+        );
+        r.register(
             "http_unauthorized",
             "HTTP requests refused for a missing or wrong token",
             m.http_unauthorized.clone(),
+        );
+        r.register(
+            "alert_steps",
+            "Alert lifecycle steps recorded (taken, outcome, dismissed, expired)",
+            m.alert_steps.clone(),
+        );
+        r.register(
+            "alert_steps_refused",
+            "Alert lifecycle steps refused (already taken or closed, unknown alert)",
+            m.alert_steps_refused.clone(),
+        );
+        r.register(
+            "pairing_attempts",
+            "Tablet pairing code redemptions by result (ok, bad_code, rate_limited)",
+            m.pairing_attempts.clone(),
+        );
+        r.register(
+            "tablets_paired",
+            "Paired tablets with a valid token",
+            m.tablets_paired.clone(),
         );
         (m, r)
     }

@@ -3,6 +3,7 @@
 //! No domain logic lives here. Task map (channels are bounded):
 //! sources ─(sightings, 4096, drop+count when full)─► engine ─► outbox ─► sync (MQTT)
 //!                                  engine ─► alerts hub ─► web (SSE)   sync ─(control, 16)─► engine
+//! web (clerk actions) and the expiry tick ─► alerts lifecycle ─► outbox, then the hub
 
 use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
@@ -57,6 +58,9 @@ pub fn members_db(data_dir: &Path) -> std::path::PathBuf {
 pub fn outbox_db(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("outbox.db")
 }
+pub fn tablets_db(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("tablets.db")
+}
 
 /// Starts every task. Fails before anything runs if a store cannot be opened, the rules are bad
 /// or the HTTP port is taken.
@@ -66,8 +70,14 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     let (metrics, registry) = Metrics::new();
     let cache = MemberCache::open(&members_db(&cfg.data_dir))?;
     let index = Arc::new(cache.load_index()?);
-    let outbox = Outbox::open(&outbox_db(&cfg.data_dir), metrics.clone())?;
-    let rules = match &cfg.react.rules {
+    let outbox = Outbox::open_with(
+        &outbox_db(&cfg.data_dir),
+        crate::outbox::OutboxOptions {
+            max_bytes: cfg.outbox.max_bytes,
+        },
+        metrics.clone(),
+    )?;
+    let mut rules = match &cfg.react.rules {
         Some(path) => Rules::load(path)?,
         None => {
             tracing::warn!("no [react] rules configured: no clerk alerts will be raised");
@@ -108,6 +118,19 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         PresenceParams::from(&cfg.presence),
         format!("{}-{boot}", cfg.gateway_id),
     );
+    rules.set_settings(
+        crate::react::ReactSettings::from_config(&cfg.react).map_err(anyhow::Error::msg)?,
+    );
+    let actions = crate::react::actions::spawn(
+        crate::react::ActionSettings {
+            mqtt_broker: cfg.react.mqtt_broker.clone(),
+            mqtt_client_id: format!("{}-actions", cfg.gateway_id),
+            queue: cfg.react.action_queue,
+        },
+        metrics.clone(),
+        &tracker,
+        cancel.clone(),
+    )?;
     let core = Core::new(index, presence, rules, metrics.clone());
     let io = EngineIo {
         sightings: sighting_rx,
@@ -117,23 +140,50 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         presence: presence_tx,
         metrics: metrics.clone(),
         rules_path: cfg.react.rules.clone(),
+        actions,
     };
     tracker.spawn(engine::run(core, clock.clone(), io, cancel.clone()));
 
+    sources::qr::spawn_all(
+        &cfg.sources,
+        clock.clone(),
+        control_tx.clone(),
+        &metrics,
+        &intake,
+        &intake_cancel,
+    )
+    .await?;
     sources::spawn_all(
         &cfg.sources,
+        &cfg.record,
         clock,
         sighting_tx,
         &metrics,
+        Some(&outbox),
         &tracker,
         &cancel,
-    )?;
+    )
+    .await?;
 
+    let tablets = crate::pairing::Tablets::open(
+        &tablets_db(&cfg.data_dir),
+        &crate::pairing::url_base(http_addr, cfg.http.public_url.as_deref()),
+        metrics.clone(),
+    )?;
+    tracker.spawn(crate::pairing::run_flush(tablets.clone(), cancel.clone()));
+    let lifecycle = crate::alerts::Lifecycle::new(alerts.clone(), outbox.clone(), metrics.clone());
+    tracker.spawn(crate::alerts::lifecycle::run_expiry(
+        lifecycle.clone(),
+        Duration::from_secs(cfg.alerts.expire_after_s),
+        intake_cancel.clone(),
+    ));
     let state = web::WebState {
         store_id: cfg.store_id.clone(),
         gateway_id: cfg.gateway_id.clone(),
         admin_token: cfg.http.admin_token.clone(),
         alerts: alerts.clone(),
+        lifecycle: Some(lifecycle),
+        tablets: Some(tablets),
         presence: presence_rx,
         metrics: metrics.clone(),
         registry: Arc::new(registry),

@@ -87,6 +87,8 @@ struct Hq {
     /// Acks to swallow before answering (a head office that crashed before replying).
     drop_acks: AtomicUsize,
     statuses: Mutex<Vec<bool>>,
+    /// Each boot's floor: the high-water mark when a hello first named it.
+    floors: Mutex<std::collections::HashMap<u64, u64>>,
 }
 
 impl Hq {
@@ -165,10 +167,24 @@ async fn start_hq(port: u16, hq: Arc<Hq>) -> AsyncClient {
                 stored.extend(&seqs);
                 stored.last().copied().unwrap_or(0)
             };
-            if hq
-                .drop_acks
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
+            let welcome = batch.hello.as_ref().map(|h| {
+                let mut floors = hq.floors.lock().unwrap();
+                instore_protocol::Welcome {
+                    boot: h.boot,
+                    floors: std::iter::once(h.boot)
+                        .chain(h.boots.iter().copied())
+                        .map(|boot| instore_protocol::BootFloor {
+                            boot,
+                            floor: *floors.entry(boot).or_insert(high_water),
+                        })
+                        .collect(),
+                }
+            });
+            if welcome.is_none()
+                && hq
+                    .drop_acks
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
             {
                 continue;
             }
@@ -177,6 +193,7 @@ async fn start_hq(port: u16, hq: Arc<Hq>) -> AsyncClient {
                 gateway_id: GATEWAY.into(),
                 ranges: runs(&seqs),
                 high_water,
+                hello: welcome,
             };
             acker
                 .publish(
@@ -284,6 +301,7 @@ fn start_gateway_in(dir: tempfile::TempDir, broker_port: u16, http_port: u16) ->
         max_inflight_batches: 3,
         reconnect_min_ms: 50,
         reconnect_max_ms: 500,
+        ..SyncConfig::default()
     };
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();

@@ -34,7 +34,27 @@ pub enum EventBody {
         zone: String,
         visit_id: String,
         dwell_s: u64,
+        /// Zones the visit passed through, in order of first entry.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        zones: Vec<String>,
     },
+    /// A present member moved to another zone of the store.
+    ZoneChange {
+        member_id: String,
+        visit_id: String,
+        from: String,
+        to: String,
+    },
+    /// A present member has been in `zone` for at least `dwell_s` seconds (one event per
+    /// configured duration reached, not a heartbeat).
+    Dwell {
+        member_id: String,
+        zone: String,
+        visit_id: String,
+        dwell_s: u64,
+    },
+    /// A member identified themselves with a QR code at a scanner.
+    QrScanned { member_id: String, zone: String },
     /// A rule raised a clerk alert.
     AlertRaised {
         alert_id: String,
@@ -43,6 +63,27 @@ pub enum EventBody {
         priority: AlertPriority,
         message: String,
     },
+    /// A clerk took the alert ("I'm on it"). `by` is the paired tablet's label, never a member.
+    AlertTaken {
+        alert_id: String,
+        rule: String,
+        by: String,
+    },
+    /// What came of an alert, as the clerk recorded it.
+    AlertOutcome {
+        alert_id: String,
+        rule: String,
+        outcome: AlertOutcomeKind,
+        by: String,
+    },
+    /// A clerk dismissed the alert without acting on it.
+    AlertDismissed {
+        alert_id: String,
+        rule: String,
+        by: String,
+    },
+    /// Nobody took or closed the alert before it went stale.
+    AlertExpired { alert_id: String, rule: String },
     /// Anonymous footfall: distinct non-member devices heard in an interval (never their addresses).
     Footfall {
         interval_s: u64,
@@ -50,6 +91,62 @@ pub enum EventBody {
     },
     /// The gateway started (after boot, crash or upgrade).
     GatewayStarted { version: String },
+    /// A scanner's state changed (scanning, lost, recovered); health data, shed first.
+    Scanner {
+        adapter: String,
+        state: ScannerState,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
+    },
+    /// The outbox hit its byte quota while offline and dropped these events, oldest of the
+    /// lowest-value class first. Head office lists the range instead of reporting a gap.
+    EventsShed {
+        first_seq: u64,
+        last_seq: u64,
+        count: u64,
+        /// The [`EventBody::kind`] names that were shed.
+        kinds: Vec<String>,
+    },
+}
+
+/// What a clerk recorded after acting on an alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOutcomeKind {
+    Purchased,
+    NoSale,
+    NotFound,
+}
+
+impl AlertOutcomeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertOutcomeKind::Purchased => "purchased",
+            AlertOutcomeKind::NoSale => "no_sale",
+            AlertOutcomeKind::NotFound => "not_found",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScannerState {
+    Scanning,
+    /// No advert for longer than the watchdog allows; scanning is being restarted.
+    Stalled,
+    /// The adapter or bluetoothd went away.
+    Lost,
+    /// Scanning resumed after a stall or loss.
+    Recovered,
+}
+
+/// Which events an outbox over its byte quota sheds first (lower first). Presence,
+/// identification and alert lifecycle are what head office is for; health is the cheapest to lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ShedClass {
+    Health = 0,
+    Footfall = 1,
+    Presence = 2,
 }
 
 impl EventBody {
@@ -58,9 +155,38 @@ impl EventBody {
         match self {
             EventBody::Arrive { .. } => "arrive",
             EventBody::Depart { .. } => "depart",
+            EventBody::ZoneChange { .. } => "zone_change",
+            EventBody::Dwell { .. } => "dwell",
+            EventBody::QrScanned { .. } => "qr_scanned",
             EventBody::AlertRaised { .. } => "alert_raised",
+            EventBody::AlertTaken { .. } => "alert_taken",
+            EventBody::AlertOutcome { .. } => "alert_outcome",
+            EventBody::AlertDismissed { .. } => "alert_dismissed",
+            EventBody::AlertExpired { .. } => "alert_expired",
             EventBody::Footfall { .. } => "footfall",
             EventBody::GatewayStarted { .. } => "gateway_started",
+            EventBody::Scanner { .. } => "scanner",
+            EventBody::EventsShed { .. } => "events_shed",
+        }
+    }
+
+    /// Shed order under the outbox byte quota. `EventsShed` itself is never shed (it is how
+    /// shedding stays visible), so it ranks with presence.
+    pub fn shed_class(&self) -> ShedClass {
+        match self {
+            EventBody::GatewayStarted { .. } | EventBody::Scanner { .. } => ShedClass::Health,
+            EventBody::Footfall { .. } => ShedClass::Footfall,
+            EventBody::Arrive { .. }
+            | EventBody::Depart { .. }
+            | EventBody::ZoneChange { .. }
+            | EventBody::Dwell { .. }
+            | EventBody::QrScanned { .. }
+            | EventBody::AlertRaised { .. }
+            | EventBody::AlertTaken { .. }
+            | EventBody::AlertOutcome { .. }
+            | EventBody::AlertDismissed { .. }
+            | EventBody::AlertExpired { .. }
+            | EventBody::EventsShed { .. } => ShedClass::Presence,
         }
     }
 }
@@ -79,7 +205,43 @@ pub struct EventBatch {
     pub v: u32,
     pub gateway_id: String,
     pub store_id: String,
+    /// Set on the (event-less) batch a gateway sends first on every connection; head office
+    /// answers with an [`Ack`] carrying a [`Welcome`]. On the events topic, not a topic of its
+    /// own, so it is ordered after every batch an earlier process of the gateway published.
+    /// Declared before `events`, which must stay the last field (the uplink splices events in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<Hello>,
     pub events: Vec<Event>,
+}
+
+/// Most boot ids one [`Hello`] may list.
+pub const MAX_HELLO_BOOTS: usize = 4096;
+
+/// "Before I send anything: what do you hold, and what did you hold when you first heard of these
+/// boots?" `boot` is the sender's current boot (a random id drawn when its outbox opens); `boots`
+/// are the other boots that still have events in its outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub boot: u64,
+    #[serde(default)]
+    pub boots: Vec<u64>,
+}
+
+/// Head office's answer to a [`Hello`]: for each boot named, `floor` is head office's high-water
+/// mark when it *first* heard of that boot, fixed forever after. A gateway sends an event only
+/// after such an answer, so an event of boot `b` numbered at or below `floor(b)` was never sent:
+/// if head office holds that number, it holds a different event (the gateway's database was
+/// rolled back), and the gateway renumbers the event above the high-water mark before sending.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub boot: u64,
+    pub floors: Vec<BootFloor>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootFloor {
+    pub boot: u64,
+    pub floor: u64,
 }
 
 impl EventBatch {
@@ -91,6 +253,13 @@ impl EventBatch {
         }
         if !valid_id(&batch.gateway_id) || !valid_id(&batch.store_id) {
             return Err(DecodeError::Invalid("gateway_id or store_id"));
+        }
+        if batch
+            .hello
+            .as_ref()
+            .is_some_and(|h| h.boots.len() > MAX_HELLO_BOOTS)
+        {
+            return Err(DecodeError::Invalid("hello lists too many boots"));
         }
         let mut prev = 0u64;
         for e in &batch.events {
@@ -122,6 +291,9 @@ pub struct Ack {
     /// Highest sequence number head office has ever committed for this gateway. A gateway never
     /// issues a number at or below it, even if its own database was rolled back.
     pub high_water: u64,
+    /// Present when this ack answers a [`Hello`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hello: Option<Welcome>,
 }
 
 impl Ack {
@@ -184,6 +356,7 @@ mod tests {
             v: SCHEMA_VERSION,
             gateway_id: "gw-1".into(),
             store_id: "s-1".into(),
+            hello: None,
             events,
         })
         .unwrap()

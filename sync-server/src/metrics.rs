@@ -33,6 +33,11 @@ pub struct Metrics {
     pub members: Gauge,
     pub member_set_version: Gauge,
     pub http_unauthorized: Counter,
+    pub events_missing: Gauge,
+    pub events_shed: Gauge,
+    pub hellos: Counter,
+    pub ingest_retries: Counter,
+    pub ingest_abandoned: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -128,6 +133,31 @@ impl MetricsHandle {
             "http_unauthorized",
             "HTTP requests refused for a missing or wrong token",
             m.http_unauthorized.clone(),
+        );
+        r.register(
+            "events_missing",
+            "Sequence numbers below gateways' last ones not held and not reported shed (gaps)",
+            m.events_missing.clone(),
+        );
+        r.register(
+            "events_shed",
+            "Events gateways reported shed over their outbox quota",
+            m.events_shed.clone(),
+        );
+        r.register(
+            "hellos",
+            "Gateway hellos answered (one per gateway connection)",
+            m.hellos.clone(),
+        );
+        r.register(
+            "ingest_retries",
+            "Ingest commits retried after a failure (ingest pauses, the broker holds messages)",
+            m.ingest_retries.clone(),
+        );
+        r.register(
+            "ingest_abandoned",
+            "Messages released unstored after repeated commit failures (the gateway re-sends)",
+            m.ingest_abandoned.clone(),
         );
         Self {
             metrics: m,

@@ -369,3 +369,146 @@ async fn events_survive_a_restart_on_the_same_data_dir() {
     done.await.unwrap().unwrap();
     drop(keep);
 }
+
+fn footfall(seq: u64) -> instore_protocol::Event {
+    instore_protocol::Event {
+        seq,
+        at_ms: 1_700_000_000_000,
+        body: instore_protocol::EventBody::Footfall {
+            interval_s: 60,
+            unique_devices: seq,
+        },
+    }
+}
+
+#[tokio::test]
+async fn a_hello_is_answered_with_each_boots_floor_fixed_at_first_mention() {
+    let hq = Hq::start(embedded()).await;
+    let mut gw = FakeGateway::connect(&hq, "gw-1", "store-1").await;
+    gw.hello(111, &[]).await;
+    let ack = gw.next_ack().await;
+    assert!(ack.ranges.is_empty(), "a hello carries no events");
+    assert_eq!(ack.high_water, 0);
+    let welcome = ack.hello.expect("a hello is answered with a welcome");
+    assert_eq!(welcome.boot, 111);
+    assert_eq!(
+        welcome.floors,
+        [instore_protocol::BootFloor {
+            boot: 111,
+            floor: 0
+        }]
+    );
+    gw.send(&[1, 2, 3]).await;
+    gw.next_ack().await;
+    // The next boot names the old one: its floor stays 0, the new one's is the mark now.
+    gw.hello(222, &[111]).await;
+    let ack = gw.next_ack().await;
+    assert_eq!(ack.high_water, 3);
+    let floors: Vec<(u64, u64)> = ack
+        .hello
+        .unwrap()
+        .floors
+        .iter()
+        .map(|f| (f.boot, f.floor))
+        .collect();
+    assert_eq!(floors, [(222, 3), (111, 0)]);
+    gw.send(&[4]).await;
+    gw.next_ack().await;
+    gw.hello(222, &[]).await;
+    let again = gw.next_ack().await.hello.unwrap();
+    assert_eq!(again.floors[0].floor, 3, "a floor never moves");
+    let m = hq.metrics().await;
+    assert_eq!(metric(&m, "instore_sync_hellos_total"), 3.0);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn shed_ranges_are_listed_and_the_numbers_they_explain_are_not_gaps() {
+    let hq = Hq::start(embedded()).await;
+    let mut gw = FakeGateway::connect(&hq, "gw-1", "store-1").await;
+    // 3..=6 were shed (4 events); 9 is simply missing; 12 names a shed of 2 inside 10..=11 but
+    // only one of them is missing, so that range explains it too.
+    let shed = |seq, first_seq, last_seq, count| instore_protocol::Event {
+        seq,
+        at_ms: 1_700_000_000_000,
+        body: instore_protocol::EventBody::EventsShed {
+            first_seq,
+            last_seq,
+            count,
+            kinds: vec!["footfall".into(), "scanner".into()],
+        },
+    };
+    gw.send_events(vec![
+        footfall(1),
+        footfall(2),
+        footfall(7),
+        shed(8, 3, 6, 4),
+        footfall(10),
+        shed(12, 10, 11, 2),
+        footfall(13),
+    ])
+    .await;
+    gw.next_ack().await;
+    let gws = hq.get_json("/api/gateways").await;
+    let gaps: Vec<(u64, u64)> = gws[0]["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["first"].as_u64().unwrap(), g["last"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(gaps, [(9, 9)], "{gws}");
+    assert_eq!(gws[0]["shed"][0]["first"], 3);
+    assert_eq!(gws[0]["shed"][0]["last"], 6);
+    assert_eq!(gws[0]["shed"][0]["count"], 4);
+    assert_eq!(gws[0]["shed"][0]["kinds"][1], "scanner");
+    assert_eq!(gws[0]["shed"].as_array().unwrap().len(), 2);
+    // A shed report that explains fewer numbers than are missing explains none of them.
+    gw.send_events(vec![shed(14, 20, 25, 1), footfall(26)]).await;
+    gw.next_ack().await;
+    let gws = hq.get_json("/api/gateways").await;
+    let gaps: Vec<(u64, u64)> = gws[0]["gaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["first"].as_u64().unwrap(), g["last"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(gaps, [(9, 9), (15, 25)]);
+    let m = hq.metrics().await;
+    assert_eq!(metric(&m, "instore_sync_events_shed "), 7.0);
+    // The gauge is the cheap figure from counters: 26 numbered - 9 held - 7 reported shed.
+    assert_eq!(metric(&m, "instore_sync_events_missing "), 10.0);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn a_commit_that_fails_releases_its_message_and_ingest_carries_on_without_a_reconnect() {
+    let hq = Hq::start(embedded()).await;
+    let mut gw = FakeGateway::connect(&hq, "gw-1", "store-1").await;
+    gw.send(&[1]).await;
+    gw.next_ack().await;
+    // A fault only this event triggers, injected from a second connection.
+    let db = rusqlite::Connection::open(hq.dir.path().join("hq.sqlite")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER injected BEFORE INSERT ON events WHEN NEW.seq = 3
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+    // One publish each, so they may share a commit group: the good one must still get through.
+    gw.send(&[3]).await;
+    gw.send(&[2]).await;
+    let ack = gw.next_ack().await;
+    assert_eq!(ranges(&ack), [(2, 2)], "the failing batch is not acknowledged");
+    gw.send(&[4]).await;
+    assert_eq!(ranges(&gw.next_ack().await), [(4, 4)], "ingest did not stall");
+    // The fault clears; the gateway's re-send (same connection) is stored.
+    db.execute_batch("DROP TRIGGER injected").unwrap();
+    gw.send(&[3]).await;
+    assert_eq!(ranges(&gw.next_ack().await), [(3, 3)]);
+    let gws = hq.get_json("/api/gateways").await;
+    assert_eq!(gws[0]["events_received"], 4);
+    assert_eq!(gws[0]["gaps"].as_array().unwrap().len(), 0);
+    let m = hq.metrics().await;
+    assert!(metric(&m, "instore_sync_ingest_commit_failures_total") >= 3.0);
+    assert_eq!(metric(&m, "instore_sync_ingest_abandoned_total"), 1.0);
+    hq.stop().await;
+}

@@ -27,17 +27,34 @@
 //! # Sequence numbers
 //! Contiguous from 1 per gateway, assigned in the transaction that stores the event, never
 //! reused. A new number is always greater than both the last number this database issued
-//! (`meta.next_seq`) and the highest number head office has acknowledged (`meta.hq_high_water`,
-//! learned from every ack): a database rolled back by a lying card therefore never reissues a
-//! number head office already holds for a different event — once it has heard from head office.
-//! Events appended after such a rollback but before the first ack may still collide; head office
-//! would drop them as duplicates (a documented gap, see the sync module).
+//! (`meta.next_seq`) and the highest number head office has acknowledged (`meta.hq_high_water`).
+//!
+//! A database rolled back by a lying card has forgotten numbers head office already holds, and
+//! the events it writes after the restart would reuse them. So every opening of the database is a
+//! *boot* with a random id, and every row records the boot that wrote it. Before the uplink sends
+//! anything on a connection it asks head office (a [`Hello`](instore_protocol::Hello) naming the
+//! current boot and every other boot with rows here) and gets back each boot's *floor*: head
+//! office's high-water mark when it first heard of that boot. An event is only ever sent after
+//! its boot was named in such a hello, so a row numbered at or below its boot's floor was never
+//! sent: if head office holds that number, it is another event. [`Outbox::reconcile`] renumbers
+//! exactly those rows above the high-water mark, in one transaction, before the uplink sends
+//! anything. Rows above their floor (events from earlier boots that head office may already
+//! hold) keep their numbers and are de-duplicated there.
+//!
+//! # Byte quota and shedding
+//! Offline for days, the outbox stops at `[outbox] max_bytes` (body bytes plus
+//! [`ROW_OVERHEAD`] per event). A commit that takes it over the quota is followed by a shed: the
+//! oldest events of the lowest [`ShedClass`](instore_protocol::ShedClass) go first (health, then
+//! footfall, then presence/identification/alerts), until the outbox is [`SHED_HEADROOM`] below
+//! the quota; an [`EventsShed`](instore_protocol::EventBody::EventsShed) event naming the range,
+//! count and kinds is written in the same transaction. `EventsShed` events are never shed. What
+//! remains keeps its numbers and order.
 
 mod writer;
 
 use std::{path::Path, sync::Arc};
 
-use instore_protocol::{Event, EventBody, SeqRange};
+use instore_protocol::{BootFloor, Event, EventBody, SeqRange};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::metrics::Metrics;
@@ -45,6 +62,18 @@ use crate::metrics::Metrics;
 /// Largest encoded event body the outbox accepts. Far above any real event; it guarantees that
 /// one event always fits in an MQTT batch, so an oversized event cannot wedge the uplink.
 pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// Bytes counted per stored event on top of its JSON body: the row header, the sequence number
+/// and the shed index entry, roughly. Keeps the quota honest for small events.
+pub const ROW_OVERHEAD: u64 = 48;
+
+/// Default `[outbox] max_bytes`: see `agent/examples/agent.toml` for the arithmetic (a busy
+/// store writes ~30 MB a day; this holds about 17 days).
+pub const DEFAULT_MAX_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A shed frees this share of the quota below it (1/50 = 2 %), so an outbox at its quota sheds
+/// in occasional steps, not on every commit.
+pub const SHED_HEADROOM: u64 = 50;
 
 /// Commands queued for the writer thread, at most. Appenders wait (asynchronously) beyond this,
 /// which is the back-pressure a stuck disk should exert.
@@ -82,11 +111,35 @@ pub enum OutboxError {
     Closed,
 }
 
+/// Tunables of the outbox (`[outbox]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxOptions {
+    /// Quota on stored events (body bytes plus [`ROW_OVERHEAD`] each); over it, events are shed.
+    pub max_bytes: u64,
+}
+
+impl Default for OutboxOptions {
+    fn default() -> Self {
+        OutboxOptions {
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// What the uplink names in its hello: this boot and the other boots with rows here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Boots {
+    pub current: u64,
+    pub others: Vec<u64>,
+}
+
 /// Counts the uplink and `/metrics` may want in one round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxStats {
     /// Events not yet acknowledged by head office.
     pub depth: u64,
+    /// Bytes counted against the quota.
+    pub bytes: u64,
     /// The last sequence number this database issued (0: none yet).
     pub last_seq: u64,
     /// Head office's acknowledged high-water mark, as last heard.
@@ -111,6 +164,14 @@ enum Command {
     Stats {
         reply: oneshot::Sender<Result<OutboxStats, OutboxError>>,
     },
+    Boots {
+        reply: oneshot::Sender<Result<Boots, OutboxError>>,
+    },
+    Reconcile {
+        high_water: u64,
+        floors: Vec<BootFloor>,
+        reply: oneshot::Sender<Result<u64, OutboxError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -124,10 +185,28 @@ pub struct Outbox {
     appended: watch::Receiver<u64>,
 }
 
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox")
+            .field("last_seq", &*self.appended.borrow())
+            .finish()
+    }
+}
+
 impl Outbox {
-    /// Opens (creating if needed) the outbox at `path` and starts its writer thread.
+    /// Opens (creating if needed) the outbox at `path` with default options and starts its
+    /// writer thread. Every opening is a new boot.
     pub fn open(path: &Path, metrics: Metrics) -> Result<Outbox, OutboxError> {
-        let writer = writer::Writer::open(path, metrics)?;
+        Self::open_with(path, OutboxOptions::default(), metrics)
+    }
+
+    /// [`Outbox::open`] with explicit options.
+    pub fn open_with(
+        path: &Path,
+        options: OutboxOptions,
+        metrics: Metrics,
+    ) -> Result<Outbox, OutboxError> {
+        let writer = writer::Writer::open(path, options, metrics)?;
         let (appended_tx, appended) = watch::channel(writer.last_seq());
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
@@ -203,6 +282,30 @@ impl Outbox {
 
     pub async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         self.call(|reply| Command::Stats { reply }).await
+    }
+
+    /// This boot's id and the other boots that still have events here (at most
+    /// [`instore_protocol::MAX_HELLO_BOOTS`] of them, oldest first; rows of unnamed boots keep
+    /// their numbers).
+    pub async fn boots(&self) -> Result<Boots, OutboxError> {
+        self.call(|reply| Command::Boots { reply }).await
+    }
+
+    /// Applies head office's answer to a hello: every event numbered at or below its boot's
+    /// floor is renumbered above `high_water` (and above every number issued here), keeping
+    /// their order, and the stored high-water mark is raised. One transaction. Returns how many
+    /// events were renumbered.
+    pub async fn reconcile(
+        &self,
+        high_water: u64,
+        floors: Vec<BootFloor>,
+    ) -> Result<u64, OutboxError> {
+        self.call(|reply| Command::Reconcile {
+            high_water,
+            floors,
+            reply,
+        })
+        .await
     }
 
     /// The last committed sequence number; changes after every commit. The uplink waits on it

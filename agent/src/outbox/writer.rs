@@ -1,42 +1,71 @@
 //! The outbox's writer thread: the only code that touches `outbox.db`.
 //!
 //! It keeps the few numbers every command needs (next sequence number, high-water mark, depth,
-//! oldest event) in memory, loaded once at open and updated only after a commit succeeds, so the
-//! memory never runs ahead of the disk.
+//! bytes, oldest event) in memory, loaded once at open and updated only after a commit succeeds,
+//! so the memory never runs ahead of the disk.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
-use instore_protocol::{Event, EventBody, SeqRange};
+use instore_protocol::{BootFloor, Event, EventBody, MAX_HELLO_BOOTS, SeqRange, ShedClass};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
-use super::{Command, MAX_EVENT_BYTES, NewEvent, OutboxError, OutboxStats};
+use super::{
+    Boots, Command, MAX_EVENT_BYTES, NewEvent, OutboxError, OutboxOptions, OutboxStats,
+    ROW_OVERHEAD, SHED_HEADROOM,
+};
 use crate::metrics::Metrics;
 
+/// `class` is the event's [`ShedClass`] (0 health, 1 footfall, 2 presence) or [`NEVER_SHED`];
+/// `boot` the boot that wrote the row (0: written before boots existed; never renumbered).
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS outbox (
-        seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body TEXT NOT NULL);
+        seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body TEXT NOT NULL,
+        boot INTEGER NOT NULL DEFAULT 0, class INTEGER NOT NULL DEFAULT 2);
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
     CREATE TABLE IF NOT EXISTS quarantine (
         seq INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, body TEXT NOT NULL, reason TEXT NOT NULL);
 ";
-const INSERT: &str = "INSERT INTO outbox (seq, at_ms, body) VALUES (?1, ?2, ?3)";
+/// Outboxes created before boots and shed classes gain the columns (existing rows: boot 0,
+/// class presence — kept, and shed last).
+const HAS_COLUMN: &str = "SELECT COUNT(*) FROM pragma_table_info('outbox') WHERE name = ?1";
+const ADD_BOOT: &str = "ALTER TABLE outbox ADD COLUMN boot INTEGER NOT NULL DEFAULT 0";
+const ADD_CLASS: &str = "ALTER TABLE outbox ADD COLUMN class INTEGER NOT NULL DEFAULT 2";
+const SHED_INDEX: &str = "CREATE INDEX IF NOT EXISTS outbox_by_class ON outbox (class, seq)";
+const INSERT: &str =
+    "INSERT INTO outbox (seq, at_ms, body, boot, class) VALUES (?1, ?2, ?3, ?4, ?5)";
 const SELECT_PENDING: &str =
     "SELECT seq, at_ms, body FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2";
 const DELETE_RANGE: &str = "DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2";
+const BYTES_RANGE: &str =
+    "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM outbox WHERE seq BETWEEN ?1 AND ?2";
 const QUARANTINE: &str = "INSERT OR REPLACE INTO quarantine (seq, at_ms, body, reason)
     SELECT seq, at_ms, body, ?2 FROM outbox WHERE seq = ?1";
 const DELETE_ONE: &str = "DELETE FROM outbox WHERE seq = ?1";
+const BYTES_ONE: &str = "SELECT length(body) FROM outbox WHERE seq = ?1";
 const GET_META: &str = "SELECT value FROM meta WHERE key = ?1";
 const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
     ON CONFLICT(key) DO UPDATE SET value = excluded.value";
-const COUNT: &str = "SELECT COUNT(*) FROM outbox";
+const COUNT_BYTES: &str = "SELECT COUNT(*), COALESCE(SUM(length(body)), 0) FROM outbox";
 const MAX_SEQ: &str = "SELECT MAX(seq) FROM outbox";
 const OLDEST: &str = "SELECT at_ms FROM outbox ORDER BY seq LIMIT 1";
+/// Other boots with rows, oldest rows first (a boot's first row tells its age).
+const OTHER_BOOTS: &str = "SELECT boot FROM outbox WHERE boot != 0 AND boot != ?1
+    GROUP BY boot ORDER BY MIN(seq) LIMIT ?2";
+const BOOT_AT_OR_BELOW: &str = "SELECT seq FROM outbox WHERE boot = ?1 AND seq <= ?2 ORDER BY seq";
+const RENUMBER: &str = "UPDATE outbox SET seq = ?2 WHERE seq = ?1";
+/// The oldest sheddable events of one class, with their size and kind.
+const SHED_CANDIDATES: &str = "SELECT seq, length(body), json_extract(body, '$.type')
+    FROM outbox WHERE class = ?1 ORDER BY seq LIMIT ?2";
 
 const META_NEXT_SEQ: &str = "next_seq";
 const META_HIGH_WATER: &str = "hq_high_water";
+
+/// `class` of rows that are never shed (`EventsShed`: how shedding stays visible).
+const NEVER_SHED: i64 = 3;
+/// Shed candidates read per query.
+const SHED_CHUNK: i64 = 4096;
 
 /// Sequence numbers live in SQLite's signed 64-bit integers. A high-water mark above this (a
 /// buggy or hostile ack) is refused rather than allowed to exhaust the number space.
@@ -51,6 +80,11 @@ pub(super) struct Writer {
     conn: Connection,
     path: Arc<str>,
     metrics: Metrics,
+    options: OutboxOptions,
+    /// This opening's random id, recorded in every row it writes.
+    boot: u64,
+    /// Quota bytes held (body bytes plus [`ROW_OVERHEAD`] per row).
+    bytes: u64,
     /// The next number this database would issue on its own (`meta.next_seq`).
     next_seq: u64,
     /// Head office's acknowledged high-water mark (`meta.hq_high_water`).
@@ -82,7 +116,11 @@ fn to_i64(value: u64) -> i64 {
 }
 
 impl Writer {
-    pub(super) fn open(path: &Path, metrics: Metrics) -> Result<Writer, OutboxError> {
+    pub(super) fn open(
+        path: &Path,
+        options: OutboxOptions,
+        metrics: Metrics,
+    ) -> Result<Writer, OutboxError> {
         let path_str: Arc<str> = Arc::from(path.display().to_string());
         let err = sql(&path_str);
         let conn = Connection::open(path).map_err(&err)?;
@@ -96,6 +134,15 @@ impl Writer {
         conn.execute_batch("PRAGMA synchronous = FULL;")
             .map_err(&err)?;
         conn.execute_batch(SCHEMA).map_err(&err)?;
+        for (column, add) in [("boot", ADD_BOOT), ("class", ADD_CLASS)] {
+            let has: i64 = conn
+                .query_row(HAS_COLUMN, [column], |r| r.get(0))
+                .map_err(&err)?;
+            if has == 0 {
+                conn.execute_batch(add).map_err(&err)?;
+            }
+        }
+        conn.execute_batch(SHED_INDEX).map_err(&err)?;
 
         let meta = |key: &'static str| -> Result<u64, OutboxError> {
             let v: Option<i64> = conn
@@ -108,7 +155,10 @@ impl Writer {
         let high_water = meta(META_HIGH_WATER)?;
         let max_seq: Option<i64> = conn.query_row(MAX_SEQ, [], |r| r.get(0)).map_err(&err)?;
         let max_seq = max_seq.map_or(Ok(0), |v| to_u64(v, &path_str, "outbox.seq"))?;
-        let depth: i64 = conn.query_row(COUNT, [], |r| r.get(0)).map_err(&err)?;
+        let (depth, body_bytes): (i64, i64) = conn
+            .query_row(COUNT_BYTES, [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(&err)?;
+        let depth = u64::try_from(depth).unwrap_or(0);
         let oldest_at_ms: Option<i64> = conn
             .query_row(OLDEST, [], |r| r.get(0))
             .optional()
@@ -123,12 +173,19 @@ impl Writer {
             // whichever is higher.
             next_seq: stored_next.max(max_seq + 1).max(1),
             high_water,
-            depth: u64::try_from(depth).unwrap_or(0),
+            depth,
             oldest_at_ms,
+            options,
+            // Random, not a counter: a rolled-back database would hand out a counter's values
+            // again, and head office must never confuse two boots.
+            boot: (rand::random::<u64>() >> 2).max(1),
+            bytes: u64::try_from(body_bytes).unwrap_or(0) + depth * ROW_OVERHEAD,
         };
         info!(
             path = %writer.path,
+            boot = writer.boot,
             depth = writer.depth,
+            bytes = writer.bytes,
             last_seq = writer.last_seq(),
             high_water,
             "outbox opened"
@@ -165,7 +222,7 @@ impl Writer {
                     other => {
                         // Keep command order: appends queued before this command commit first.
                         self.commit_appends(&mut appends, &appended);
-                        self.handle(other, &mut rx, &mut closers);
+                        self.handle(other, &mut rx, &mut closers, &appended);
                     }
                 }
             }
@@ -186,13 +243,27 @@ impl Writer {
         cmd: Command,
         rx: &mut mpsc::Receiver<Command>,
         closers: &mut Vec<oneshot::Sender<()>>,
+        appended: &watch::Sender<u64>,
     ) {
         match cmd {
             Command::Append { events, reply } => {
                 // Not reached (the run loop groups appends), but correct if it were.
                 let mut one = vec![(events, reply)];
-                let (tx, _) = watch::channel(0);
-                self.commit_appends(&mut one, &tx);
+                self.commit_appends(&mut one, appended);
+            }
+            Command::Boots { reply } => {
+                let _ = reply.send(self.boots());
+            }
+            Command::Reconcile {
+                high_water,
+                floors,
+                reply,
+            } => {
+                let result = self.reconcile(high_water, &floors);
+                if matches!(result, Ok(n) if n > 0) {
+                    appended.send_replace(self.last_seq());
+                }
+                let _ = reply.send(result);
             }
             Command::Pending {
                 after_seq,
@@ -211,6 +282,7 @@ impl Writer {
             Command::Stats { reply } => {
                 let _ = reply.send(Ok(OutboxStats {
                     depth: self.depth,
+                    bytes: self.bytes,
                     last_seq: self.last_seq(),
                     high_water: self.high_water,
                 }));
@@ -248,10 +320,11 @@ impl Writer {
         }
         let first = self.next_issue();
         match self.insert(first, &encoded) {
-            Ok(next) => {
+            Ok((next, added_bytes)) => {
                 let count = next - first;
                 self.next_seq = next;
                 self.depth += count;
+                self.bytes += added_bytes;
                 if self.oldest_at_ms.is_none() {
                     self.oldest_at_ms = encoded
                         .first()
@@ -276,7 +349,13 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(out));
                 }
-                appended.send_replace(next - 1);
+                if self.bytes > self.options.max_bytes {
+                    if let Err(e) = self.shed() {
+                        // The events are safe; the quota is exceeded until the next try.
+                        error!(path = %self.path, error = %e, "outbox: shedding failed");
+                    }
+                }
+                appended.send_replace(self.last_seq());
             }
             Err(e) => {
                 error!(path = %self.path, error = %e, "outbox: writing events failed");
@@ -287,13 +366,175 @@ impl Writer {
         }
     }
 
-    /// Inserts the group from `first` on; returns the next free number. Nothing in memory
-    /// changes here: the caller updates it only once the commit succeeded.
+    /// Inserts the group from `first` on; returns the next free number and the quota bytes
+    /// added. Nothing in memory changes here: the caller updates it once the commit succeeded.
     fn insert(
         &mut self,
         first: u64,
         group: &[(Vec<NewEvent>, Vec<String>, AppendReply)],
-    ) -> Result<u64, OutboxError> {
+    ) -> Result<(u64, u64), OutboxError> {
+        let err = sql(&self.path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let mut seq = first;
+        let mut bytes = 0u64;
+        {
+            let mut stmt = tx.prepare_cached(INSERT).map_err(&err)?;
+            for (events, bodies, _) in group {
+                for (event, body) in events.iter().zip(bodies) {
+                    stmt.execute(params![
+                        to_i64(seq),
+                        event.at_ms,
+                        body,
+                        to_i64(self.boot),
+                        class_of(&event.body)
+                    ])
+                    .map_err(&err)?;
+                    seq += 1;
+                    bytes += body.len() as u64 + ROW_OVERHEAD;
+                }
+            }
+        }
+        tx.execute(SET_META, params![META_NEXT_SEQ, to_i64(seq)])
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        Ok((seq, bytes))
+    }
+
+    /// Deletes the oldest events of the lowest shed class until the outbox is
+    /// [`SHED_HEADROOM`] below its quota and records what went as one `EventsShed` event, all in
+    /// one transaction.
+    fn shed(&mut self) -> Result<(), OutboxError> {
+        let target = self
+            .options
+            .max_bytes
+            .saturating_sub(self.options.max_bytes / SHED_HEADROOM);
+        let need = self.bytes.saturating_sub(target);
+        let (seq, boot) = (self.next_issue(), self.boot);
+        let err = sql(&self.path);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let mut freed = 0u64;
+        let mut victims: Vec<i64> = Vec::new();
+        let mut kinds = BTreeSet::new();
+        'classes: for class in [ShedClass::Health, ShedClass::Footfall, ShedClass::Presence] {
+            let mut stmt = tx.prepare_cached(SHED_CANDIDATES).map_err(&err)?;
+            let mut rows = stmt
+                .query(params![class as i64, SHED_CHUNK])
+                .map_err(&err)?;
+            // One chunk per class at most: a shed that needs more continues on the next commit.
+            while let Some(row) = rows.next().map_err(&err)? {
+                let seq: i64 = row.get(0).map_err(&err)?;
+                let len: i64 = row.get(1).map_err(&err)?;
+                let kind: Option<String> = row.get(2).map_err(&err)?;
+                victims.push(seq);
+                kinds.insert(kind.unwrap_or_else(|| "unknown".into()));
+                freed += u64::try_from(len).unwrap_or(0) + ROW_OVERHEAD;
+                if freed >= need {
+                    break 'classes;
+                }
+            }
+        }
+        if victims.is_empty() {
+            // Only never-shed events remain: nothing to give up.
+            return Ok(());
+        }
+        {
+            let mut delete = tx.prepare_cached(DELETE_ONE).map_err(&err)?;
+            for seq in &victims {
+                delete.execute(params![seq]).map_err(&err)?;
+            }
+        }
+        let first_seq = victims.iter().copied().min().unwrap_or(0).max(0) as u64;
+        let last_seq = victims.iter().copied().max().unwrap_or(0).max(0) as u64;
+        let count = victims.len() as u64;
+        let shed_event = EventBody::EventsShed {
+            first_seq,
+            last_seq,
+            count,
+            kinds: kinds.into_iter().collect(),
+        };
+        let body =
+            serde_json::to_string(&shed_event).map_err(|e| OutboxError::Encode(Arc::new(e)))?;
+        let now = crate::now_ms();
+        tx.execute(
+            INSERT,
+            params![to_i64(seq), now, body, to_i64(boot), NEVER_SHED],
+        )
+        .map_err(&err)?;
+        tx.execute(SET_META, params![META_NEXT_SEQ, to_i64(seq + 1)])
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+        drop(err);
+        self.metrics.outbox_commits.inc();
+        self.metrics.outbox_appended.inc();
+        self.metrics.outbox_shed_events.inc_by(count);
+        self.metrics.outbox_shed_ranges.inc();
+        self.next_seq = seq + 1;
+        self.depth = self.depth - count + 1;
+        self.bytes = self.bytes.saturating_sub(freed) + body.len() as u64 + ROW_OVERHEAD;
+        if self.oldest_at_ms.is_none() {
+            self.oldest_at_ms = Some(now);
+        }
+        self.refresh_oldest()?;
+        warn!(
+            path = %self.path,
+            first_seq,
+            last_seq,
+            count,
+            bytes = self.bytes,
+            quota = self.options.max_bytes,
+            "outbox: over its byte quota; shed the oldest low-value events (reported to head office)"
+        );
+        Ok(())
+    }
+
+    fn boots(&self) -> Result<Boots, OutboxError> {
+        let err = sql(&self.path);
+        let mut stmt = self.conn.prepare_cached(OTHER_BOOTS).map_err(&err)?;
+        let others = stmt
+            .query_map(params![to_i64(self.boot), MAX_HELLO_BOOTS as i64], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(&err)?
+            .map(|r| r.map(|b| b.max(0) as u64))
+            .collect::<Result<_, _>>()
+            .map_err(&err)?;
+        Ok(Boots {
+            current: self.boot,
+            others,
+        })
+    }
+
+    fn reconcile(&mut self, high_water: u64, floors: &[BootFloor]) -> Result<u64, OutboxError> {
+        if high_water > SEQ_LIMIT || floors.iter().any(|f| f.floor > SEQ_LIMIT) {
+            return Err(OutboxError::HighWaterOutOfRange(high_water));
+        }
+        let err = sql(&self.path);
+        let mut victims: Vec<i64> = Vec::new();
+        {
+            let mut stmt = self.conn.prepare_cached(BOOT_AT_OR_BELOW).map_err(&err)?;
+            for f in floors.iter().filter(|f| f.boot != 0 && f.floor > 0) {
+                let rows = stmt
+                    .query_map(params![to_i64(f.boot), to_i64(f.floor)], |r| r.get(0))
+                    .map_err(&err)?;
+                for seq in rows {
+                    victims.push(seq.map_err(&err)?);
+                }
+            }
+        }
+        drop(err);
+        if victims.is_empty() {
+            self.acknowledge(&[], high_water)?;
+            return Ok(0);
+        }
+        victims.sort_unstable();
+        let hw = high_water.max(self.high_water);
+        let first = self.next_seq.max(hw + 1);
         let err = sql(&self.path);
         let tx = self
             .conn
@@ -301,19 +542,35 @@ impl Writer {
             .map_err(&err)?;
         let mut seq = first;
         {
-            let mut stmt = tx.prepare_cached(INSERT).map_err(&err)?;
-            for (events, bodies, _) in group {
-                for (event, body) in events.iter().zip(bodies) {
-                    stmt.execute(params![to_i64(seq), event.at_ms, body])
-                        .map_err(&err)?;
-                    seq += 1;
-                }
+            let mut stmt = tx.prepare_cached(RENUMBER).map_err(&err)?;
+            // New numbers are above every stored one, so no update can collide.
+            for old in &victims {
+                stmt.execute(params![old, to_i64(seq)]).map_err(&err)?;
+                seq += 1;
             }
         }
         tx.execute(SET_META, params![META_NEXT_SEQ, to_i64(seq)])
             .map_err(&err)?;
+        tx.execute(SET_META, params![META_HIGH_WATER, to_i64(hw)])
+            .map_err(&err)?;
         tx.commit().map_err(&err)?;
-        Ok(seq)
+        drop(err);
+        self.metrics.outbox_commits.inc();
+        let moved = victims.len() as u64;
+        self.metrics.outbox_renumbered.inc_by(moved);
+        warn!(
+            path = %self.path,
+            renumbered = moved,
+            from = victims[0],
+            to_first = first,
+            high_water = hw,
+            "outbox: head office holds numbers this database issued again after a rollback; \
+             renumbered the unsent events above them"
+        );
+        self.next_seq = seq;
+        self.high_water = hw;
+        self.refresh_oldest()?;
+        Ok(moved)
     }
 
     fn pending(&mut self, after_seq: u64, limit: usize) -> Result<Vec<Event>, OutboxError> {
@@ -356,14 +613,24 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let mut moved = 0u64;
+        let mut bytes = 0u64;
         for (seq, reason) in rows {
+            let len: Option<i64> = tx
+                .query_row(BYTES_ONE, params![seq], |r| r.get(0))
+                .optional()
+                .map_err(&err)?;
             tx.execute(QUARANTINE, params![seq, reason]).map_err(&err)?;
-            moved += tx.execute(DELETE_ONE, params![seq]).map_err(&err)? as u64;
+            let n = tx.execute(DELETE_ONE, params![seq]).map_err(&err)? as u64;
+            moved += n;
+            if n > 0 {
+                bytes += len.map_or(0, |l| l.max(0) as u64) + ROW_OVERHEAD;
+            }
         }
         tx.commit().map_err(&err)?;
         drop(err);
         self.metrics.outbox_commits.inc();
         self.depth = self.depth.saturating_sub(moved);
+        self.bytes = self.bytes.saturating_sub(bytes);
         self.refresh_oldest()?;
         for (seq, reason) in rows {
             error!(
@@ -390,12 +657,17 @@ impl Writer {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&err)?;
         let mut deleted = 0u64;
+        let mut bytes = 0u64;
         {
+            let mut size = tx.prepare_cached(BYTES_RANGE).map_err(&err)?;
             let mut stmt = tx.prepare_cached(DELETE_RANGE).map_err(&err)?;
             for r in ranges.iter().filter(|r| r.first <= r.last) {
-                deleted += stmt
-                    .execute(params![to_i64(r.first), to_i64(r.last)])
-                    .map_err(&err)? as u64;
+                let range = params![to_i64(r.first), to_i64(r.last)];
+                let (n, b): (i64, i64) = size
+                    .query_row(range, |r| Ok((r.get(0)?, r.get(1)?)))
+                    .map_err(&err)?;
+                bytes += b.max(0) as u64 + n.max(0) as u64 * ROW_OVERHEAD;
+                deleted += stmt.execute(range).map_err(&err)? as u64;
             }
         }
         if raise {
@@ -420,6 +692,7 @@ impl Writer {
         }
         if deleted > 0 {
             self.depth = self.depth.saturating_sub(deleted);
+            self.bytes = self.bytes.saturating_sub(bytes);
             self.refresh_oldest()?;
         }
         Ok(deleted)
@@ -438,10 +711,24 @@ impl Writer {
         self.metrics
             .outbox_depth
             .set(i64::try_from(self.depth).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_bytes
+            .set(i64::try_from(self.bytes).unwrap_or(i64::MAX));
+        self.metrics
+            .outbox_quota_bytes
+            .set(i64::try_from(self.options.max_bytes).unwrap_or(i64::MAX));
         let age_s = self
             .oldest_at_ms
             .map_or(0, |t| (crate::now_ms().saturating_sub(t) / 1000).max(0));
         self.metrics.outbox_oldest_age_seconds.set(age_s);
+    }
+}
+
+/// The stored `class` of an event: its shed class, or [`NEVER_SHED`].
+fn class_of(body: &EventBody) -> i64 {
+    match body {
+        EventBody::EventsShed { .. } => NEVER_SHED,
+        other => other.shed_class() as i64,
     }
 }
 

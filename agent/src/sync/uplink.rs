@@ -5,10 +5,22 @@
 //! epoch (any reconnect) or when the oldest batch has waited [`ACK_TIMEOUT`] for its ack, it
 //! forgets that and starts again from the lowest unacknowledged event. Head office de-duplicates
 //! on (gateway, seq), so a re-send costs bandwidth, never correctness.
+//!
+//! Every epoch starts with a hello (an event-less batch naming the outbox's boots) and sends
+//! nothing else until head office's answer has been applied with [`Outbox::reconcile`]: that is
+//! what keeps a rolled-back outbox from sending an event under a number head office already holds
+//! for another (see the outbox docs). The hello is repeated every [`ACK_TIMEOUT`] until answered.
+//!
+//! The backlog drains in sequence order with up to `max_inflight_batches` full batches in flight;
+//! live events are appended behind it and go out in their turn (order is what head office counts
+//! visits by). Live events are never starved of *storage*: the outbox thread serves appends
+//! between the uplink's bounded reads, so a drain never blocks the engine.
 
 use std::{collections::VecDeque, time::Duration};
 
-use instore_protocol::{Ack, Event, EventBatch, MAX_PAYLOAD_BYTES, SCHEMA_VERSION, SeqRange};
+use instore_protocol::{
+    Ack, Event, EventBatch, Hello, MAX_PAYLOAD_BYTES, SCHEMA_VERSION, SeqRange,
+};
 use rumqttc::{AsyncClient, ClientError, QoS};
 use tokio::{
     sync::{mpsc, watch},
@@ -58,6 +70,12 @@ pub(super) struct Uplink {
     inflight: Inflight,
     /// Highest sequence number published in this epoch; the next batch starts above it.
     sent_upto: u64,
+    /// The outbox's boot, named in hellos; head office's answer must name it too.
+    boot: u64,
+    /// Head office answered this epoch's hello and the outbox is reconciled: batches may go.
+    welcomed: bool,
+    /// When the last unanswered hello went out.
+    hello_sent: Option<Instant>,
 }
 
 impl Uplink {
@@ -82,6 +100,9 @@ impl Uplink {
             max_inflight: cfg.max_inflight_batches.max(1),
             inflight: Inflight::default(),
             sent_upto: 0,
+            boot: 0,
+            welcomed: false,
+            hello_sent: None,
         }
     }
 
@@ -89,6 +110,32 @@ impl Uplink {
     fn restart(&mut self) {
         self.inflight.clear();
         self.sent_upto = 0;
+        self.metrics.batches_inflight.set(0);
+    }
+
+    /// Asks head office for its high-water mark and the floors of this outbox's boots.
+    async fn send_hello(&mut self, cancel: &CancellationToken) -> Result<(), UplinkError> {
+        let boots = self.outbox.boots().await?;
+        self.boot = boots.current;
+        let batch = EventBatch {
+            v: SCHEMA_VERSION,
+            gateway_id: self.gateway_id.clone(),
+            store_id: self.store_id.clone(),
+            hello: Some(Hello {
+                boot: boots.current,
+                boots: boots.others,
+            }),
+            events: Vec::new(),
+        };
+        let payload = serde_json::to_vec(&batch)?;
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(UplinkError::Cancelled),
+            r = self.client.publish(self.topic.clone(), QoS::AtLeastOnce, false, payload) => r?,
+        }
+        self.hello_sent = Some(Instant::now());
+        debug!(boot = self.boot, "sync: hello sent");
+        Ok(())
     }
 
     pub(super) async fn run(
@@ -116,12 +163,31 @@ impl Uplink {
                     );
                 }
                 self.restart();
+                self.welcomed = false;
+                self.hello_sent = None;
                 hold_until = None;
             }
+            let hello_due = self
+                .hello_sent
+                .is_none_or(|t| Instant::now() >= t + ACK_TIMEOUT);
+            if now.connected && !self.welcomed && hello_due {
+                match self.send_hello(&cancel).await {
+                    Ok(()) => {}
+                    Err(UplinkError::Cancelled) => break,
+                    Err(e) => {
+                        warn!(error = %e, "sync: could not send the hello; retrying");
+                        self.hello_sent = Some(Instant::now() - ACK_TIMEOUT + RETRY_AFTER_ERROR);
+                    }
+                }
+            }
+            let hello_deadline = self
+                .hello_sent
+                .filter(|_| now.connected && !self.welcomed)
+                .map(|t| t + ACK_TIMEOUT);
             let could_fill = appended.borrow_and_update().saturating_sub(self.sent_upto)
                 >= self.batch_max_events as u64;
             let due = hold_until.is_none_or(|h| could_fill || Instant::now() >= h);
-            if now.connected && due {
+            if now.connected && self.welcomed && due {
                 match self.fill(&cancel).await {
                     Ok(hold) => hold_until = hold,
                     Err(UplinkError::Cancelled) => break,
@@ -139,14 +205,22 @@ impl Uplink {
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => break,
-                Some(ack) = acks.recv() => self.on_ack(ack).await,
+                Some(ack) = acks.recv() => {
+                    if self.on_ack(ack).await {
+                        hold_until = None;
+                    }
+                }
+                () = sleep_until(hello_deadline), if hello_deadline.is_some() => {
+                    warn!("sync: no answer to the hello from head office in time; asking again");
+                }
                 changed = link.changed() => if changed.is_err() { break },
                 changed = appended.changed() => if changed.is_err() {
                     info!("sync: outbox closed; uplink stopping");
                     break;
                 },
                 // Armed only while connected: a past deadline would otherwise spin the loop.
-                () = sleep_until(hold_until), if now.connected && hold_until.is_some() => {}
+                () = sleep_until(hold_until),
+                    if now.connected && self.welcomed && hold_until.is_some() => {}
                 () = sleep_until(ack_deadline), if ack_deadline.is_some() => {
                     warn!(
                         unacknowledged_batches = self.inflight.len(),
@@ -199,6 +273,9 @@ impl Uplink {
             let (first_seq, last_seq) = (seqs[0], seqs[seqs.len() - 1]);
             self.sent_upto = last_seq;
             self.inflight.push(seqs, Instant::now());
+            self.metrics
+                .batches_inflight
+                .set(self.inflight.len() as i64);
             self.metrics.batches_sent.inc();
             self.metrics.events_sent.inc_by(taken as u64);
             debug!(
@@ -212,7 +289,44 @@ impl Uplink {
         Ok(None)
     }
 
-    async fn on_ack(&mut self, ack: Ack) {
+    /// Applies an ack; returns true when it was the answer to this epoch's hello (the uplink
+    /// may start sending).
+    async fn on_ack(&mut self, ack: Ack) -> bool {
+        let mut welcomed_now = false;
+        if let Some(welcome) = ack
+            .hello
+            .as_ref()
+            .filter(|w| w.boot == self.boot && !self.welcomed)
+        {
+            match self
+                .outbox
+                .reconcile(ack.high_water, welcome.floors.clone())
+                .await
+            {
+                Ok(renumbered) => {
+                    info!(
+                        high_water = ack.high_water,
+                        renumbered, "sync: head office answered the hello; sending"
+                    );
+                    self.welcomed = true;
+                    self.hello_sent = None;
+                    welcomed_now = true;
+                }
+                Err(OutboxError::HighWaterOutOfRange(high_water)) => {
+                    self.metrics.mqtt_bad_payloads.inc();
+                    warn!(
+                        high_water,
+                        "sync: ignoring a hello answer with an impossible mark"
+                    );
+                    return false;
+                }
+                Err(e) => {
+                    // Not welcomed: the hello is repeated and its answer applied then.
+                    error!(error = %e, "sync: could not apply head office's hello answer");
+                    return false;
+                }
+            }
+        }
         match self
             .outbox
             .acknowledge(ack.ranges.clone(), ack.high_water)
@@ -232,15 +346,19 @@ impl Uplink {
                     high_water,
                     "sync: ignoring an ack with an impossible high-water mark"
                 );
-                return;
+                return welcomed_now;
             }
             Err(e) => {
                 // Not deleted, so re-sent later: nothing is lost.
                 error!(error = %e, "sync: could not record an ack");
-                return;
+                return welcomed_now;
             }
         }
         self.inflight.acknowledge(&ack.ranges);
+        self.metrics
+            .batches_inflight
+            .set(self.inflight.len() as i64);
+        welcomed_now
     }
 }
 
@@ -263,6 +381,7 @@ pub(super) fn encode_batch(
         v: SCHEMA_VERSION,
         gateway_id: gateway_id.to_string(),
         store_id: store_id.to_string(),
+        hello: None,
         events: Vec::new(),
     };
     let mut out = serde_json::to_vec(&batch)?;
@@ -361,6 +480,7 @@ mod tests {
             v: SCHEMA_VERSION,
             gateway_id: "gw-1".into(),
             store_id: "s-1".into(),
+            hello: None,
             events: events.clone(),
         })
         .unwrap();

@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/gateways", get(gateways))
         .route("/api/events", get(events))
+        .route("/api/rules/report", get(rules_report))
         .route(
             "/api/members",
             post(import_members).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
@@ -140,6 +141,8 @@ async fn metrics(State(state): State<AppState>) -> Response {
             m.gateways_online.set(c.gateways_online);
             m.members.set(c.members);
             m.member_set_version.set(c.member_set_version);
+            m.events_missing.set(c.events_missing);
+            m.events_shed.set(c.events_shed);
         }
         Err(e) => tracing::warn!(error = %e, "cannot refresh metrics gauges"),
     }
@@ -196,6 +199,38 @@ async fn events(
     let rows = state
         .store
         .call(move |c| queries::events_after(c, &q.gateway, q.after_seq, limit))
+        .await?;
+    Ok(Json(rows).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct ReportQuery {
+    #[serde(default)]
+    store: Option<String>,
+}
+
+/// Per rule: raised, taken, converted (outcome purchased), no sale, not found, dismissed,
+/// expired — the closed loop of clerk alerts, from the gateways' lifecycle events.
+async fn rules_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let Query(q) = query.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected ?store=ID (optional): {}", e.body_text()),
+        )
+    })?;
+    if let Some(store) = &q.store
+        && !valid_id(store)
+    {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "store is not a valid id"));
+    }
+    let rows = state
+        .store
+        .call(move |c| queries::rules_report(c, q.store.as_deref()))
         .await?;
     Ok(Json(rows).into_response())
 }

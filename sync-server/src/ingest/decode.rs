@@ -5,7 +5,9 @@ use instore_protocol::{
     topics::{GatewayTopic, parse_gateway_topic, valid_id},
 };
 
-use crate::store::{IngestBatch, StoredEvent};
+use instore_protocol::EventBody;
+
+use crate::store::{HelloItem, IngestBatch, ShedReport, StoredEvent};
 
 /// Why a payload was refused; the label of the `bad_payloads` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,16 +106,60 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
             Ok(j) => j,
             Err(_) => return bad(Some(gw), BadReason::Invalid, "event body not serialisable"),
         };
+        let shed = match &e.body {
+            EventBody::EventsShed {
+                first_seq,
+                last_seq,
+                count,
+                kinds,
+            } => {
+                let (Ok(first), Ok(last), Ok(count)) = (
+                    i64::try_from(*first_seq),
+                    i64::try_from(*last_seq),
+                    i64::try_from(*count),
+                ) else {
+                    return bad(Some(gw), BadReason::Invalid, "shed range too large");
+                };
+                if first < 1 || first > last {
+                    return bad(Some(gw), BadReason::Invalid, "shed range inverted");
+                }
+                Some(ShedReport {
+                    first_seq: first,
+                    last_seq: last,
+                    count,
+                    kinds_json: serde_json::to_string(kinds).unwrap_or_else(|_| "[]".into()),
+                })
+            }
+            _ => None,
+        };
         events.push(StoredEvent {
             seq,
             at_ms: e.at_ms,
             kind: e.body.kind(),
             body_json,
+            shed,
         });
     }
+    let hello = match &batch.hello {
+        Some(h) => {
+            let ids: Result<Vec<i64>, _> = std::iter::once(&h.boot)
+                .chain(&h.boots)
+                .map(|&b| i64::try_from(b))
+                .collect();
+            let Ok(ids) = ids else {
+                return bad(Some(gw), BadReason::Invalid, "boot id too large");
+            };
+            Some(HelloItem {
+                boot: ids[0],
+                boots: ids[1..].to_vec(),
+            })
+        }
+        None => None,
+    };
     Decoded::Batch(IngestBatch {
         gateway_id: batch.gateway_id,
         store_id: batch.store_id,
+        hello,
         events,
     })
 }

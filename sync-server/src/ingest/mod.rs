@@ -7,7 +7,11 @@
 //!
 //! Invariant: an ack is published only after the transaction holding its events has committed,
 //! and the MQTT message is acknowledged to the broker only after that, so a crash at any point
-//! leads to redelivery (and de-duplication), never to loss. A bad payload is counted, logged
+//! leads to redelivery (and de-duplication), never to loss. A commit that keeps failing does not
+//! stall ingest: after a few retries the message is acknowledged to the broker *without* an ack
+//! to the gateway, which still holds the events and re-sends them after its ack timeout. (Leaving
+//! it unacknowledged would fill the broker's inflight window and stop ingest until a reconnect.)
+//! A batch carrying a hello is answered with the boots' floors (see `store::ingest`). A bad payload is counted, logged
 //! without its contents and acknowledged (redelivering it would not make it better); ingest
 //! carries on.
 
@@ -24,13 +28,17 @@ use crate::{
     members::notifier::NoticeInput,
     metrics::Metrics,
     now_ms,
-    store::{IngestItem, ItemOutcome, Store, ingest::ingest},
+    store::{IngestItem, ItemOutcome, Store, StoreError, ingest::ingest},
 };
 use decode::{BadReason, Decoded, contiguous_ranges};
 
 /// Most messages committed in one transaction: amortises the fsync under load, while a lone
 /// batch is committed at once.
 const MAX_GROUP: usize = 64;
+/// Tries per commit, and the pause before the first retry (doubling): a locked or briefly full
+/// disk gets ~350 ms before the messages are released for the gateways to re-send.
+const COMMIT_ATTEMPTS: u32 = 3;
+const COMMIT_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The ingest task's dependencies.
 #[derive(Debug)]
@@ -101,29 +109,16 @@ impl Ingest {
             }
         }
 
-        let now = now_ms();
-        let commit_items = items.clone();
-        let outcomes = match self
-            .store
-            .call(move |c| ingest(c, &commit_items, now))
-            .await
-        {
-            Ok(o) => o,
-            Err(e) => {
-                // Not acknowledged to the broker either: the session redelivers these later.
-                self.metrics.ingest_commit_failures.inc();
-                tracing::error!(error = %e, messages = group.len(), "ingest commit failed");
-                return;
-            }
-        };
-        self.metrics.ingest_commits.inc();
-
+        let outcomes = self.commit(&items).await;
         for (item, outcome) in items.iter().zip(&outcomes) {
             match (item, outcome) {
-                (IngestItem::Batch(b), ItemOutcome::Batch(o)) => {
+                (IngestItem::Batch(b), Some(ItemOutcome::Batch(o))) => {
                     self.metrics.batches.inc();
                     self.metrics.events_received.inc_by(o.inserted);
                     self.metrics.duplicates_dropped.inc_by(o.duplicates);
+                    if o.welcome.is_some() {
+                        self.metrics.hellos.inc();
+                    }
                     tracing::debug!(
                         gateway = %b.gateway_id,
                         events = b.events.len(),
@@ -137,6 +132,7 @@ impl Ingest {
                         gateway_id: b.gateway_id.clone(),
                         ranges: contiguous_ranges(b.events.iter().map(|e| e.seq.max(0) as u64)),
                         high_water: o.high_water,
+                        hello: o.welcome.clone(),
                     };
                     self.publish_ack(&ack).await;
                 }
@@ -144,10 +140,20 @@ impl Ingest {
                     IngestItem::Status {
                         gateway_id, online, ..
                     },
-                    _,
+                    Some(_),
                 ) => {
                     self.metrics.status_messages.inc();
                     tracing::info!(gateway = %gateway_id, online, "gateway status");
+                }
+                (item, None) => {
+                    // Released to the broker unstored and unacknowledged: a batch or hello comes
+                    // again from the gateway's outbox after its ack timeout; a status with the
+                    // gateway's next connection.
+                    self.metrics.ingest_abandoned.inc();
+                    tracing::error!(
+                        gateway = item.gateway_id(),
+                        "ingest: could not store a message; released it for the gateway to resend"
+                    );
                 }
                 _ => {}
             }
@@ -161,6 +167,55 @@ impl Ingest {
                 tracing::warn!(error = %e, "cannot acknowledge a message to the broker");
             }
         }
+    }
+
+    /// Commits `items` in one transaction, retrying a failed commit a few times; if the group
+    /// still fails, commits each item on its own so one that cannot be stored does not hold up
+    /// the rest. `None` marks an item that could not be stored. Bounded: ingest never stalls on
+    /// a database error, it carries on with the next messages.
+    async fn commit(&self, items: &[IngestItem]) -> Vec<Option<ItemOutcome>> {
+        if items.is_empty() {
+            return Vec::new();
+        }
+        if let Some(all) = self.commit_with_retries(items.to_vec()).await {
+            return all.into_iter().map(Some).collect();
+        }
+        if items.len() == 1 {
+            return vec![None];
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let one = self.commit_with_retries(vec![item.clone()]).await;
+            out.push(one.and_then(|mut o| o.pop()));
+        }
+        out
+    }
+
+    async fn commit_with_retries(&self, items: Vec<IngestItem>) -> Option<Vec<ItemOutcome>> {
+        let mut delay = COMMIT_RETRY_FIRST;
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            let now = now_ms();
+            let batch = items.clone();
+            match self.store.call(move |c| ingest(c, &batch, now)).await {
+                Ok(o) => {
+                    self.metrics.ingest_commits.inc();
+                    return Some(o);
+                }
+                Err(e) => {
+                    self.metrics.ingest_commit_failures.inc();
+                    tracing::error!(error = %e, items = items.len(), attempt, "ingest commit failed");
+                    if matches!(e, StoreError::Closed) {
+                        return None;
+                    }
+                    if attempt < COMMIT_ATTEMPTS {
+                        self.metrics.ingest_retries.inc();
+                        tokio::time::sleep(delay).await;
+                        delay *= 2;
+                    }
+                }
+            }
+        }
+        None
     }
 
     async fn publish_ack(&self, ack: &Ack) {

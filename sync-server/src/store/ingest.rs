@@ -1,6 +1,7 @@
 //! Storing event batches and gateway status: one transaction per group of items.
 
-use rusqlite::{Connection, params};
+use instore_protocol::{BootFloor, Welcome};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{StoreError, sql};
 
@@ -11,6 +12,24 @@ pub struct StoredEvent {
     pub at_ms: i64,
     pub kind: &'static str,
     pub body_json: String,
+    /// Set when the event is an `events_shed` report.
+    pub shed: Option<ShedReport>,
+}
+
+/// A range a gateway's outbox shed, as its `events_shed` event reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShedReport {
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: i64,
+    pub kinds_json: String,
+}
+
+/// A gateway's hello, checked: boot ids fit SQLite's integers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelloItem {
+    pub boot: i64,
+    pub boots: Vec<i64>,
 }
 
 /// A decoded batch whose topic matched its gateway.
@@ -18,6 +37,7 @@ pub struct StoredEvent {
 pub struct IngestBatch {
     pub gateway_id: String,
     pub store_id: String,
+    pub hello: Option<HelloItem>,
     pub events: Vec<StoredEvent>,
 }
 
@@ -36,15 +56,27 @@ pub enum IngestItem {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl IngestItem {
+    /// The gateway the item came from, for logs.
+    pub fn gateway_id(&self) -> &str {
+        match self {
+            IngestItem::Batch(b) => &b.gateway_id,
+            IngestItem::Status { gateway_id, .. } | IngestItem::Bad { gateway_id } => gateway_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchOutcome {
     pub inserted: u64,
     pub duplicates: u64,
     /// Highest sequence number ever committed for the gateway, this batch included.
     pub high_water: u64,
+    /// The answer to the batch's hello, if it had one.
+    pub welcome: Option<Welcome>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemOutcome {
     Batch(BatchOutcome),
     Status,
@@ -64,6 +96,7 @@ pub fn ingest(
         let mut seen = tx.prepare_cached(sql::UPSERT_GATEWAY_SEEN)?;
         let mut counts = tx.prepare_cached(sql::ADD_BATCH_COUNTS)?;
         let mut last_seq = tx.prepare_cached(sql::SELECT_LAST_SEQ)?;
+        let mut shed = tx.prepare_cached(sql::INSERT_SHED_RANGE)?;
         for item in items {
             match item {
                 IngestItem::Batch(b) => {
@@ -79,6 +112,16 @@ pub fn ingest(
                             e.body_json,
                             now_ms
                         ])? as u64;
+                        if let Some(r) = &e.shed {
+                            shed.execute(params![
+                                b.gateway_id,
+                                e.seq,
+                                r.first_seq,
+                                r.last_seq,
+                                r.count,
+                                r.kinds_json
+                            ])?;
+                        }
                     }
                     let duplicates = b.events.len() as u64 - inserted;
                     let max_seq = b.events.last().map_or(0, |e| e.seq);
@@ -90,10 +133,15 @@ pub fn ingest(
                     ])?;
                     let high_water: i64 =
                         last_seq.query_row(params![b.gateway_id], |r| r.get(0))?;
+                    let welcome = match &b.hello {
+                        Some(h) => Some(welcome(&tx, &b.gateway_id, h, now_ms)?),
+                        None => None,
+                    };
                     out.push(ItemOutcome::Batch(BatchOutcome {
                         inserted,
                         duplicates,
                         high_water: high_water.max(0) as u64,
+                        welcome,
                     }));
                 }
                 IngestItem::Status {
@@ -116,6 +164,33 @@ pub fn ingest(
     Ok(out)
 }
 
+/// Records the hello's boots on first mention (floor = the gateway's mark now) and answers with
+/// every named boot's floor. The gateway row exists: the caller upserted it.
+fn welcome(
+    tx: &rusqlite::Transaction<'_>,
+    gateway_id: &str,
+    hello: &HelloItem,
+    now_ms: i64,
+) -> Result<Welcome, StoreError> {
+    let mut record = tx.prepare_cached(sql::INSERT_BOOT)?;
+    let mut floor = tx.prepare_cached(sql::SELECT_BOOT_FLOOR)?;
+    let mut floors = Vec::with_capacity(hello.boots.len() + 1);
+    for &boot in std::iter::once(&hello.boot).chain(&hello.boots) {
+        record.execute(params![gateway_id, boot, now_ms])?;
+        let f: Option<i64> = floor
+            .query_row(params![gateway_id, boot], |r| r.get(0))
+            .optional()?;
+        floors.push(BootFloor {
+            boot: boot.max(0) as u64,
+            floor: f.unwrap_or(0).max(0) as u64,
+        });
+    }
+    Ok(Welcome {
+        boot: hello.boot.max(0) as u64,
+        floors,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,8 +207,10 @@ mod tests {
                     at_ms: 1,
                     kind: "footfall",
                     body_json: "{}".into(),
+                    shed: None,
                 })
                 .collect(),
+            hello: None,
         })
     }
 
@@ -146,7 +223,8 @@ mod tests {
             [ItemOutcome::Batch(BatchOutcome {
                 inserted: 3,
                 duplicates: 0,
-                high_water: 3
+                high_water: 3,
+                welcome: None,
             })]
         );
         let again = ingest(&mut c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
@@ -155,7 +233,8 @@ mod tests {
             [ItemOutcome::Batch(BatchOutcome {
                 inserted: 1,
                 duplicates: 2,
-                high_water: 4
+                high_water: 4,
+                welcome: None,
             })]
         );
         let old = ingest(&mut c, &[batch("g1", &[1])], 12).unwrap();
@@ -164,7 +243,8 @@ mod tests {
             [ItemOutcome::Batch(BatchOutcome {
                 inserted: 0,
                 duplicates: 1,
-                high_water: 4
+                high_water: 4,
+                welcome: None,
             })]
         );
         let gws = queries::gateways(&c, 10).unwrap();

@@ -16,9 +16,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-pub use ingest::{BatchOutcome, IngestBatch, IngestItem, ItemOutcome, StoredEvent};
+pub use ingest::{
+    BatchOutcome, HelloItem, IngestBatch, IngestItem, ItemOutcome, ShedReport, StoredEvent,
+};
 pub use members::ImportOutcome;
-pub use queries::{Counts, EventRow, GapRange, GatewayRow};
+pub use queries::{Counts, EventRow, GapRange, GatewayRow, ShedRange};
 
 /// Jobs waiting for the database thread, at most; senders wait beyond it.
 const QUEUE_DEPTH: usize = 256;

@@ -214,6 +214,7 @@ impl FakeGateway {
             v: SCHEMA_VERSION,
             gateway_id: self.id.clone(),
             store_id: self.store.clone(),
+            hello: None,
             events: seqs
                 .iter()
                 .map(|&seq| Event {
@@ -239,6 +240,23 @@ impl FakeGateway {
     pub async fn send(&self, seqs: &[u64]) {
         self.publish_raw(serde_json::to_vec(&self.batch(seqs)).unwrap())
             .await;
+    }
+
+    /// Sends a hello naming `boot` and `others`.
+    pub async fn hello(&self, boot: u64, others: &[u64]) {
+        let mut b = self.batch(&[]);
+        b.hello = Some(instore_protocol::Hello {
+            boot,
+            boots: others.to_vec(),
+        });
+        self.publish_raw(serde_json::to_vec(&b).unwrap()).await;
+    }
+
+    /// Sends `events` as they are (any bodies, any numbers).
+    pub async fn send_events(&self, events: Vec<Event>) {
+        let mut b = self.batch(&[]);
+        b.events = events;
+        self.publish_raw(serde_json::to_vec(&b).unwrap()).await;
     }
 
     pub async fn status(&self, online: bool) {
