@@ -5,6 +5,11 @@
 //! it drops the sighting and counts it (`adverts_dropped`), because a stale advert is worth less
 //! than a live one and the radio will repeat it within a second anyway.
 
+#[cfg(target_os = "linux")]
+pub mod ble;
+pub mod qr;
+pub mod record;
+pub mod replay;
 pub mod sim;
 
 use std::sync::Arc;
@@ -13,8 +18,9 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::{SourceConfig, SourceKind},
+    config::{RecordConfig, SourceConfig, SourceKind},
     metrics::Metrics,
+    outbox::Outbox,
 };
 
 /// How a BLE address is to be read (Bluetooth Core, Vol 6, Part B, 1.3).
@@ -50,17 +56,59 @@ pub struct Sighting {
 pub enum SourceError {
     #[error("source kind {0:?} is not supported by this build yet")]
     Unsupported(SourceKind),
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Ble(#[from] ble::BleError),
+    #[error("[record] cannot open {path}: {source}")]
+    Record {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
-/// Starts one task per configured source.
-pub fn spawn_all(
+/// `AA:BB:CC:DD:EE:FF` (either case) → bytes, most significant first.
+pub fn parse_address(s: &str) -> Option<[u8; 6]> {
+    let b = s.as_bytes();
+    if b.len() != 17 {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    for (i, o) in out.iter_mut().enumerate() {
+        if i > 0 && b[i * 3 - 1] != b':' {
+            return None;
+        }
+        *o = u8::from_str_radix(std::str::from_utf8(&b[i * 3..i * 3 + 2]).ok()?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Starts one task per configured source (and the recorder, if `[record]` is on). A BLE
+/// source's adapter must exist: a wrong name fails here, before the agent runs. `outbox` receives
+/// scanner state events.
+#[allow(clippy::too_many_arguments)]
+pub async fn spawn_all(
     sources: &[SourceConfig],
+    record: &RecordConfig,
     clock: crate::engine::Clock,
     tx: mpsc::Sender<Sighting>,
     metrics: &Metrics,
+    outbox: Option<&Outbox>,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
+    #[cfg(not(target_os = "linux"))]
+    let _ = outbox;
+    let tx = match &record.path {
+        Some(path) if record.write_raw_addresses => {
+            record::spawn_recorder(path, tx, metrics.clone(), tracker).map_err(|source| {
+                SourceError::Record {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?
+        }
+        _ => tx,
+    };
     for (i, cfg) in sources.iter().enumerate() {
         match cfg.kind {
             SourceKind::Sim => {
@@ -74,6 +122,35 @@ pub fn spawn_all(
                     cancel.clone(),
                 ));
             }
+            SourceKind::Replay => {
+                let Some(path) = cfg.path.clone() else {
+                    continue; // refused by config validation
+                };
+                tracker.spawn(replay::run(
+                    path,
+                    cfg.speed,
+                    Arc::from(cfg.zone.as_str()),
+                    clock.clone(),
+                    tx.clone(),
+                    metrics.clone(),
+                    cancel.clone(),
+                ));
+            }
+            #[cfg(target_os = "linux")]
+            SourceKind::Ble => {
+                let io = ble::BleIo {
+                    clock: clock.clone(),
+                    tx: tx.clone(),
+                    metrics: metrics.clone(),
+                    outbox: outbox.cloned(),
+                };
+                let task = ble::start(ble::BleConfig::from_source(cfg), io, cancel.clone()).await?;
+                tracker.spawn(task);
+            }
+            // Scans go to the engine's control channel: started by `qr::spawn_all`.
+            SourceKind::Qr => {}
+            // Only reachable where BLE is not built.
+            #[allow(unreachable_patterns)]
             other => return Err(SourceError::Unsupported(other)),
         }
     }
