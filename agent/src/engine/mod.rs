@@ -35,6 +35,13 @@ pub enum Control {
     Members(Arc<MemberIndex>),
     /// Re-read the rules file.
     ReloadRules,
+    /// A scanner read a code (not yet checked: the engine identifies it).
+    QrScan {
+        zone: Arc<str>,
+        payload: String,
+        /// Agent monotonic milliseconds.
+        at_ms: u64,
+    },
 }
 
 /// Everything the engine task talks to.
@@ -46,10 +53,14 @@ pub struct EngineIo {
     pub presence: watch::Sender<Arc<Vec<PresentMember>>>,
     pub metrics: Metrics,
     pub rules_path: Option<PathBuf>,
+    /// MQTT/webhook reaction actions, handed over after their round's events commit.
+    pub actions: crate::react::ActionQueue,
 }
 
 /// Most sightings handled before their events are committed together.
 const SIGHTINGS_PER_ROUND: usize = 512;
+/// How often the rules file is checked for changes.
+const RULES_POLL: Duration = Duration::from_secs(2);
 
 /// Runs the engine until `cancel` fires or the sighting channel closes.
 pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: CancellationToken) {
@@ -57,6 +68,11 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = Vec::with_capacity(SIGHTINGS_PER_ROUND);
     let mut out = Vec::new();
+    core.set_wall_origin(clock.wall_ms(0));
+    io.metrics.rules_loaded.set(core.rules_len() as i64);
+    let mut rules_watch = io.rules_path.as_deref().map(crate::react::RulesWatch::new);
+    let mut rules_poll = tokio::time::interval(RULES_POLL);
+    rules_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
@@ -67,7 +83,10 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
                     tracing::info!(members = index.len(), version = index.version(), "member set swapped in");
                     core.set_members(index, clock.now_ms(), &mut out);
                 }
-                Control::ReloadRules => reload_rules(&mut core, io.rules_path.as_deref()),
+                Control::ReloadRules => reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics),
+                Control::QrScan { zone, payload, at_ms } => {
+                    core.on_qr(&zone, &payload, at_ms, clock.wall_ms(at_ms), &mut out);
+                }
             },
             n = io.sightings.recv_many(&mut buf, SIGHTINGS_PER_ROUND) => {
                 if n == 0 {
@@ -78,6 +97,12 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
                 }
             }
             _ = tick.tick() => core.on_tick(clock.now_ms(), &mut out),
+            _ = rules_poll.tick(), if rules_watch.is_some() => {
+                if rules_watch.as_mut().is_some_and(|w| w.changed()) {
+                    tracing::info!("rules file changed");
+                    reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics);
+                }
+            }
         }
         if !out.is_empty() {
             deliver(&mut out, &clock, &io).await;
@@ -91,36 +116,57 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
     tracing::debug!("engine stopped");
 }
 
-fn reload_rules(core: &mut Core, path: Option<&std::path::Path>) {
+fn reload_rules(core: &mut Core, path: Option<&std::path::Path>, metrics: &Metrics) {
     let Some(path) = path else { return };
     match Rules::load(path) {
         Ok(rules) => {
             tracing::info!(rules = rules.len(), path = %path.display(), "rules reloaded");
+            metrics.rules_loaded.set(rules.len() as i64);
+            metrics.rules_reloads.inc();
             core.replace_rules(rules);
         }
-        // The old rules stay in force: a typo must not silence the store.
-        Err(e) => tracing::warn!(error = %e, "rules reload failed; keeping the previous rules"),
+        // The old rules stay in force: a typo must not silence the store. The error names the
+        // rule and line.
+        Err(e) => {
+            metrics.rules_reload_failures.inc();
+            tracing::warn!(error = %e, "rules reload failed; keeping the previous rules");
+        }
     }
 }
 
-/// Commits the round's events to the outbox, then hands committed alerts to the clerks.
+/// Commits the round's events to the outbox, then hands committed alerts to the clerks and
+/// reaction actions to the action task.
 async fn deliver(out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
     let mut events = Vec::with_capacity(out.len());
     let mut alerts = Vec::new();
+    let mut actions = Vec::new();
     for o in out.drain(..) {
         match o {
             Output::Event { at_ms, body } => events.push(NewEvent {
                 at_ms: clock.wall_ms(at_ms),
                 body,
             }),
-            Output::Alert { at_ms, body, alert } => {
+            Output::Alert {
+                at_ms,
+                body,
+                mut alert,
+            } => {
+                // The core works in monotonic time; tablets and alert expiry need the wall clock.
+                alert.raised_at_ms = clock.wall_ms(at_ms);
                 events.push(NewEvent {
                     at_ms: clock.wall_ms(at_ms),
                     body,
                 });
                 alerts.push(alert);
             }
+            Output::Action(action) => actions.push(action),
         }
+    }
+    if events.is_empty() {
+        for a in actions {
+            io.actions.offer(*a);
+        }
+        return;
     }
     for attempt in 1..=3u32 {
         match io.outbox.append(events.clone()).await {
@@ -128,6 +174,9 @@ async fn deliver(out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
                 for a in alerts {
                     io.metrics.alerts_raised.inc();
                     io.alerts.publish(*a);
+                }
+                for a in actions {
+                    io.actions.offer(*a);
                 }
                 return;
             }

@@ -1,0 +1,190 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Rules and QR scans through a whole running agent (`runtime::start`): scanners connect over TCP,
+//! their codes reach the engine and fire `qr_scan` rules; the rules file is reloaded when it
+//! changes on disk, and a broken file keeps the rules in force.
+
+use std::{path::Path, time::Duration};
+
+use instore_agent::{cache::MemberIndex, config::AgentConfig, runtime};
+use instore_protocol::{
+    parse_ndjson,
+    qr::sign,
+    rotating::{day_key, day_of_ms, shipped_days},
+};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+/// Each member's own secret (head office derives their day keys from it).
+fn secret(member: &str) -> [u8; 32] {
+    [member.len() as u8 + member.as_bytes()[member.len() - 1]; 32]
+}
+
+const RULES_V1: &str = r#"
+[[rules]]
+name = "vip-arrival"
+on = "arrive"
+tiers = ["gold"]
+message = "{display_name} is here"
+"#;
+
+const RULES_V2: &str = r#"
+[[rules]]
+name = "vip-arrival"
+on = "arrive"
+tiers = ["gold"]
+message = "{display_name} is here"
+
+[[rules]]
+name = "till-scan"
+on = "qr_scan"
+zones = ["till"]
+message = "{display_name} scanned in at the {zone}"
+cooldown_s = 0
+"#;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two consenting gold members with QR day keys around now.
+fn members() -> MemberIndex {
+    let text = ["M1", "M2"]
+        .map(|id| {
+            let keys: Vec<String> = shipped_days(instore_agent::now_ms())
+                .map(|d| {
+                    format!(
+                        r#"{{"kind":"rotating_day_key","day":{d},"key":"{}"}}"#,
+                        hex::encode(day_key(&secret(id), d))
+                    )
+                })
+                .collect();
+            format!(
+                r#"{{"member_id":"{id}","display_name":"{id}","tier":"gold","consent":{{"presence":true}},"identifiers":[{}]}}"#,
+                keys.join(",")
+            )
+        })
+        .join("\n");
+    let (records, errors) = parse_ndjson(&text);
+    assert!(errors.is_empty(), "{errors:?}");
+    MemberIndex::build(1, &records)
+}
+
+fn code(member: &str) -> String {
+    let now = instore_agent::now_ms();
+    sign(member, &day_key(&secret(member), day_of_ms(now)), now)
+}
+
+fn config(dir: &Path, qr_port: u16) -> AgentConfig {
+    let text = format!(
+        r#"store_id = "s1"
+gateway_id = "g1"
+data_dir = "data"
+[http]
+listen = "127.0.0.1:0"
+[[sources]]
+kind = "qr"
+zone = "till"
+listen = "127.0.0.1:{qr_port}"
+[react]
+rules = "rules.toml"
+"#
+    );
+    std::fs::write(dir.join("agent.toml"), text).unwrap();
+    AgentConfig::load(&dir.join("agent.toml")).unwrap()
+}
+
+/// Replaces the rules file the way editors do: write aside, then rename over.
+fn save_rules(dir: &Path, text: &str) {
+    let tmp = dir.join(".rules.toml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("rules.toml")).unwrap();
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn scan(conn: &mut TcpStream, line: &str) {
+    conn.write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qr_codes_over_tcp_reach_the_engine_and_fire_qr_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    save_rules(dir.path(), RULES_V2);
+    let port = free_port();
+    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
+    agent.set_members(members()).await;
+    let m = agent.metrics.clone();
+
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    scan(&mut conn, "not-a-member-code").await;
+
+    wait_until("the bad code to be counted", || {
+        m.qr_rejected
+            .get_or_create(&vec![("error", "format".to_string())])
+            .get()
+            == 1
+    })
+    .await;
+    assert_eq!(m.alerts_raised.get(), 0);
+
+    scan(&mut conn, &code("M1")).await;
+    wait_until("the alert", || m.alerts_raised.get() == 1).await;
+    // A second scanner, in another connection, at the same time.
+    let mut other = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    scan(&mut other, &code("M2")).await;
+    wait_until("the second alert", || m.alerts_raised.get() == 2).await;
+    assert_eq!(m.qr_scans.get(), 3);
+    let recent = agent.alerts.recent(10);
+    assert_eq!(recent.len(), 2);
+    assert!(agent.shutdown(Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rules_file_is_reloaded_and_a_bad_one_keeps_the_old_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    save_rules(dir.path(), RULES_V1);
+    let port = free_port();
+    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
+    agent.set_members(members()).await;
+    let m = agent.metrics.clone();
+    assert_eq!(m.rules_loaded.get(), 1);
+
+    // Without a qr_scan rule a scan raises nothing.
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    scan(&mut conn, &code("M1")).await;
+    wait_until("the scan to be identified", || m.identified.get() == 1).await;
+    assert_eq!(m.alerts_raised.get(), 0);
+
+    save_rules(dir.path(), RULES_V2);
+    wait_until("the reload", || m.rules_reloads.get() == 1).await;
+    assert_eq!(m.rules_loaded.get(), 2);
+    scan(&mut conn, &code("M1")).await;
+    wait_until("the new rule's alert", || m.alerts_raised.get() == 1).await;
+
+    // A typo: refused, counted, and the two rules stay in force.
+    save_rules(
+        dir.path(),
+        &RULES_V2.replace("{display_name} scanned", "{nickname} scanned"),
+    );
+    wait_until("the refused reload", || m.rules_reload_failures.get() == 1).await;
+    assert_eq!((m.rules_loaded.get(), m.rules_reloads.get()), (2, 1));
+    scan(&mut conn, &code("M2")).await;
+    wait_until("an alert under the kept rules", || {
+        m.alerts_raised.get() == 2
+    })
+    .await;
+    assert!(agent.shutdown(Duration::from_secs(10)).await);
+}
