@@ -214,4 +214,15 @@ mod tests {
             assert!(err.contains(want), "{line}: {err}");
         }
     }
+
+    #[test]
+    fn recording_is_refused_unless_raw_addresses_are_acknowledged() {
+        let base = "store_id = \"s1\"\ngateway_id = \"g1\"\ndata_dir = \"/tmp/x\"\n[record]\npath = \"a.ndjson\"\n";
+        let err = crate::config::AgentConfig::parse(base, "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("write_raw_addresses"), "{err}");
+        let ok = format!("{base}write_raw_addresses = true\n");
+        assert!(crate::config::AgentConfig::parse(&ok, "a.toml").is_ok());
+    }
 }
