@@ -1,18 +1,41 @@
-//! Presence: turns a member's identified sightings into arrive / depart.
+//! Presence: turns a member's identified sightings into arrive / zone change / dwell / depart.
 //!
 //! In: (member, zone, RSSI, time) per identified advert, and clock ticks. Out: [`PresenceChange`]s,
 //! emitted on change, never per advert. Pure: time comes in as milliseconds of the agent's
 //! monotonic clock, so a silent member departs on time on a tick even when nothing else is heard,
-//! and tests run a timeline without waiting.
+//! and tests run a timeline without waiting. Only consenting members reach this module (the
+//! member index holds no one else); strangers never do.
 //!
-//! A member arrives after `arrive_sightings` sightings within `arrive_window` (one stray advert
-//! from the pavement is not a visit) and departs after `depart_after` of silence. A visit is one
-//! session from arrive to depart.
+//! Per member and zone the RSSI is smoothed ([`filter::RssiFilter`]: median of three, then an
+//! exponential moving average with a time-based weight). Then:
+//! - **arrive**: `arrive_sightings` sightings whose smoothed RSSI is at least `enter_rssi`, within
+//!   `arrive_window`. One stray advert from the pavement is not a visit.
+//! - **depart**: no advert at all for `depart_after` (absence), or the best zone's smoothed RSSI
+//!   below `exit_rssi` for `exit_after` (walked out of range while still advertising).
+//!   `exit_rssi < enter_rssi`: a member standing at the edge of range hovers between the two
+//!   without flapping.
+//! - **zone**: the zone whose adapters hear the member loudest (smoothed). Switching needs the
+//!   new zone `zone_margin_db` louder for `zone_switch` without a break, or the current zone to
+//!   fall silent for `arrive_window`. A zone change is emitted at the moment it is decided.
+//! - **dwell**: one event per configured duration reached in a zone per visit, counting all the
+//!   time the visit spent in that zone, up to the member's latest sighting (never beyond the
+//!   evidence that they were there).
+//! - A **visit** is one session from arrive to depart; the depart carries the zones it passed
+//!   through, in order of first entry.
+//!
+//! Memory: a track exists per member heard recently; a candidate that never arrives is forgotten
+//! `arrive_window` after its last sighting, a zone signal not heard for `arrive_window` is dropped.
 
-use std::{collections::HashMap, sync::Arc};
+pub mod filter;
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use serde::Serialize;
 
+use self::filter::RssiFilter;
 use crate::{cache::Member, config::PresenceConfig};
 
 /// A member present now, as `GET /api/presence` lists them.
@@ -28,22 +51,53 @@ pub struct PresentMember {
     pub last_rssi: i16,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// Readings above this are not RSSI (HCI reports 127 for "not available").
+const MAX_VALID_RSSI: i16 = 20;
+/// Most sightings `arrive_sightings` may ask for (bounds the per-candidate memory).
+pub const MAX_ARRIVE_SIGHTINGS: u32 = 64;
+
+#[derive(Debug, Clone)]
 pub struct PresenceParams {
     pub arrive_sightings: u32,
     pub arrive_window_ms: u64,
     pub depart_after_ms: u64,
+    /// Adverts weaker than this are not heard at all.
     pub min_rssi: i16,
+    pub enter_rssi: i16,
+    pub exit_rssi: i16,
+    pub exit_after_ms: u64,
+    /// Time constant of the RSSI average.
+    pub smoothing_ms: u64,
+    pub zone_margin_db: f32,
+    pub zone_switch_ms: u64,
+    /// Ascending durations at which a dwell event fires, per zone per visit.
+    pub dwell_ms: Arc<[u64]>,
 }
 
 impl From<&PresenceConfig> for PresenceParams {
     fn from(c: &PresenceConfig) -> Self {
+        let mut dwell: Vec<u64> = c.dwell_s.iter().map(|s| s * 1000).collect();
+        dwell.sort_unstable();
+        dwell.dedup();
         Self {
-            arrive_sightings: c.arrive_sightings,
+            arrive_sightings: c.arrive_sightings.clamp(1, MAX_ARRIVE_SIGHTINGS),
             arrive_window_ms: c.arrive_window_s * 1000,
             depart_after_ms: c.depart_after_s * 1000,
             min_rssi: c.min_rssi,
+            enter_rssi: c.enter_rssi,
+            exit_rssi: c.exit_rssi,
+            exit_after_ms: c.exit_after_s * 1000,
+            smoothing_ms: (c.smoothing_s * 1000.0) as u64,
+            zone_margin_db: c.zone_margin_db as f32,
+            zone_switch_ms: c.zone_switch_s * 1000,
+            dwell_ms: dwell.into(),
         }
+    }
+}
+
+impl Default for PresenceParams {
+    fn default() -> Self {
+        Self::from(&PresenceConfig::default())
     }
 }
 
@@ -53,32 +107,122 @@ pub enum PresenceChange {
         member: Arc<Member>,
         zone: Arc<str>,
         visit_id: String,
-        /// First sighting of the visit.
+        /// First qualifying sighting of the visit.
+        at_ms: u64,
+    },
+    ZoneChange {
+        member: Arc<Member>,
+        visit_id: String,
+        from: Arc<str>,
+        to: Arc<str>,
+        at_ms: u64,
+    },
+    Dwell {
+        member: Arc<Member>,
+        zone: Arc<str>,
+        visit_id: String,
+        /// The configured duration reached.
+        dwell_ms: u64,
+        /// When it was reached.
         at_ms: u64,
     },
     Depart {
         member: Arc<Member>,
+        /// The zone the member was last in.
         zone: Arc<str>,
         visit_id: String,
-        /// Last sighting of the visit.
+        /// Last evidence of presence: the last sighting, or when the signal fell below exit.
         at_ms: u64,
         dwell_ms: u64,
+        /// Zones of the visit in order of first entry.
+        zones: Vec<Arc<str>>,
     },
+}
+
+/// One zone's view of a member.
+#[derive(Debug)]
+struct ZoneSignal {
+    zone: Arc<str>,
+    filter: RssiFilter,
+    last_heard_ms: u64,
+}
+
+/// Time a visit spent in one zone.
+#[derive(Debug)]
+struct ZoneTime {
+    zone: Arc<str>,
+    /// Closed stays only; the open stay is `now - zone_since`.
+    spent_ms: u64,
+    /// How many of the dwell thresholds have fired for this zone.
+    dwell_fired: usize,
+}
+
+#[derive(Debug)]
+struct Visit {
+    id: String,
+    since_ms: u64,
+    zone: Arc<str>,
+    zone_since_ms: u64,
+    /// A louder zone and since when it has been louder by the margin.
+    challenger: Option<(Arc<str>, u64)>,
+    /// Since when the best smoothed RSSI has been below `exit_rssi`.
+    weak_since_ms: Option<u64>,
+    zones: Vec<ZoneTime>,
+}
+
+impl Visit {
+    fn zone_time(&mut self, zone: &Arc<str>) -> &mut ZoneTime {
+        let i = match self.zones.iter().position(|z| z.zone == *zone) {
+            Some(i) => i,
+            None => {
+                self.zones.push(ZoneTime {
+                    zone: zone.clone(),
+                    spent_ms: 0,
+                    dwell_fired: 0,
+                });
+                self.zones.len() - 1
+            }
+        };
+        &mut self.zones[i]
+    }
 }
 
 #[derive(Debug)]
 enum State {
-    Candidate { first_ms: u64, count: u32 },
-    Present { since_ms: u64, visit_id: String },
+    /// Times of recent sightings at or above `enter_rssi`, oldest first (at most
+    /// `arrive_sightings`).
+    Candidate {
+        strong: VecDeque<u64>,
+    },
+    Present(Box<Visit>),
 }
 
 #[derive(Debug)]
 struct Track {
     member: Arc<Member>,
-    zone: Arc<str>,
-    last_seen_ms: u64,
+    /// Usually one to three zones: a Vec beats a map.
+    signals: Vec<ZoneSignal>,
+    last_heard_ms: u64,
     last_rssi: i16,
     state: State,
+}
+
+impl Track {
+    /// The loudest zone heard within `horizon_ms` of `now_ms`.
+    fn best_zone(&self, now_ms: u64, horizon_ms: u64) -> Option<(&Arc<str>, f32)> {
+        self.signals
+            .iter()
+            .filter(|s| now_ms.saturating_sub(s.last_heard_ms) <= horizon_ms)
+            .map(|s| (&s.zone, s.filter.value()))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    fn signal(&self, zone: &str, now_ms: u64, horizon_ms: u64) -> Option<f32> {
+        self.signals
+            .iter()
+            .find(|s| &*s.zone == zone && now_ms.saturating_sub(s.last_heard_ms) <= horizon_ms)
+            .map(|s| s.filter.value())
+    }
 }
 
 #[derive(Debug)]
@@ -100,88 +244,255 @@ impl Presence {
         }
     }
 
-    /// Records a sighting; returns an arrival when this sighting completes one.
+    /// Records a sighting; appends the changes it completes (an arrival, a zone change, a dwell).
     pub fn observe(
         &mut self,
         member: &Arc<Member>,
         zone: &Arc<str>,
         rssi: i16,
         now_ms: u64,
-    ) -> Option<PresenceChange> {
-        if rssi < self.params.min_rssi {
-            return None;
+        out: &mut Vec<PresenceChange>,
+    ) {
+        if rssi < self.params.min_rssi || rssi > MAX_VALID_RSSI {
+            return;
         }
-        let p = self.params;
+        let p = &self.params;
         let track = self
             .tracks
             .entry(member.member_id.clone())
             .or_insert_with(|| Track {
                 member: member.clone(),
-                zone: zone.clone(),
-                last_seen_ms: now_ms,
+                signals: Vec::with_capacity(1),
+                last_heard_ms: now_ms,
                 last_rssi: rssi,
                 state: State::Candidate {
-                    first_ms: now_ms,
-                    count: 0,
+                    strong: VecDeque::new(),
                 },
             });
-        track.last_seen_ms = now_ms;
-        track.last_rssi = rssi;
-        if *track.zone != **zone {
-            track.zone = zone.clone();
+        // A member record replaced by a newer member set: cards show the current one.
+        if !Arc::ptr_eq(&track.member, member) {
+            track.member = member.clone();
         }
+        let smoothed = match track.signals.iter_mut().find(|s| s.zone == *zone) {
+            Some(s) => {
+                s.last_heard_ms = s.last_heard_ms.max(now_ms);
+                s.filter.update(rssi, now_ms, p.smoothing_ms)
+            }
+            None => {
+                track.signals.push(ZoneSignal {
+                    zone: zone.clone(),
+                    filter: RssiFilter::new(rssi, now_ms),
+                    last_heard_ms: now_ms,
+                });
+                f32::from(rssi)
+            }
+        };
+        track.last_heard_ms = track.last_heard_ms.max(now_ms);
+        track.last_rssi = rssi;
+        let best = track
+            .best_zone(now_ms, p.arrive_window_ms)
+            .map(|(z, v)| (z.clone(), v));
+
         match &mut track.state {
-            State::Present { .. } => None,
-            State::Candidate { first_ms, count } => {
-                if now_ms.saturating_sub(*first_ms) > p.arrive_window_ms {
-                    *first_ms = now_ms;
-                    *count = 0;
+            State::Candidate { strong } => {
+                if smoothed < f32::from(p.enter_rssi) {
+                    return;
                 }
-                *count += 1;
-                if *count < p.arrive_sightings {
-                    return None;
+                strong.push_back(now_ms);
+                while strong
+                    .front()
+                    .is_some_and(|t| now_ms.saturating_sub(*t) > p.arrive_window_ms)
+                    || strong.len() > p.arrive_sightings as usize
+                {
+                    strong.pop_front();
                 }
-                let since_ms = *first_ms;
+                if strong.len() < p.arrive_sightings as usize {
+                    return;
+                }
+                let since_ms = strong.front().copied().unwrap_or(now_ms);
+                let zone = best.map_or_else(|| zone.clone(), |(z, _)| z);
                 self.visits += 1;
                 let visit_id = format!("{}-{}", self.visit_prefix, self.visits);
-                track.state = State::Present {
+                let mut visit = Visit {
+                    id: visit_id.clone(),
                     since_ms,
-                    visit_id: visit_id.clone(),
+                    zone: zone.clone(),
+                    zone_since_ms: since_ms,
+                    challenger: None,
+                    weak_since_ms: None,
+                    zones: Vec::new(),
                 };
-                Some(PresenceChange::Arrive {
+                visit.zone_time(&zone);
+                track.state = State::Present(Box::new(visit));
+                out.push(PresenceChange::Arrive {
                     member: track.member.clone(),
-                    zone: track.zone.clone(),
+                    zone,
                     visit_id,
                     at_ms: since_ms,
-                })
+                });
+                Self::dwell(p, track, out);
+            }
+            State::Present(visit) => {
+                if best.is_some_and(|(_, b)| b < f32::from(p.exit_rssi)) {
+                    visit.weak_since_ms.get_or_insert(now_ms);
+                } else {
+                    visit.weak_since_ms = None;
+                }
+                Self::switch_zone(p, track, now_ms, out);
+                Self::dwell(p, track, out);
             }
         }
     }
 
-    /// Advances time: members silent for `depart_after` depart; stale candidates are forgotten.
+    /// Moves a present member to a louder zone once it has been louder for long enough, or at once
+    /// when their current zone no longer hears them.
+    fn switch_zone(
+        p: &PresenceParams,
+        track: &mut Track,
+        now_ms: u64,
+        out: &mut Vec<PresenceChange>,
+    ) {
+        let horizon = p.arrive_window_ms;
+        let Some((best, best_rssi)) = track
+            .best_zone(now_ms, horizon)
+            .map(|(z, v)| (z.clone(), v))
+        else {
+            return;
+        };
+        let State::Present(visit) = &track.state else {
+            return;
+        };
+        if best == visit.zone {
+            if let State::Present(visit) = &mut track.state {
+                visit.challenger = None;
+            }
+            return;
+        }
+        let current = track.signal(&visit.zone, now_ms, horizon);
+        let State::Present(visit) = &mut track.state else {
+            return;
+        };
+        let switch = match current {
+            None => true,
+            Some(cur) if best_rssi >= cur + p.zone_margin_db => {
+                let since = match &visit.challenger {
+                    Some((z, since)) if *z == best => *since,
+                    _ => {
+                        visit.challenger = Some((best.clone(), now_ms));
+                        now_ms
+                    }
+                };
+                now_ms.saturating_sub(since) >= p.zone_switch_ms
+            }
+            Some(_) => {
+                visit.challenger = None;
+                false
+            }
+        };
+        if !switch {
+            return;
+        }
+        let at_ms = now_ms.max(visit.zone_since_ms);
+        let stay = at_ms - visit.zone_since_ms;
+        let from = visit.zone.clone();
+        visit.zone_time(&from).spent_ms += stay;
+        visit.zone = best.clone();
+        visit.zone_since_ms = at_ms;
+        visit.challenger = None;
+        visit.zone_time(&best);
+        out.push(PresenceChange::ZoneChange {
+            member: track.member.clone(),
+            visit_id: visit.id.clone(),
+            from,
+            to: best,
+            at_ms,
+        });
+    }
+
+    /// Fires the dwell durations the current zone has reached by its latest sighting of the
+    /// member (evidence from another zone does not prove a stay in this one).
+    fn dwell(p: &PresenceParams, track: &mut Track, out: &mut Vec<PresenceChange>) {
+        let State::Present(visit) = &mut track.state else {
+            return;
+        };
+        let heard_here = track
+            .signals
+            .iter()
+            .find(|s| s.zone == visit.zone)
+            .map_or(visit.zone_since_ms, |s| s.last_heard_ms);
+        let open = heard_here.saturating_sub(visit.zone_since_ms);
+        let zone_since = visit.zone_since_ms;
+        let zone = visit.zone.clone();
+        let id = visit.id.clone();
+        let zt = visit.zone_time(&zone);
+        while let Some(&threshold) = p.dwell_ms.get(zt.dwell_fired) {
+            if zt.spent_ms + open < threshold {
+                break;
+            }
+            zt.dwell_fired += 1;
+            out.push(PresenceChange::Dwell {
+                member: track.member.clone(),
+                zone: zone.clone(),
+                visit_id: id.clone(),
+                dwell_ms: threshold,
+                at_ms: zone_since + threshold.saturating_sub(zt.spent_ms),
+            });
+        }
+    }
+
+    /// Advances time: members silent for `depart_after`, or weak for `exit_after`, depart; a
+    /// present member whose zone fell silent moves to the zone still hearing them; stale
+    /// candidates and zone signals are forgotten.
     pub fn tick(&mut self, now_ms: u64) -> Vec<PresenceChange> {
-        let p = self.params;
+        let p = &self.params;
         let mut out = Vec::new();
         self.tracks.retain(|_, t| {
-            let silent = now_ms.saturating_sub(t.last_seen_ms);
-            match &t.state {
-                State::Candidate { .. } => silent <= p.arrive_window_ms,
-                State::Present { since_ms, visit_id } => {
-                    if silent < p.depart_after_ms {
-                        return true;
+            let silent = now_ms.saturating_sub(t.last_heard_ms);
+            t.signals
+                .retain(|s| now_ms.saturating_sub(s.last_heard_ms) <= p.arrive_window_ms);
+            let depart_at = match &t.state {
+                State::Candidate { .. } => return silent <= p.arrive_window_ms,
+                State::Present(visit) => {
+                    if silent >= p.depart_after_ms {
+                        Some(t.last_heard_ms)
+                    } else {
+                        visit
+                            .weak_since_ms
+                            .filter(|w| now_ms.saturating_sub(*w) >= p.exit_after_ms)
                     }
-                    out.push(PresenceChange::Depart {
-                        member: t.member.clone(),
-                        zone: t.zone.clone(),
-                        visit_id: visit_id.clone(),
-                        at_ms: t.last_seen_ms,
-                        dwell_ms: t.last_seen_ms.saturating_sub(*since_ms),
-                    });
-                    false
                 }
+            };
+            let Some(at_ms) = depart_at else {
+                Self::switch_zone(p, t, now_ms, &mut out);
+                return true;
+            };
+            let absent = silent >= p.depart_after_ms;
+            let state = std::mem::replace(
+                &mut t.state,
+                State::Candidate {
+                    strong: VecDeque::new(),
+                },
+            );
+            if let State::Present(visit) = state {
+                out.push(Self::depart(&t.member, *visit, at_ms));
             }
+            // Still advertising, only too weak: keep the filters, so coming back needs the
+            // signal to climb over `enter_rssi` again.
+            !absent
         });
         out
+    }
+
+    fn depart(member: &Arc<Member>, visit: Visit, at_ms: u64) -> PresenceChange {
+        let at_ms = at_ms.max(visit.since_ms);
+        PresenceChange::Depart {
+            member: member.clone(),
+            zone: visit.zone,
+            visit_id: visit.id,
+            at_ms,
+            dwell_ms: at_ms - visit.since_ms,
+            zones: visit.zones.into_iter().map(|z| z.zone).collect(),
+        }
     }
 
     /// Ends tracking of members `keep` refuses (consent withdrawn, removed from the cache): a
@@ -196,14 +507,14 @@ impl Presence {
             if keep(id) {
                 return true;
             }
-            if let State::Present { since_ms, visit_id } = &t.state {
-                out.push(PresenceChange::Depart {
-                    member: t.member.clone(),
-                    zone: t.zone.clone(),
-                    visit_id: visit_id.clone(),
-                    at_ms: now_ms,
-                    dwell_ms: now_ms.saturating_sub(*since_ms),
-                });
+            let state = std::mem::replace(
+                &mut t.state,
+                State::Candidate {
+                    strong: VecDeque::new(),
+                },
+            );
+            if let State::Present(visit) = state {
+                out.push(Self::depart(&t.member, *visit, now_ms));
             }
             false
         });
@@ -216,13 +527,13 @@ impl Presence {
             .tracks
             .values()
             .filter_map(|t| match &t.state {
-                State::Present { since_ms, .. } => Some(PresentMember {
+                State::Present(visit) => Some(PresentMember {
                     member_id: t.member.member_id.clone(),
                     display_name: t.member.display_name.clone(),
                     tier: t.member.tier.clone(),
-                    zone: t.zone.to_string(),
-                    since: wall(*since_ms),
-                    last_seen: wall(t.last_seen_ms),
+                    zone: visit.zone.to_string(),
+                    since: wall(visit.since_ms),
+                    last_seen: wall(t.last_heard_ms),
                     last_rssi: t.last_rssi,
                 }),
                 State::Candidate { .. } => None,
@@ -232,6 +543,14 @@ impl Presence {
         v
     }
 
+    /// Members present now.
+    pub fn present_count(&self) -> usize {
+        self.tracks
+            .values()
+            .filter(|t| matches!(t.state, State::Present(_)))
+            .count()
+    }
+
     /// Members tracked (present or candidate): bounded by the members actually nearby.
     pub fn tracked(&self) -> usize {
         self.tracks.len()
@@ -239,113 +558,4 @@ impl Presence {
 }
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-
-    fn member(id: &str) -> Arc<Member> {
-        Arc::new(Member {
-            member_id: id.into(),
-            display_name: "N".into(),
-            tier: "gold".into(),
-            stage: None,
-            tags: vec![],
-            groups: vec![],
-            birthday: None,
-            last_purchase: None,
-        })
-    }
-
-    fn params() -> PresenceParams {
-        PresenceParams {
-            arrive_sightings: 2,
-            arrive_window_ms: 10_000,
-            depart_after_ms: 60_000,
-            min_rssi: -90,
-        }
-    }
-
-    /// Feeds (time, rssi) sightings of one member, ticking every second; returns the changes.
-    fn timeline(sightings: &[(u64, i16)], until_ms: u64) -> Vec<(&'static str, u64)> {
-        let mut p = Presence::new(params(), "t".into());
-        let m = member("A");
-        let zone: Arc<str> = Arc::from("entrance");
-        let mut out = Vec::new();
-        let mut next = sightings.iter().peekable();
-        for now in (0..=until_ms).step_by(1000) {
-            while let Some((t, rssi)) = next.next_if(|(t, _)| *t <= now) {
-                if let Some(c) = p.observe(&m, &zone, *rssi, *t) {
-                    out.push(c);
-                }
-            }
-            out.extend(p.tick(now));
-        }
-        out.into_iter()
-            .map(|c| match c {
-                PresenceChange::Arrive { at_ms, .. } => ("arrive", at_ms),
-                PresenceChange::Depart { at_ms, .. } => ("depart", at_ms),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn one_stray_advert_is_not_a_visit() {
-        assert_eq!(timeline(&[(1000, -60)], 120_000), []);
-    }
-
-    #[test]
-    fn two_sightings_make_an_arrival_and_silence_a_departure_on_time() {
-        let changes = timeline(&[(1000, -60), (2000, -62), (30_000, -61)], 200_000);
-        assert_eq!(changes, [("arrive", 1000), ("depart", 30_000)]);
-    }
-
-    #[test]
-    fn the_departure_comes_from_the_clock_not_from_other_traffic() {
-        let mut p = Presence::new(params(), "t".into());
-        let zone: Arc<str> = Arc::from("z");
-        p.observe(&member("A"), &zone, -60, 0);
-        assert!(p.observe(&member("A"), &zone, -60, 500).is_some());
-        assert!(p.tick(60_499).is_empty());
-        assert_eq!(
-            p.tick(60_500).len(),
-            1,
-            "departs exactly depart_after after the last sighting"
-        );
-    }
-
-    #[test]
-    fn adverts_too_weak_to_be_inside_are_ignored() {
-        assert_eq!(timeline(&[(1000, -95), (2000, -95)], 10_000), []);
-    }
-
-    #[test]
-    fn withdrawn_consent_ends_a_visit_at_once() {
-        let mut p = Presence::new(params(), "t".into());
-        let zone: Arc<str> = Arc::from("z");
-        p.observe(&member("A"), &zone, -60, 0);
-        p.observe(&member("A"), &zone, -60, 1);
-        let gone = p.forget_unless(|_| false, 5000);
-        assert!(matches!(
-            gone[..],
-            [PresenceChange::Depart { dwell_ms: 5000, .. }]
-        ));
-        assert_eq!(p.tracked(), 0);
-    }
-
-    proptest! {
-        /// Whatever the timeline, arrivals and departures of one member alternate, starting with
-        /// an arrival, and every departure comes at least depart_after after the arrival's start.
-        #[test]
-        fn arrivals_and_departures_alternate(gaps in proptest::collection::vec(0u64..90_000, 1..60),
-                                             rssis in proptest::collection::vec(-100i16..-40, 60)) {
-            let mut t = 0;
-            let sightings: Vec<(u64, i16)> = gaps.iter().zip(&rssis).map(|(g, r)| { t += g; (t, *r) }).collect();
-            let changes = timeline(&sightings, t + 120_000);
-            for (i, (kind, _)) in changes.iter().enumerate() {
-                prop_assert_eq!(*kind, if i % 2 == 0 { "arrive" } else { "depart" });
-            }
-            prop_assert!(changes.len().is_multiple_of(2), "everyone has left by the end: {:?}", changes);
-        }
-    }
-}
+mod tests;

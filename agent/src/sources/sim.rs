@@ -136,7 +136,11 @@ struct Shopper {
 #[derive(Debug)]
 pub struct Crowd {
     cfg: CrowdConfig,
+    /// Advert timing, loss and noise.
     rng: ChaCha8Rng,
+    /// Who walks in when: a stream of its own, so the shoppers (and strangers' addresses) do not
+    /// depend on how often the crowd is advanced. Tests can rebuild them from the seed alone.
+    arrivals: ChaCha8Rng,
     shoppers: Vec<Shopper>,
     members_inside: HashSet<u16>,
     next_arrival_ms: u64,
@@ -144,11 +148,14 @@ pub struct Crowd {
 
 impl Crowd {
     pub fn new(cfg: CrowdConfig) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-        let first = exp_sample(&mut rng, 60_000.0 / cfg.shoppers_per_minute) as u64;
+        let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let mut arrivals = ChaCha8Rng::seed_from_u64(cfg.seed);
+        arrivals.set_stream(1);
+        let first = exp_sample(&mut arrivals, 60_000.0 / cfg.shoppers_per_minute) as u64;
         Self {
             cfg,
             rng,
+            arrivals,
             shoppers: Vec::new(),
             members_inside: HashSet::new(),
             next_arrival_ms: first,
@@ -169,7 +176,7 @@ impl Crowd {
         while self.next_arrival_ms <= now_ms {
             let at = self.next_arrival_ms;
             self.arrive(at);
-            let gap = exp_sample(&mut self.rng, 60_000.0 / self.cfg.shoppers_per_minute);
+            let gap = exp_sample(&mut self.arrivals, 60_000.0 / self.cfg.shoppers_per_minute);
             self.next_arrival_ms = at + gap.max(1.0) as u64;
         }
         let mut i = 0;
@@ -197,19 +204,20 @@ impl Crowd {
     }
 
     fn arrive(&mut self, at_ms: u64) {
-        let dwell_ms = exp_sample(&mut self.rng, self.cfg.mean_dwell_s * 1000.0).max(20_000.0);
-        let base_rssi = self.rng.random_range(-80.0..-50.0);
-        let device = if self.rng.random_bool(self.cfg.member_share.clamp(0.0, 1.0)) {
-            let minor = self.rng.random_range(1..=self.cfg.population.min(65_535)) as u16;
+        let rng = &mut self.arrivals;
+        let dwell_ms = exp_sample(rng, self.cfg.mean_dwell_s * 1000.0).max(20_000.0);
+        let base_rssi = rng.random_range(-80.0..-50.0);
+        let device = if rng.random_bool(self.cfg.member_share.clamp(0.0, 1.0)) {
+            let minor = rng.random_range(1..=self.cfg.population.min(65_535)) as u16;
             if !self.members_inside.insert(minor) {
                 return; // already inside: the same person cannot walk in twice
             }
             Device::Member(minor)
         } else {
-            let mut addr: [u8; 6] = self.rng.random();
+            let mut addr: [u8; 6] = rng.random();
             addr[0] = (addr[0] & 0x3f) | 0x40; // resolvable private address, like a real phone
             let mut payload = vec![0x10, 0x05]; // Apple "nearby info": identifies nobody
-            payload.extend((0..5).map(|_| self.rng.random::<u8>()));
+            payload.extend((0..5).map(|_| rng.random::<u8>()));
             Device::Stranger(addr, payload)
         };
         self.shoppers.push(Shopper {
@@ -334,6 +342,34 @@ mod tests {
         // ~60 shoppers/min, staying ~2 min, ~0.85 adverts/s each: thousands, not millions.
         assert!(adverts.len() < 300 * 200, "{}", adverts.len());
         assert!(adverts.iter().all(|a| (-100..=-30).contains(&a.rssi)));
+    }
+
+    #[test]
+    fn the_same_shoppers_arrive_however_often_the_crowd_is_advanced() {
+        // The strangers in the store at two minutes, advanced in whole seconds or in odd steps.
+        let strangers = |step: u64| {
+            let mut crowd = Crowd::new(cfg(11));
+            let mut out = Vec::new();
+            let mut t = 0;
+            while t < 120_000 {
+                crowd.advance(t, &mut out);
+                t += step;
+            }
+            crowd.advance(120_000, &mut out);
+            let mut addrs: Vec<[u8; 6]> = crowd
+                .shoppers
+                .iter()
+                .filter_map(|s| match &s.device {
+                    Device::Stranger(a, _) => Some(*a),
+                    Device::Member(_) => None,
+                })
+                .collect();
+            addrs.sort_unstable();
+            addrs
+        };
+        let coarse = strangers(1000);
+        assert!(coarse.len() > 20, "{}", coarse.len());
+        assert_eq!(strangers(37), coarse);
     }
 
     #[test]
