@@ -201,9 +201,8 @@ impl Session {
             format!(
                 "type='signal',sender='org.bluez',interface='org.freedesktop.DBus.ObjectManager',member='InterfacesAdded',arg0path='{path}/'"
             ),
-            format!(
-                "type='signal',sender='org.bluez',interface='org.freedesktop.DBus.ObjectManager',member='InterfacesRemoved',arg0path='/org/bluez/'"
-            ),
+            // Any adapter's path: an adapter's own removal is not under its path.
+            "type='signal',sender='org.bluez',interface='org.freedesktop.DBus.ObjectManager',member='InterfacesRemoved',arg0path='/org/bluez/'".to_string(),
             format!(
                 "type='signal',sender='org.bluez',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',path_namespace='{path}'"
             ),
