@@ -37,9 +37,11 @@
 //! office's high-water mark when it first heard of that boot. An event is only ever sent after
 //! its boot was named in such a hello, so a row numbered at or below its boot's floor was never
 //! sent: if head office holds that number, it is another event. [`Outbox::reconcile`] renumbers
-//! exactly those rows above the high-water mark, in one transaction, before the uplink sends
-//! anything. Rows above their floor (events from earlier boots that head office may already
-//! hold) keep their numbers and are de-duplicated there.
+//! those rows, and every row after the first of them (to keep the order), above the high-water
+//! mark in one transaction, before the uplink sends anything. Rows below that point (events from
+//! earlier boots that head office may already hold) keep their numbers and are de-duplicated
+//! there. Residual: a rollback that also undoes a renumbering makes those events arrive twice,
+//! under two numbers (counted twice, never lost).
 //!
 //! # Byte quota and shedding
 //! Offline for days, the outbox stops at `[outbox] max_bytes` (body bytes plus
@@ -292,9 +294,9 @@ impl Outbox {
     }
 
     /// Applies head office's answer to a hello: every event numbered at or below its boot's
-    /// floor is renumbered above `high_water` (and above every number issued here), keeping
-    /// their order, and the stored high-water mark is raised. One transaction. Returns how many
-    /// events were renumbered.
+    /// floor, and every event after the first such, is renumbered above `high_water` (and above
+    /// every number issued here), keeping their order, and the stored high-water mark is raised.
+    /// One transaction. Returns how many events were renumbered.
     pub async fn reconcile(
         &self,
         high_water: u64,

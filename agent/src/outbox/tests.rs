@@ -263,3 +263,171 @@ async fn dropping_every_handle_stops_the_writer_after_finishing_its_work() {
     let (outbox, _) = open(&path);
     assert_eq!(outbox.last_seq().await.unwrap(), 1);
 }
+
+fn scanner(n: u64) -> NewEvent {
+    NewEvent {
+        at_ms: 1_700_000_000_000 + n as i64,
+        body: EventBody::Scanner {
+            adapter: "hci0".into(),
+            state: instore_protocol::ScannerState::Stalled,
+            detail: "x".repeat(200),
+        },
+    }
+}
+
+fn arrive(n: u64) -> NewEvent {
+    NewEvent {
+        at_ms: 1_700_000_000_000 + n as i64,
+        body: EventBody::Arrive {
+            member_id: format!("M{n:06}"),
+            zone: "entrance".into(),
+            visit_id: format!("v{n}").repeat(20),
+        },
+    }
+}
+
+fn open_quota(path: &Path, max_bytes: u64) -> (Outbox, Metrics) {
+    let metrics = Metrics::default();
+    let outbox = Outbox::open_with(path, OutboxOptions { max_bytes }, metrics.clone()).unwrap();
+    (outbox, metrics)
+}
+
+fn shed_reports(events: &[Event]) -> Vec<(u64, u64, u64, Vec<String>)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::EventsShed {
+                first_seq,
+                last_seq,
+                count,
+                kinds,
+            } => Some((*first_seq, *last_seq, *count, kinds.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn over_its_quota_the_outbox_sheds_health_first_then_footfall_and_reports_each_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outbox, metrics) = open_quota(&dir.path().join("outbox.db"), 40_000);
+    // Interleaved: scanner (health), footfall and arrivals, ~100 of each.
+    let mut n = 0;
+    for _ in 0..100 {
+        outbox
+            .append(vec![scanner(n), footfall(n + 1), arrive(n + 2)])
+            .await
+            .unwrap();
+        n += 3;
+    }
+    let stats = outbox.stats().await.unwrap();
+    assert!(stats.bytes <= 40_000, "{stats:?}");
+    let left = outbox.pending(0, 10_000).await.unwrap();
+    let kinds: Vec<&str> = left.iter().map(|e| e.body.kind()).collect();
+    let arrivals = kinds.iter().filter(|k| **k == "arrive").count();
+    assert_eq!(
+        arrivals, 100,
+        "presence is shed last: every arrival is kept"
+    );
+    let reports = shed_reports(&left);
+    assert!(!reports.is_empty());
+    let shed: u64 = reports.iter().map(|r| r.2).sum();
+    assert_eq!(shed, metrics.outbox_shed_events.get());
+    assert_eq!(reports.len() as u64, metrics.outbox_shed_ranges.get());
+    // Health goes first; footfall only once no health event is left to shed.
+    assert_eq!(reports[0].3, ["scanner"]);
+    let footfall_shed = reports
+        .iter()
+        .any(|r| r.3.contains(&"footfall".to_string()));
+    assert!(
+        !footfall_shed || !kinds.contains(&"scanner"),
+        "footfall shed while health remained"
+    );
+    // What is left is in order, and every number is either held or inside a reported range.
+    let held = seqs(&left);
+    assert!(held.windows(2).all(|w| w[0] < w[1]));
+    let last = *held.last().unwrap();
+    for s in 1..=last {
+        assert!(
+            held.contains(&s) || reports.iter().any(|r| r.0 <= s && s <= r.1),
+            "{s} neither held nor reported"
+        );
+    }
+    let missing = (1..=last).filter(|s| !held.contains(s)).count() as u64;
+    assert_eq!(missing, shed, "the counts add up");
+    assert_eq!(
+        metrics.outbox_bytes.get() as u64,
+        outbox.stats().await.unwrap().bytes
+    );
+}
+
+#[tokio::test]
+async fn presence_is_shed_when_nothing_else_is_left_but_shed_reports_never_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let (outbox, _) = open_quota(&path, 20_000);
+    for n in 0..300 {
+        outbox.append(vec![arrive(n)]).await.unwrap();
+    }
+    let left = outbox.pending(0, 10_000).await.unwrap();
+    let reports = shed_reports(&left);
+    assert!(reports.len() >= 2, "{}", reports.len());
+    assert!(reports.iter().all(|r| r.3 == ["arrive"]));
+    // The newest arrivals survive; the oldest went.
+    assert!(left.iter().any(|e| e.body == arrive(299).body));
+    assert!(!left.iter().any(|e| e.body == arrive(0).body));
+    // The byte count survives a restart.
+    let bytes = outbox.stats().await.unwrap().bytes;
+    outbox.close().await;
+    let (outbox, _) = open_quota(&path, 20_000);
+    assert_eq!(outbox.stats().await.unwrap().bytes, bytes);
+}
+
+#[tokio::test]
+async fn reconcile_renumbers_only_events_at_or_below_their_boots_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let old_boot = {
+        let (outbox, _) = open(&path);
+        outbox
+            .append((1..=3).map(footfall).collect())
+            .await
+            .unwrap();
+        let b = outbox.boots().await.unwrap();
+        assert!(b.others.is_empty());
+        outbox.close().await;
+        b.current
+    };
+    let (outbox, metrics) = open(&path);
+    let boots = outbox.boots().await.unwrap();
+    assert_ne!(boots.current, old_boot, "every opening is a new boot");
+    assert_eq!(boots.others, [old_boot]);
+    outbox
+        .append((4..=6).map(footfall).collect())
+        .await
+        .unwrap();
+    // Head office holds up to 10 and first heard of this boot at 10: 4..=6 are other events.
+    // The old boot's floor is 0: its events may be the very ones head office holds; kept.
+    let floors = vec![
+        instore_protocol::BootFloor {
+            boot: boots.current,
+            floor: 10,
+        },
+        instore_protocol::BootFloor {
+            boot: old_boot,
+            floor: 0,
+        },
+    ];
+    let moved = outbox.reconcile(10, floors.clone()).await.unwrap();
+    assert_eq!(moved, 3);
+    assert_eq!(metrics.outbox_renumbered.get(), 3);
+    let left = outbox.pending(0, 100).await.unwrap();
+    assert_eq!(seqs(&left), [1, 2, 3, 11, 12, 13]);
+    assert_eq!(left[3].body, footfall(4).body, "order is kept");
+    assert_eq!(seqs(&outbox.append(vec![footfall(7)]).await.unwrap()), [14]);
+    // The same answer again changes nothing: renumbered events are above the floor now.
+    assert_eq!(outbox.reconcile(10, floors).await.unwrap(), 0);
+    outbox.close().await;
+    let (outbox, _) = open(&path);
+    assert_eq!(outbox.last_seq().await.unwrap(), 14, "the move is durable");
+}

@@ -54,6 +54,7 @@ const OLDEST: &str = "SELECT at_ms FROM outbox ORDER BY seq LIMIT 1";
 const OTHER_BOOTS: &str = "SELECT boot FROM outbox WHERE boot != 0 AND boot != ?1
     GROUP BY boot ORDER BY MIN(seq) LIMIT ?2";
 const BOOT_AT_OR_BELOW: &str = "SELECT seq FROM outbox WHERE boot = ?1 AND seq <= ?2 ORDER BY seq";
+const SEQS_FROM: &str = "SELECT seq FROM outbox WHERE seq >= ?1 ORDER BY seq";
 const RENUMBER: &str = "UPDATE outbox SET seq = ?2 WHERE seq = ?1";
 /// The oldest sheddable events of one class, with their size and kind.
 const SHED_CANDIDATES: &str = "SELECT seq, length(body), json_extract(body, '$.type')
@@ -527,14 +528,28 @@ impl Writer {
                 }
             }
         }
-        drop(err);
         if victims.is_empty() {
+            drop(err);
             self.acknowledge(&[], high_water)?;
             return Ok(0);
         }
-        victims.sort_unstable();
+        // Everything after the first victim moves with it, so the order of events is kept.
+        // Those later rows were not sent either: a row is sent only after a welcome that would
+        // already have moved the victim below it.
+        let lowest = victims.iter().copied().min().unwrap_or(0);
+        victims = {
+            let mut stmt = self.conn.prepare_cached(SEQS_FROM).map_err(&err)?;
+            stmt.query_map(params![lowest], |r| r.get(0))
+                .map_err(&err)?
+                .collect::<Result<_, _>>()
+                .map_err(&err)?
+        };
+        drop(err);
         let hw = high_water.max(self.high_water);
-        let first = self.next_seq.max(hw + 1);
+        // Straight above head office's mark: the rows kept are all below the first victim (which
+        // is at most its floor, at most the mark), and the numbers the moved rows held were never
+        // sent, so the sequence stays contiguous.
+        let first = hw + 1;
         let err = sql(&self.path);
         let tx = self
             .conn
@@ -543,9 +558,12 @@ impl Writer {
         let mut seq = first;
         {
             let mut stmt = tx.prepare_cached(RENUMBER).map_err(&err)?;
-            // New numbers are above every stored one, so no update can collide.
+            // Old and new ranges may overlap: park every row on its negative first.
             for old in &victims {
-                stmt.execute(params![old, to_i64(seq)]).map_err(&err)?;
+                stmt.execute(params![old, -old]).map_err(&err)?;
+            }
+            for old in &victims {
+                stmt.execute(params![-old, to_i64(seq)]).map_err(&err)?;
                 seq += 1;
             }
         }

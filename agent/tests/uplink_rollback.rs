@@ -1,0 +1,275 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! A lying SD card: the gateway's outbox comes back from a power cut *older* than what head
+//! office already holds. Real SQLite files, the real head office (embedded broker, SQLite, HTTP)
+//! in-process, the real uplink.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use instore_agent::{
+    cache::MemberCache,
+    config::SyncConfig,
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox},
+    sync::{self, SyncContext},
+};
+use instore_protocol::EventBody;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+const STORE: &str = "s-1";
+const GATEWAY: &str = "gw-1";
+const ADMIN: &str = "admin-token-for-tests";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct HeadOffice {
+    http: SocketAddr,
+    mqtt: String,
+    cancel: CancellationToken,
+    _dir: tempfile::TempDir,
+}
+
+impl HeadOffice {
+    async fn start() -> HeadOffice {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = instore_sync::HqConfig {
+            data_dir: dir.path().to_path_buf(),
+            http: instore_sync::HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            },
+            api: instore_sync::ApiConfig {
+                token: ADMIN.into(),
+            },
+            auth: instore_sync::AuthConfig {
+                gateway_secret: "gateway-secret-for-tests-0123".into(),
+            },
+            broker: instore_sync::BrokerConfig {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+                url: None,
+                client_id: "instore-sync".into(),
+            },
+        };
+        let cancel = CancellationToken::new();
+        let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();
+        let hq = HeadOffice {
+            http: office.http_addr(),
+            mqtt: office.mqtt_url(),
+            cancel,
+            _dir: dir,
+        };
+        tokio::spawn(office.wait());
+        hq.wait_for("/healthz", |v| v["broker_connected"] == true)
+            .await;
+        hq
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.http))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn wait_for(&self, path: &str, ok: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let v = self.get(path).await;
+            if ok(&v) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path}: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every stored event of the gateway as (seq, the test's event number).
+    async fn events(&self) -> Vec<(u64, u64)> {
+        let v = self
+            .get(&format!(
+                "/api/events?gateway={GATEWAY}&after_seq=0&limit=1000"
+            ))
+            .await;
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["seq"].as_u64().unwrap(),
+                    e["body"]["unique_devices"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The test's events: footfall whose `unique_devices` is its creation number.
+fn event(n: u64) -> NewEvent {
+    NewEvent {
+        at_ms: 1_700_000_000_000 + n as i64,
+        body: EventBody::Footfall {
+            interval_s: 60,
+            unique_devices: n,
+        },
+    }
+}
+
+async fn append(outbox: &Outbox, numbers: std::ops::RangeInclusive<u64>) {
+    for n in numbers {
+        outbox.append(vec![event(n)]).await.unwrap();
+    }
+}
+
+struct Uplink {
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    _engine: mpsc::Receiver<instore_agent::engine::Control>,
+}
+
+fn start_uplink(hq: &HeadOffice, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> Uplink {
+    let cache = MemberCache::open(&dir.join("members.db")).unwrap();
+    let (engine, engine_rx) = mpsc::channel(8);
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    sync::spawn(
+        SyncContext {
+            store_id: STORE.into(),
+            gateway_id: GATEWAY.into(),
+            cfg: SyncConfig {
+                enabled: true,
+                broker: hq.mqtt.clone(),
+                hq_url: format!("http://{}", hq.http),
+                batch_max_events: 4,
+                batch_max_age_ms: 10,
+                reconnect_min_ms: 50,
+                reconnect_max_ms: 500,
+                ..SyncConfig::default()
+            },
+            outbox: outbox.clone(),
+            cache,
+            engine,
+            metrics: metrics.clone(),
+        },
+        &tracker,
+        cancel.clone(),
+    )
+    .unwrap();
+    Uplink {
+        tracker,
+        cancel,
+        _engine: engine_rx,
+    }
+}
+
+impl Uplink {
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(WAIT, self.tracker.wait())
+            .await
+            .unwrap();
+    }
+}
+
+async fn wait_drained(outbox: &Outbox) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while outbox.depth().await.unwrap() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "outbox never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const FILES: [&str; 2] = ["outbox.db", "outbox.db-wal"];
+
+fn copy_files(from: &Path, to: &Path) {
+    for f in FILES {
+        let src = from.join(f);
+        if src.exists() {
+            std::fs::copy(&src, to.join(f)).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_created_after() {
+    let hq = HeadOffice::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let snapshot: PathBuf = dir.path().join("snapshot");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&snapshot).unwrap();
+    let path = data.join("outbox.db");
+
+    // Boot A: events 1..=5 written while offline; the card "keeps" this state.
+    let metrics = Metrics::default();
+    let outbox = Outbox::open(&path, metrics.clone()).unwrap();
+    append(&outbox, 1..=5).await;
+    copy_files(&data, &snapshot);
+    // Then online: 6..=20 follow and head office acknowledges all twenty.
+    let uplink = start_uplink(&hq, &data, &outbox, &metrics);
+    append(&outbox, 6..=20).await;
+    wait_drained(&outbox).await;
+    uplink.stop().await;
+    outbox.close().await;
+    assert_eq!(
+        hq.events().await,
+        (1..=20).map(|n| (n, n)).collect::<Vec<_>>()
+    );
+
+    // Power cut; the card comes back with the older copy: it remembers issuing only 1..=5.
+    for f in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+    }
+    copy_files(&snapshot, &data);
+
+    // Boot B: events 21..=30 are written before head office is reachable (before any ack) and
+    // take the numbers 6..=15, which head office holds for other events.
+    let metrics = Metrics::default();
+    let outbox = Outbox::open(&path, metrics.clone()).unwrap();
+    assert_eq!(outbox.last_seq().await.unwrap(), 5, "the rollback happened");
+    append(&outbox, 21..=30).await;
+    let uplink = start_uplink(&hq, &data, &outbox, &metrics);
+    append(&outbox, 31..=40).await;
+    wait_drained(&outbox).await;
+    uplink.stop().await;
+    outbox.close().await;
+
+    let held = hq.events().await;
+    // No acknowledged number was reused: 1..=20 still hold the events first stored under them.
+    assert_eq!(held[..20], (1..=20).map(|n| (n, n)).collect::<Vec<_>>()[..]);
+    // Every event created after the restart arrived, once, above head office's mark, in order.
+    let after: Vec<u64> = held[20..].iter().map(|&(_, n)| n).collect();
+    assert_eq!(after, (21..=40).collect::<Vec<_>>());
+    assert!(held[20..].iter().all(|&(seq, _)| seq > 20));
+    // 21..=30 certainly collided; live events appended before the welcome moved with them.
+    let renumbered = metrics.outbox_renumbered.get();
+    assert!((10..=20).contains(&renumbered), "{renumbered}");
+    let gateways = hq.get("/api/gateways").await;
+    assert_eq!(gateways[0]["events_received"], 40);
+    // Only the snapshot's own 1..=5 (the same events) were dropped as duplicates.
+    assert_eq!(gateways[0]["duplicates_dropped"], 5);
+    assert_eq!(
+        gateways[0]["gaps"].as_array().unwrap().len(),
+        0,
+        "{gateways}"
+    );
+    hq.cancel.cancel();
+}
