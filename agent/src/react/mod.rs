@@ -982,9 +982,12 @@ cooldown_s = 600
         );
     }
 
+    /// A condition, a change that satisfies it, and one that does not.
+    type Case = (&'static str, fn(&mut Member), fn(&mut Member));
+
     #[test]
     fn conditions_on_stage_tags_groups_consent_hours_and_zone_are_honoured() {
-        let cases: &[(&str, fn(&mut Member), fn(&mut Member))] = &[
+        let cases: &[Case] = &[
             (
                 "stages = [\"stick\"]",
                 |m| m.stage = Some("stick".into()),
