@@ -181,7 +181,11 @@ impl Scanner {
         let mut cur: Option<u32> = None;
         for &b in data.iter().chain(std::iter::once(&b'\n')) {
             if b.is_ascii_digit() {
-                cur = Some(cur.unwrap_or(0).saturating_mul(10) + u32::from(b - b'0'));
+                cur = Some(
+                    cur.unwrap_or(0)
+                        .saturating_mul(10)
+                        .saturating_add(u32::from(b - b'0')),
+                );
                 continue;
             }
             if let Some(n) = cur.take() {
