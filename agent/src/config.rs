@@ -631,7 +631,10 @@ impl AgentConfig {
             ));
         }
         if self.outbox.max_bytes < 1024 * 1024 {
-            return Err(invalid("max_bytes", "must be at least 1048576 (1 MiB)".into()));
+            return Err(invalid(
+                "max_bytes",
+                "must be at least 1048576 (1 MiB)".into(),
+            ));
         }
         if let Err(e) = crate::react::ReactSettings::from_config(&self.react) {
             return Err(invalid("quiet_hours", e));
@@ -754,5 +757,39 @@ mod tests {
         let text = "store_id = \"s/1\"\ngateway_id = \"g1\"\ndata_dir = \"/tmp\"\n";
         let err = AgentConfig::parse(text, "a.toml").unwrap_err().to_string();
         assert!(err.contains("store_id") && err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn react_limits_and_qr_sources_are_checked() {
+        let ok = AgentConfig::parse(
+            &format!("{MINIMAL}[react]\nquiet_hours = \"22:00-07:00\"\ntimezone_offset_min = 60\n"),
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(ok.react.alerts_per_minute, 30);
+        for (extra, key, line) in [
+            ("[react]\nquiet_hours = \"late\"\n", "quiet_hours", 5),
+            (
+                "[react]\ntimezone_offset_min = 900\n",
+                "timezone_offset_min",
+                5,
+            ),
+            ("[react]\nmqtt_broker = \"tcp://x\"\n", "mqtt_broker", 5),
+            ("[[sources]]\nkind = \"qr\"\n", "kind", 5),
+        ] {
+            let err = AgentConfig::parse(&format!("{MINIMAL}{extra}"), "a.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(&format!("line {line}")),
+                "{extra}: {err}"
+            );
+        }
+        let qr = AgentConfig::parse(
+            &format!("{MINIMAL}[[sources]]\nkind = \"qr_serial\"\nlisten = \"0.0.0.0:7070\"\n"),
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(qr.sources[0].kind, SourceKind::Qr);
     }
 }

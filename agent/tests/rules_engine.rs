@@ -188,3 +188,50 @@ async fn a_changed_rules_file_is_reloaded_and_a_bad_one_keeps_the_old_rules() {
     .await;
     assert!(agent.shutdown(Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn codes_written_to_a_fifo_reach_the_engine_and_a_new_writer_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    save_rules(dir.path(), RULES_V2);
+    let fifo = dir.path().join("scanner");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let text = format!(
+        r#"store_id = "s1"
+gateway_id = "g1"
+data_dir = "data"
+[http]
+listen = "127.0.0.1:0"
+[[sources]]
+kind = "qr"
+zone = "till"
+path = "scanner"
+[react]
+rules = "rules.toml"
+"#
+    );
+    std::fs::write(dir.path().join("agent.toml"), text).unwrap();
+    let agent = runtime::start(AgentConfig::load(&dir.path().join("agent.toml")).unwrap())
+        .await
+        .unwrap();
+    agent.set_members(members()).await;
+    let m = agent.metrics.clone();
+
+    // One writer, then it goes away (a scanner unplugged), then another.
+    for (who, alerts) in [("M1", 1), ("M2", 2)] {
+        let (fifo, line) = (fifo.clone(), code(who));
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            writeln!(w, "{line}").unwrap();
+        })
+        .await
+        .unwrap();
+        wait_until("the scan's alert", || m.alerts_raised.get() == alerts).await;
+    }
+    assert_eq!(m.qr_scans.get(), 2);
+    assert!(agent.shutdown(Duration::from_secs(10)).await);
+}

@@ -10,7 +10,7 @@
 //! A `path` must yield text lines: a scanner in USB-serial (CDC-ACM) mode (`/dev/ttyACM0`, port
 //! settings left to `stty`/udev), a hidraw node of a scanner that emits text, or a FIFO fed by
 //! another program. At end of file (a FIFO's writer left) or on a read error the path is opened
-//! again after a pause, so an unplugged scanner comes back by itself.
+//! again after a pause, so an unplugged scanner comes back by itself; a plain file is read once.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -215,6 +215,12 @@ async fn read_path(path: PathBuf, feed: Feed, cancel: CancellationToken) {
         match opened {
             Ok(file) => {
                 if !feed.pump(file, &cancel).await {
+                    return;
+                }
+                // A plain file has no writer to come back: reading it again would scan every
+                // code twice.
+                if tokio::fs::metadata(&path).await.is_ok_and(|m| m.is_file()) {
+                    tracing::info!(path = %path.display(), "QR scan file read to the end");
                     return;
                 }
             }
