@@ -668,4 +668,56 @@ mod tests {
             "{events:?}"
         );
     }
+
+    #[test]
+    fn a_present_member_gets_a_planned_birthday_alert_from_the_schedule_once() {
+        let minor = vip_minor();
+        let mut members = sim::population(40);
+        members[usize::from(minor) - 1].birthday = Some("01-01".into());
+        let index = Arc::new(MemberIndex::build(1, &members));
+        let presence = Presence::new(PresenceParams::default(), "gw".into());
+        // Monotonic 0 is 1970-01-01 00:00 here: not yet 00:05 on arrival, so only the
+        // schedule can fire the rule.
+        let rules = Rules::parse(
+            "[[rules]]\nname = \"bday\"\non = \"birthday_week\"\nhours = \"00:05-23:00\"\nmessage = \"m\"\n",
+            "r",
+        )
+        .unwrap();
+        let metrics = Metrics::default();
+        let mut c = Core::new(index, presence, rules, metrics.clone());
+        let mut out = Vec::new();
+        for t in (0..=400_000).step_by(20_000) {
+            c.on_sighting(&member_sighting(minor, t), &mut out);
+            c.on_sighting(&member_sighting(minor, t + 1000), &mut out);
+            c.on_tick(t + 1500, &mut out);
+        }
+        let alerts: Vec<u64> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Alert { at_ms, .. } => Some(*at_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(alerts.len(), 1, "{:?}", kinds(&out));
+        assert!(alerts[0] >= 300_000, "only once it is 00:05: {alerts:?}");
+    }
+
+    #[test]
+    fn a_bad_qr_code_is_counted_by_error_and_raises_nothing() {
+        let metrics = Metrics::default();
+        let mut c = Core::new(
+            Arc::new(MemberIndex::build(1, &sim::population(10))),
+            Presence::new(PresenceParams::default(), "gw".into()),
+            Rules::parse(include_str!("../../examples/rules.toml"), "r").unwrap(),
+            metrics.clone(),
+        );
+        let mut out = Vec::new();
+        c.on_qr("till", "https://example.com/not-ours", 5, 5, &mut out);
+        assert!(out.is_empty());
+        let n = metrics
+            .qr_rejected
+            .get_or_create(&vec![("error", "format".to_string())])
+            .get();
+        assert_eq!(n, 1);
+    }
 }
