@@ -121,6 +121,12 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     rules.set_settings(
         crate::react::ReactSettings::from_config(&cfg.react).map_err(anyhow::Error::msg)?,
     );
+    for rule in rules.unreachable_dwell_rules(&cfg.presence.dwell_s) {
+        tracing::warn!(
+            rule,
+            "dwell rule longer than every [presence] dwell_s duration: it will never fire"
+        );
+    }
     let actions = crate::react::actions::spawn(
         crate::react::ActionSettings {
             mqtt_broker: cfg.react.mqtt_broker.clone(),

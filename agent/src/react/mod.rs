@@ -481,6 +481,17 @@ impl Rules {
         d
     }
 
+    /// Dwell rules that can never fire because presence reports no duration as long as theirs
+    /// (`reported_s`: `[presence] dwell_s`).
+    pub fn unreachable_dwell_rules(&self, reported_s: &[u64]) -> Vec<&str> {
+        let longest = reported_s.iter().copied().max();
+        self.rules
+            .iter()
+            .filter(|r| r.on == Trigger::Dwell && longest.is_none_or(|l| l < r.dwell_s))
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
     /// True (once per [`PLANNED_EVERY_MS`]) when planned triggers should be checked for the
     /// members present, and there are planned rules to check.
     pub fn planned_due(&mut self, now_ms: u64) -> bool {
@@ -877,6 +888,8 @@ cooldown_s = 600
         );
         assert!(fired(&mut r, dwell(600), &m, "fitting-rooms", 6).is_some());
         assert_eq!(r.dwell_thresholds(), [300]);
+        assert_eq!(r.unreachable_dwell_rules(&[60, 600]), Vec::<&str>::new());
+        assert_eq!(r.unreachable_dwell_rules(&[60, 120]), ["r"]);
     }
 
     #[test]
