@@ -4,7 +4,6 @@
 //! in-process, the real uplink.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -20,103 +19,11 @@ use instore_protocol::EventBody;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+mod uplink_hq;
+
+use uplink_hq::{GATEWAY, HeadOffice, WAIT};
+
 const STORE: &str = "s-1";
-const GATEWAY: &str = "gw-1";
-const ADMIN: &str = "admin-token-for-tests";
-const WAIT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct HeadOffice {
-    http: SocketAddr,
-    mqtt: String,
-    cancel: CancellationToken,
-    _dir: tempfile::TempDir,
-}
-
-impl HeadOffice {
-    async fn start() -> HeadOffice {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = instore_sync::HqConfig {
-            data_dir: dir.path().to_path_buf(),
-            http: instore_sync::HttpConfig {
-                listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            },
-            api: instore_sync::ApiConfig {
-                token: ADMIN.into(),
-            },
-            auth: instore_sync::AuthConfig {
-                gateway_secret: "gateway-secret-for-tests-0123".into(),
-            },
-            broker: instore_sync::BrokerConfig {
-                listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
-                url: None,
-                client_id: "instore-sync".into(),
-            },
-        };
-        let cancel = CancellationToken::new();
-        let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();
-        let hq = HeadOffice {
-            http: office.http_addr(),
-            mqtt: office.mqtt_url(),
-            cancel,
-            _dir: dir,
-        };
-        tokio::spawn(office.wait());
-        hq.wait_for("/healthz", |v| v["broker_connected"] == true)
-            .await;
-        hq
-    }
-
-    async fn get(&self, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn wait_for(&self, path: &str, ok: impl Fn(&serde_json::Value) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let v = self.get(path).await;
-            if ok(&v) {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{path}: {v}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Every stored event of the gateway as (seq, the test's event number).
-    async fn events(&self) -> Vec<(u64, u64)> {
-        let v = self
-            .get(&format!(
-                "/api/events?gateway={GATEWAY}&after_seq=0&limit=1000"
-            ))
-            .await;
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["seq"].as_u64().unwrap(),
-                    e["body"]["unique_devices"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    }
-}
 
 /// The test's events: footfall whose `unique_devices` is its creation number.
 fn event(n: u64) -> NewEvent {

@@ -83,6 +83,7 @@ impl Connection {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    self.metrics.mqtt_connect_failures.inc();
                     if connected {
                         warn!(error = %e, "sync: lost the broker; reconnecting");
                     } else {

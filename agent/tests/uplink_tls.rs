@@ -1,0 +1,296 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The uplink over TLS with a client certificate, against Debian's Mosquitto started by the test
+//! with `require_certificate true` (certificates made with the `openssl` command line) and the
+//! real head office on Mosquitto's plain loopback listener.
+
+mod uplink_hq;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use instore_agent::{
+    cache::MemberCache,
+    config::SyncConfig,
+    metrics::Metrics,
+    outbox::{NewEvent, Outbox},
+    sync::{self, SyncContext},
+};
+use instore_protocol::EventBody;
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use uplink_hq::{HeadOffice, WAIT, free_port};
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("the openssl command line must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA.
+fn make_certificates(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    // Extensions make version-3 certificates, the only version webpki accepts.
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for name in ["server", "client"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        let mut args = vec![
+            "x509",
+            "-req",
+            "-in",
+            &*format!("{name}.csr"),
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+        args.push(format!("{name}.pem"));
+        args.extend(["-extfile".to_string(), format!("{name}.ext")]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        openssl(dir, &args);
+    }
+}
+
+struct Mosquitto {
+    child: Child,
+    plain: u16,
+    tls: u16,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_mosquitto(dir: &Path) -> Mosquitto {
+    let (plain, tls) = (free_port(), free_port());
+    let conf = dir.join("mosquitto.conf");
+    // `user root`: started as root, mosquitto would otherwise switch to its own user, who cannot
+    // read the test's private temp dir (ignored when not started as root).
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+             user root\n\
+             listener {plain} 127.0.0.1\n\
+             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+             keyfile {d}/server.key\nrequire_certificate true\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(MOSQUITTO)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Debian's mosquitto must be installed at /usr/sbin/mosquitto");
+    let m = Mosquitto { child, plain, tls };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for port in [plain, tls] {
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    m
+}
+
+struct Gateway {
+    outbox: Outbox,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+    _engine: mpsc::Receiver<instore_agent::engine::Control>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_gateway(
+    hq: &HeadOffice,
+    id: &str,
+    tls_port: u16,
+    cert: Option<(PathBuf, PathBuf)>,
+    ca: PathBuf,
+) -> Gateway {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Metrics::default();
+    let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
+    let cache = MemberCache::open(&dir.path().join("members.db")).unwrap();
+    let (engine, engine_rx) = mpsc::channel(8);
+    let (client_cert, client_key) = cert.map_or((None, None), |(c, k)| (Some(c), Some(k)));
+    let tracker = TaskTracker::new();
+    let cancel = CancellationToken::new();
+    sync::spawn(
+        SyncContext {
+            store_id: "s-1".into(),
+            gateway_id: id.into(),
+            cfg: SyncConfig {
+                enabled: true,
+                broker: format!("mqtts://127.0.0.1:{tls_port}"),
+                hq_url: format!("http://{}", hq.http),
+                batch_max_age_ms: 10,
+                reconnect_min_ms: 50,
+                reconnect_max_ms: 200,
+                ca_file: Some(ca),
+                client_cert,
+                client_key,
+                ..SyncConfig::default()
+            },
+            outbox: outbox.clone(),
+            cache,
+            engine,
+            metrics: metrics.clone(),
+        },
+        &tracker,
+        cancel.clone(),
+    )
+    .unwrap();
+    Gateway {
+        outbox,
+        metrics,
+        tracker,
+        cancel,
+        _engine: engine_rx,
+        _dir: dir,
+    }
+}
+
+impl Gateway {
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.tracker.close();
+        tokio::time::timeout(WAIT, self.tracker.wait())
+            .await
+            .unwrap();
+    }
+}
+
+fn events(n: u64) -> Vec<NewEvent> {
+    (1..=n)
+        .map(|i| NewEvent {
+            at_ms: 1_700_000_000_000,
+            body: EventBody::Footfall {
+                interval_s: 60,
+                unique_devices: i,
+            },
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refuses_the_gateway() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let broker = start_mosquitto(certs.path()).await;
+    let hq = HeadOffice::start_with(instore_sync::BrokerConfig {
+        listen: None,
+        url: Some(format!("mqtt://127.0.0.1:{}", broker.plain)),
+        client_id: "instore-sync".into(),
+    })
+    .await;
+    let ca = certs.path().join("ca.pem");
+
+    let good = start_gateway(
+        &hq,
+        "gw-1",
+        broker.tls,
+        Some((
+            certs.path().join("client.pem"),
+            certs.path().join("client.key"),
+        )),
+        ca.clone(),
+    );
+    good.outbox.append(events(30)).await.unwrap();
+    hq.wait_for("/api/gateways", |v| v[0]["last_seq"] == 30)
+        .await;
+    assert_eq!(
+        hq.events_of("gw-1").await,
+        (1..=30).map(|n| (n, n)).collect::<Vec<_>>()
+    );
+
+    let refused = start_gateway(&hq, "gw-2", broker.tls, None, ca);
+    refused.outbox.append(events(5)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while refused.metrics.mqtt_connect_failures.get() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no refusals counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused.metrics.mqtt_connected.get(), 0);
+    assert_eq!(
+        refused.outbox.depth().await.unwrap(),
+        5,
+        "its events wait in the outbox"
+    );
+    let gateways = hq.get("/api/gateways").await;
+    assert_eq!(gateways.as_array().unwrap().len(), 1, "{gateways}");
+    // Refused, counted, still running: it stops cleanly when asked.
+    refused.stop().await;
+    good.stop().await;
+    hq.cancel.cancel();
+}
