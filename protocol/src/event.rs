@@ -372,6 +372,7 @@ mod tests {
                 zone: "till".into(),
                 visit_id: "v".into(),
                 dwell_s: 30,
+                zones: Vec::new(),
             },
         };
         let v: serde_json::Value = serde_json::to_value(&e).unwrap();

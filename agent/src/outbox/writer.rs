@@ -350,11 +350,11 @@ impl Writer {
                         .collect();
                     let _ = reply.send(Ok(out));
                 }
-                if self.bytes > self.options.max_bytes {
-                    if let Err(e) = self.shed() {
-                        // The events are safe; the quota is exceeded until the next try.
-                        error!(path = %self.path, error = %e, "outbox: shedding failed");
-                    }
+                // On failure the events are safe; the quota is exceeded until the next try.
+                if self.bytes > self.options.max_bytes
+                    && let Err(e) = self.shed()
+                {
+                    error!(path = %self.path, error = %e, "outbox: shedding failed");
                 }
                 appended.send_replace(self.last_seq());
             }
