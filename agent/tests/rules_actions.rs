@@ -311,3 +311,68 @@ async fn an_mqtt_action_without_a_broker_is_counted_as_failed() {
     .await;
     cancel.cancel();
 }
+
+#[tokio::test]
+async fn webhooks_stuck_on_a_silent_receiver_do_not_hold_up_mqtt_actions() {
+    // Accepts connections and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let port = start_broker();
+    let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new("watcher2", "127.0.0.1", port), 10);
+    sub.subscribe("after/#", QoS::AtLeastOnce).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => panic!("no SubAck"),
+        }
+    }
+    let metrics = Metrics::default();
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let queue = react::actions::spawn(
+        ActionSettings {
+            mqtt_broker: Some(format!("mqtt://127.0.0.1:{port}")),
+            mqtt_client_id: "gw-actions-2".into(),
+            queue: 64,
+        },
+        metrics.clone(),
+        &tracker,
+        cancel.clone(),
+    )
+    .unwrap();
+    let hooks = format!(
+        "[[rules]]\nname = \"slow\"\non = \"arrive\"\n\
+         webhook = {{ url = \"http://{silent_addr}/h\", timeout_ms = 60000, retries = 0 }}\n"
+    );
+    // More than the webhook concurrency, all hanging.
+    for _ in 0..20 {
+        for a in actions_for(&hooks) {
+            queue.offer(a);
+        }
+    }
+    for a in
+        actions_for("[[rules]]\nname = \"g\"\non = \"arrive\"\nmqtt = { topic = \"after/x\" }\n")
+    {
+        queue.offer(a);
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                assert_eq!(p.topic, "after/x");
+                break;
+            }
+            Ok(_) => {}
+            Err(_) => panic!("the MQTT action waited behind the webhooks"),
+        }
+    }
+    let finished = count(&metrics, "webhook", "sent") + count(&metrics, "webhook", "failed");
+    assert_eq!(finished, 0, "the webhooks are all still hanging");
+    cancel.cancel();
+}

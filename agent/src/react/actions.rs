@@ -127,14 +127,16 @@ pub fn spawn(
     };
     let http = reqwest::Client::builder().build()?;
     let (tx, rx) = mpsc::channel(settings.queue.max(1));
-    tracker.spawn(serve(
-        rx,
-        mqtt,
+    // Webhooks get their own queue, so a slow receiver's retries never hold up MQTT actions.
+    let (webhooks_tx, webhooks_rx) = mpsc::channel(settings.queue.max(1));
+    tracker.spawn(post_webhooks(
+        webhooks_rx,
         http,
         metrics.clone(),
         tracker.clone(),
-        cancel,
+        cancel.clone(),
     ));
+    tracker.spawn(serve(rx, mqtt, webhooks_tx, metrics.clone(), cancel));
     Ok(ActionQueue {
         tx: Some(tx),
         metrics,
@@ -156,12 +158,10 @@ fn mqtt_options(url: &str, client_id: &str) -> Result<MqttOptions, ActionError> 
 async fn serve(
     mut rx: mpsc::Receiver<Action>,
     mqtt: Option<AsyncClient>,
-    http: reqwest::Client,
+    webhooks: mpsc::Sender<Webhook>,
     metrics: Metrics,
-    tracker: TaskTracker,
     cancel: CancellationToken,
 ) {
-    let slots = Arc::new(Semaphore::new(WEBHOOK_CONCURRENCY));
     loop {
         let action = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -189,15 +189,10 @@ async fn serve(
                 }
             }
             Action::Webhook(w) => {
-                let permit = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                };
-                let (http, metrics, cancel) = (http.clone(), metrics.clone(), cancel.clone());
-                tracker.spawn(async move {
-                    deliver(&http, &w, &metrics, &cancel).await;
-                    drop(permit);
-                });
+                if webhooks.try_send(w).is_err() {
+                    count(&metrics, "webhook", "dropped");
+                    tracing::warn!("webhook queue full: webhook dropped");
+                }
             }
         }
     }
@@ -205,6 +200,32 @@ async fn serve(
         let _ = client.try_disconnect();
     }
     tracing::debug!("action task stopped");
+}
+
+/// Posts queued webhooks, [`WEBHOOK_CONCURRENCY`] at a time.
+async fn post_webhooks(
+    mut rx: mpsc::Receiver<Webhook>,
+    http: reqwest::Client,
+    metrics: Metrics,
+    tracker: TaskTracker,
+    cancel: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(WEBHOOK_CONCURRENCY));
+    loop {
+        let w = tokio::select! {
+            _ = cancel.cancelled() => break,
+            w = rx.recv() => match w { Some(w) => w, None => break },
+        };
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (http, metrics, cancel) = (http.clone(), metrics.clone(), cancel.clone());
+        tracker.spawn(async move {
+            deliver(&http, &w, &metrics, &cancel).await;
+            drop(permit);
+        });
+    }
 }
 
 /// Keeps the action broker connection alive; rumqttc reconnects on the next poll.
