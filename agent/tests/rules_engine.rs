@@ -199,8 +199,7 @@ async fn codes_written_to_a_fifo_reach_the_engine_and_a_new_writer_is_picked_up(
         .status()
         .unwrap();
     assert!(made.success());
-    let text = format!(
-        r#"store_id = "s1"
+    let text = r#"store_id = "s1"
 gateway_id = "g1"
 data_dir = "data"
 [http]
@@ -211,8 +210,7 @@ zone = "till"
 path = "scanner"
 [react]
 rules = "rules.toml"
-"#
-    );
+"#;
     std::fs::write(dir.path().join("agent.toml"), text).unwrap();
     let agent = runtime::start(AgentConfig::load(&dir.path().join("agent.toml")).unwrap())
         .await
