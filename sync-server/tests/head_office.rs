@@ -463,7 +463,8 @@ async fn shed_ranges_are_listed_and_the_numbers_they_explain_are_not_gaps() {
     assert_eq!(gws[0]["shed"][0]["kinds"][1], "scanner");
     assert_eq!(gws[0]["shed"].as_array().unwrap().len(), 2);
     // A shed report that explains fewer numbers than are missing explains none of them.
-    gw.send_events(vec![shed(14, 20, 25, 1), footfall(26)]).await;
+    gw.send_events(vec![shed(14, 20, 25, 1), footfall(26)])
+        .await;
     gw.next_ack().await;
     let gws = hq.get_json("/api/gateways").await;
     let gaps: Vec<(u64, u64)> = gws[0]["gaps"]
@@ -497,9 +498,17 @@ async fn a_commit_that_fails_releases_its_message_and_ingest_carries_on_without_
     gw.send(&[3]).await;
     gw.send(&[2]).await;
     let ack = gw.next_ack().await;
-    assert_eq!(ranges(&ack), [(2, 2)], "the failing batch is not acknowledged");
+    assert_eq!(
+        ranges(&ack),
+        [(2, 2)],
+        "the failing batch is not acknowledged"
+    );
     gw.send(&[4]).await;
-    assert_eq!(ranges(&gw.next_ack().await), [(4, 4)], "ingest did not stall");
+    assert_eq!(
+        ranges(&gw.next_ack().await),
+        [(4, 4)],
+        "ingest did not stall"
+    );
     // The fault clears; the gateway's re-send (same connection) is stored.
     db.execute_batch("DROP TRIGGER injected").unwrap();
     gw.send(&[3]).await;
