@@ -83,7 +83,13 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
                     tracing::info!(members = index.len(), version = index.version(), "member set swapped in");
                     core.set_members(index, clock.now_ms(), &mut out);
                 }
-                Control::ReloadRules => reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics),
+                Control::ReloadRules => {
+                    // Take the file as it is now, so the poll does not reload it a second time.
+                    if let Some(w) = rules_watch.as_mut() {
+                        w.changed();
+                    }
+                    reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics);
+                }
                 Control::QrScan { zone, payload, at_ms } => {
                     core.on_qr(&zone, &payload, at_ms, clock.wall_ms(at_ms), &mut out);
                 }
