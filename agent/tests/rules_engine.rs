@@ -233,3 +233,34 @@ rules = "rules.toml"
     assert_eq!(m.qr_scans.get(), 2);
     assert!(agent.shutdown(Duration::from_secs(10)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanners_beyond_the_connection_limit_are_turned_away_and_the_others_keep_working() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    save_rules(dir.path(), RULES_V2);
+    let port = free_port();
+    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
+    agent.set_members(members()).await;
+    let mut conns = Vec::new();
+    for _ in 0..instore_agent::sources::qr::MAX_CONNECTIONS {
+        conns.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    // Each of those is accepted before the next; one more is closed at once.
+    scan(&mut conns[0], &code("M1")).await;
+    let m = agent.metrics.clone();
+    wait_until("the first scanner's alert", || m.alerts_raised.get() == 1).await;
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
+        .await
+        .expect("the extra connection is closed, not left hanging");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let last = conns.len() - 1;
+    scan(&mut conns[last], &code("M2")).await;
+    wait_until("the last admitted scanner's alert", || {
+        m.alerts_raised.get() == 2
+    })
+    .await;
+    assert!(agent.shutdown(Duration::from_secs(10)).await);
+}
