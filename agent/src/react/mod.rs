@@ -672,10 +672,7 @@ fn build_rule(spec: RuleSpec) -> Result<Rule, String> {
         None => None,
     };
     if let Some(w) = &spec.webhook {
-        let url = reqwest::Url::parse(&w.url).map_err(|e| format!("webhook url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err("webhook url must be http:// or https://".into());
-        }
+        actions::check_webhook_url(&w.url)?;
         if w.timeout_ms == 0 || w.retries > 20 {
             return Err("webhook timeout_ms must be above 0 and retries at most 20".into());
         }
