@@ -1,0 +1,333 @@
+//! The agent's hot path — decode, match against the member index, presence, rules — on one core,
+//! with the engine's real `Core`, against a realistic member and advert mix.
+//!
+//! Members (default 1,000,000), by `i mod 10`: 0-3 iBeacon, 4-5 Eddystone UID, 6-7 public address,
+//! 8 rotating ID (day keys for today and tomorrow, as head office ships them), 9 IRK for one member
+//! in ten of those (1 % of all: IRKs come only from pairing) and a public address otherwise.
+//! Adverts: `member_share` from members, each in the frame its identifier implies; the rest from a
+//! population of strangers' devices with resolvable private addresses sending what phones send
+//! (Apple nearby/Find My, Google Fast Pair, Microsoft Swift Pair, an unknown iBeacon now and then).
+
+use std::{sync::Arc, time::Instant};
+
+use instore_agent::{
+    cache::MemberIndex,
+    engine::Core,
+    identify::{COMPANY_APPLE, rotating::RotatingTables, rpa},
+    metrics::Metrics,
+    presence::{Presence, PresenceParams},
+    react::Rules,
+    sources::{AddressType, Advert, Sighting, sim},
+};
+use instore_protocol::{
+    Consent, Identifier, MemberRecord,
+    member::format_uuid,
+    rotating::{self, day_key, shipped_days, window_of_ms},
+};
+
+/// A deterministic xorshift so the advert mix is the same on every run.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+fn secret(i: u32) -> [u8; 32] {
+    let mut s = [0x5a; 32];
+    s[..4].copy_from_slice(&i.to_be_bytes());
+    s
+}
+
+fn irk(i: u32) -> [u8; 16] {
+    let mut k = [0xa5; 16];
+    k[..4].copy_from_slice(&i.to_be_bytes());
+    k
+}
+
+fn public_address(i: u32) -> [u8; 6] {
+    let b = i.to_be_bytes();
+    [0x00, 0x1b, b[0], b[1], b[2], b[3]]
+}
+
+fn eddystone_ids(i: u32) -> ([u8; 10], [u8; 6]) {
+    let b = i.to_be_bytes();
+    (*b"instorens1", [0, 0, b[0], b[1], b[2], b[3]])
+}
+
+fn member(i: u32, now_ms: i64) -> MemberRecord {
+    let identifier = match i % 10 {
+        0..=3 => Identifier::Ibeacon {
+            uuid: format_uuid(&sim::SIM_UUID),
+            major: 1000 + (i / 65_536) as u16,
+            minor: (i % 65_536) as u16,
+        },
+        4 | 5 => {
+            let (ns, inst) = eddystone_ids(i);
+            Identifier::EddystoneUid {
+                namespace: hex::encode(ns),
+                instance: hex::encode(inst),
+            }
+        }
+        8 => Identifier::RotatingSecret {
+            secret: hex::encode(secret(i)),
+        },
+        9 if i % 100 == 9 => Identifier::Irk {
+            irk: hex::encode(irk(i)),
+        },
+        _ => Identifier::Mac {
+            address: public_address(i)
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(":"),
+        },
+    };
+    let mut r = MemberRecord {
+        member_id: format!("B{i:07}"),
+        display_name: format!("Bench {i}"),
+        tier: if i.is_multiple_of(50) {
+            "platinum"
+        } else {
+            "member"
+        }
+        .into(),
+        stage: None,
+        tags: vec![],
+        groups: vec![],
+        consent: Consent { presence: true },
+        identifiers: vec![identifier],
+        birthday: None,
+        last_purchase: None,
+    };
+    // What head office does to a rotating secret before a gateway sees it.
+    if let Identifier::RotatingSecret { .. } = r.identifiers[0] {
+        r.identifiers = shipped_days(now_ms)
+            .map(|day| Identifier::RotatingDayKey {
+                day,
+                key: hex::encode(day_key(&secret(i), day)),
+            })
+            .collect();
+    }
+    r
+}
+
+fn member_advert(i: u32, r: u64, now_ms: i64) -> Advert {
+    let stranger_addr = {
+        let a = r.to_be_bytes();
+        [0x40 | (a[0] & 0x3f), a[1], a[2], a[3], a[4], a[5]]
+    };
+    let mut advert = Advert {
+        address: stranger_addr,
+        address_type: AddressType::Random,
+        rssi: -60 - (r % 20) as i16,
+        manufacturer_data: vec![],
+        service_data: vec![],
+    };
+    match i % 10 {
+        0..=3 => {
+            advert.manufacturer_data = vec![(
+                COMPANY_APPLE,
+                sim::ibeacon_payload(
+                    &sim::SIM_UUID,
+                    1000 + (i / 65_536) as u16,
+                    (i % 65_536) as u16,
+                    -59,
+                ),
+            )]
+        }
+        4 | 5 => {
+            let (ns, inst) = eddystone_ids(i);
+            let mut d = vec![0x00, 0xec];
+            d.extend_from_slice(&ns);
+            d.extend_from_slice(&inst);
+            advert.service_data = vec![(0xFEAA, d)];
+        }
+        8 => {
+            let w = window_of_ms(now_ms);
+            let k = day_key(&secret(i), rotating::day_of_window(w));
+            advert.manufacturer_data = vec![(COMPANY_APPLE, rotating::frame(&k, w, -59).to_vec())];
+        }
+        9 if i % 100 == 9 => {
+            // The member's phone keeps one RPA for the run (they rotate every ~15 minutes).
+            let b = i.to_be_bytes();
+            let prand = [0x40 | (b[1] & 0x3f), b[2], b[3]];
+            let h = rpa::ah_with_irk(&irk(i), prand);
+            advert.address = [prand[0], prand[1], prand[2], h[0], h[1], h[2]];
+        }
+        _ => {
+            advert.address = public_address(i);
+            advert.address_type = AddressType::Public;
+        }
+    }
+    advert
+}
+
+/// What strangers' phones send, by `kind`.
+fn stranger_advert(device: u64, kind: u64) -> Advert {
+    let a = device.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
+    let address = [0x40 | (a[0] & 0x3f), a[1], a[2], a[3], a[4], a[5]];
+    let (manufacturer_data, service_data) = match kind % 20 {
+        0..=9 => (
+            vec![(COMPANY_APPLE, vec![0x10, 0x05, a[6], a[7], 0x1c])],
+            vec![],
+        ),
+        10..=13 => (
+            vec![(COMPANY_APPLE, vec![0x12, 0x19, a[6], a[7], 0, 0])],
+            vec![],
+        ),
+        14..=16 => (vec![], vec![(0xFE2C, vec![a[6], a[7], a[1]])]),
+        17 | 18 => (vec![(0x0006, vec![0x03, 0x00, 0x80, a[6]])], vec![]),
+        _ => (
+            vec![(COMPANY_APPLE, sim::ibeacon_payload(&[a[7]; 16], 1, 2, -59))],
+            vec![],
+        ),
+    };
+    Advert {
+        address,
+        address_type: AddressType::Random,
+        rssi: -75,
+        manufacturer_data,
+        service_data,
+    }
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn run(members: u32, n: usize, member_share: f64, strangers: u64) -> anyhow::Result<()> {
+    let members = members.max(1);
+    let now_ms = instore_agent::now_ms();
+    let rss_start = vm_rss_kib();
+    let t = Instant::now();
+    let records: Vec<MemberRecord> = (0..members).map(|i| member(i, now_ms)).collect();
+    let records_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let index = Arc::new(MemberIndex::build(1, &records));
+    let build_s = t.elapsed().as_secs_f64();
+    drop(records);
+    let rss_index = vm_rss_kib();
+
+    // One window's rotating-ID table (the engine builds one per 15-minute window).
+    let t = Instant::now();
+    let table = RotatingTables::build(&index, window_of_ms(now_ms));
+    let table_s = t.elapsed().as_secs_f64();
+    let rotating_members = table.len();
+    drop(table);
+    // A new RPA costs one AES block per IRK (then it is cached).
+    let irks = index.irks().len();
+    let t = Instant::now();
+    let probes = 200u32;
+    for p in 0..probes {
+        let b = p.to_be_bytes();
+        std::hint::black_box(rpa::resolve(&[0x41, b[2], b[3], 1, 2, 3], index.irks()));
+    }
+    let new_rpa_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(probes);
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let zone: Arc<str> = Arc::from("entrance");
+    let threshold = (member_share.clamp(0.0, 1.0) * u64::MAX as f64) as u64;
+    let mut stranger_count = 0usize;
+    // Adverts are prepared first so that the timed loop measures the agent, not the generator.
+    let sightings: Vec<Sighting> = (0..n)
+        .map(|k| {
+            let at_ms = (k as u64) / 50; // 50,000 adverts per simulated second
+            let r = rng.next();
+            let advert = if r < threshold {
+                let i = (rng.next() % u64::from(members)) as u32;
+                member_advert(i, r, now_ms + at_ms as i64)
+            } else {
+                stranger_count += 1;
+                let device = rng.next() % strangers.max(1);
+                stranger_advert(device, device ^ (k as u64 >> 12))
+            };
+            Sighting {
+                zone: zone.clone(),
+                at_ms,
+                advert,
+            }
+        })
+        .collect();
+
+    let presence = Presence::new(
+        PresenceParams {
+            arrive_sightings: 2,
+            arrive_window_ms: 10_000,
+            depart_after_ms: 60_000,
+            min_rssi: -90,
+            ..PresenceParams::default()
+        },
+        "bench".into(),
+    );
+    let rules = Rules::parse(
+        include_str!("../../agent/examples/rules.toml"),
+        "rules.toml",
+    )?;
+    let metrics = Metrics::default();
+    let mut core = Core::new(index, presence, rules, metrics.clone());
+    let mut out = Vec::new();
+    let mut outputs = 0usize;
+    let t = Instant::now();
+    let mut last_tick = 0;
+    for s in &sightings {
+        core.on_sighting(s, &mut out);
+        if s.at_ms >= last_tick + 1000 {
+            last_tick = s.at_ms;
+            core.on_tick(s.at_ms, &mut out);
+        }
+        outputs += out.len();
+        out.clear();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let rate = n as f64 / secs;
+    let identified = metrics.identified.get();
+    let stranger_share = stranger_count as f64 / n as f64;
+    let index_mib = rss_index.saturating_sub(rss_start) as f64 / 1024.0;
+    println!("hot path: decode + match + presence (+ rules, footfall), one core");
+    println!("  members cached      {members} (IRKs {irks}, rotating IDs {rotating_members})");
+    println!("  records generated   {records_s:.2} s");
+    println!("  index build         {build_s:.2} s");
+    println!(
+        "  resident memory     {:.0} MiB before, {:.0} MiB with the index ({index_mib:.0} MiB, {:.0} B/member)",
+        rss_start as f64 / 1024.0,
+        rss_index as f64 / 1024.0,
+        index_mib * 1024.0 * 1024.0 / f64::from(members)
+    );
+    println!(
+        "  rotating table      {:.0} ms per window ({rotating_members} IDs)",
+        table_s * 1e3
+    );
+    println!("  new RPA resolution  {new_rpa_us:.0} us ({irks} IRKs; cached per address after)");
+    println!("  adverts             {n} ({strangers} stranger devices)");
+    println!("  strangers           {:.1} %", 100.0 * stranger_share);
+    println!("  identified          {identified}");
+    println!("  presence/alert outputs {outputs}");
+    println!("  throughput          {rate:.0} adverts/s");
+    println!("  per advert          {:.0} ns", 1e9 / rate);
+    println!(
+        "  resident at end     {:.0} MiB",
+        vm_rss_kib() as f64 / 1024.0
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "hot_path", "members": members, "adverts": n,
+            "irks": irks, "rotating": rotating_members,
+            "stranger_share": stranger_share, "adverts_per_s": rate.round(),
+            "ns_per_advert": (1e9 / rate).round(), "index_build_s": build_s,
+            "index_rss_mib": index_mib.round(), "rotating_table_ms": (table_s * 1e3).round(),
+            "new_rpa_us": new_rpa_us.round()})
+    );
+    Ok(())
+}
