@@ -33,6 +33,8 @@ fn member() -> Member {
         groups: vec![],
         birthday: None,
         last_purchase: None,
+        last_visit: None,
+        consent: Default::default(),
     }
 }
 

@@ -98,10 +98,14 @@ fn member(i: u32, now_ms: i64) -> MemberRecord {
         stage: None,
         tags: vec![],
         groups: vec![],
-        consent: Consent { presence: true },
+        consent: Consent {
+            presence: true,
+            marketing: false,
+        },
         identifiers: vec![identifier],
         birthday: None,
         last_purchase: None,
+        last_visit: None,
     };
     // What head office does to a rotating secret before a gateway sees it.
     if let Identifier::RotatingSecret { .. } = r.identifiers[0] {

@@ -3,13 +3,18 @@
 //!
 //! ```json
 //! {"member_id":"M1001","display_name":"Ms. Li","tier":"platinum","stage":"value","tags":["linen"],
-//!  "consent":{"presence":true},
+//!  "consent":{"presence":true,"marketing":false},"last_visit":"2026-10-02",
+//!  "last_purchase":{"date":"2026-09-14","summary":"linen shirt"},
 //!  "identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2},
 //!                 {"kind":"eddystone_uid","namespace":"edd1ebeac04e5defa017","instance":"0000000004d2"},
 //!                 {"kind":"mac","address":"C0:11:22:33:44:55"},
 //!                 {"kind":"irk","irk":"ec0234a357c8ad05341010a60a397d9b"}]}
 //! ```
 //! `consent.presence` defaults to `false`: a member imported without consent is never tracked.
+//! `consent.marketing` (default `false`) is what rules with `consent = "marketing"` require.
+//! `last_visit` and `last_purchase.date` are ISO dates (`YYYY-MM-DD`), checked on import; the
+//! gateway's `overdue` trigger counts days from `last_visit`, or from `last_purchase.date` for a
+//! record without one.
 
 use std::collections::HashMap;
 
@@ -37,12 +42,19 @@ pub struct MemberRecord {
     pub birthday: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_purchase: Option<LastPurchase>,
+    /// ISO date, `YYYY-MM-DD`, of the member's last visit to any store (head office's view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_visit: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consent {
+    /// The member may be recognised and tracked in stores.
     #[serde(default)]
     pub presence: bool,
+    /// The member may be approached with offers (rules with `consent = "marketing"`).
+    #[serde(default)]
+    pub marketing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +133,8 @@ pub enum MemberError {
     Stage(String),
     #[error("birthday {0:?} is not MM-DD")]
     Birthday(String),
+    #[error("{field} {value:?} is not a YYYY-MM-DD date")]
+    Date { field: &'static str, value: String },
     #[error("identifier {index}: {reason}")]
     Identifier { index: usize, reason: String },
     #[error("identifier {index} is already used by member {other}")]
@@ -192,6 +206,22 @@ impl MemberRecord {
         {
             return Err(MemberError::Birthday(b.clone()));
         }
+        if let Some(p) = &self.last_purchase
+            && !valid_date(&p.date)
+        {
+            return Err(MemberError::Date {
+                field: "last_purchase.date",
+                value: p.date.clone(),
+            });
+        }
+        if let Some(v) = &self.last_visit
+            && !valid_date(v)
+        {
+            return Err(MemberError::Date {
+                field: "last_visit",
+                value: v.clone(),
+            });
+        }
         self.identifiers
             .iter()
             .enumerate()
@@ -259,6 +289,30 @@ fn valid_birthday(s: &str) -> bool {
         return false;
     };
     s.len() == 5 && (1..=12).contains(&m) && (1..=31).contains(&d)
+}
+
+/// `YYYY-MM-DD` with a real month and a day that month has (29 February only in leap years).
+pub fn valid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let (Ok(y), Ok(m), Ok(d)) = (
+        s[0..4].parse::<u32>(),
+        s[5..7].parse::<u32>(),
+        s[8..10].parse::<u32>(),
+    ) else {
+        return false;
+    };
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&d)
 }
 
 fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {
@@ -369,9 +423,47 @@ mod tests {
             m.validate(),
             Err(MemberError::Identifier { index: 0, .. })
         ));
+        let mut m = base.clone();
+        m.last_visit = Some("2026-02-30".into());
+        assert!(matches!(
+            m.validate(),
+            Err(MemberError::Date {
+                field: "last_visit",
+                ..
+            })
+        ));
+        let mut m = base.clone();
+        m.last_purchase = Some(LastPurchase {
+            date: "14/09/2026".into(),
+            summary: "linen".into(),
+        });
+        assert!(matches!(
+            m.validate(),
+            Err(MemberError::Date {
+                field: "last_purchase.date",
+                ..
+            })
+        ));
         let mut m = base;
         m.member_id = String::new();
         assert_eq!(m.validate(), Err(MemberError::MemberId));
+    }
+
+    #[test]
+    fn marketing_consent_and_last_visit_are_read_and_default_to_absent() {
+        let line = r#"{"member_id":"M9","display_name":"A","tier":"gold","consent":{"presence":true,"marketing":true},"last_visit":"2024-02-29"}"#;
+        let (members, errors) = parse_ndjson(line);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(members[0].consent.marketing);
+        assert_eq!(members[0].last_visit.as_deref(), Some("2024-02-29"));
+        let (members, _) = parse_ndjson(BRIEF_EXAMPLE);
+        assert!(
+            !members[0].consent.marketing,
+            "marketing consent defaults to no"
+        );
+        assert_eq!(members[0].last_visit, None);
+        let (_, errors) = parse_ndjson(&line.replace("2024-02-29", "2023-02-29"));
+        assert_eq!(errors.len(), 1, "29 February only in leap years");
     }
 
     #[test]

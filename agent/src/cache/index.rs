@@ -10,7 +10,9 @@ use std::{
 
 use aes::{Aes128Enc, cipher::KeyInit};
 use foldhash::fast::RandomState;
-use instore_protocol::{IdentifierKey, MemberRecord, member::LastPurchase, rotating::DayKey};
+use instore_protocol::{
+    Consent, IdentifierKey, MemberRecord, member::LastPurchase, rotating::DayKey,
+};
 
 /// A member as the gateway uses it: the fields rules and clerk cards need.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +25,10 @@ pub struct Member {
     pub groups: Vec<String>,
     pub birthday: Option<String>,
     pub last_purchase: Option<LastPurchase>,
+    /// `YYYY-MM-DD`; `None` when head office has not recorded one.
+    pub last_visit: Option<String>,
+    /// Presence always holds for an indexed member; the other consents gate rules.
+    pub consent: Consent,
 }
 
 impl From<&MemberRecord> for Member {
@@ -36,6 +42,8 @@ impl From<&MemberRecord> for Member {
             groups: r.groups.clone(),
             birthday: r.birthday.clone(),
             last_purchase: r.last_purchase.clone(),
+            last_visit: r.last_visit.clone(),
+            consent: r.consent.clone(),
         }
     }
 }
@@ -345,7 +353,10 @@ mod tests {
             stage: None,
             tags: vec![],
             groups: vec![],
-            consent: Consent { presence: consent },
+            consent: Consent {
+                presence: consent,
+                marketing: false,
+            },
             identifiers: vec![Identifier::Ibeacon {
                 uuid: "f7826da6-4fa2-4e98-8024-bc5b71e0893e".into(),
                 major: 1,
@@ -353,6 +364,7 @@ mod tests {
             }],
             birthday: None,
             last_purchase: None,
+            last_visit: None,
         }
     }
 

@@ -1,5 +1,10 @@
 //! The member cache's SQLite file. Each call opens its own short-lived connection: imports and
 //! snapshots are rare, and no connection is ever shared between threads.
+//!
+//! A row is the whole record as JSON (what the index is built from) plus columns an operator can
+//! query with `sqlite3` without parsing JSON (`marketing`, `last_visit`). The schema version is
+//! SQLite's `user_version`; [`MIGRATIONS`] bring an older file forward on open, in one
+//! transaction, backfilling new columns from the stored JSON.
 
 use std::path::{Path, PathBuf};
 
@@ -8,13 +13,27 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::MemberIndex;
 
-const SCHEMA: &str = "
-    PRAGMA journal_mode = WAL;
+/// Version 1: the original tables (`IF NOT EXISTS`: files made before `user_version` was set are
+/// version 0 with these tables already in place).
+const SCHEMA_V1: &str = "
     CREATE TABLE IF NOT EXISTS members (member_id TEXT PRIMARY KEY, record TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 ";
-const UPSERT: &str = "INSERT INTO members (member_id, record) VALUES (?1, ?2)
-    ON CONFLICT(member_id) DO UPDATE SET record = excluded.record";
+/// Version 2: marketing consent and last visit (records written before carry neither: the JSON
+/// lacks them, so the backfill gives 0 and NULL, which is what the record deserialises to).
+const SCHEMA_V2: &str = "
+    ALTER TABLE members ADD COLUMN marketing INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE members ADD COLUMN last_visit TEXT;
+    UPDATE members SET
+        marketing = coalesce(json_extract(record, '$.consent.marketing'), 0),
+        last_visit = json_extract(record, '$.last_visit');
+";
+/// `MIGRATIONS[i]` takes a file from `user_version` i to i + 1.
+const MIGRATIONS: [&str; 2] = [SCHEMA_V1, SCHEMA_V2];
+const UPSERT: &str = "INSERT INTO members (member_id, record, marketing, last_visit)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT(member_id) DO UPDATE SET record = excluded.record,
+        marketing = excluded.marketing, last_visit = excluded.last_visit";
 const SELECT_ALL: &str = "SELECT record FROM members ORDER BY member_id";
 const GET_VERSION: &str = "SELECT value FROM meta WHERE key = 'version'";
 const SET_VERSION: &str = "INSERT INTO meta (key, value) VALUES ('version', ?1)
@@ -22,6 +41,15 @@ const SET_VERSION: &str = "INSERT INTO meta (key, value) VALUES ('version', ?1)
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    #[error(
+        "member cache {path} has schema version {found}, newer than this agent's {supported}: \
+         upgrade the agent"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        supported: usize,
+    },
     #[error("member cache {path}: {source}")]
     Sqlite {
         path: String,
@@ -65,11 +93,42 @@ impl MemberCache {
     }
 
     fn connect(&self) -> Result<Connection, CacheError> {
-        let conn = Connection::open(&self.path).map_err(self.err())?;
+        let mut conn = Connection::open(&self.path).map_err(self.err())?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(self.err())?;
-        conn.execute_batch(SCHEMA).map_err(self.err())?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(self.err())?;
+        self.migrate(&mut conn)?;
         Ok(conn)
+    }
+
+    fn migrate(&self, conn: &mut Connection) -> Result<(), CacheError> {
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())?;
+        if found == MIGRATIONS.len() as i64 {
+            return Ok(());
+        }
+        if found > MIGRATIONS.len() as i64 {
+            return Err(CacheError::TooNew {
+                path: self.path.display().to_string(),
+                found,
+                supported: MIGRATIONS.len(),
+            });
+        }
+        // Immediate: two processes opening an old file at once must not both migrate it.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err())?;
+        let now: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())?;
+        for step in MIGRATIONS.iter().skip(now.max(0) as usize) {
+            tx.execute_batch(step).map_err(self.err())?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+            .map_err(self.err())?;
+        tx.commit().map_err(self.err())
     }
 
     /// The member-set version last taken from head office (0: never).
@@ -111,7 +170,12 @@ impl MemberCache {
         for m in members {
             // Serialising a plain struct of strings cannot fail.
             let json = serde_json::to_string(m).unwrap_or_default();
-            stmt.execute(params![m.member_id, json])?;
+            stmt.execute(params![
+                m.member_id,
+                json,
+                m.consent.marketing,
+                m.last_visit
+            ])?;
         }
         Ok(())
     }
@@ -179,5 +243,69 @@ mod tests {
             .collect();
         assert_eq!(ids, ["M2"]);
         assert_eq!(cache.version().unwrap(), 7);
+    }
+
+    #[test]
+    fn a_cache_file_from_before_marketing_and_last_visit_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // Exactly what the first agent release created and wrote.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE IF NOT EXISTS members (member_id TEXT PRIMARY KEY, record TEXT NOT NULL);
+                 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+                 INSERT INTO meta (key, value) VALUES ('version', 4);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO members (member_id, record) VALUES ('M1', ?1)",
+                [LINE],
+            )
+            .unwrap();
+        }
+        let cache = MemberCache::open(&path).unwrap();
+        assert_eq!(cache.version().unwrap(), 4, "the snapshot version survives");
+        let old = &cache.load().unwrap()[0];
+        assert!(!old.consent.marketing);
+        assert_eq!(old.last_visit, None);
+        let newer = LINE
+            .replace("\"presence\":true", "\"presence\":true,\"marketing\":true")
+            .replace(
+                "\"identifiers\"",
+                "\"last_visit\":\"2026-11-01\",\"identifiers\"",
+            );
+        cache.import_ndjson(&newer).unwrap();
+        let m = &cache.load_index().unwrap();
+        let member = m.member("M1").unwrap();
+        assert!(member.consent.marketing);
+        assert_eq!(member.last_visit.as_deref(), Some("2026-11-01"));
+        // The columns agree with the records, and reopening does not migrate twice.
+        let conn = MemberCache::open(&path).unwrap().connect().unwrap();
+        let row: (bool, Option<String>, i64) = conn
+            .query_row(
+                "SELECT marketing, last_visit, (SELECT count(*) FROM members) FROM members",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(row, (true, Some("2026-11-01".into()), 1));
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn a_cache_file_from_a_newer_agent_is_refused_not_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = MemberCache::open(&path).unwrap_err();
+        assert!(matches!(err, CacheError::TooNew { found: 99, .. }), "{err}");
     }
 }

@@ -218,7 +218,10 @@ fn a_hundred_thousand_members_are_indexed_and_found() {
             stage: None,
             tags: vec![],
             groups: vec![],
-            consent: Consent { presence: true },
+            consent: Consent {
+                presence: true,
+                marketing: false,
+            },
             identifiers: vec![if i % 2 == 0 {
                 Identifier::Ibeacon {
                     uuid: uuid.clone(),
@@ -233,6 +236,7 @@ fn a_hundred_thousand_members_are_indexed_and_found() {
             }],
             birthday: None,
             last_purchase: None,
+            last_visit: None,
         })
         .collect();
     let idx = MemberIndex::build(1, &records);

@@ -12,6 +12,8 @@ fn member(id: &str) -> Arc<Member> {
         groups: vec![],
         birthday: None,
         last_purchase: None,
+        last_visit: None,
+        consent: Default::default(),
     })
 }
 

@@ -171,7 +171,8 @@ struct RuleSpec {
     /// `on = "dwell"`: seconds in the zone.
     #[serde(default)]
     dwell_s: Option<u64>,
-    /// `on = "overdue"`: days since the last purchase.
+    /// `on = "overdue"`: days since the last visit (or, for a record without one, the last
+    /// purchase).
     #[serde(default)]
     overdue_days: Option<u32>,
     /// `on = "birthday_week"`: days either side of the birthday (default 3: a week).
@@ -272,10 +273,8 @@ impl Rule {
                 .as_deref()
                 .and_then(|b| days_to_birthday(b, local.day))
                 .is_some_and(|d| d <= self.birthday_days),
-            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => m
-                .last_purchase
-                .as_ref()
-                .and_then(|p| parse_date(&p.date))
+            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => last_seen(m)
+                .and_then(parse_date)
                 .is_some_and(|d| local.day - d >= self.overdue_days),
             _ => false,
         };
@@ -295,13 +294,25 @@ impl Rule {
     }
 }
 
-/// Presence consent is implied (members without it are never indexed). The member record carries
-/// no other consent flags yet, so other consents are read from a `consent:<name>` tag.
+/// Presence consent is implied (members without it are never indexed); marketing consent is the
+/// record's flag. Rule loading refuses any other name, so no consent is ever assumed.
+const CONSENTS: [&str; 2] = ["presence", "marketing"];
+
 fn has_consent(m: &Member, consent: &str) -> bool {
-    consent == "presence"
-        || m.tags
-            .iter()
-            .any(|t| t.strip_prefix("consent:") == Some(consent))
+    match consent {
+        "presence" => true,
+        "marketing" => m.consent.marketing,
+        _ => false,
+    }
+}
+
+/// The date `overdue` counts from: the last visit, else the last purchase. Head office's
+/// `last_visit` is the better measure (a member who comes in without buying is not overdue), but
+/// older exports carry only purchases.
+fn last_seen(m: &Member) -> Option<&str> {
+    m.last_visit
+        .as_deref()
+        .or(m.last_purchase.as_ref().map(|p| p.date.as_str()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -651,8 +662,12 @@ fn build_rule(spec: RuleSpec) -> Result<Rule, String> {
     if spec.birthday_days.is_some_and(|d| d > 183) {
         return Err("birthday_days must be at most 183".into());
     }
-    if spec.consent.as_deref().is_some_and(|c| c.trim().is_empty()) {
-        return Err("consent must name a consent, e.g. \"marketing\"".into());
+    if let Some(c) = spec.consent.as_deref()
+        && !CONSENTS.contains(&c)
+    {
+        return Err(format!(
+            "unknown consent {c:?} (the member record has \"presence\" and \"marketing\")"
+        ));
     }
     let hours = spec.hours.as_deref().map(HoursRange::parse).transpose()?;
     let message = spec.message.as_deref().map(Template::parse).transpose()?;
@@ -789,6 +804,8 @@ cooldown_s = 600
             groups: vec![],
             birthday: None,
             last_purchase: None,
+            last_visit: None,
+            consent: Default::default(),
         }
     }
 
@@ -969,6 +986,31 @@ cooldown_s = 600
     }
 
     #[test]
+    fn overdue_counts_from_the_last_visit_when_the_record_has_one() {
+        let mut r = one("on = \"overdue\"\noverdue_days = 60\nmessage = \"m\"\ncooldown_s = 0\n");
+        let mut m = member("gold", &[]);
+        // Bought long ago but came in last month: not overdue.
+        m.last_purchase = Some(LastPurchase {
+            date: "2026-01-10".into(),
+            summary: "coat".into(),
+        });
+        m.last_visit = Some("2026-10-30".into());
+        let day = at(2026, 11, 23, 10, 0);
+        assert_eq!(fired(&mut r, Happening::Scheduled, &m, "e", day), None);
+        // Visited long ago, bought recently elsewhere (online): the visit decides.
+        m.last_purchase = Some(LastPurchase {
+            date: "2026-11-20".into(),
+            summary: "scarf".into(),
+        });
+        m.last_visit = Some("2026-09-24".into());
+        assert!(fired(&mut r, Happening::Scheduled, &m, "e", day).is_some());
+        // No visit recorded: the purchase date stands in.
+        m.last_visit = None;
+        m.member_id = "M2".into();
+        assert_eq!(fired(&mut r, Happening::Scheduled, &m, "e", day), None);
+    }
+
+    #[test]
     fn the_schedule_leaves_alone_members_who_already_got_a_reaction_this_visit() {
         let rules = "[[rules]]\nname = \"hello\"\non = \"arrive\"\nmessage = \"hi\"\npriority = \"high\"\n\
                      [[rules]]\nname = \"bday\"\non = \"birthday_week\"\nmessage = \"bday\"\n";
@@ -1020,8 +1062,12 @@ cooldown_s = 600
             ),
             (
                 "consent = \"marketing\"",
-                |m| m.tags = vec!["consent:marketing".into()],
-                |m| m.tags = vec!["marketing".into()],
+                |m| m.consent.marketing = true,
+                // The old tag convention no longer stands in for the record's flag.
+                |m| {
+                    m.consent.marketing = false;
+                    m.tags = vec!["consent:marketing".into()];
+                },
             ),
         ];
         for (cond, yes, no) in cases {
@@ -1194,6 +1240,10 @@ cooldown_s = 600
                 "only applies",
             ),
             ("on = \"overdue\"\nmessage = \"m\"", "overdue_days"),
+            (
+                "on = \"arrive\"\nconsent = \"newsletter\"\nmessage = \"m\"",
+                "unknown consent",
+            ),
             ("on = \"arrive\"", "needs a message"),
             (
                 "on = \"arrive\"\nhours = \"9-5\"\nmessage = \"m\"",

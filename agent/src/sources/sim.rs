@@ -69,6 +69,7 @@ pub fn population(n: u32) -> Vec<MemberRecord> {
                 // One in twenty has not consented: the gateway must never track them.
                 consent: Consent {
                     presence: i % 20 != 7,
+                    marketing: i % 3 == 0,
                 },
                 identifiers: vec![Identifier::Ibeacon {
                     uuid: instore_protocol::member::format_uuid(&SIM_UUID),
@@ -80,6 +81,8 @@ pub fn population(n: u32) -> Vec<MemberRecord> {
                     date: format!("2026-{:02}-{:02}", 1 + idx % 10, 1 + idx % 28),
                     summary: format!("{} ({} items)", TAGS[(idx + 3) % TAGS.len()], 1 + idx % 4),
                 }),
+                // Visited on or after the last purchase.
+                last_visit: Some(format!("2026-{:02}-28", 1 + idx % 10)),
             }
         })
         .collect()
