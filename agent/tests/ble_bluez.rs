@@ -122,6 +122,59 @@ fn scanning_resumes_after_the_adapter_is_removed_and_re_added() {
     advertise_until(&bluez, &dev, "the member to be present again", || {
         present(&agent) && agent.metric("instore_agent_adverts_total") > before
     });
+    // The loss and the recovery are events in the outbox, for head office to see.
+    let states = scanner_states(&agent);
+    assert!(
+        states.starts_with(&["scanning".to_string(), "lost".to_string()])
+            && states.contains(&"recovered".to_string()),
+        "{states:?}"
+    );
+}
+
+/// The `state` of every scanner event in the agent's outbox, in order (sync is off: nothing is
+/// acknowledged away).
+fn scanner_states(agent: &Agent) -> Vec<String> {
+    let db = rusqlite::Connection::open_with_flags(
+        agent.dir.join("data/outbox.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = db.prepare("SELECT body FROM outbox ORDER BY seq").unwrap();
+    let bodies: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    bodies
+        .iter()
+        .filter_map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).ok()?;
+            (v.get("adapter").is_some() && v.get("state").is_some())
+                .then(|| v["state"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_watchdog_restarts_a_silent_scan_and_adverts_flow_again() {
+    if !available() {
+        return;
+    }
+    let (_bus, bluez, agent) = setup("watchdog_s = 1");
+    // Nothing advertises: the watchdog fires and restarts discovery.
+    wait_for("a watchdog restart", LONG, || {
+        agent.metric("instore_agent_ble_watchdog_restarts_total") >= 1.0
+    });
+    wait_for("discovery to be restarted", LONG, || {
+        bluez.discovering("hci0")
+    });
+    let dev = bluez.add_device("hci0", MEMBER_ADDR);
+    advertise_until(&bluez, &dev, "the member to be present", || present(&agent));
+    let states = scanner_states(&agent);
+    assert!(
+        states.contains(&"stalled".to_string()) && states.contains(&"recovered".to_string()),
+        "{states:?}"
+    );
 }
 
 #[test]
