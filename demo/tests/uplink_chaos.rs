@@ -203,11 +203,12 @@ async fn outbox_record(data_dir: &Path) -> (u64, u64) {
 async fn agent_killed_again_and_again(kind: BrokerKind) {
     let rig = Rig::new(kind, "gw-kill").await;
     let mut seen = 0;
-    for round in 0..8u64 {
+    for round in 0..10u64 {
         let mut agent = rig.start_agent().await;
-        seen = seq(&rig.progress_beyond(seen).await, "last_seq");
-        // Kill at a different point of the burst each round (group commits, batches in flight).
-        tokio::time::sleep(Duration::from_millis(150 + 170 * round)).await;
+        // In full flow first (batches in flight, group commits under way), then the plug is
+        // pulled at a different point of the burst each round.
+        seen = seq(&rig.progress_beyond(seen + 30).await, "last_seq");
+        tokio::time::sleep(Duration::from_millis(100 + 97 * round)).await;
         agent.signal("KILL");
         agent.wait_exit(Duration::from_secs(5)).expect("killed");
     }
@@ -392,6 +393,88 @@ async fn embedded_broker_down_for_a_minute_few_connection_attempts_then_everythi
 #[tokio::test(flavor = "multi_thread")]
 async fn mosquitto_down_for_a_minute_few_connection_attempts_then_everything_arrives() {
     broker_down_for_a_minute(BrokerKind::Mosquitto).await;
+}
+
+// --- the outbox rolled back (a lying SD card) ------------------------------------------------
+
+/// The outbox's files (database, WAL, shared memory) in `data`.
+fn outbox_files(data: &Path) -> Vec<PathBuf> {
+    ["outbox.db", "outbox.db-wal", "outbox.db-shm"]
+        .iter()
+        .map(|f| data.join(f))
+        .collect()
+}
+
+async fn outbox_rolled_back(kind: BrokerKind) {
+    let rig = Rig::new(kind, "gw-rollback").await;
+    let data = rig.agent_dir.join("data");
+    let saved = rig.agent_dir.join("saved");
+    std::fs::create_dir_all(&saved).unwrap();
+
+    // A first run; its files, as a card that never really flushed what came after would keep
+    // them.
+    let mut agent = rig.start_agent().await;
+    rig.progress_beyond(100).await;
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20)).expect("stopped");
+    for f in outbox_files(&data) {
+        if f.exists() {
+            std::fs::copy(&f, saved.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let (old_last, _) = outbox_record(&data).await;
+
+    // A second run: head office acknowledges numbers the saved files never issued.
+    let mut agent = rig.start_agent().await;
+    rig.progress_beyond(old_last + 300).await;
+    agent.signal("TERM");
+    agent.wait_exit(Duration::from_secs(20)).expect("stopped");
+    let acknowledged = eventually("head office settled", WAIT, || async {
+        let g = rig.gw().await?;
+        (seq(&g, "last_seq") == seq(&g, "events_received")).then_some(seq(&g, "last_seq"))
+    })
+    .await;
+
+    // The power comes back with the old files.
+    for f in outbox_files(&data) {
+        let _ = std::fs::remove_file(&f);
+        let s = saved.join(f.file_name().unwrap());
+        if s.exists() {
+            std::fs::copy(&s, &f).unwrap();
+        }
+    }
+    let agent = rig.start_agent().await;
+    rig.progress_beyond(acknowledged + 100).await;
+    // Every event this run created must arrive under a number above what head office held:
+    // reusing one would have it dropped as a duplicate of a different event.
+    let m = rig.agent_metrics().await;
+    let created = metric(&m, "instore_agent_outbox_appended_total") as u64;
+    eventually(
+        &format!("the {created} events created after the rollback, above #{acknowledged}"),
+        WAIT,
+        || async {
+            rig.gw().await.filter(|g| {
+                seq(g, "last_seq") >= acknowledged + created
+                    && seq(g, "events_received") == seq(g, "last_seq")
+            })
+        },
+    )
+    .await;
+    eprintln!(
+        "{kind:?}: rolled back from #{acknowledged} to #{old_last}; {} events renumbered",
+        metric(&m, "instore_agent_outbox_renumbered_total")
+    );
+    settle_and_verify(&rig, agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_broker_a_rolled_back_outbox_reuses_no_acknowledged_number() {
+    outbox_rolled_back(BrokerKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_a_rolled_back_outbox_reuses_no_acknowledged_number() {
+    outbox_rolled_back(BrokerKind::Mosquitto).await;
 }
 
 // --- garbage on head office's topics -------------------------------------------------------
