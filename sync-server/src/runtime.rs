@@ -20,7 +20,10 @@ use crate::{
     config::{BrokerEndpoint, HqConfig},
     http::{self, AppState},
     ingest::{Ingest, mqtt},
-    members::notifier::{self, Notices},
+    members::{
+        day_keys,
+        notifier::{self, Notices},
+    },
     metrics::MetricsHandle,
     store::{Store, StoreThread, members},
 };
@@ -202,6 +205,14 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         }
         .run(publish_rx),
     );
+    // Stops on `cancel`, dropping its Store handle and notice sender before the waits below.
+    tokio::spawn(day_keys::run(
+        store.clone(),
+        notice_tx.clone(),
+        day_keys::system_clock(),
+        day_keys::MAX_SLEEP,
+        cancel.clone(),
+    ));
     let notifier = tokio::spawn(notifier::run(
         notice_rx,
         Notices::new(version),

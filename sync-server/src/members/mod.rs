@@ -1,12 +1,14 @@
 //! Members: NDJSON imports, the versioned member set, store snapshots and notices.
 //!
 //! In: NDJSON text (`POST /api/members`). Out: upserted rows, a new member-set version, and a
-//! retained [`instore_protocol::MembersNotice`] per store (see [`notifier`]).
+//! retained [`instore_protocol::MembersNotice`] per store (see [`notifier`]). Snapshots carry
+//! day keys for today and tomorrow, so [`day_keys`] re-issues the set each UTC day.
 //!
 //! For now membership is chain-wide: every member goes to every store, so a store's snapshot is
 //! the whole member set and one global version serves all stores. Per-store member sets (home
 //! store, region) would add a store key to `members` and a version per store.
 
+pub mod day_keys;
 pub mod notifier;
 
 use instore_protocol::{
