@@ -324,6 +324,56 @@ async fn mosquitto_a_cut_store_link_loses_and_doubles_nothing() {
     link_cut_and_restored(BrokerKind::Mosquitto).await;
 }
 
+/// The link dies silently (no reset, no FIN): the agent must notice by itself (keepalive), the
+/// broker must publish its last will, and everything written meanwhile must arrive afterwards.
+async fn link_blackholed(kind: BrokerKind) {
+    let mut rig = Rig::new(kind, "gw-silent").await;
+    let proxy = TcpProxy::start(broker_port(&rig)).await;
+    rig.setup.broker = Some(proxy.url());
+    let agent = rig.start_agent().await;
+    let seen = seq(&rig.progress_beyond(0).await, "last_seq");
+    eventually("the gateway online at head office", WAIT, || async {
+        rig.gw().await.filter(|g| g["online"] == true)
+    })
+    .await;
+
+    proxy.blackhole();
+    // Keepalive is 15 s: the broker gives up after 1.5 times that and publishes the will.
+    eventually(
+        "head office to see the silent gateway offline",
+        Duration::from_secs(60),
+        || async { rig.gw().await.filter(|g| g["online"] == false) },
+    )
+    .await;
+    let stuck = seq(&rig.gw().await.unwrap(), "last_seq");
+    let written = metric(
+        &rig.agent_metrics().await,
+        "instore_agent_outbox_appended_total",
+    ) as u64;
+    assert!(
+        written > stuck,
+        "the store wrote {written} events; head office holds {stuck}"
+    );
+    proxy.restore();
+    rig.progress_beyond(seen.max(written)).await;
+    eventually("the gateway online again", WAIT, || async {
+        rig.gw().await.filter(|g| g["online"] == true)
+    })
+    .await;
+    rig.written_so_far_arrives().await;
+    settle_and_verify(&rig, agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_broker_a_silently_dead_link_is_noticed_and_loses_and_doubles_nothing() {
+    link_blackholed(BrokerKind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_a_silently_dead_link_is_noticed_and_loses_and_doubles_nothing() {
+    link_blackholed(BrokerKind::Mosquitto).await;
+}
+
 // --- broker down for a minute --------------------------------------------------------------
 
 /// Most connection attempts the agent's backoff allows within `window`: every delay is at least

@@ -440,18 +440,22 @@ impl Mosquitto {
 
 /// A TCP proxy the test controls, standing in for the store's internet link: it forwards both
 /// ways between its own port and `upstream`; [`TcpProxy::cut`] drops every connection and refuses
-/// (accepts and closes at once) new ones until [`TcpProxy::restore`].
+/// (accepts and closes at once) new ones until [`TcpProxy::restore`]; [`TcpProxy::blackhole`]
+/// silently stops forwarding instead (sockets stay open, nothing passes), the way a dead 4G link
+/// looks from both ends.
 pub struct TcpProxy {
     pub port: u16,
     state: std::sync::Arc<ProxyState>,
     accept: tokio::task::JoinHandle<()>,
 }
 
-#[derive(Default)]
 struct ProxyState {
     cut: std::sync::atomic::AtomicBool,
     conns: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
     accepted: std::sync::atomic::AtomicU64,
+    hole: tokio::sync::watch::Sender<bool>,
+    /// Sockets held open and unread while blackholed.
+    graveyard: std::sync::Mutex<Vec<tokio::net::TcpStream>>,
 }
 
 impl TcpProxy {
@@ -459,7 +463,13 @@ impl TcpProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let state = std::sync::Arc::new(ProxyState::default());
+        let state = std::sync::Arc::new(ProxyState {
+            cut: Default::default(),
+            conns: Default::default(),
+            accepted: Default::default(),
+            hole: tokio::sync::watch::Sender::new(false),
+            graveyard: Default::default(),
+        });
         let st = state.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -471,12 +481,24 @@ impl TcpProxy {
                     drop(down);
                     continue;
                 }
+                if *st.hole.borrow() {
+                    st.graveyard.lock().unwrap().push(down);
+                    continue;
+                }
+                let conn = st.clone();
                 let task = tokio::spawn(async move {
                     let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
                     else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    let mut hole = conn.hole.subscribe();
+                    let swallowed = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => false,
+                        _ = hole.wait_for(|h| *h) => true,
+                    };
+                    if swallowed {
+                        conn.graveyard.lock().unwrap().extend([down, up]);
+                    }
                 });
                 let mut conns = st.conns.lock().unwrap();
                 conns.retain(|h| !h.is_finished());
@@ -502,12 +524,22 @@ impl TcpProxy {
         for h in self.state.conns.lock().unwrap().drain(..) {
             h.abort();
         }
+        self.state.graveyard.lock().unwrap().clear();
     }
 
+    /// Stops forwarding without closing anything: both ends see silence, not an error, and new
+    /// connections are accepted but never answered.
+    pub fn blackhole(&self) {
+        self.state.hole.send_replace(true);
+    }
+
+    /// Ends a cut or a blackhole; the sockets a blackhole held are closed.
     pub fn restore(&self) {
         self.state
             .cut
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        self.state.hole.send_replace(false);
+        self.state.graveyard.lock().unwrap().clear();
     }
 
     /// Connections accepted so far (including those refused while cut).
