@@ -292,14 +292,21 @@ pub fn import_members(cfg: &Path, ndjson: &str) {
 impl Agent {
     /// Starts `instore-agent run` and waits for its HTTP port.
     pub fn start(bus: &Bus, cfg: &Path, port: u16) -> Agent {
-        let child = Command::new(env!("CARGO_BIN_EXE_instore-agent"))
-            .args(["run", "--config"])
+        Agent::start_on(Some(&bus.address), cfg, port)
+    }
+
+    /// Starts the agent with `DBUS_SYSTEM_BUS_ADDRESS` set to `bus` (None: no bus at all).
+    pub fn start_on(bus: Option<&str>, cfg: &Path, port: u16) -> Agent {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_instore-agent"));
+        cmd.args(["run", "--config"])
             .arg(cfg)
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        match bus {
+            Some(a) => cmd.env("DBUS_SYSTEM_BUS_ADDRESS", a),
+            None => cmd.env_remove("DBUS_SYSTEM_BUS_ADDRESS"),
+        };
+        let child = cmd.spawn().unwrap();
         let agent = Agent {
             child,
             base: format!("http://127.0.0.1:{port}"),
