@@ -1,9 +1,12 @@
-//! Sources: where sightings come from (simulated crowd now; BLE adapters, replay files and QR
-//! scanners slot in beside it).
+//! Sources: where sightings come from — a simulated crowd (`sim`), BlueZ adapters (`ble`, Linux),
+//! recorded captures (`replay`), and QR scanners (`qr`, which feed the engine's control channel).
 //!
-//! Out: [`Sighting`]s on a bounded channel to the engine. A source never blocks on a full channel:
-//! it drops the sighting and counts it (`adverts_dropped`), because a stale advert is worth less
-//! than a live one and the radio will repeat it within a second anyway.
+//! Out: [`Sighting`]s on a bounded channel to the engine. A live source never blocks on a full
+//! channel: `sim` drops the sighting and counts it (`adverts_dropped`), `ble` keeps only each
+//! device's latest advert waiting (`ble_adverts_coalesced`), because a stale advert is worth less
+//! than a live one and the radio will repeat it within a second anyway. `replay` waits instead:
+//! a capture is finite and every advert in it matters. `record` (off by default) tees every
+//! sighting to an NDJSON advert log.
 
 #[cfg(target_os = "linux")]
 pub mod ble;

@@ -541,3 +541,119 @@ impl Source {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::AddressType;
+    use signals::DeviceProps;
+
+    fn source(queue: usize) -> (Source, mpsc::Receiver<Sighting>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let (metrics, _) = Metrics::new();
+        let cfg = BleConfig {
+            adapter: "hci0".into(),
+            zone: Arc::from("entrance"),
+            rssi_offset: 3,
+            watchdog: Duration::from_secs(60),
+            device_ttl: Duration::from_secs(300),
+            max_devices: 1000,
+        };
+        let src = Source {
+            table: DeviceTable::new(cfg.max_devices, 300_000),
+            cfg,
+            io: BleIo {
+                clock: Clock::new(),
+                tx,
+                metrics,
+                outbox: None,
+            },
+            last_advert_ms: 0,
+            state: ScannerState::Scanning,
+            key: [7; 16],
+        };
+        (src, rx)
+    }
+
+    fn added(i: u8, rssi: i16) -> Signal {
+        Signal::DeviceAdded {
+            path: format!("/org/bluez/hci0/dev_C0_00_00_00_00_{i:02X}"),
+            props: DeviceProps {
+                address: Some([0xc0, 0, 0, 0, 0, i]),
+                address_type: Some(AddressType::Random),
+                rssi: Some(rssi),
+                ..DeviceProps::default()
+            },
+        }
+    }
+
+    fn changed(i: u8, rssi: i16) -> Signal {
+        Signal::DeviceChanged {
+            path: format!("/org/bluez/hci0/dev_C0_00_00_00_00_{i:02X}"),
+            props: DeviceProps {
+                rssi: Some(rssi),
+                ..DeviceProps::default()
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_engine_queue_coalesces_per_device_and_the_latest_advert_wins() {
+        let (mut src, mut rx) = source(1);
+        for s in [
+            added(1, -50),
+            added(2, -60),
+            added(3, -70),
+            changed(2, -65),
+            changed(2, -66),
+        ] {
+            assert!(src.on_signal(s).is_none());
+        }
+        let m = &src.io.metrics;
+        assert_eq!(m.adverts.get(), 5);
+        // Device 2's second and third adverts replaced its waiting one.
+        assert_eq!(m.ble_adverts_coalesced.get(), 2);
+        let mut got = vec![rx.recv().await.unwrap()];
+        while src.table.has_pending() {
+            assert!(src.flush());
+            got.push(rx.recv().await.unwrap());
+        }
+        let seen: Vec<(u8, i16)> = got
+            .iter()
+            .map(|s| (s.advert.address[5], s.advert.rssi))
+            .collect();
+        // Offset +3 applied; device 2 delivered once, with its latest RSSI.
+        assert_eq!(seen, vec![(1, -47), (2, -63), (3, -67)]);
+    }
+
+    #[tokio::test]
+    async fn losing_the_adapter_or_bluetoothd_ends_the_session() {
+        let (mut src, _rx) = source(8);
+        let gone = |l: Option<Lost>| matches!(l, Some(Lost::Gone(_)));
+        assert!(gone(src.on_signal(Signal::AdapterRemoved {
+            path: "/org/bluez/hci0".into()
+        })));
+        assert!(gone(src.on_signal(Signal::BluezOwner { has_owner: false })));
+        assert!(gone(src.on_signal(Signal::BluezOwner { has_owner: true })));
+        assert!(matches!(
+            src.on_signal(Signal::AdapterChanged {
+                path: "/org/bluez/hci0".into(),
+                discovering: Some(false),
+                powered: None
+            }),
+            Some(Lost::Stalled)
+        ));
+        assert!(concerns(
+            &Signal::DeviceRemoved {
+                path: "/org/bluez/hci0/dev_1".into()
+            },
+            "/org/bluez/hci0"
+        ));
+        assert!(!concerns(
+            &Signal::DeviceRemoved {
+                path: "/org/bluez/hci01/dev_1".into()
+            },
+            "/org/bluez/hci0"
+        ));
+    }
+}
