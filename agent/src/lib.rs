@@ -12,6 +12,7 @@ pub mod engine;
 pub mod identify;
 pub mod metrics;
 pub mod outbox;
+pub mod pairing;
 pub mod presence;
 pub mod react;
 pub mod runtime;

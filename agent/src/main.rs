@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use instore_agent::{
     cache::MemberCache,
     config::AgentConfig,
+    pairing::{client::AdminClient, qr},
     react::Rules,
     runtime::{self, members_db},
 };
@@ -46,6 +47,55 @@ enum Command {
         #[command(subcommand)]
         command: MembersCommand,
     },
+    /// Print a one-time pairing code and QR code for a clerk tablet (asks the running agent).
+    PairTablet {
+        /// What other clerks see when this tablet takes an alert.
+        #[arg(long, default_value = "tablet")]
+        label: String,
+        /// How long the code stays valid: 90s, 10m, 1h.
+        #[arg(long, default_value = "10m", value_parser = parse_ttl)]
+        ttl: Duration,
+        #[arg(
+            long,
+            env = "INSTORE_AGENT_CONFIG",
+            default_value = "/etc/instore/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Paired tablets: list, revoke (asks the running agent; effective at once).
+    Tablets {
+        #[command(subcommand)]
+        command: TabletsCommand,
+        #[arg(
+            long,
+            global = true,
+            env = "INSTORE_AGENT_CONFIG",
+            default_value = "/etc/instore/agent.toml"
+        )]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TabletsCommand {
+    /// id, label, paired at, last seen.
+    List,
+    /// Revoke a tablet's token; its open alert streams close.
+    Revoke { id: String },
+}
+
+/// `90s`, `10m`, `1h`, or plain seconds.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration `{s}`"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("bad duration unit in `{s}` (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Subcommand)]
@@ -76,6 +126,14 @@ fn main() -> ExitCode {
             command: MembersCommand::Import { file, config },
         } => match load_config(&config) {
             Ok(cfg) => import(&cfg, &file),
+            Err(code) => return code,
+        },
+        Command::PairTablet { label, ttl, config } => match load_config(&config) {
+            Ok(cfg) => pair_tablet(&cfg, &label, ttl),
+            Err(code) => return code,
+        },
+        Command::Tablets { command, config } => match load_config(&config) {
+            Ok(cfg) => tablets(&cfg, command),
             Err(code) => return code,
         },
     };
@@ -139,6 +197,80 @@ fn import(cfg: &AgentConfig, file: &std::path::Path) -> anyhow::Result<()> {
         serde_json::json!({"imported": report.imported, "skipped": report.skipped.len()})
     );
     Ok(())
+}
+
+fn admin_client(cfg: &AgentConfig) -> anyhow::Result<(AdminClient, tokio::runtime::Runtime)> {
+    let client = AdminClient::for_config(cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok((client, rt))
+}
+
+fn pair_tablet(cfg: &AgentConfig, label: &str, ttl: Duration) -> anyhow::Result<()> {
+    let (client, rt) = admin_client(cfg)?;
+    let issued = rt.block_on(client.pair(label, ttl))?;
+    let qr = qr::render(&issued.url).context("rendering the QR code")?;
+    println!("{qr}");
+    println!("Pairing code for \"{}\": {}", issued.label, issued.code);
+    println!("Open on the tablet (or scan): {}", issued.url);
+    println!(
+        "Valid for {} s, once.",
+        (issued.expires_at_ms - instore_agent::now_ms()).max(0) / 1000
+    );
+    Ok(())
+}
+
+fn tablets(cfg: &AgentConfig, command: TabletsCommand) -> anyhow::Result<()> {
+    let (client, rt) = admin_client(cfg)?;
+    match command {
+        TabletsCommand::List => {
+            let list = rt.block_on(client.list())?;
+            println!("{:<12} {:<24} {:<20} LAST SEEN", "ID", "LABEL", "PAIRED");
+            for t in list {
+                println!(
+                    "{:<12} {:<24} {:<20} {}",
+                    t.id,
+                    t.label,
+                    fmt_ms(Some(t.created_ms)),
+                    fmt_ms(t.last_seen_ms)
+                );
+            }
+        }
+        TabletsCommand::Revoke { id } => {
+            if !rt.block_on(client.revoke(&id))? {
+                anyhow::bail!("no paired tablet with id {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// UTC, to the second: enough to tell a tablet in use from a forgotten one.
+fn fmt_ms(ms: Option<i64>) -> String {
+    let Some(ms) = ms else {
+        return "never".into();
+    };
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn run(cfg: AgentConfig) -> anyhow::Result<()> {

@@ -34,6 +34,8 @@ pub struct Agent {
     pub outbox: Outbox,
     pub metrics: Metrics,
     pub alerts: AlertHub,
+    /// The engine's sighting queue and clock, for benchmarks and tests that play a source.
+    inject: (mpsc::Sender<sources::Sighting>, Clock),
     control: mpsc::Sender<Control>,
     cache: MemberCache,
     /// Sources and the engine: stopped first, so a drain sees no new events.
@@ -159,6 +161,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         &intake_cancel,
     )
     .await?;
+    let inject = (sighting_tx.clone(), clock.clone());
     sources::spawn_all(
         &cfg.sources,
         &cfg.record,
@@ -226,6 +229,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         outbox,
         metrics,
         alerts,
+        inject,
         control: control_tx,
         cache,
         intake,
@@ -252,6 +256,12 @@ impl Agent {
     /// Sends a member index straight to the engine (tests, demo).
     pub async fn set_members(&self, index: MemberIndex) {
         let _ = self.control.send(Control::Members(Arc::new(index))).await;
+    }
+
+    /// The engine's sighting queue and the agent's monotonic clock (`Sighting::at_ms`), so a
+    /// benchmark or test can act as a source.
+    pub fn sighting_input(&self) -> (mpsc::Sender<sources::Sighting>, Clock) {
+        self.inject.clone()
     }
 
     /// A token that stops the agent when cancelled.

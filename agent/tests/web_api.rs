@@ -164,7 +164,12 @@ impl SseReader {
         let ev = self.next().await.expect("stream ended early");
         assert_eq!(ev.event.as_deref(), Some("alert"));
         let id = ev.id.expect("event without id");
-        let seq = id.rsplit_once('-').expect("id is epoch-seq").1.parse().unwrap();
+        let seq = id
+            .rsplit_once('-')
+            .expect("id is epoch-seq")
+            .1
+            .parse()
+            .unwrap();
         (seq, serde_json::from_str(&ev.data).unwrap())
     }
 }
@@ -481,7 +486,10 @@ async fn pair(s: &Server, label: &str) -> (String, String, reqwest::Response) {
         .await
         .unwrap();
     let url = issued["url"].as_str().unwrap();
-    assert!(url.starts_with("http://tablets.example/pair?code="), "{url}");
+    assert!(
+        url.starts_with("http://tablets.example/pair?code="),
+        "{url}"
+    );
     let code = url.rsplit_once("code=").unwrap().1.to_owned();
     let resp = client()
         .post(format!("{}/api/pair", s.base))
@@ -493,7 +501,10 @@ async fn pair(s: &Server, label: &str) -> (String, String, reqwest::Response) {
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap().to_owned();
-    assert!(cookie.starts_with(&format!("instore_tablet={token};")), "{cookie}");
+    assert!(
+        cookie.starts_with(&format!("instore_tablet={token};")),
+        "{cookie}"
+    );
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
     let again = client()
         .post(format!("{}/api/pair", s.base))
@@ -703,7 +714,10 @@ async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
         .await
         .unwrap();
     assert_eq!(revoked.status(), 204);
-    assert!(events.next().await.is_none(), "stream still open after revoke");
+    assert!(
+        events.next().await.is_none(),
+        "stream still open after revoke"
+    );
     let after = client()
         .get(format!("{}/api/alerts", s.base))
         .header("cookie", format!("instore_tablet={token}"))

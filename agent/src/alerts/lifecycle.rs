@@ -115,7 +115,11 @@ impl Lifecycle {
         let mut n = 0;
         for id in self.hub.stale(cutoff) {
             // A clerk may have taken it since `stale` looked: then begin refuses and that's right.
-            if self.apply(&id, Action::Expire, &Actor::system()).await.is_ok() {
+            if self
+                .apply(&id, Action::Expire, &Actor::system())
+                .await
+                .is_ok()
+            {
                 n += 1;
             }
         }

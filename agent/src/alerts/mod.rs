@@ -276,7 +276,13 @@ impl AlertHub {
     /// Numbers the update, remembers it and sends it to live subscribers. Called under the lock
     /// so that a subscriber's catch-up (`subscribe_since`) and the live stream neither miss nor
     /// repeat an update.
-    fn push(&self, inner: &mut Inner, kind: UpdateKind, alert: Arc<Alert>, state: AlertState) -> Arc<Update> {
+    fn push(
+        &self,
+        inner: &mut Inner,
+        kind: UpdateKind,
+        alert: Arc<Alert>,
+        state: AlertState,
+    ) -> Arc<Update> {
         let update = Arc::new(Update {
             seq: inner.next_seq,
             kind,
@@ -295,6 +301,10 @@ impl AlertHub {
 
     /// Numbers a raised alert, remembers it and sends it to live subscribers.
     pub fn publish(&self, mut alert: Alert) -> Arc<Update> {
+        if alert.raised_at_ms == 0 {
+            // Not stamped by the producer: the moment it reaches the clerks is close enough.
+            alert.raised_at_ms = crate::now_ms();
+        }
         let mut inner = self.lock();
         alert.seq = inner.next_seq;
         let state = AlertState {
@@ -357,7 +367,10 @@ impl AlertHub {
 
     /// Updates after `seq` still in the ring, plus a live receiver for everything later, taken
     /// atomically.
-    pub fn subscribe_since(&self, seq: u64) -> (Vec<Arc<Update>>, broadcast::Receiver<Arc<Update>>) {
+    pub fn subscribe_since(
+        &self,
+        seq: u64,
+    ) -> (Vec<Arc<Update>>, broadcast::Receiver<Arc<Update>>) {
         let inner = self.lock();
         let missed = inner
             .updates
@@ -375,7 +388,9 @@ impl AlertHub {
             .order
             .iter()
             .filter_map(|id| inner.entries.get(id))
-            .filter(|e| !e.pending && e.state.status == Status::Open && e.alert.raised_at_ms <= cutoff_ms)
+            .filter(|e| {
+                !e.pending && e.state.status == Status::Open && e.alert.raised_at_ms <= cutoff_ms
+            })
             .map(|e| e.alert.id.clone())
             .collect()
     }
@@ -510,7 +525,10 @@ mod tests {
         hub.publish(alert("b"));
         let (missed, mut live) = hub.subscribe_since(1);
         assert_eq!(
-            missed.iter().map(|a| a.alert.id.as_str()).collect::<Vec<_>>(),
+            missed
+                .iter()
+                .map(|a| a.alert.id.as_str())
+                .collect::<Vec<_>>(),
             ["b"]
         );
         hub.publish(alert("c"));
@@ -523,20 +541,30 @@ mod tests {
         hub.publish(alert("a"));
         let step = hub.begin("a", Action::Take, &tablet("t1")).unwrap();
         // While the first take is being recorded, a second is refused without waiting.
-        assert_eq!(hub.begin("a", Action::Take, &tablet("t2")), Err(StepError::Busy));
+        assert_eq!(
+            hub.begin("a", Action::Take, &tablet("t2")),
+            Err(StepError::Busy)
+        );
         let update = hub.commit(&step, 5).unwrap();
         assert_eq!(update.kind, UpdateKind::Taken);
         assert_eq!(update.state.taken_by.as_deref(), Some("label t1"));
         assert!(matches!(
             hub.begin("a", Action::Take, &tablet("t1")),
-            Err(StepError::Conflict { status: Status::Taken, .. })
+            Err(StepError::Conflict {
+                status: Status::Taken,
+                ..
+            })
         ));
         assert!(matches!(
             hub.begin("a", Action::Dismiss, &tablet("t2")),
             Err(StepError::Conflict { .. })
         ));
         let close = hub
-            .begin("a", Action::Outcome(AlertOutcomeKind::Purchased), &tablet("t1"))
+            .begin(
+                "a",
+                Action::Outcome(AlertOutcomeKind::Purchased),
+                &tablet("t1"),
+            )
             .unwrap();
         let update = hub.commit(&close, 6).unwrap();
         assert_eq!(update.state.status, Status::Closed);
@@ -550,7 +578,10 @@ mod tests {
         let step = hub.begin("a", Action::Take, &tablet("t1")).unwrap();
         hub.abort(&step);
         assert!(hub.begin("a", Action::Take, &tablet("t2")).is_ok());
-        assert_eq!(hub.begin("zz", Action::Take, &tablet("t2")), Err(StepError::NotFound));
+        assert_eq!(
+            hub.begin("zz", Action::Take, &tablet("t2")),
+            Err(StepError::NotFound)
+        );
     }
 
     #[test]

@@ -364,7 +364,8 @@ impl Tablets {
                 .values()
                 .filter_map(|t| {
                     let seen = t.last_seen_ms.load(Ordering::Relaxed);
-                    (seen > t.flushed_ms.swap(seen, Ordering::Relaxed)).then(|| (t.id.clone(), seen))
+                    (seen > t.flushed_ms.swap(seen, Ordering::Relaxed))
+                        .then(|| (t.id.clone(), seen))
                 })
                 .collect()
         };
@@ -433,7 +434,12 @@ mod tests {
     use super::*;
 
     fn tablets(dir: &Path) -> Tablets {
-        Tablets::open(&dir.join("tablets.db"), "http://10.0.0.5:8080", Metrics::default()).unwrap()
+        Tablets::open(
+            &dir.join("tablets.db"),
+            "http://10.0.0.5:8080",
+            Metrics::default(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -497,7 +503,10 @@ mod tests {
         let t = Tablets::open(&dir.path().join("t.db"), "http://x", metrics.clone()).unwrap();
         let issued = t.issue_code("x", Duration::from_secs(60));
         for _ in 0..MAX_FAILURES_PER_MINUTE {
-            assert!(matches!(t.redeem("WRONG").await, Err(PairingError::BadCode)));
+            assert!(matches!(
+                t.redeem("WRONG").await,
+                Err(PairingError::BadCode)
+            ));
         }
         assert!(matches!(
             t.redeem(&issued.code).await,
@@ -523,7 +532,10 @@ mod tests {
     #[test]
     fn the_url_base_prefers_the_configured_public_url() {
         let listen: SocketAddr = "0.0.0.0:8080".parse().unwrap();
-        assert_eq!(url_base(listen, Some("http://shop.lan/")), "http://shop.lan");
+        assert_eq!(
+            url_base(listen, Some("http://shop.lan/")),
+            "http://shop.lan"
+        );
         let fixed: SocketAddr = "10.1.2.3:81".parse().unwrap();
         assert_eq!(url_base(fixed, None), "http://10.1.2.3:81");
         assert!(url_base(listen, None).ends_with(":8080"));

@@ -15,7 +15,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tablets (
     last_seen_ms  INTEGER,
     revoked_ms    INTEGER
 );";
-const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
+const PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;";
 const INSERT: &str =
     "INSERT INTO tablets (id, label, token_sha256, created_ms) VALUES (?1, ?2, ?3, ?4)";
 const SELECT_VALID: &str = "SELECT id, label, token_sha256, created_ms, last_seen_ms FROM tablets
@@ -134,7 +135,8 @@ impl TabletStore {
         let mut conn = self.conn()?;
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         for (id, at) in seen {
-            tx.execute(TOUCH, params![id, at]).map_err(|e| self.err(e))?;
+            tx.execute(TOUCH, params![id, at])
+                .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }

@@ -267,7 +267,10 @@ async fn alerts(State(state): State<AppState>, Query(q): Query<AlertsQuery>) -> 
 
 async fn step(state: &AppState, principal: &Principal, id: &str, action: Action) -> Response {
     let Some(lifecycle) = &state.web.lifecycle else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "alert actions are not available");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "alert actions are not available",
+        );
     };
     let Some(actor) = actor(state, principal) else {
         return auth::unauthorized();
@@ -359,15 +362,18 @@ async fn redeem(
     }
 }
 
-fn admin_tablets<'a>(state: &'a AppState, p: &Principal) -> Result<&'a Tablets, Response> {
+fn admin_tablets<'a>(
+    state: &'a AppState,
+    p: &Principal,
+) -> Result<&'a Tablets, (StatusCode, &'static str)> {
     if *p != Principal::Admin {
-        return Err(error(StatusCode::FORBIDDEN, "admin token required"));
+        return Err((StatusCode::FORBIDDEN, "admin token required"));
     }
     state
         .web
         .tablets
         .as_ref()
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "pairing is not enabled"))
+        .ok_or((StatusCode::NOT_FOUND, "pairing is not enabled"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -385,7 +391,7 @@ async fn issue_code(
 ) -> Response {
     let tablets = match admin_tablets(&state, &p) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err((status, msg)) => return error(status, msg),
     };
     let body = body.map(|Json(b)| b).unwrap_or(IssueBody {
         label: None,
@@ -408,10 +414,13 @@ async fn issue_code(
     Json(tablets.issue_code(&label, ttl)).into_response()
 }
 
-async fn list_tablets(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+async fn list_tablets(
+    State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
+) -> Response {
     match admin_tablets(&state, &p) {
         Ok(t) => Json(t.list()).into_response(),
-        Err(resp) => resp,
+        Err((status, msg)) => error(status, msg),
     }
 }
 
@@ -422,7 +431,7 @@ async fn revoke_tablet(
 ) -> Response {
     let tablets = match admin_tablets(&state, &p) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err((status, msg)) => return error(status, msg),
     };
     match tablets.revoke(&id).await {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),

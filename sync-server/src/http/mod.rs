@@ -226,7 +226,10 @@ async fn rules_report(
     if let Some(store) = &q.store
         && !valid_id(store)
     {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "store is not a valid id"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "store is not a valid id",
+        ));
     }
     let rows = state
         .store

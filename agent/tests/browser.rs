@@ -1,0 +1,492 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The clerk app in a real browser (Debian's chromium, headless, through chromedriver) against
+//! the real `instore-agent` process with a simulated crowd of members: pairing with
+//! `pair-tablet`, a live alert without reload, take and outcome, an agent restart the page rides
+//! out and catches up after, an unpaired browser that sees no member data, and a revocation that
+//! locks the tablet out at once.
+//!
+//! Screenshots land in `$CARGO_TARGET_DIR/instore-test/screenshots/` (default `target/`).
+
+use std::{
+    collections::HashSet,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use fantoccini::{Client, ClientBuilder};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "browser-test-admin";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn screenshots_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("instore-test/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_instore-agent")
+}
+
+/// The agent's config: a crowd of members arriving about every two seconds, every arrival an
+/// alert, loopback HTTP on a fixed port (so a restart comes back where the page expects it).
+fn write_config(dir: &Path, port: u16) -> PathBuf {
+    let rules = dir.join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"[[rules]]
+name = "greet-member"
+on = "arrive"
+priority = "high"
+message = "Greet {display_name} ({tier}) at the {zone}"
+"#,
+    )
+    .unwrap();
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"store_id = "store-1"
+gateway_id = "gw-1"
+data_dir = "data"
+
+[http]
+listen = "127.0.0.1:{port}"
+admin_token = "{ADMIN}"
+
+[react]
+rules = "rules.toml"
+
+[[sources]]
+kind = "sim"
+zone = "entrance"
+seed = 7
+shoppers_per_minute = 30.0
+member_share = 1.0
+population = 200
+mean_dwell_s = 20.0
+"#
+        ),
+    )
+    .unwrap();
+    let members: String = instore_agent::sources::sim::population(200)
+        .iter()
+        .map(|m| serde_json::to_string(m).unwrap() + "\n")
+        .collect();
+    let members_file = dir.join("members.ndjson");
+    std::fs::write(&members_file, members).unwrap();
+    let out = Command::new(agent_bin())
+        .args(["members", "import"])
+        .arg(&members_file)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cfg
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    async fn start(cfg: &Path, port: u16, log: &Path) -> Agent {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}/healthz");
+        wait_until("agent healthz", || async {
+            reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        Agent { child }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        assert!(exit.success(), "agent exited with {exit}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Driver {
+    child: Child,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn wait_until<F, Fut>(what: &str, mut ok: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !ok().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn browser(profile: &Path) -> (Driver, Client) {
+    let port = free_port();
+    let child = Command::new("/usr/bin/chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver)");
+    let driver = Driver { child };
+    let status = format!("http://127.0.0.1:{port}/status");
+    wait_until("chromedriver", || async {
+        reqwest::get(&status).await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--window-size=1100,1400",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }
+    });
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("webdriver session");
+    (driver, client)
+}
+
+/// Runs `script` (a function body returning a value) in the page until it returns truthy.
+async fn wait_js(client: &Client, what: &str, script: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = client.execute(script, vec![]).await.unwrap();
+        let truthy = match &v {
+            Value::Null => false,
+            Value::Bool(b) => *b,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            _ => true,
+        };
+        if truthy {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shot(client: &Client, name: &str) {
+    let png = client.screenshot().await.unwrap();
+    std::fs::write(screenshots_dir().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Alert ids on the page, in DOM order.
+async fn card_ids(client: &Client) -> Vec<String> {
+    let v = client
+        .execute(
+            "return Array.from(document.querySelectorAll('#alerts li.card')).map(l => l.dataset.id);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+/// Waits for a card the page did not have in `known` and returns its id.
+async fn new_card(client: &Client, what: &str, known: &HashSet<String>) -> String {
+    let known: Vec<&String> = known.iter().collect();
+    let script = format!(
+        "const known = new Set({}); \
+         const li = Array.from(document.querySelectorAll('#alerts li.card')) \
+            .find(l => !known.has(l.dataset.id)); \
+         return li ? li.dataset.id : null;",
+        serde_json::to_string(&known).unwrap()
+    );
+    wait_js(client, what, &script)
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn cli(cfg: &Path, args: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn fetch_status(client: &Client, path: &str) -> u64 {
+    client
+        .execute_async(
+            "const done = arguments[arguments.length - 1]; \
+             fetch(arguments[0], {credentials: 'same-origin'}).then(r => done(r.status), () => done(0));",
+            vec![json!(path)],
+        )
+        .await
+        .unwrap()
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agent_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), port);
+    let log = dir.path().join("agent.log");
+    let agent = Agent::start(&cfg, port, &log).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let (_driver, client) = browser(&dir.path().join("profile")).await;
+
+    // Unpaired: the shell loads and shows how to pair; no member data, and the API refuses.
+    client.goto(&format!("{base}/")).await.unwrap();
+    wait_js(
+        &client,
+        "pairing instructions",
+        "return !document.getElementById('unpaired').hidden;",
+    )
+    .await;
+    // Alerts are being raised meanwhile; none may reach this browser.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(card_ids(&client).await.is_empty());
+    assert_eq!(fetch_status(&client, "/api/alerts").await, 401);
+    assert_eq!(fetch_status(&client, "/api/alerts/stream").await, 401);
+    let html = client.source().await.unwrap();
+    assert!(!html.contains("M000"), "member ids on an unpaired page");
+    shot(&client, "01-unpaired").await;
+
+    // Pair with the URL `pair-tablet` prints (the QR code encodes the same URL).
+    let printed = cli(&cfg, &["pair-tablet", "--label", "till 2", "--ttl", "5m"]);
+    assert!(
+        printed.contains('█') || printed.contains('▀'),
+        "no QR code printed"
+    );
+    let url = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("Open on the tablet (or scan): "))
+        .expect("pairing URL line")
+        .trim()
+        .to_owned();
+    assert!(url.starts_with(&format!("{base}/pair?code=")), "{url}");
+    client.goto(&url).await.unwrap();
+    wait_js(
+        &client,
+        "clerk page after pairing",
+        "return location.pathname === '/' && !document.getElementById('main').hidden \
+                && document.getElementById('me').textContent.includes('till 2');",
+    )
+    .await;
+    // The token is an HttpOnly cookie: page scripts cannot read it.
+    let cookies = client
+        .execute("return document.cookie;", vec![])
+        .await
+        .unwrap();
+    assert!(!cookies.as_str().unwrap().contains("instore_tablet"));
+    client
+        .execute("window.__notReloaded = true;", vec![])
+        .await
+        .unwrap();
+
+    // A member arrives (simulated): the alert appears without a reload, with the member card.
+    let known: HashSet<String> = card_ids(&client).await.into_iter().collect();
+    let id = new_card(&client, "a live alert", &known).await;
+    let card = format!("document.querySelector('li.card[data-id=\"{id}\"]')");
+    let text = client
+        .execute(&format!("return {card}.textContent;"), vec![])
+        .await
+        .unwrap();
+    let text = text.as_str().unwrap();
+    assert!(text.contains("Greet "), "{text}");
+    assert!(text.contains("Last purchase:"), "{text}");
+    assert_eq!(
+        client
+            .execute("return window.__notReloaded === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true)
+    );
+    shot(&client, "02-live-alert").await;
+
+    // Take it, then record the outcome.
+    client
+        .execute(
+            &format!("{card}.querySelector('button.take').click();"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    wait_js(
+        &client,
+        "taken",
+        &format!("return {card}.dataset.status === 'taken' && {card}.textContent.includes('Taken by till 2');"),
+    )
+    .await;
+    shot(&client, "03-taken").await;
+    client
+        .execute(
+            &format!("{card}.querySelector('button.outcome-purchased').click();"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    wait_js(
+        &client,
+        "closed",
+        &format!("return {card}.dataset.status === 'closed';"),
+    )
+    .await;
+    shot(&client, "04-purchased").await;
+    let http = reqwest::Client::new();
+    let alerts: Value = http
+        .get(format!("{base}/api/alerts?limit=1000"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ours = alerts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(ours["status"], "closed");
+    assert_eq!(ours["outcome"], "purchased");
+    assert_eq!(ours["closed_by"], "till 2");
+
+    // The agent restarts: the page shows it is offline, then reconnects by itself and shows
+    // alerts raised by the new process, still without a reload.
+    agent.stop();
+    wait_js(
+        &client,
+        "offline banner",
+        "return !document.getElementById('offline').hidden;",
+    )
+    .await;
+    shot(&client, "05-offline").await;
+    let before: HashSet<String> = card_ids(&client).await.into_iter().collect();
+    let agent = Agent::start(&cfg, port, &log).await;
+    wait_js(
+        &client,
+        "back online",
+        "return document.getElementById('offline').hidden;",
+    )
+    .await;
+    let after_restart = new_card(&client, "an alert from the restarted agent", &before).await;
+    let raised_by_new: Value = http
+        .get(format!("{base}/api/alerts?limit=1000"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        raised_by_new
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == after_restart.as_str()),
+        "the new card is from the restarted agent"
+    );
+    assert_eq!(
+        client
+            .execute("return window.__notReloaded === true;", vec![])
+            .await
+            .unwrap(),
+        json!(true)
+    );
+    shot(&client, "06-caught-up-after-restart").await;
+
+    // Revoked: the open stream is closed, the page falls back to the pairing instructions and
+    // drops the member data it showed; the API refuses the cookie from now on.
+    let list = cli(&cfg, &["tablets", "list"]);
+    let tablet = list
+        .lines()
+        .find(|l| l.contains("till 2"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("tablet in list")
+        .to_owned();
+    cli(&cfg, &["tablets", "revoke", &tablet]);
+    assert_eq!(fetch_status(&client, "/api/alerts").await, 401);
+    wait_js(
+        &client,
+        "locked out after revoke",
+        "return !document.getElementById('unpaired').hidden \
+                && document.querySelectorAll('#alerts li.card').length === 0;",
+    )
+    .await;
+    shot(&client, "07-revoked").await;
+
+    client.close().await.unwrap();
+    agent.stop();
+}
