@@ -15,7 +15,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use instore_agent::{config::AgentConfig, runtime::Agent, sources::sim};
+use instore_agent::{
+    config::AgentConfig, pairing::client::AdminClient, runtime::Agent, sources::sim,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -169,16 +171,23 @@ async fn demo(
     let mut agents = Vec::new();
     let mut clerk_urls = Vec::new();
     for i in 1..=stores {
-        let (cfg, url) = store_config(&root, i, &hq_url, &hq.mqtt_url(), &secret, members)?;
+        let cfg = store_config(&root, i, &hq_url, &hq.mqtt_url(), &secret, members)?;
+        let admin = AdminClient::for_config(&cfg)?;
         let agent = instore_agent::runtime::start(cfg).await?;
-        clerk_urls.push(url.replace("PORT", &agent.http_addr.port().to_string()));
+        // Clerk pages need a paired tablet: pair one browser per store up front, so the printed
+        // link opens straight onto the live feed (once; pair more with `instore-agent pair-tablet`).
+        let paired = admin
+            .pair("demo tablet", Duration::from_secs(12 * 3600))
+            .await
+            .context("pairing the demo's clerk page")?;
+        clerk_urls.push(paired.url);
         agents.push(agent);
     }
     eprintln!();
     eprintln!("instore demo running: head office and {stores} simulated stores");
     println!("head office: {hq_url}/#token={api_token}");
     for (i, url) in clerk_urls.iter().enumerate() {
-        println!("store-{:03} clerk page: {url}", i + 1);
+        println!("store-{:03} clerk page: {url}  (pairs one browser)", i + 1);
     }
     eprintln!("data: {}", root.display());
     eprintln!("press Ctrl-C to stop");
@@ -230,7 +239,7 @@ fn store_config(
     mqtt_url: &str,
     secret: &str,
     population: u32,
-) -> anyhow::Result<(AgentConfig, String)> {
+) -> anyhow::Result<AgentConfig> {
     let store = format!("store-{i:03}");
     let gateway = format!("gw-{i:03}-a");
     let dir = root.join(&store);
@@ -269,8 +278,7 @@ token = "{gw_token}"
     );
     let path = dir.join("agent.toml");
     std::fs::write(&path, &text)?;
-    let cfg = AgentConfig::load(&path)?;
-    Ok((cfg, format!("http://127.0.0.1:PORT/#token={admin}")))
+    Ok(AgentConfig::load(&path)?)
 }
 
 async fn events_at_hq(http: &reqwest::Client, hq_url: &str, token: &str) -> anyhow::Result<u64> {
