@@ -29,6 +29,10 @@ pub struct Metrics {
     // identify
     pub identified: Counter,
     pub strangers: Counter,
+    pub rpa_cache_hits: Counter,
+    pub rpa_resolutions: Counter,
+    pub rpa_resolved: Counter,
+    pub rpa_aes_blocks: Counter,
     // presence
     pub presence_events: Family<KindLabel, Counter>,
     pub members_present: Gauge,
@@ -148,6 +152,26 @@ impl Metrics {
             "strangers",
             "Adverts not matched to any member",
             m.strangers.clone(),
+        );
+        r.register(
+            "rpa_cache_hits",
+            "Resolvable private addresses answered from the RPA cache (member or stranger)",
+            m.rpa_cache_hits.clone(),
+        );
+        r.register(
+            "rpa_resolutions",
+            "New resolvable private addresses tried against every IRK (RPA cache misses)",
+            m.rpa_resolutions.clone(),
+        );
+        r.register(
+            "rpa_resolved",
+            "New resolvable private addresses that resolved to a member",
+            m.rpa_resolved.clone(),
+        );
+        r.register(
+            "rpa_aes_blocks",
+            "AES blocks spent resolving resolvable private addresses",
+            m.rpa_aes_blocks.clone(),
         );
         r.register(
             "presence_events",

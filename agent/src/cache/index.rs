@@ -8,7 +8,7 @@ use std::{
     },
 };
 
-use aes::{Aes128Enc, cipher::KeyInit};
+use crate::identify::rpa::IrkTable;
 use foldhash::fast::RandomState;
 use instore_protocol::{
     Consent, IdentifierKey, MemberRecord, member::LastPurchase, rotating::DayKey,
@@ -59,22 +59,6 @@ type Map<K, V> = HashMap<K, V, RandomState>;
 const UUID_PREFILTER_MAX: usize = 8;
 
 static NEXT_BUILD: AtomicU64 = AtomicU64::new(1);
-
-/// A member's identity resolving key with its AES key schedule expanded once, at build time.
-#[derive(Clone)]
-pub struct IrkEntry {
-    pub cipher: Aes128Enc,
-    pub slot: Slot,
-}
-
-impl std::fmt::Debug for IrkEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never the key itself.
-        f.debug_struct("IrkEntry")
-            .field("slot", &self.slot)
-            .finish()
-    }
-}
 
 /// One day's rotating-ID key of one member.
 #[derive(Clone, PartialEq, Eq)]
@@ -138,7 +122,8 @@ pub struct MemberIndex {
     ibeacon_uuids: Option<Vec<[u8; 16]>>,
     eddystone: Map<[u8; 16], Slot>,
     mac: Map<[u8; 6], Slot>,
-    irks: Vec<IrkEntry>,
+    /// Key schedules expanded once, at build time, not per advert.
+    irks: IrkTable,
     /// Sorted by (slot, day).
     day_keys: Vec<DayKeyEntry>,
 }
@@ -211,10 +196,7 @@ impl MemberIndex {
                     IdentifierKey::Mac(a) => {
                         index.mac.entry(a).or_insert(slot);
                     }
-                    IdentifierKey::Irk(irk) => index.irks.push(IrkEntry {
-                        cipher: Aes128Enc::new(&irk.into()),
-                        slot,
-                    }),
+                    IdentifierKey::Irk(irk) => index.irks.push(&irk, slot),
                     IdentifierKey::RotatingDayKey { day, key } => {
                         index.day_keys.push(DayKeyEntry { slot, day, key })
                     }
@@ -297,7 +279,7 @@ impl MemberIndex {
     }
 
     /// Identity resolving keys of consenting members, for resolvable private addresses.
-    pub fn irks(&self) -> &[IrkEntry] {
+    pub fn irks(&self) -> &IrkTable {
         &self.irks
     }
 

@@ -124,13 +124,14 @@ impl Core {
         metrics: Metrics,
     ) -> Self {
         metrics.members_cached.set(index.len() as i64);
+        let identify = Identify::default().with_metrics(&metrics);
         Self {
             index,
             presence,
             rules,
             metrics,
             footfall: Footfall::new(0),
-            identify: Identify::default(),
+            identify,
             presence_changed: true,
             changes: Vec::new(),
         }

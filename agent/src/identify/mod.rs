@@ -29,6 +29,7 @@ use instore_protocol::rotating::{ROTATING_MAJOR, window_of_ms};
 
 use crate::{
     cache::{Member, MemberIndex, Slot},
+    metrics::Metrics,
     sources::Advert,
 };
 use address::AddressKind;
@@ -57,6 +58,8 @@ pub struct Identify {
     window: Option<u32>,
     /// AES blocks spent resolving RPAs since start (what an operator would graph against IRKs).
     pub rpa_aes_blocks: u64,
+    /// The agent's counters (`rpa_*`); a detached default when none are given.
+    metrics: Metrics,
 }
 
 impl Default for Identify {
@@ -75,7 +78,14 @@ impl Identify {
             rotating: rotating::RotatingTables::default(),
             window: None,
             rpa_aes_blocks: 0,
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Counts RPA cache hits and resolutions into the agent's metrics.
+    pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
+        self.metrics = metrics.clone();
+        self
     }
 
     fn sync_index(&mut self, index: &MemberIndex) {
@@ -145,12 +155,21 @@ impl Identify {
         }
         match address::classify(&advert.address, advert.address_type) {
             AddressKind::Public | AddressKind::StaticRandom => index.mac(&advert.address),
-            AddressKind::ResolvablePrivate if !index.irks().is_empty() => {
+            AddressKind::ResolvablePrivate
+                if !index.irks().is_empty() && rpa::valid_prand(&advert.address) =>
+            {
                 if let Some(cached) = self.rpa.get(&advert.address, at_ms) {
+                    self.metrics.rpa_cache_hits.inc();
                     return cached;
                 }
                 let found = rpa::resolve(&advert.address, index.irks());
-                self.rpa_aes_blocks += index.irks().len() as u64;
+                let blocks = index.irks().len() as u64;
+                self.rpa_aes_blocks += blocks;
+                self.metrics.rpa_resolutions.inc();
+                self.metrics.rpa_aes_blocks.inc_by(blocks);
+                if found.is_some() {
+                    self.metrics.rpa_resolved.inc();
+                }
                 self.rpa.insert(&advert.address, found, at_ms);
                 found
             }

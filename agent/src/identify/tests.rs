@@ -129,7 +129,8 @@ fn an_rpa_resolves_through_the_members_irk_once_then_from_the_cache() {
     // The Core specification's sample: IRK ec02…7d9b, prand 708194 → hash 0dfbaa.
     let rpa = [0x70, 0x81, 0x94, 0x0d, 0xfb, 0xaa];
     let idx = index();
-    let mut id = Identify::new(WALL);
+    let metrics = crate::metrics::Metrics::default();
+    let mut id = Identify::new(WALL).with_metrics(&metrics);
     let a = advert(rpa, AddressType::Random, vec![]);
     assert_eq!(who_at(&mut id, &a, &idx, 0).as_deref(), Some("I"));
     let spent = id.rpa_aes_blocks;
@@ -138,6 +139,19 @@ fn an_rpa_resolves_through_the_members_irk_once_then_from_the_cache() {
     assert_eq!(who_at(&mut id, &stranger, &idx, 2_000), None);
     assert_eq!(who_at(&mut id, &stranger, &idx, 3_000), None);
     assert_eq!(id.rpa_aes_blocks, spent * 2, "one resolution per address");
+    assert_eq!(
+        (
+            metrics.rpa_resolutions.get(),
+            metrics.rpa_cache_hits.get(),
+            metrics.rpa_resolved.get(),
+            metrics.rpa_aes_blocks.get(),
+        ),
+        (2, 2, 1, spent * 2)
+    );
+    // prand's random part all ones: not an RPA, so no AES is spent on it.
+    let invalid = advert([0x7f, 0xff, 0xff, 1, 2, 3], AddressType::Random, vec![]);
+    assert_eq!(who_at(&mut id, &invalid, &idx, 4_000), None);
+    assert_eq!(metrics.rpa_resolutions.get(), 2);
     // The same address read as public is not an RPA.
     assert_eq!(
         who_at(&mut id, &advert(rpa, AddressType::Public, vec![]), &idx, 0),
