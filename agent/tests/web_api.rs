@@ -734,3 +734,61 @@ async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
         .unwrap();
     assert_eq!(again.status(), 404);
 }
+
+#[tokio::test]
+async fn dismissals_and_expiries_reach_every_stream_and_the_outbox() {
+    let s = start(TOKEN).await;
+    let (_, tablet, _) = pair(&s, "till 1").await;
+    let resp = client()
+        .get(format!("{}/api/alerts/stream", s.base))
+        .bearer_auth(&tablet)
+        .send()
+        .await
+        .unwrap();
+    let mut events = SseReader::new(resp);
+    s.hub.publish(alert("fresh"));
+    let mut stale = alert("stale");
+    stale.raised_at_ms = 1_000;
+    s.hub.publish(stale);
+    for _ in 0..2 {
+        assert_eq!(events.next().await.unwrap().event.as_deref(), Some("alert"));
+    }
+    let dismissed = client()
+        .post(format!("{}/api/alerts/fresh/dismiss", s.base))
+        .bearer_auth(&tablet)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dismissed.status(), 200);
+    let ev = events.next().await.unwrap();
+    assert_eq!(ev.event.as_deref(), Some("alert_dismissed"));
+    let data: serde_json::Value = serde_json::from_str(&ev.data).unwrap();
+    assert_eq!(
+        (data["status"].as_str(), data["closed_by"].as_str()),
+        (Some("dismissed"), Some("till 1"))
+    );
+
+    let lifecycle = Lifecycle::new(s.hub.clone(), s.outbox.clone(), s.metrics.clone());
+    assert_eq!(lifecycle.expire_due(Duration::from_secs(60)).await, 1);
+    let ev = events.next().await.unwrap();
+    assert_eq!(ev.event.as_deref(), Some("alert_expired"));
+    assert!(ev.data.contains("\"id\":\"stale\""));
+    // A closed alert cannot be taken any more.
+    let late = client()
+        .post(format!("{}/api/alerts/stale/take", s.base))
+        .bearer_auth(&tablet)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 409);
+
+    let kinds: Vec<&str> = s
+        .outbox
+        .pending(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.body.kind())
+        .collect();
+    assert_eq!(kinds, ["alert_dismissed", "alert_expired"]);
+}
