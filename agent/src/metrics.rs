@@ -218,11 +218,7 @@ impl Metrics {
             "MQTT and webhook reaction actions, by kind and result",
             m.reaction_actions.clone(),
         );
-        r.register(
-            "rules_loaded",
-            "Rules in force",
-            m.rules_loaded.clone(),
-        );
+        r.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
         r.register(
             "rules_reloads",
             "Successful rules reloads (SIGHUP or file change)",
@@ -233,11 +229,7 @@ impl Metrics {
             "Rules reloads refused (bad file); the previous rules stay in force",
             m.rules_reload_failures.clone(),
         );
-        r.register(
-            "qr_scans",
-            "QR codes read by scanners",
-            m.qr_scans.clone(),
-        );
+        r.register("qr_scans", "QR codes read by scanners", m.qr_scans.clone());
         r.register(
             "qr_rejected",
             "QR codes that identified no member, by error",

@@ -92,4 +92,3 @@ fn main() -> anyhow::Result<()> {
         Command::BleBtleplug => ble::btleplug_child(),
     }
 }
-

@@ -367,10 +367,7 @@ mod tests {
         assert_eq!(*t, 500);
         assert_eq!(a.address, [6, 5, 4, 3, 2, 1]);
         assert_eq!(a.address_type, AddressType::Public);
-        assert_eq!(
-            a.service_data,
-            vec![(0xfeaa, vec![]), (0x180f, vec![0x64])]
-        );
+        assert_eq!(a.service_data, vec![(0xfeaa, vec![]), (0x180f, vec![0x64])]);
     }
 
     #[test]
