@@ -3,15 +3,15 @@
 //! python-dbusmock's bluez5 template as bluetoothd, and the real `instore-agent` binary.
 //! Skipped (with a message) only when python3-dbusmock is not installed.
 
-mod support {
-    pub mod bluez;
-}
+mod support;
 
 use std::time::Duration;
 
 use instore_agent::sources::sim::{SIM_UUID, ibeacon_payload, population};
-use support::bluez::{
-    Agent, Bluez, Bus, available, free_port, import_members, wait_for, write_config,
+use support::{
+    bluez::{Agent, Bluez, Bus, available, import_members, write_config},
+    net::free_port,
+    wait::wait_for,
 };
 
 const MEMBER: &str = "M000003";

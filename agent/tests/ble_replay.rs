@@ -3,14 +3,12 @@
 //! recorded NDJSON advert log makes a member present, and a recording agent writes the adverts it
 //! replays back out in the same format.
 
-mod support {
-    pub mod bluez;
-}
+mod support;
 
 use std::{process::Command, time::Duration};
 
 use instore_agent::sources::sim::{SIM_UUID, ibeacon_payload, population};
-use support::bluez::{Agent, free_port, wait_for};
+use support::{bluez::Agent, net::free_port, wait::wait_for};
 
 fn start(dir: &std::path::Path, source: &str, extra: &str) -> Agent {
     let port = free_port();

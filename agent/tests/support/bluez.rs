@@ -2,7 +2,6 @@
 //! config in a temp dir, Debian's `python3-dbusmock` (template `bluez5`) owning `org.bluez`, and
 //! the real `instore-agent` binary started with `DBUS_SYSTEM_BUS_ADDRESS` pointing at that bus.
 //! Everything is a real process, killed on drop.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::HashMap,
@@ -14,6 +13,11 @@ use std::{
 use dbus::{
     arg::{RefArg, Variant},
     blocking::Connection,
+};
+
+use super::{
+    http::metric_value,
+    process::{self, AgentProcess},
 };
 
 pub const PYTHON: &str = "/usr/bin/python3";
@@ -225,25 +229,10 @@ impl Bluez {
 
 /// The real agent binary on the private bus.
 pub struct Agent {
-    pub child: Child,
+    pub process: AgentProcess,
     pub base: String,
     pub token: String,
     pub dir: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Writes a config with one BLE source on `adapter` (plus `extra` TOML) into `dir`.
@@ -279,14 +268,7 @@ depart_after_s = 3
 pub fn import_members(cfg: &Path, ndjson: &str) {
     let file = cfg.parent().unwrap().join("members.ndjson");
     std::fs::write(&file, ndjson).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_instore-agent"))
-        .args(["members", "import"])
-        .arg(&file)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    process::import_members(cfg, &file);
 }
 
 impl Agent {
@@ -297,18 +279,14 @@ impl Agent {
 
     /// Starts the agent with `DBUS_SYSTEM_BUS_ADDRESS` set to `bus` (None: no bus at all).
     pub fn start_on(bus: Option<&str>, cfg: &Path, port: u16) -> Agent {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_instore-agent"));
-        cmd.args(["run", "--config"])
-            .arg(cfg)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null());
+        let mut cmd = process::run_command(cfg, "info");
+        cmd.stdout(Stdio::null());
         match bus {
             Some(a) => cmd.env("DBUS_SYSTEM_BUS_ADDRESS", a),
             None => cmd.env_remove("DBUS_SYSTEM_BUS_ADDRESS"),
         };
-        let child = cmd.spawn().unwrap();
         let agent = Agent {
-            child,
+            process: AgentProcess::spawn(cmd),
             base: format!("http://127.0.0.1:{port}"),
             token: "t0ken".into(),
             dir: cfg.parent().unwrap().to_path_buf(),
@@ -354,21 +332,6 @@ impl Agent {
 
     /// A metric's value from `/metrics` (0 when absent).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = self.get("/metrics");
-        text.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(' ')?;
-                (k == name).then(|| v.parse().ok())?
-            })
-            .unwrap_or(0.0)
-    }
-}
-
-/// Polls `f` until it returns true, or fails with `what` after `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        metric_value(&self.get("/metrics"), name).unwrap_or(0.0)
     }
 }

@@ -1,21 +1,14 @@
 //! The real head office in-process for the uplink tests, and helpers to read it over HTTP.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{net::SocketAddr, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
+use super::{http::get_json, net::free_port};
+
 pub const GATEWAY: &str = "gw-1";
 pub const ADMIN: &str = "admin-token-for-tests";
 pub const WAIT: Duration = Duration::from_secs(20);
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 pub struct HeadOffice {
     pub http: SocketAddr,
@@ -65,15 +58,7 @@ impl HeadOffice {
     }
 
     pub async fn get(&self, path: &str) -> serde_json::Value {
-        reqwest::Client::new()
-            .get(format!("http://{}{path}", self.http))
-            .bearer_auth(ADMIN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("http://{}{path}", self.http), ADMIN).await
     }
 
     pub async fn wait_for(&self, path: &str, ok: impl Fn(&serde_json::Value) -> bool) {
