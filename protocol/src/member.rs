@@ -93,6 +93,19 @@ pub enum Identifier {
         day: u32,
         key: String,
     },
+    /// An Eddystone-EID beacon's long-term identity key (32 hex) and rotation exponent. Head
+    /// office accepts it in imports and never forwards it: snapshots carry
+    /// [`Identifier::EddystoneEidTemp`] keys derived from it (see [`crate::eddystone_eid`]).
+    EddystoneEidIdentity {
+        identity_key: String,
+        exponent: u8,
+    },
+    /// One epoch's (2^16 s) temporary key of an Eddystone-EID beacon.
+    EddystoneEidTemp {
+        epoch: u16,
+        key: String,
+        exponent: u8,
+    },
 }
 
 /// The parsed, normalised form of an [`Identifier`]: what the gateway's index is keyed by.
@@ -114,6 +127,15 @@ pub enum IdentifierKey {
     RotatingDayKey {
         day: u32,
         key: [u8; 32],
+    },
+    EddystoneEidIdentity {
+        identity_key: [u8; 16],
+        exponent: u8,
+    },
+    EddystoneEidTemp {
+        epoch: u16,
+        key: [u8; 16],
+        exponent: u8,
     },
 }
 
@@ -178,6 +200,22 @@ impl Identifier {
             Identifier::RotatingDayKey { day, key } => Ok(IdentifierKey::RotatingDayKey {
                 day: *day,
                 key: hex_array(key, "key")?,
+            }),
+            Identifier::EddystoneEidIdentity {
+                identity_key,
+                exponent,
+            } => Ok(IdentifierKey::EddystoneEidIdentity {
+                identity_key: hex_array(identity_key, "identity_key")?,
+                exponent: eid_exponent(*exponent)?,
+            }),
+            Identifier::EddystoneEidTemp {
+                epoch,
+                key,
+                exponent,
+            } => Ok(IdentifierKey::EddystoneEidTemp {
+                epoch: *epoch,
+                key: hex_array(key, "key")?,
+                exponent: eid_exponent(*exponent)?,
             }),
         }
     }
@@ -313,6 +351,19 @@ pub fn valid_date(s: &str) -> bool {
         _ => return false,
     };
     (1..=days).contains(&d)
+}
+
+fn eid_exponent(k: u8) -> Result<u8, String> {
+    use crate::eddystone_eid::{MAX_EXPONENT, MIN_EXPONENT};
+    if (MIN_EXPONENT..=MAX_EXPONENT).contains(&k) {
+        Ok(k)
+    } else {
+        Err(format!(
+            "exponent {k} out of range {MIN_EXPONENT}..={MAX_EXPONENT} (EIDs rotating faster than \
+             every {} s cost too much to precompute)",
+            1u32 << MIN_EXPONENT
+        ))
+    }
 }
 
 fn hex_array<const N: usize>(s: &str, what: &str) -> Result<[u8; N], String> {

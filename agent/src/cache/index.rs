@@ -11,7 +11,8 @@ use std::{
 use crate::identify::rpa::IrkTable;
 use foldhash::fast::RandomState;
 use instore_protocol::{
-    Consent, IdentifierKey, MemberRecord, member::LastPurchase, rotating::DayKey,
+    Consent, IdentifierKey, MemberRecord, eddystone_eid::TempKey, member::LastPurchase,
+    rotating::DayKey,
 };
 
 /// A member as the gateway uses it: the fields rules and clerk cards need.
@@ -77,6 +78,25 @@ impl std::fmt::Debug for DayKeyEntry {
     }
 }
 
+/// One epoch's Eddystone-EID temporary key of one member.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EidKeyEntry {
+    pub slot: Slot,
+    pub epoch: u16,
+    pub exponent: u8,
+    pub key: TempKey,
+}
+
+impl std::fmt::Debug for EidKeyEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EidKeyEntry")
+            .field("slot", &self.slot)
+            .field("epoch", &self.epoch)
+            .field("exponent", &self.exponent)
+            .finish()
+    }
+}
+
 /// A member found by its id without a second copy of the id string.
 #[derive(Debug)]
 struct ById {
@@ -126,6 +146,8 @@ pub struct MemberIndex {
     irks: IrkTable,
     /// Sorted by (slot, day).
     day_keys: Vec<DayKeyEntry>,
+    /// Eddystone-EID temporary keys, sorted by (epoch, slot).
+    eid_keys: Vec<EidKeyEntry>,
 }
 
 fn ibeacon_key(uuid: &[u8; 16], major: u16, minor: u16) -> [u8; 20] {
@@ -200,13 +222,26 @@ impl MemberIndex {
                     IdentifierKey::RotatingDayKey { day, key } => {
                         index.day_keys.push(DayKeyEntry { slot, day, key })
                     }
-                    IdentifierKey::RotatingSecret(_) => {}
+                    IdentifierKey::EddystoneEidTemp {
+                        epoch,
+                        key,
+                        exponent,
+                    } => index.eid_keys.push(EidKeyEntry {
+                        slot,
+                        epoch,
+                        exponent,
+                        key,
+                    }),
+                    IdentifierKey::RotatingSecret(_)
+                    | IdentifierKey::EddystoneEidIdentity { .. } => {}
                 }
             }
         }
         index.ibeacon_uuids = (!many_uuids).then_some(uuids);
         index.day_keys.sort_by_key(|e| (e.slot, e.day));
         index.day_keys.dedup_by_key(|e| (e.slot, e.day));
+        index.eid_keys.sort_by_key(|e| (e.epoch, e.slot));
+        index.eid_keys.dedup_by_key(|e| (e.epoch, e.slot));
         index.members.shrink_to_fit();
         index
     }
@@ -222,7 +257,9 @@ impl MemberIndex {
             IdentifierKey::Mac(a) => self.mac(a),
             IdentifierKey::Irk(_)
             | IdentifierKey::RotatingSecret(_)
-            | IdentifierKey::RotatingDayKey { .. } => None,
+            | IdentifierKey::RotatingDayKey { .. }
+            | IdentifierKey::EddystoneEidIdentity { .. }
+            | IdentifierKey::EddystoneEidTemp { .. } => None,
         }?;
         self.at(slot)
     }
@@ -291,6 +328,23 @@ impl MemberIndex {
     /// Whether any member has rotating-ID day keys.
     pub fn has_day_keys(&self) -> bool {
         !self.day_keys.is_empty()
+    }
+
+    /// Every member's Eddystone-EID temporary key for `epoch`.
+    pub fn eid_keys_for(&self, epoch: u16) -> &[EidKeyEntry] {
+        let start = self.eid_keys.partition_point(|e| e.epoch < epoch);
+        let end = self.eid_keys.partition_point(|e| e.epoch <= epoch);
+        &self.eid_keys[start..end]
+    }
+
+    /// Whether any member has Eddystone-EID temporary keys.
+    pub fn has_eid_keys(&self) -> bool {
+        !self.eid_keys.is_empty()
+    }
+
+    /// Whether per-window tables (rotating IDs, EIDs) are worth building for this index.
+    pub fn has_window_keys(&self) -> bool {
+        self.has_day_keys() || self.has_eid_keys()
     }
 
     /// The day key of the member in `slot` for `day`.

@@ -10,5 +10,5 @@
 mod index;
 mod store;
 
-pub use index::{DayKeyEntry, Member, MemberIndex, Slot};
+pub use index::{DayKeyEntry, EidKeyEntry, Member, MemberIndex, Slot};
 pub use store::{CacheError, ImportReport, MemberCache};

@@ -5,7 +5,9 @@
 //! version used to change only on import, so two days without one left every gateway without
 //! keys. This task bumps the member-set version once per UTC day (when some member has a rotating
 //! secret) and hands the new version to the notifier like an import would, so every store fetches
-//! the keys for its new "tomorrow" a full day before it needs them.
+//! the keys for its new "tomorrow" a full day before it needs them. Eddystone-EID temporary
+//! keys work the same way per 2^16 s epoch (`meta.members_eid_epoch`, members with an
+//! `eddystone_eid_identity`).
 //!
 //! In: the wall clock (injected), the store. Out: `meta.members_keys_day` (the UTC day the current
 //! version was issued for), a bumped `meta.members_version`, and [`NoticeInput::Imported`].
@@ -14,7 +16,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use instore_protocol::rotating::{DAY_SECS, day_of_ms};
+use instore_protocol::{
+    eddystone_eid::{EPOCH_SECS, epoch_of, ts_of_ms},
+    rotating::{DAY_SECS, day_of_ms},
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +29,11 @@ use crate::store::{Store, StoreError, members, queries};
 
 /// `meta` key: the UTC day the current member-set version's day keys were issued for.
 pub const META_KEYS_DAY: &str = "members_keys_day";
+/// `meta` key: the Eddystone-EID epoch the current version's temporary keys were issued for.
+pub const META_EID_EPOCH: &str = "members_eid_epoch";
 
-const SELECT_KEYS_DAY: &str = "SELECT value FROM meta WHERE key = 'members_keys_day'";
-const SET_KEYS_DAY: &str = "INSERT INTO meta (key, value) VALUES ('members_keys_day', ?1)
+const SELECT_META: &str = "SELECT value FROM meta WHERE key = ?1";
+const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
     ON CONFLICT(key) DO UPDATE SET value = excluded.value";
 /// Same key as the import's version (`store::sql::META_MEMBERS_VERSION`).
 const SET_VERSION: &str = "INSERT INTO meta (key, value) VALUES ('members_version', ?1)
@@ -36,6 +43,9 @@ const SET_VERSION: &str = "INSERT INTO meta (key, value) VALUES ('members_versio
 /// a display name containing it would be escaped (`\"`) and cannot match.
 const HAS_ROTATING_SECRET: &str =
     "SELECT EXISTS(SELECT 1 FROM members WHERE record_json LIKE '%\"kind\":\"rotating_secret\"%')";
+/// Likewise for an Eddystone-EID identity key (its temporary keys change per 2^16 s epoch).
+const HAS_EID_IDENTITY: &str = "SELECT EXISTS(SELECT 1 FROM members WHERE record_json LIKE \
+     '%\"kind\":\"eddystone_eid_identity\"%')";
 
 /// Unix milliseconds now; injected so tests can move the day without waiting for midnight.
 pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -67,14 +77,35 @@ pub fn reissue_if_new_day(
     conn: &mut Connection,
     today: u32,
 ) -> Result<Option<Reissue>, StoreError> {
+    reissue_if_new_period(conn, META_KEYS_DAY, i64::from(today), HAS_ROTATING_SECRET)
+}
+
+/// The same for Eddystone-EID temporary keys: bumps the version when the 2^16 s epoch changed
+/// and some member has an EID identity key, so gateways fetch the next epoch's key a whole epoch
+/// ahead.
+pub fn reissue_if_new_epoch(
+    conn: &mut Connection,
+    epoch: u16,
+) -> Result<Option<Reissue>, StoreError> {
+    reissue_if_new_period(conn, META_EID_EPOCH, i64::from(epoch), HAS_EID_IDENTITY)
+}
+
+fn reissue_if_new_period(
+    conn: &mut Connection,
+    meta_key: &str,
+    now: i64,
+    has_keys_sql: &str,
+) -> Result<Option<Reissue>, StoreError> {
     let tx = conn.transaction()?;
-    let issued: Option<i64> = tx.query_row(SELECT_KEYS_DAY, [], |r| r.get(0)).optional()?;
-    if issued.is_some_and(|d| d >= i64::from(today)) {
+    let issued: Option<i64> = tx
+        .query_row(SELECT_META, [meta_key], |r| r.get(0))
+        .optional()?;
+    if issued.is_some_and(|d| d >= now) {
         return Ok(None);
     }
     let version = members::version(&tx)?;
-    let rotating: bool = tx.query_row(HAS_ROTATING_SECRET, [], |r| r.get(0))?;
-    let out = if version > 0 && rotating {
+    let has_keys: bool = tx.query_row(has_keys_sql, [], |r| r.get(0))?;
+    let out = if version > 0 && has_keys {
         let v = version + 1;
         tx.execute(SET_VERSION, params![v as i64])?;
         Some(Reissue {
@@ -84,7 +115,7 @@ pub fn reissue_if_new_day(
     } else {
         None
     };
-    tx.execute(SET_KEYS_DAY, params![i64::from(today)])?;
+    tx.execute(SET_META, params![meta_key, now])?;
     tx.commit()?;
     Ok(out)
 }
@@ -101,12 +132,22 @@ pub async fn run(
     loop {
         let now = clock();
         let today = day_of_ms(now);
-        match store.call(move |c| reissue_if_new_day(c, today)).await {
+        let epoch = epoch_of(ts_of_ms(now));
+        let checked = store
+            .call(move |c| {
+                let day = reissue_if_new_day(c, today)?;
+                // One notice is enough when both change at once: the later version covers both.
+                let eid = reissue_if_new_epoch(c, epoch)?;
+                Ok(eid.or(day))
+            })
+            .await;
+        match checked {
             Ok(Some(r)) => {
                 tracing::info!(
                     day = today,
+                    eid_epoch = epoch,
                     version = r.version,
-                    "member snapshot re-issued for a new UTC day"
+                    "member snapshot re-issued for new day keys or EID temporary keys"
                 );
                 let input = NoticeInput::Imported {
                     version: r.version,
@@ -120,9 +161,11 @@ pub async fn run(
             Err(StoreError::Closed) => return,
             Err(e) => tracing::warn!(error = %e, "cannot check the day-key refresh"),
         }
-        // A second past midnight, so that day_of_ms has surely moved on.
+        // A second past midnight (or the epoch's end), so that the period has surely moved on.
         let next_day_ms = (i64::from(today) + 1) * DAY_SECS * 1000 + 1000;
-        let wait = Duration::from_millis(next_day_ms.saturating_sub(now).max(0) as u64);
+        let next_epoch_ms = (i64::from(epoch) + 1) * EPOCH_SECS * 1000 + 1000;
+        let next_ms = next_day_ms.min(next_epoch_ms);
+        let wait = Duration::from_millis(next_ms.saturating_sub(now).max(0) as u64);
         tokio::select! {
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait.min(max_sleep)) => {}
@@ -193,6 +236,27 @@ mod tests {
         );
         // Head office down for three days: one re-issue on the first check.
         assert_eq!(reissue_if_new_day(&mut c, 105).unwrap().unwrap().version, 4);
+    }
+
+    #[test]
+    fn the_version_moves_when_the_eid_epoch_changes_only_with_eid_identity_keys() {
+        let mut c = test_connection();
+        assert_eq!(import(&mut c, &line("M1", true)), 1);
+        assert_eq!(
+            reissue_if_new_epoch(&mut c, 7).unwrap(),
+            None,
+            "no EID keys"
+        );
+        let eid = format!(
+            r#"{{"member_id":"M2","display_name":"A","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":10}}]}}"#,
+            hex::encode([1u8; 16])
+        );
+        assert_eq!(import(&mut c, &eid), 2);
+        assert_eq!(reissue_if_new_epoch(&mut c, 7).unwrap(), None, "same epoch");
+        assert_eq!(reissue_if_new_epoch(&mut c, 8).unwrap().unwrap().version, 3);
+        assert_eq!(reissue_if_new_epoch(&mut c, 8).unwrap(), None);
+        // The day keys are tracked separately.
+        assert_eq!(reissue_if_new_day(&mut c, 50).unwrap().unwrap().version, 4);
     }
 
     #[tokio::test]

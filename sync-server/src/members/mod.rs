@@ -2,7 +2,8 @@
 //!
 //! In: NDJSON text (`POST /api/members`). Out: upserted rows, a new member-set version, and a
 //! retained [`instore_protocol::MembersNotice`] per store (see [`notifier`]). Snapshots carry
-//! day keys for today and tomorrow, so [`day_keys`] re-issues the set each UTC day.
+//! day keys for today and tomorrow (and Eddystone-EID temporary keys for this epoch and the
+//! next), so [`day_keys`] re-issues the set each UTC day and each EID epoch.
 //!
 //! For now membership is chain-wide: every member goes to every store, so a store's snapshot is
 //! the whole member set and one global version serves all stores. Per-store member sets (home
@@ -12,7 +13,9 @@ pub mod day_keys;
 pub mod notifier;
 
 use instore_protocol::{
-    Identifier, MemberRecord, MemberSnapshot, SCHEMA_VERSION, parse_ndjson,
+    Identifier, MemberRecord, MemberSnapshot, SCHEMA_VERSION,
+    eddystone_eid::{shipped_epochs, temporary_key},
+    parse_ndjson,
     rotating::{day_key, shipped_days},
 };
 use serde::Serialize;
@@ -74,7 +77,9 @@ pub async fn snapshot(store: &Store, store_id: &str) -> Result<MemberSnapshot, S
 /// What a gateway may hold: a member's long-term rotating secret never leaves head office; in its
 /// place go the keys of today and tomorrow (UTC, see [`instore_protocol::rotating`]), so a stolen
 /// gateway recognises members for at most 48 hours. Day keys an import carried are dropped too:
-/// only head office decides which days a gateway gets.
+/// only head office decides which days a gateway gets. An Eddystone-EID identity key likewise
+/// becomes the temporary keys of the current and next 2^16 s epoch (see
+/// [`instore_protocol::eddystone_eid`]).
 pub fn for_gateways(mut members: Vec<MemberRecord>, now_ms: i64) -> Vec<MemberRecord> {
     for m in &mut members {
         let mut out = Vec::with_capacity(m.identifiers.len() + 1);
@@ -89,7 +94,22 @@ pub fn for_gateways(mut members: Vec<MemberRecord>, now_ms: i64) -> Vec<MemberRe
                         key: hex::encode(day_key(&secret, day)),
                     }));
                 }
-                Identifier::RotatingDayKey { .. } => {}
+                Identifier::EddystoneEidIdentity {
+                    identity_key,
+                    exponent,
+                } => {
+                    let Ok(Ok(ik)) = hex::decode(&identity_key).map(<[u8; 16]>::try_from) else {
+                        continue;
+                    };
+                    out.extend(
+                        shipped_epochs(now_ms).map(|epoch| Identifier::EddystoneEidTemp {
+                            epoch,
+                            key: hex::encode(temporary_key(&ik, epoch)),
+                            exponent,
+                        }),
+                    );
+                }
+                Identifier::RotatingDayKey { .. } | Identifier::EddystoneEidTemp { .. } => {}
                 other => out.push(other),
             }
         }
@@ -128,5 +148,42 @@ mod tests {
             ids[2],
             Identifier::RotatingDayKey { day: 20_001, .. }
         ));
+    }
+
+    #[test]
+    fn an_eid_identity_key_becomes_two_epochs_of_temporary_keys_and_is_never_forwarded() {
+        use instore_protocol::eddystone_eid::temporary_key;
+        let ik = hex::encode([9u8; 16]);
+        let line = format!(
+            r#"{{"member_id":"M1","display_name":"A","tier":"gold","identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{ik}","exponent":10}},{{"kind":"eddystone_eid_temp","epoch":1,"key":"{ik}","exponent":10}}]}}"#
+        );
+        let (records, errors) = parse_ndjson(&line);
+        assert!(errors.is_empty(), "{errors:?}");
+        // Unix second 1,700,000,000 lies in epoch 25,939.
+        let out = for_gateways(records, 1_700_000_000_000);
+        let json = serde_json::to_string(&out).unwrap();
+        assert!(!json.contains(&ik), "{json}");
+        assert!(!json.contains("eddystone_eid_identity"));
+        assert_eq!(
+            out[0].identifiers,
+            [25_939u16, 25_940]
+                .map(|epoch| Identifier::EddystoneEidTemp {
+                    epoch,
+                    key: hex::encode(temporary_key(&[9; 16], epoch)),
+                    exponent: 10,
+                })
+                .to_vec()
+        );
+    }
+
+    #[test]
+    fn an_eid_exponent_too_short_to_precompute_is_refused_at_import() {
+        let line = format!(
+            r#"{{"member_id":"M1","display_name":"A","tier":"gold","identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":3}}]}}"#,
+            hex::encode([9u8; 16])
+        );
+        let (records, errors) = parse_ndjson(&line);
+        assert!(records.is_empty());
+        assert!(errors[0].to_string().contains("exponent 3"), "{errors:?}");
     }
 }
