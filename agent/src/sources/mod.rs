@@ -9,13 +9,17 @@
 //! sighting to an NDJSON advert log.
 
 #[cfg(target_os = "linux")]
+mod advert;
 pub mod ble;
+pub mod btsnoop;
 pub mod qr;
 pub mod record;
 pub mod replay;
 pub mod sim;
 
 use std::sync::Arc;
+
+pub use advert::{AddressType, Advert};
 
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -25,26 +29,6 @@ use crate::{
     metrics::Metrics,
     outbox::Outbox,
 };
-
-/// How a BLE address is to be read (Bluetooth Core, Vol 6, Part B, 1.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressType {
-    Public,
-    Random,
-}
-
-/// One advertisement as a scanner reported it. Byte fields are exactly as on air.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Advert {
-    /// Most significant byte first, as written `C0:11:22:33:44:55`.
-    pub address: [u8; 6],
-    pub address_type: AddressType,
-    pub rssi: i16,
-    /// (company id, data after the company id).
-    pub manufacturer_data: Vec<(u16, Vec<u8>)>,
-    /// (16-bit service UUID, data).
-    pub service_data: Vec<(u16, Vec<u8>)>,
-}
 
 /// An advert heard in a zone at a moment of the agent's monotonic clock.
 #[derive(Debug, Clone)]
