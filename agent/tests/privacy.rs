@@ -10,14 +10,20 @@
 //! addresses it must look for. A member's MAC from the import is the positive control: it is in
 //! the member cache on purpose, and the same scanner must find it.
 
+mod support;
+
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    process::{Child, Command},
     time::Duration,
 };
 
 use instore_agent::sources::sim::{self, Crowd, CrowdConfig};
+use support::{
+    http::metric,
+    net::free_port,
+    process::{AgentProcess, cli_output, run_command, sim_members_ndjson},
+};
 
 const TOKEN: &str = "privacy-admin-token";
 const POPULATION: u32 = 200;
@@ -27,23 +33,6 @@ const MEMBER_SHARE: f64 = 0.3;
 const MEAN_DWELL_S: f64 = 30.0;
 /// A consenting member identified by a public address: in the member cache by design.
 const CONTROL_MAC: [u8; 6] = [0xc0, 0x11, 0x22, 0x33, 0x44, 0x55];
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn setup(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
     let cfg = dir.join("agent.toml");
@@ -74,10 +63,7 @@ enabled = false
     )
     .unwrap();
     let members = dir.join("members.ndjson");
-    let mut text: String = sim::population(POPULATION)
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap() + "\n")
-        .collect();
+    let mut text = sim_members_ndjson(POPULATION);
     text.push_str(
         r#"{"member_id":"CONTROL","display_name":"Control","tier":"member","consent":{"presence":true},"identifiers":[{"kind":"mac","address":"C0:11:22:33:44:55"}]}"#,
     );
@@ -219,46 +205,24 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-async fn metric(base: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 #[tokio::test]
 async fn no_strangers_address_reaches_disk_or_logs_even_at_debug() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (cfg, members) = setup(dir.path(), port);
-    let exe = env!("CARGO_BIN_EXE_instore-agent");
-    let import = Command::new(exe)
-        .args(["members", "import"])
-        .arg(&members)
-        .arg("--config")
-        .arg(&cfg)
-        .env("RUST_LOG", "debug")
-        .output()
-        .unwrap();
-    assert!(import.status.success(), "{import:?}");
+    cli_output(
+        &cfg,
+        &["members", "import", members.to_str().unwrap()],
+        Some("debug"),
+    );
 
     let stdout_path = dir.path().join("stdout.log");
     let stderr_path = dir.path().join("stderr.log");
     let started = std::time::Instant::now();
-    let mut agent = Agent(
-        Command::new(exe)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "debug")
-            .stdout(std::fs::File::create(&stdout_path).unwrap())
-            .stderr(std::fs::File::create(&stderr_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = run_command(&cfg, "debug");
+    run.stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap());
+    let mut agent = AgentProcess::spawn(run);
     let base = format!("http://127.0.0.1:{port}");
     // Run until a few hundred strangers' adverts have gone through the engine and members have
     // arrived (so events were written), whatever the machine's speed.
@@ -281,16 +245,7 @@ async fn no_strangers_address_reaches_disk_or_logs_even_at_debug() {
         heard >= 500.0 && arrived >= 1.0,
         "strangers {heard}, present {arrived}"
     );
-    let pid = agent.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = agent.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    agent.stop();
     let ran_ms = started.elapsed().as_millis() as u64;
 
     let (forbidden, opted_out_adverts) = forbidden_addresses(ran_ms + 5_000);

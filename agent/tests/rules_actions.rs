@@ -2,6 +2,8 @@
 //! Reaction actions against real receivers: a webhook endpoint (axum, in the test) that fails
 //! twice before it succeeds, and an embedded MQTT broker (rumqttd) with a subscriber.
 
+mod support;
+
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -21,7 +23,11 @@ use instore_agent::{
     react::{self, ActionSettings, Happening, Occasion, Rules},
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{broker::start_broker, wait::until};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+/// How long a delivery or its count may take to show.
+const WAIT: Duration = Duration::from_secs(10);
 
 fn member() -> Member {
     Member {
@@ -56,16 +62,6 @@ fn count(m: &Metrics, kind: &'static str, result: &'static str) -> u64 {
     m.reaction_actions
         .get_or_create(&vec![("kind", kind), ("result", result)])
         .get()
-}
-
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A receiver that honours idempotency keys, and misbehaves on the first two attempts: the
@@ -136,7 +132,7 @@ async fn a_webhook_that_fails_twice_is_retried_and_delivered_once() {
     for a in actions {
         queue.offer(a);
     }
-    wait_until("the webhook delivery", || {
+    until("the webhook delivery", WAIT, || {
         count(&metrics, "webhook", "sent") == 1
     })
     .await;
@@ -190,50 +186,17 @@ async fn a_webhook_refused_for_good_is_not_retried() {
     for a in actions_for(&rules) {
         queue.offer(a);
     }
-    wait_until("the refusal", || count(&metrics, "webhook", "failed") == 1).await;
+    until("the refusal", WAIT, || {
+        count(&metrics, "webhook", "failed") == 1
+    })
+    .await;
     assert_eq!(count(&metrics, "webhook", "retried"), 0);
     cancel.cancel();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_broker() -> u16 {
-    let port = free_port();
-    let config = format!(
-        r#"
-        id = 0
-        [router]
-        max_connections = 10
-        max_outgoing_packet_count = 200
-        max_segment_size = 1048576
-        max_segment_count = 10
-        [v4.1]
-        name = "v4-1"
-        listen = "127.0.0.1:{port}"
-        next_connection_delay_ms = 1
-        [v4.1.connections]
-        connection_timeout_ms = 60000
-        max_payload_size = 65536
-        max_inflight_count = 100
-        dynamic_filters = true
-        "#
-    );
-    let config: rumqttd::Config = toml::from_str(&config).unwrap();
-    std::thread::spawn(move || {
-        rumqttd::Broker::new(config).start().unwrap();
-    });
-    port
-}
-
 #[tokio::test]
 async fn an_mqtt_action_is_published_with_qos_1_to_the_rendered_topic() {
-    let port = start_broker();
+    let port = start_broker(65536);
     // Subscribe first, and wait for the broker to confirm.
     let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new("watcher", "127.0.0.1", port), 10);
     sub.subscribe("instore/s1/#", QoS::AtLeastOnce)
@@ -279,7 +242,7 @@ async fn an_mqtt_action_is_published_with_qos_1_to_the_rendered_topic() {
     assert_eq!(json["rule"], "greet");
     assert_eq!(json["member_id"], "M1001");
     assert_eq!(json["message"], "Ms. Li is here");
-    wait_until("the broker's PubAck", || {
+    until("the broker's PubAck", WAIT, || {
         count(&metrics, "mqtt", "acked") == 1
     })
     .await;
@@ -307,7 +270,7 @@ async fn an_mqtt_action_without_a_broker_is_counted_as_failed() {
     for a in actions_for("[[rules]]\nname = \"g\"\non = \"arrive\"\nmqtt = { topic = \"a/b\" }\n") {
         queue.offer(a);
     }
-    wait_until("the failure count", || {
+    until("the failure count", WAIT, || {
         count(&metrics, "mqtt", "failed") == 1
     })
     .await;
@@ -325,7 +288,7 @@ async fn webhooks_stuck_on_a_silent_receiver_do_not_hold_up_mqtt_actions() {
             held.push(s);
         }
     });
-    let port = start_broker();
+    let port = start_broker(65536);
     let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new("watcher2", "127.0.0.1", port), 10);
     sub.subscribe("after/#", QoS::AtLeastOnce).await.unwrap();
     loop {

@@ -3,6 +3,8 @@
 //! their codes reach the engine and fire `qr_scan` rules; the rules file is reloaded when it
 //! changes on disk, and a broken file keeps the rules in force.
 
+mod support;
+
 use std::{path::Path, time::Duration};
 
 use instore_agent::{cache::MemberIndex, config::AgentConfig, runtime};
@@ -11,7 +13,11 @@ use instore_protocol::{
     qr::sign,
     rotating::{day_key, day_of_ms, shipped_days},
 };
+use support::{net::free_port, wait::until};
 use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+/// How long a scan's effect or a reload may take to show.
+const WAIT: Duration = Duration::from_secs(15);
 
 /// Each member's own secret (head office derives their day keys from it).
 fn secret(member: &str) -> [u8; 32] {
@@ -40,14 +46,6 @@ zones = ["till"]
 message = "{display_name} scanned in at the {zone}"
 cooldown_s = 0
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Two consenting gold members with QR day keys around now.
 fn members() -> MemberIndex {
@@ -103,16 +101,6 @@ fn save_rules(dir: &Path, text: &str) {
     std::fs::rename(&tmp, dir.join("rules.toml")).unwrap();
 }
 
-async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 async fn scan(conn: &mut TcpStream, line: &str) {
     conn.write_all(format!("{line}\r\n").as_bytes())
         .await
@@ -131,7 +119,7 @@ async fn qr_codes_over_tcp_reach_the_engine_and_fire_qr_rules() {
     let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     scan(&mut conn, "not-a-member-code").await;
 
-    wait_until("the bad code to be counted", || {
+    until("the bad code to be counted", WAIT, || {
         m.qr_rejected
             .get_or_create(&vec![("error", "format".to_string())])
             .get()
@@ -141,11 +129,11 @@ async fn qr_codes_over_tcp_reach_the_engine_and_fire_qr_rules() {
     assert_eq!(m.alerts_raised.get(), 0);
 
     scan(&mut conn, &code("M1")).await;
-    wait_until("the alert", || m.alerts_raised.get() == 1).await;
+    until("the alert", WAIT, || m.alerts_raised.get() == 1).await;
     // A second scanner, in another connection, at the same time.
     let mut other = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     scan(&mut other, &code("M2")).await;
-    wait_until("the second alert", || m.alerts_raised.get() == 2).await;
+    until("the second alert", WAIT, || m.alerts_raised.get() == 2).await;
     assert_eq!(m.qr_scans.get(), 3);
     let recent = agent.alerts.recent(10);
     assert_eq!(recent.len(), 2);
@@ -165,24 +153,30 @@ async fn a_changed_rules_file_is_reloaded_and_a_bad_one_keeps_the_old_rules() {
     // Without a qr_scan rule a scan raises nothing.
     let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     scan(&mut conn, &code("M1")).await;
-    wait_until("the scan to be identified", || m.identified.get() == 1).await;
+    until("the scan to be identified", WAIT, || {
+        m.identified.get() == 1
+    })
+    .await;
     assert_eq!(m.alerts_raised.get(), 0);
 
     save_rules(dir.path(), RULES_V2);
-    wait_until("the reload", || m.rules_reloads.get() == 1).await;
+    until("the reload", WAIT, || m.rules_reloads.get() == 1).await;
     assert_eq!(m.rules_loaded.get(), 2);
     scan(&mut conn, &code("M1")).await;
-    wait_until("the new rule's alert", || m.alerts_raised.get() == 1).await;
+    until("the new rule's alert", WAIT, || m.alerts_raised.get() == 1).await;
 
     // A typo: refused, counted, and the two rules stay in force.
     save_rules(
         dir.path(),
         &RULES_V2.replace("{display_name} scanned", "{nickname} scanned"),
     );
-    wait_until("the refused reload", || m.rules_reload_failures.get() == 1).await;
+    until("the refused reload", WAIT, || {
+        m.rules_reload_failures.get() == 1
+    })
+    .await;
     assert_eq!((m.rules_loaded.get(), m.rules_reloads.get()), (2, 1));
     scan(&mut conn, &code("M2")).await;
-    wait_until("an alert under the kept rules", || {
+    until("an alert under the kept rules", WAIT, || {
         m.alerts_raised.get() == 2
     })
     .await;
@@ -228,7 +222,7 @@ rules = "rules.toml"
         })
         .await
         .unwrap();
-        wait_until("the scan's alert", || m.alerts_raised.get() == alerts).await;
+        until("the scan's alert", WAIT, || m.alerts_raised.get() == alerts).await;
     }
     assert_eq!(m.qr_scans.get(), 2);
     assert!(agent.shutdown(Duration::from_secs(10)).await);
@@ -249,7 +243,10 @@ async fn scanners_beyond_the_connection_limit_are_turned_away_and_the_others_kee
     // Each of those is accepted before the next; one more is closed at once.
     scan(&mut conns[0], &code("M1")).await;
     let m = agent.metrics.clone();
-    wait_until("the first scanner's alert", || m.alerts_raised.get() == 1).await;
+    until("the first scanner's alert", WAIT, || {
+        m.alerts_raised.get() == 1
+    })
+    .await;
     let mut extra = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let mut buf = [0u8; 1];
     let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
@@ -258,7 +255,7 @@ async fn scanners_beyond_the_connection_limit_are_turned_away_and_the_others_kee
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     let last = conns.len() - 1;
     scan(&mut conns[last], &code("M2")).await;
-    wait_until("the last admitted scanner's alert", || {
+    until("the last admitted scanner's alert", WAIT, || {
         m.alerts_raised.get() == 2
     })
     .await;

@@ -3,34 +3,23 @@
 //! a simulated crowd; `GET /api/presence` lists the members in the store. Real processes, real
 //! SQLite files, real HTTP.
 
+mod support;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
 use instore_agent::sources::sim;
+use support::{
+    http::get,
+    net::free_port,
+    process::{AgentProcess, import_members, run_command, write_sim_members},
+};
 
 const TOKEN: &str = "standalone-admin-token";
 const POPULATION: u32 = 200;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Kills the agent if the test fails before stopping it.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
     let cfg = dir.join("agent.toml");
@@ -63,54 +52,21 @@ enabled = false
     cfg
 }
 
-fn write_members(dir: &Path) -> PathBuf {
-    let path = dir.join("members.ndjson");
-    let text: String = sim::population(POPULATION)
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap() + "\n")
-        .collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn get(url: &str, token: Option<&str>) -> Option<reqwest::Response> {
-    let mut req = reqwest::Client::new().get(url);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.ok()
-}
-
 #[tokio::test]
 async fn members_imported_locally_show_up_in_presence_without_head_office() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), port);
-    let members = write_members(dir.path());
-    let exe = env!("CARGO_BIN_EXE_instore-agent");
+    let members = write_sim_members(dir.path(), POPULATION);
 
-    let import = Command::new(exe)
-        .args(["members", "import"])
-        .arg(&members)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(import.status.success(), "{import:?}");
+    let import = import_members(&cfg, &members);
     let report: serde_json::Value = serde_json::from_slice(&import.stdout).unwrap();
     assert_eq!(report["imported"], u64::from(POPULATION), "{report}");
 
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
-    let mut agent = Agent(
-        Command::new(exe)
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    let mut run = run_command(&cfg, "info");
+    run.stdout(Stdio::null()).stderr(log);
+    let mut agent = AgentProcess::spawn(run);
     let base = format!("http://127.0.0.1:{port}");
     let started = instore_agent::now_ms();
 
@@ -162,16 +118,7 @@ async fn members_imported_locally_show_up_in_presence_without_head_office() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
 
-    let pid = agent.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = agent.0.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    agent.stop();
     assert!(
         dir.path().join("data").join("outbox.db").exists(),
         "events were kept locally for a later uplink"

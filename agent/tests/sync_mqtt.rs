@@ -3,9 +3,10 @@
 //! office: an MQTT client that stores batches and acknowledges them, and a tiny HTTP server that
 //! serves member snapshots.
 
+mod support;
+
 use std::{
     collections::BTreeSet,
-    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
@@ -32,51 +33,13 @@ use instore_protocol::{
     MembersNotice, SCHEMA_VERSION, SeqRange, topics,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use support::{broker::start_broker, wait::eventually};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const STORE: &str = "s-1";
 const GATEWAY: &str = "gw-1";
 const TOKEN: &str = "gw-token";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts rumqttd on a free port; it lives until the test process exits.
-fn start_broker() -> u16 {
-    let port = free_port();
-    let config = format!(
-        r#"
-        id = 0
-        [router]
-        max_connections = 100
-        max_outgoing_packet_count = 200
-        max_segment_size = 104857600
-        max_segment_count = 10
-        [v4.1]
-        name = "v4-1"
-        listen = "127.0.0.1:{port}"
-        next_connection_delay_ms = 1
-        [v4.1.connections]
-        connection_timeout_ms = 60000
-        max_payload_size = {max}
-        max_inflight_count = 100
-        dynamic_filters = true
-        "#,
-        max = MAX_PAYLOAD_BYTES + 4096
-    );
-    let config: rumqttd::Config = toml::from_str(&config).unwrap();
-    std::thread::spawn(move || {
-        let mut broker = rumqttd::Broker::new(config);
-        broker.start().unwrap();
-    });
-    port
-}
 
 /// What the fake head office has seen.
 #[derive(Default)]
@@ -344,21 +307,6 @@ fn arrivals(from: u64, to: u64) -> Vec<NewEvent> {
         .collect()
 }
 
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn stop(gw: &Gateway) {
     gw.cancel.cancel();
     tokio::time::timeout(Duration::from_secs(3), gw.tracker.wait())
@@ -368,7 +316,7 @@ async fn stop(gw: &Gateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_head_office_and_acknowledged_ones_leave_the_outbox() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let hq = Arc::new(Hq::default());
     let _hq_client = start_hq(broker, hq.clone()).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
@@ -411,7 +359,7 @@ async fn events_reach_head_office_and_acknowledged_ones_leave_the_outbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_makes_the_gateway_resend_and_nothing_is_lost() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let hq = Arc::new(Hq::default());
     hq.drop_acks.store(1, Ordering::SeqCst);
     let _hq_client = start_hq(broker, hq.clone()).await;
@@ -446,7 +394,7 @@ async fn a_lost_ack_makes_the_gateway_resend_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let hq = Arc::new(Hq::default());
     let hq_client = start_hq(broker, hq.clone()).await;
     let server = Arc::new(SnapshotServer {
@@ -523,7 +471,7 @@ async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_acks_are_counted_and_ignored() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let hq = Arc::new(Hq::default());
     let hq_client = start_hq(broker, hq.clone()).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
@@ -598,7 +546,7 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let proxy = Proxy::start(broker).await;
     let hq = Arc::new(Hq::default());
     // Head office stores but cannot answer (its acks are lost) until the link drops.
@@ -633,7 +581,7 @@ async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reboot_before_the_acks_arrive_loses_nothing() {
-    let broker = start_broker();
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
     let hq = Arc::new(Hq::default());
     hq.drop_acks.store(usize::MAX, Ordering::SeqCst);
     let _hq_client = start_hq(broker, hq.clone()).await;

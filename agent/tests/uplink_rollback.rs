@@ -19,9 +19,9 @@ use instore_protocol::EventBody;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-mod uplink_hq;
+mod support;
 
-use uplink_hq::{GATEWAY, HeadOffice, WAIT};
+use support::hq::{GATEWAY, HeadOffice, WAIT};
 
 const STORE: &str = "s-1";
 

@@ -3,7 +3,7 @@
 //! with `require_certificate true` (certificates made with the `openssl` command line) and the
 //! real head office on Mosquitto's plain loopback listener.
 
-mod uplink_hq;
+mod support;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,9 +19,12 @@ use instore_agent::{
     sync::{self, SyncContext},
 };
 use instore_protocol::EventBody;
+use support::{
+    hq::{HeadOffice, WAIT},
+    net::free_port,
+};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use uplink_hq::{HeadOffice, WAIT, free_port};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
