@@ -7,9 +7,10 @@
 //!
 //! Screenshots land in `$CARGO_TARGET_DIR/instore-test/screenshots/` (default `target/`).
 
+mod support;
+
 use std::{
     collections::HashSet,
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -17,17 +18,15 @@ use std::{
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
+use support::{
+    http::get_json,
+    net::free_port,
+    process::{AgentProcess, cli, import_members, run_command, write_sim_members},
+    wait::eventually,
+};
 
 const ADMIN: &str = "browser-test-admin";
 const WAIT: Duration = Duration::from_secs(30);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn screenshots_dir() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -36,10 +35,6 @@ fn screenshots_dir() -> PathBuf {
     let dir = target.join("instore-test/screenshots");
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_instore-agent")
 }
 
 /// The agent's config: a crowd of members arriving about every two seconds, every arrival an
@@ -83,30 +78,11 @@ mean_dwell_s = 20.0
         ),
     )
     .unwrap();
-    let members: String = instore_agent::sources::sim::population(200)
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap() + "\n")
-        .collect();
-    let members_file = dir.join("members.ndjson");
-    std::fs::write(&members_file, members).unwrap();
-    let out = Command::new(agent_bin())
-        .args(["members", "import"])
-        .arg(&members_file)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_members(&cfg, &write_sim_members(dir, 200));
     cfg
 }
 
-struct Agent {
-    child: Child,
-}
+struct Agent(AgentProcess);
 
 impl Agent {
     async fn start(cfg: &Path, port: u16, log: &Path) -> Agent {
@@ -115,40 +91,20 @@ impl Agent {
             .append(true)
             .open(log)
             .unwrap();
-        let child = Command::new(agent_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(cfg)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut run = run_command(cfg, "info");
+        run.stdout(Stdio::null()).stderr(log);
+        let agent = Agent(AgentProcess::spawn(run));
         let url = format!("http://127.0.0.1:{port}/healthz");
-        wait_until("agent healthz", || async {
+        eventually("agent healthz", WAIT, || async {
             reqwest::get(&url).await.is_ok_and(|r| r.status() == 200)
         })
         .await;
-        Agent { child }
+        agent
     }
 
     /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = self.child.wait().unwrap();
-        assert!(exit.success(), "agent exited with {exit}");
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn stop(self) {
+        self.0.stop();
     }
 }
 
@@ -163,18 +119,6 @@ impl Drop for Driver {
     }
 }
 
-async fn wait_until<F, Fut>(what: &str, mut ok: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !ok().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn browser(profile: &Path) -> (Driver, Client) {
     let port = free_port();
     let child = Command::new("/usr/bin/chromedriver")
@@ -185,7 +129,7 @@ async fn browser(profile: &Path) -> (Driver, Client) {
         .expect("chromedriver (Debian package chromium-driver)");
     let driver = Driver { child };
     let status = format!("http://127.0.0.1:{port}/status");
-    wait_until("chromedriver", || async {
+    eventually("chromedriver", WAIT, || async {
         reqwest::get(&status).await.is_ok_and(|r| r.status() == 200)
     })
     .await;
@@ -264,21 +208,6 @@ async fn new_card(client: &Client, what: &str, known: &HashSet<String>) -> Strin
         .as_str()
         .unwrap()
         .to_owned()
-}
-
-fn cli(cfg: &Path, args: &[&str]) -> String {
-    let out = Command::new(agent_bin())
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 async fn fetch_status(client: &Client, path: &str) -> u64 {
@@ -402,16 +331,7 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     )
     .await;
     shot(&client, "04-purchased").await;
-    let http = reqwest::Client::new();
-    let alerts: Value = http
-        .get(format!("{base}/api/alerts?limit=1000"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alerts: Value = get_json(&format!("{base}/api/alerts?limit=1000"), ADMIN).await;
     let ours = alerts
         .as_array()
         .unwrap()
@@ -441,15 +361,7 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     )
     .await;
     let after_restart = new_card(&client, "an alert from the restarted agent", &before).await;
-    let raised_by_new: Value = http
-        .get(format!("{base}/api/alerts?limit=1000"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raised_by_new: Value = get_json(&format!("{base}/api/alerts?limit=1000"), ADMIN).await;
     assert!(
         raised_by_new
             .as_array()
