@@ -127,6 +127,48 @@ impl Lifecycle {
     }
 }
 
+/// Outbox events looked at, at most, when recovering (the newest ones).
+const RECOVER_SCAN: u64 = 20_000;
+/// Steps decided concurrently can commit to the outbox out of wall-clock order: events this much
+/// older than the newest saved step are still replayed.
+const RECOVER_SLACK_MS: i64 = 60_000;
+
+/// Brings the hub back after a restart: `rows` (from the [`AlertStore`](super::AlertStore), oldest
+/// first) as they stand, then every alert event still in the outbox that the store may have
+/// missed. Returns (alerts loaded, events that changed something).
+///
+/// Crash-safety: a raise or step is committed to the outbox first and saved to the store right
+/// after (the outbox is the record of truth; no tablet sees a step head office will not hear of).
+/// A stop between the two leaves the store one step behind the outbox, and that event is still
+/// in the outbox at the next start (it can only leave once head office acknowledged it), so it
+/// is replayed here; replaying is idempotent, so events the store already has change nothing.
+/// Residual: if head office acknowledged the event in the instant between the two writes, the
+/// step is lost locally (the alert may then later expire after a take head office has seen).
+pub async fn recover(
+    hub: &AlertHub,
+    rows: Vec<(super::Alert, super::AlertState)>,
+    outbox: &Outbox,
+) -> Result<(usize, usize), OutboxError> {
+    let newest_ms = rows.iter().map(|(_, s)| s.updated_at_ms).max().unwrap_or(0);
+    let loaded = hub.restore(rows);
+    let since_ms = newest_ms
+        .saturating_sub(RECOVER_SLACK_MS)
+        .max(crate::now_ms() - super::store::KEEP_CLOSED_MS);
+    let mut after = outbox.last_seq().await?.saturating_sub(RECOVER_SCAN);
+    let mut replayed = 0;
+    loop {
+        let page = outbox.pending(after, 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for event in page.iter().filter(|e| e.at_ms >= since_ms) {
+            if hub.replay(event) {
+                replayed += 1;
+            }
+        }
+    }
+    Ok((loaded, replayed))
+}
+
 fn step_name(action: Action) -> &'static str {
     match action {
         Action::Take => "taken",

@@ -13,20 +13,23 @@
 //! never hear of.
 
 pub mod lifecycle;
+pub mod store;
 
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
 };
 
-use instore_protocol::{AlertOutcomeKind, AlertPriority, EventBody, member::LastPurchase};
-use serde::{Serialize, Serializer, ser::SerializeMap};
+use instore_protocol::{AlertOutcomeKind, AlertPriority, Event, EventBody, member::LastPurchase};
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Serialize, Serializer, ser::SerializeMap};
 use tokio::sync::broadcast;
 
 pub use lifecycle::{Actor, Lifecycle, LifecycleError};
+pub use store::{AlertStore, AlertStoreError};
 
 /// What a clerk's tablet shows about the member.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberCard {
     pub member_id: String,
     pub display_name: String,
@@ -231,6 +234,8 @@ pub struct AlertHub {
     tx: broadcast::Sender<Arc<Update>>,
     capacity: usize,
     epoch: Arc<str>,
+    /// Where alert state survives a restart; None in tests and benchmarks that need no disk.
+    store: Option<(Arc<AlertStore>, Counter)>,
 }
 
 impl std::fmt::Debug for AlertHub {
@@ -261,7 +266,147 @@ impl AlertHub {
             capacity,
             // Random per process: sequence numbers restart at 1 when the agent does.
             epoch: Arc::from(format!("{:08x}", rand::random::<u32>())),
+            store: None,
         }
+    }
+
+    /// A hub that writes every raise and step to `store` once applied (a failed write is logged
+    /// and counted in `errors`; the tablets and the outbox already have the step).
+    pub fn with_store(capacity: usize, store: AlertStore, errors: Counter) -> Self {
+        let mut hub = Self::new(capacity);
+        hub.store = Some((Arc::new(store), errors));
+        hub
+    }
+
+    /// Called under the hub's lock, so an alert's rows are written in the order its steps were
+    /// applied.
+    fn persist(&self, alert: &Alert, state: &AlertState) {
+        if let Some((store, errors)) = &self.store
+            && let Err(e) = store.save(alert, state)
+        {
+            errors.inc();
+            tracing::error!(error = %e, alert = %alert.id, "alert state not saved");
+        }
+    }
+
+    /// Takes alerts loaded from the store (oldest raise first) as they stand: numbered and in
+    /// the ring, so `GET /api/alerts`, SSE catch-up and clerk steps work on them. Alerts the hub
+    /// already knows are skipped. Nothing is broadcast or written back.
+    pub fn restore(&self, rows: Vec<(Alert, AlertState)>) -> usize {
+        let mut inner = self.lock();
+        let mut n = 0;
+        for (mut alert, state) in rows {
+            if inner.entries.contains_key(&alert.id) {
+                continue;
+            }
+            alert.seq = inner.next_seq;
+            let alert = Arc::new(alert);
+            self.remember(&mut inner, alert.clone(), state.clone());
+            let kind = match state.status {
+                Status::Open => UpdateKind::Raised,
+                Status::Taken => UpdateKind::Taken,
+                Status::Closed => UpdateKind::Outcome,
+                Status::Dismissed => UpdateKind::Dismissed,
+                Status::Expired => UpdateKind::Expired,
+            };
+            self.push(&mut inner, kind, alert, state);
+            n += 1;
+        }
+        n
+    }
+
+    /// Applies an alert event found in the outbox at start, in case the agent stopped between
+    /// committing it and saving the state (see [`restore`]). Idempotent: a raise the hub knows,
+    /// or a step its alert is already past, changes nothing. Returns whether it changed anything.
+    pub fn replay(&self, event: &Event) -> bool {
+        let mut inner = self.lock();
+        let (id, action, by) = match &event.body {
+            EventBody::AlertRaised {
+                alert_id,
+                rule,
+                member_id,
+                priority,
+                message,
+            } => {
+                if inner.entries.contains_key(alert_id) {
+                    return false;
+                }
+                // The event has no card: the tablet shows the member id until the alert ends.
+                let alert = Arc::new(Alert {
+                    id: alert_id.clone(),
+                    seq: inner.next_seq,
+                    raised_at_ms: event.at_ms,
+                    rule: rule.clone(),
+                    priority: *priority,
+                    message: message.clone(),
+                    zone: String::new(),
+                    member: MemberCard {
+                        member_id: member_id.clone(),
+                        display_name: member_id.clone(),
+                        tier: String::new(),
+                        stage: None,
+                        tags: Vec::new(),
+                        last_purchase: None,
+                    },
+                });
+                let state = AlertState {
+                    updated_at_ms: event.at_ms,
+                    ..AlertState::default()
+                };
+                self.remember(&mut inner, alert.clone(), state.clone());
+                self.persist(&alert, &state);
+                self.push(&mut inner, UpdateKind::Raised, alert, state);
+                return true;
+            }
+            EventBody::AlertTaken { alert_id, by, .. } => (alert_id, Action::Take, Some(by)),
+            EventBody::AlertOutcome {
+                alert_id,
+                outcome,
+                by,
+                ..
+            } => (alert_id, Action::Outcome(*outcome), Some(by)),
+            EventBody::AlertDismissed { alert_id, by, .. } => (alert_id, Action::Dismiss, Some(by)),
+            EventBody::AlertExpired { alert_id, .. } => (alert_id, Action::Expire, None),
+            _ => return false,
+        };
+        let Some(entry) = inner.entries.get(id.as_str()) else {
+            return false;
+        };
+        let applies = match (action, entry.state.status) {
+            (_, Status::Open) => true,
+            (Action::Outcome(_) | Action::Dismiss, Status::Taken) => true,
+            _ => false,
+        };
+        if !applies {
+            return false;
+        }
+        let step = Pending {
+            alert_id: id.clone(),
+            rule: entry.alert.rule.clone(),
+            action,
+            by: by.cloned().unwrap_or_else(|| "system".into()),
+            // Not in the event: only an admin can close an alert taken this way.
+            by_id: String::new(),
+        };
+        drop(inner);
+        self.commit(&step, event.at_ms).is_some()
+    }
+
+    fn remember(&self, inner: &mut Inner, alert: Arc<Alert>, state: AlertState) {
+        if inner.order.len() == self.capacity
+            && let Some(old) = inner.order.pop_front()
+        {
+            inner.entries.remove(&old);
+        }
+        inner.order.push_back(alert.id.clone());
+        inner.entries.insert(
+            alert.id.clone(),
+            Entry {
+                alert,
+                state,
+                pending: false,
+            },
+        );
     }
 
     pub fn epoch(&self) -> &str {
@@ -312,21 +457,11 @@ impl AlertHub {
             ..AlertState::default()
         };
         let alert = Arc::new(alert);
-        if inner.order.len() == self.capacity
-            && let Some(old) = inner.order.pop_front()
-        {
-            inner.entries.remove(&old);
-        }
-        inner.order.push_back(alert.id.clone());
-        inner.entries.insert(
-            alert.id.clone(),
-            Entry {
-                alert: alert.clone(),
-                state: state.clone(),
-                pending: false,
-            },
-        );
-        self.push(&mut inner, UpdateKind::Raised, alert, state)
+        self.remember(&mut inner, alert.clone(), state.clone());
+        // Tablets first (latency), then the disk, both under the lock.
+        let update = self.push(&mut inner, UpdateKind::Raised, alert.clone(), state.clone());
+        self.persist(&alert, &state);
+        update
     }
 
     /// The most recent alerts as they stand now, oldest raise first. Each carries the sequence
@@ -461,7 +596,9 @@ impl AlertHub {
             }
         };
         let (alert, state) = (entry.alert.clone(), entry.state.clone());
-        Some(self.push(&mut inner, kind, alert, state))
+        let update = self.push(&mut inner, kind, alert.clone(), state.clone());
+        self.persist(&alert, &state);
+        Some(update)
     }
 
     /// Releases a reserved step whose event could not be committed.
