@@ -21,7 +21,9 @@ use serde_json::{Value, json};
 use support::{
     http::get_json,
     net::free_port,
-    process::{AgentProcess, cli, import_members, run_command, write_sim_members},
+    process::{
+        AgentProcess, cli, import_members, run_command, write_agent_config, write_sim_members,
+    },
     wait::eventually,
 };
 
@@ -51,19 +53,12 @@ message = "Greet {display_name} ({tier}) at the {zone}"
 "#,
     )
     .unwrap();
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"store_id = "store-1"
-gateway_id = "gw-1"
-data_dir = "data"
-
-[http]
-listen = "127.0.0.1:{port}"
-admin_token = "{ADMIN}"
-
-[react]
+    let cfg = write_agent_config(
+        dir,
+        port,
+        ADMIN,
+        &format!(
+            r#"[react]
 rules = "rules.toml"
 
 [[sources]]
@@ -76,8 +71,7 @@ population = 200
 mean_dwell_s = 20.0
 "#
         ),
-    )
-    .unwrap();
+    );
     import_members(&cfg, &write_sim_members(dir, 200));
     cfg
 }

@@ -22,7 +22,7 @@ use instore_agent::sources::sim::{self, Crowd, CrowdConfig};
 use support::{
     http::metric,
     net::free_port,
-    process::{AgentProcess, cli_output, run_command, sim_members_ndjson},
+    process::{AgentProcess, cli_output, run_command, sim_members_ndjson, write_agent_config},
 };
 
 const TOKEN: &str = "privacy-admin-token";
@@ -35,19 +35,12 @@ const MEAN_DWELL_S: f64 = 30.0;
 const CONTROL_MAC: [u8; 6] = [0xc0, 0x11, 0x22, 0x33, 0x44, 0x55];
 
 fn setup(dir: &Path, port: u16) -> (PathBuf, PathBuf) {
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"store_id = "store-1"
-gateway_id = "gw-1"
-data_dir = "data"
-
-[http]
-listen = "127.0.0.1:{port}"
-admin_token = "{TOKEN}"
-
-[[sources]]
+    let cfg = write_agent_config(
+        dir,
+        port,
+        TOKEN,
+        &format!(
+            r#"[[sources]]
 kind = "sim"
 zone = "entrance"
 seed = {SEED}
@@ -60,8 +53,7 @@ mean_dwell_s = {MEAN_DWELL_S:.1}
 enabled = false
 "#
         ),
-    )
-    .unwrap();
+    );
     let members = dir.join("members.ndjson");
     let mut text = sim_members_ndjson(POPULATION);
     text.push_str(

@@ -15,26 +15,19 @@ use instore_agent::sources::sim;
 use support::{
     http::get,
     net::free_port,
-    process::{AgentProcess, import_members, run_command, write_sim_members},
+    process::{AgentProcess, import_members, run_command, write_agent_config, write_sim_members},
 };
 
 const TOKEN: &str = "standalone-admin-token";
 const POPULATION: u32 = 200;
 
 fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let cfg = dir.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"store_id = "store-1"
-gateway_id = "gw-1"
-data_dir = "data"
-
-[http]
-listen = "127.0.0.1:{port}"
-admin_token = "{TOKEN}"
-
-[[sources]]
+    write_agent_config(
+        dir,
+        port,
+        TOKEN,
+        &format!(
+            r#"[[sources]]
 kind = "sim"
 zone = "fitting-rooms"
 seed = 5
@@ -48,8 +41,6 @@ enabled = false
 "#
         ),
     )
-    .unwrap();
-    cfg
 }
 
 #[tokio::test]

@@ -28,6 +28,28 @@ pub fn cli(cfg: &Path, args: &[&str]) -> String {
     String::from_utf8(cli_output(cfg, args, None).stdout).unwrap()
 }
 
+/// Writes `dir/agent.toml`: store `store-1`, gateway `gw-1`, data under `dir/data`, loopback
+/// HTTP on `port` with admin token `token`, then `rest` (the test's own sections).
+pub fn write_agent_config(dir: &Path, port: u16, token: &str, rest: &str) -> PathBuf {
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"store_id = "store-1"
+gateway_id = "gw-1"
+data_dir = "data"
+
+[http]
+listen = "127.0.0.1:{port}"
+admin_token = "{token}"
+
+{rest}"#
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 /// `members import <file>`; the import report is on stdout.
 pub fn import_members(cfg: &Path, file: &Path) -> Output {
     cli_output(cfg, &["members", "import", file.to_str().unwrap()], None)
