@@ -33,6 +33,11 @@ pub struct Metrics {
     pub rpa_resolutions: Counter,
     pub rpa_resolved: Counter,
     pub rpa_aes_blocks: Counter,
+    /// Per-window rotating-ID/EID tables (identify/rotating.rs).
+    pub id_table_builds: Counter,
+    pub id_table_build_us: Counter,
+    pub id_table_inline_builds: Counter,
+    pub id_table_late: Counter,
     // presence
     pub presence_events: Family<KindLabel, Counter>,
     pub members_present: Gauge,
@@ -78,6 +83,7 @@ pub struct Metrics {
     // alert lifecycle and tablet pairing
     pub alert_steps: Family<KindLabel, Counter>,
     pub alert_steps_refused: Family<KindLabel, Counter>,
+    pub alert_store_errors: Counter,
     pub pairing_attempts: Family<KindLabel, Counter>,
     pub tablets_paired: Gauge,
 }
@@ -172,6 +178,26 @@ impl Metrics {
             "rpa_aes_blocks",
             "AES blocks spent resolving resolvable private addresses",
             m.rpa_aes_blocks.clone(),
+        );
+        r.register(
+            "id_table_builds",
+            "Per-window rotating-ID/Eddystone-EID tables built (off the engine task)",
+            m.id_table_builds.clone(),
+        );
+        r.register(
+            "id_table_build_us",
+            "Microseconds spent building per-window ID tables (divide by id_table_builds)",
+            m.id_table_build_us.clone(),
+        );
+        r.register(
+            "id_table_inline_builds",
+            "Per-window ID tables built on the engine task because no builder thread could start",
+            m.id_table_inline_builds.clone(),
+        );
+        r.register(
+            "id_table_late",
+            "Window changes where the new window's ID table was not ready yet",
+            m.id_table_late.clone(),
         );
         r.register(
             "presence_events",
@@ -344,6 +370,11 @@ impl Metrics {
             "alert_steps_refused",
             "Alert lifecycle steps refused (already taken or closed, unknown alert)",
             m.alert_steps_refused.clone(),
+        );
+        r.register(
+            "alert_store_errors",
+            "Alert states not saved to alerts.db (the outbox has the step; a restart replays it)",
+            m.alert_store_errors.clone(),
         );
         r.register(
             "pairing_attempts",

@@ -156,7 +156,14 @@ impl Core {
         }
     }
 
+    /// Waits until the per-window ID tables for `now_ms` are built and swapped in (benchmarks and
+    /// tests; the engine task never waits, it swaps tables in on its tick).
+    pub fn prepare_id_tables_and_wait(&mut self, now_ms: u64) {
+        self.identify.prepare_and_wait(&self.index, now_ms);
+    }
+
     pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        // Swaps in per-window ID tables built off this task; never builds one here.
         self.identify.prepare(&self.index, now_ms);
         for change in self.presence.tick(now_ms) {
             self.apply(change, out);
@@ -283,6 +290,8 @@ impl Core {
     /// tracked at once.
     pub fn set_members(&mut self, index: Arc<MemberIndex>, now_ms: u64, out: &mut Vec<Output>) {
         self.index = index;
+        // Start building the new index's per-window ID tables now rather than at the next tick.
+        self.identify.prepare(&self.index, now_ms);
         let index = self.index.clone();
         for change in self
             .presence

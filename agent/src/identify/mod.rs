@@ -8,10 +8,13 @@
 //!
 //! Order of checks (first match wins):
 //! 1. Apple manufacturer data `02 15`: iBeacon. Major [`ROTATING_MAJOR`] → rotating member ID
-//!    (one lookup in the current window's table); otherwise a fixed iBeacon identifier.
+//!    (one lookup in the tables of windows w-1..=w+1); otherwise a fixed iBeacon identifier.
+//!
+//! The per-window tables are built on a thread of their own ([`rotating::TableBuilder`]) and
+//! swapped in by [`Identify::prepare`] on the engine tick; identifying never builds one.
 //! 2. Any company's manufacturer data `BE AC`: AltBeacon, matched like an iBeacon.
-//! 3. Service data `0xFEAA`: Eddystone UID (EID frames decode but need Google's resolver; URL and
-//!    TLM carry no identity).
+//! 3. Service data `0xFEAA`: Eddystone UID (one lookup), EID (one lookup in the window's table,
+//!    built from the members' temporary keys); URL and TLM carry no identity.
 //! 4. The address: public or static random → member by address; resolvable private → the member
 //!    whose IRK resolves it (cached per address); non-resolvable → nobody.
 
@@ -53,9 +56,9 @@ pub struct Identify {
     wall_anchor_ms: i64,
     index_build: u64,
     rpa: rpa::RpaCache,
-    rotating: rotating::RotatingTables,
-    /// Window the rotating tables were prepared for.
-    window: Option<u32>,
+    /// Rotating-ID and EID tables of windows w-1..=w+2.
+    tables: rotating::WindowTables,
+    builder: rotating::TableBuilder,
     /// AES blocks spent resolving RPAs since start (what an operator would graph against IRKs).
     pub rpa_aes_blocks: u64,
     /// The agent's counters (`rpa_*`); a detached default when none are given.
@@ -75,8 +78,8 @@ impl Identify {
             wall_anchor_ms,
             index_build: 0,
             rpa: rpa::RpaCache::new(RPA_CACHE_CAPACITY),
-            rotating: rotating::RotatingTables::default(),
-            window: None,
+            tables: rotating::WindowTables::default(),
+            builder: rotating::TableBuilder::new(&Metrics::default()),
             rpa_aes_blocks: 0,
             metrics: Metrics::default(),
         }
@@ -85,6 +88,7 @@ impl Identify {
     /// Counts RPA cache hits and resolutions into the agent's metrics.
     pub fn with_metrics(mut self, metrics: &Metrics) -> Self {
         self.metrics = metrics.clone();
+        self.builder = rotating::TableBuilder::new(metrics);
         self
     }
 
@@ -92,24 +96,42 @@ impl Identify {
         if self.index_build != index.build_id() {
             self.index_build = index.build_id();
             self.rpa.clear();
-            self.rotating.clear();
-            self.window = None;
+            self.tables.clear();
         }
     }
 
-    /// Builds the rotating-ID tables for the window of `at_ms` ahead of the first advert that
-    /// needs them (the engine calls this from its tick, so a window change does not stall an
-    /// advert). Cheap when nothing changed.
-    pub fn prepare(&mut self, index: &MemberIndex, at_ms: u64) {
+    /// Swaps in the per-window tables built since the last call and asks the builder thread for
+    /// those still missing around the window of `at_ms` (the next window's a whole window ahead).
+    /// Called from the engine tick; never builds a table itself, so it costs microseconds.
+    pub fn prepare(&mut self, index: &Arc<MemberIndex>, at_ms: u64) {
         self.sync_index(index);
-        if !index.has_day_keys() {
+        if !index.has_window_keys() {
             return;
         }
         let w = window_of_ms(self.wall_anchor_ms.saturating_add(at_ms as i64));
-        if self.window != Some(w) {
-            self.rotating.prepare(index, w);
-            self.window = Some(w);
+        if self.tables.prepare(&mut self.builder, index, w) {
+            self.metrics.id_table_late.inc();
         }
+    }
+
+    /// [`Self::prepare`], then waits until every requested table is in (tests and benchmarks:
+    /// the engine never waits).
+    pub fn prepare_and_wait(&mut self, index: &Arc<MemberIndex>, at_ms: u64) {
+        self.prepare(index, at_ms);
+        // Bounded, so that a builder that died cannot hang a test.
+        for _ in 0..600 {
+            if !self.tables.pending() {
+                break;
+            }
+            self.builder
+                .wait_ready(std::time::Duration::from_millis(50));
+            self.prepare(index, at_ms);
+        }
+    }
+
+    /// The per-window tables held (windows, building threads).
+    pub fn tables(&self) -> &rotating::WindowTables {
+        &self.tables
     }
 
     /// Who sent `advert`, heard at monotonic `at_ms`.
@@ -126,8 +148,7 @@ impl Identify {
             let found = match (company, data.get(..2)) {
                 (&COMPANY_APPLE, Some([0x02, 0x15])) => match ibeacon::decode(data) {
                     Ok(b) if b.major == ROTATING_MAJOR && index.has_day_keys() => {
-                        self.prepare(index, at_ms);
-                        self.rotating.lookup(&b.uuid)
+                        self.tables.find(|t| t.rotating(&b.uuid))
                     }
                     Ok(b) => index.ibeacon(&b.uuid, b.major, b.minor),
                     Err(_) => None,
@@ -142,15 +163,22 @@ impl Identify {
             }
         }
         for (uuid, data) in &advert.service_data {
-            if *uuid == eddystone::SERVICE_UUID
-                && let Ok(eddystone::Eddystone::Uid {
+            if *uuid != eddystone::SERVICE_UUID {
+                continue;
+            }
+            let found = match eddystone::decode(data) {
+                Ok(eddystone::Eddystone::Uid {
                     namespace,
                     instance,
                     ..
-                }) = eddystone::decode(data)
-                && let Some(slot) = index.eddystone_uid(&namespace, &instance)
-            {
-                return Some(slot);
+                }) => index.eddystone_uid(&namespace, &instance),
+                Ok(eddystone::Eddystone::Eid { eid, .. }) if index.has_eid_keys() => {
+                    self.tables.find(|t| t.eid(&eid))
+                }
+                _ => None,
+            };
+            if found.is_some() {
+                return found;
             }
         }
         match address::classify(&advert.address, advert.address_type) {

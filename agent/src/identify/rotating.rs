@@ -1,15 +1,34 @@
-//! Rotating member IDs at the gateway (the scheme is specified in
-//! [`instore_protocol::rotating`]): per window, a table ID → member built from the day keys in
-//! the member index, so resolving an advert is one lookup however many members there are.
+//! Per-window tables of rotating member IDs and Eddystone EIDs, built off the engine task.
 //!
-//! Tables exist for the current window and one either side (clock skew of the member's phone); on
-//! a window change only the new neighbour is computed — one HMAC per member with a key for that
-//! day — and the oldest dropped.
+//! The schemes are specified in [`instore_protocol::rotating`] and
+//! [`instore_protocol::eddystone_eid`]. For a 15-minute window a [`WindowTable`] maps every ID a
+//! member may advertise in it (one HMAC per member with a day key; the EIDs of every rotation
+//! quantum overlapping the window, one AES block each, per member with a temporary key) to the
+//! member's slot, so resolving an advert is one lookup however many members there are.
+//!
+//! In: the engine asks [`TableBuilder::request`] for a window of an `Arc<MemberIndex>`. A
+//! dedicated thread (`id-tables`) builds it and leaves it in a mutex-guarded hand-over slot;
+//! out: the engine's next tick [`TableBuilder::take_ready`]s it and swaps it in. The engine keeps
+//! windows w-1..=w+2, so the table for the next window is ready a whole window before it is
+//! needed; lookups use w-1..=w+1 (±15 min of clock skew). A table that is late leaves the
+//! previous ones working. The thread ends when its [`TableBuilder`] is dropped.
+
+use std::{
+    sync::{Arc, Condvar, Mutex, mpsc},
+    thread::ThreadId,
+    time::{Duration, Instant},
+};
 
 use foldhash::HashMap;
-use instore_protocol::rotating::{RotatingId, day_of_window, rotating_id};
+use instore_protocol::{
+    eddystone_eid::{self, Eid, MAX_EXPONENT},
+    rotating::{RotatingId, WINDOW_SECS, day_of_window, rotating_id},
+};
 
-use crate::cache::{MemberIndex, Slot};
+use crate::{
+    cache::{MemberIndex, Slot},
+    metrics::Metrics,
+};
 
 /// IDs are uniformly random HMAC outputs, so their first 8 bytes key the table without losing
 /// anything that matters: an accidental match among `3n` entries needs ~2^64/3n tries, and forging
@@ -20,48 +39,287 @@ fn short(id: &RotatingId) -> u64 {
     u64::from_be_bytes(b)
 }
 
-#[derive(Debug, Default)]
-pub struct RotatingTables {
-    /// (window, ID → slot) for at most three windows.
-    tables: Vec<(u32, HashMap<u64, Slot>)>,
+/// The IDs of one window of one member index.
+#[derive(Debug)]
+pub struct WindowTable {
+    pub window: u32,
+    /// [`MemberIndex::build_id`] of the index it was built from.
+    pub build_id: u64,
+    rotating: HashMap<u64, Slot>,
+    eid: HashMap<u64, Slot>,
+    /// Which thread built it: the engine's tests check that it was not the engine's.
+    pub built_on: ThreadId,
+    pub build_time: Duration,
 }
 
-impl RotatingTables {
-    /// Builds the table of one window.
-    pub fn build(index: &MemberIndex, window: u32) -> HashMap<u64, Slot> {
+impl WindowTable {
+    /// Builds the table of `window` (CPU-bound: call it off the engine task).
+    pub fn build(index: &MemberIndex, window: u32) -> Self {
+        let started = Instant::now();
         let day = day_of_window(window);
-        let mut map = HashMap::default();
+        let mut rotating = HashMap::default();
         for e in index.day_keys_for(day) {
-            map.insert(short(&rotating_id(&e.key, window)), e.slot);
+            rotating.insert(short(&rotating_id(&e.key, window)), e.slot);
         }
-        map
+        let mut eid = HashMap::default();
+        let start = (u64::from(window) * WINDOW_SECS as u64).min(u64::from(u32::MAX)) as u32;
+        let end = start.saturating_add(WINDOW_SECS as u32 - 1);
+        for epoch in eddystone_eid::epoch_of(start)..=eddystone_eid::epoch_of(end) {
+            let epoch_start = u32::from(epoch) << 16;
+            let epoch_end = epoch_start | 0xffff;
+            for e in index.eid_keys_for(epoch) {
+                let k = e.exponent.min(MAX_EXPONENT);
+                // Every quantum overlapping the window, within this epoch (quanta never straddle
+                // epochs: 2^k divides 2^16).
+                let mut q = (start.max(epoch_start) >> k) << k;
+                let last = end.min(epoch_end);
+                loop {
+                    let id = eddystone_eid::eid(&e.key, k, q);
+                    eid.insert(u64::from_be_bytes(id), e.slot);
+                    match q.checked_add(1 << k) {
+                        Some(next) if next <= last => q = next,
+                        _ => break,
+                    }
+                }
+            }
+        }
+        Self {
+            window,
+            build_id: index.build_id(),
+            rotating,
+            eid,
+            built_on: std::thread::current().id(),
+            build_time: started.elapsed(),
+        }
     }
 
-    /// Makes sure the tables of `window - 1 ..= window + 1` exist, reusing those already built.
-    pub fn prepare(&mut self, index: &MemberIndex, window: u32) {
-        let wanted = [window.saturating_sub(1), window, window.saturating_add(1)];
-        self.tables.retain(|(w, _)| wanted.contains(w));
-        for w in wanted {
-            if !self.tables.iter().any(|(have, _)| *have == w) {
-                self.tables.push((w, Self::build(index, w)));
+    /// The member advertising rotating ID `id` in this window.
+    #[inline]
+    pub fn rotating(&self, id: &RotatingId) -> Option<Slot> {
+        if self.rotating.is_empty() {
+            return None;
+        }
+        self.rotating.get(&short(id)).copied()
+    }
+
+    /// The member whose beacon sends `eid` in this window.
+    #[inline]
+    pub fn eid(&self, eid: &Eid) -> Option<Slot> {
+        if self.eid.is_empty() {
+            return None;
+        }
+        self.eid.get(&u64::from_be_bytes(*eid)).copied()
+    }
+
+    /// IDs in the table (rotating IDs + EIDs).
+    pub fn len(&self) -> usize {
+        self.rotating.len() + self.eid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Builds requested per-window tables on a thread of its own.
+#[derive(Debug)]
+pub struct TableBuilder {
+    jobs: Option<mpsc::SyncSender<(Arc<MemberIndex>, u32)>>,
+    done: Arc<(Mutex<Vec<WindowTable>>, Condvar)>,
+    spawn_failed: bool,
+    metrics: Metrics,
+}
+
+/// Requests in flight: four windows per index, and one more index's worth while a swap settles.
+const JOBS_CAPACITY: usize = 8;
+
+/// What [`TableBuilder::request`] did.
+#[derive(Debug)]
+pub enum Requested {
+    /// Queued; the table will come out of [`TableBuilder::take_ready`].
+    Queued,
+    /// The queue is full: ask again on the next tick.
+    Busy,
+    /// No builder thread could be started: built here, on the caller's thread (counted in
+    /// `id_table_inline_builds`).
+    BuiltInline(WindowTable),
+}
+
+impl TableBuilder {
+    pub fn new(metrics: &Metrics) -> Self {
+        Self {
+            jobs: None,
+            done: Arc::new((Mutex::new(Vec::new()), Condvar::new())),
+            spawn_failed: false,
+            metrics: metrics.clone(),
+        }
+    }
+
+    fn spawn(&mut self) -> Option<&mpsc::SyncSender<(Arc<MemberIndex>, u32)>> {
+        if self.jobs.is_none() && !self.spawn_failed {
+            let (tx, rx) = mpsc::sync_channel::<(Arc<MemberIndex>, u32)>(JOBS_CAPACITY);
+            let done = self.done.clone();
+            let metrics = self.metrics.clone();
+            let spawned = std::thread::Builder::new()
+                .name("id-tables".into())
+                .spawn(move || {
+                    // Ends when the builder (the engine's identify state) is dropped.
+                    while let Ok((index, window)) = rx.recv() {
+                        let table = WindowTable::build(&index, window);
+                        drop(index);
+                        metrics.id_table_builds.inc();
+                        metrics
+                            .id_table_build_us
+                            .inc_by(table.build_time.as_micros() as u64);
+                        let (lock, cv) = &*done;
+                        if let Ok(mut ready) = lock.lock() {
+                            ready.push(table);
+                        }
+                        cv.notify_all();
+                    }
+                });
+            match spawned {
+                Ok(_) => self.jobs = Some(tx),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the ID-table thread; building tables inline");
+                    self.spawn_failed = true;
+                }
+            }
+        }
+        self.jobs.as_ref()
+    }
+
+    /// Asks for the table of `window` of `index`.
+    pub fn request(&mut self, index: &Arc<MemberIndex>, window: u32) -> Requested {
+        match self.spawn() {
+            Some(jobs) => match jobs.try_send((index.clone(), window)) {
+                Ok(()) => Requested::Queued,
+                Err(mpsc::TrySendError::Full(_)) => Requested::Busy,
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    // The thread died (a panic while building): start another next time.
+                    self.jobs = None;
+                    Requested::Busy
+                }
+            },
+            None => {
+                let table = WindowTable::build(index, window);
+                self.metrics.id_table_builds.inc();
+                self.metrics.id_table_inline_builds.inc();
+                self.metrics
+                    .id_table_build_us
+                    .inc_by(table.build_time.as_micros() as u64);
+                Requested::BuiltInline(table)
             }
         }
     }
 
-    /// The member advertising `id` around `window` (tables must have been prepared for it).
-    pub fn lookup(&self, id: &RotatingId) -> Option<Slot> {
-        let k = short(id);
-        self.tables.iter().find_map(|(_, t)| t.get(&k).copied())
+    /// Tables finished since the last call (never blocks on a build: the lock is held only to
+    /// move the finished tables out).
+    pub fn take_ready(&self) -> Vec<WindowTable> {
+        match self.done.0.lock() {
+            Ok(mut ready) => std::mem::take(&mut *ready),
+            Err(_) => Vec::new(),
+        }
     }
 
-    /// Windows currently prepared.
+    /// Waits up to `timeout` for a table to finish (tests and benchmarks; never the engine).
+    pub fn wait_ready(&self, timeout: Duration) {
+        let (lock, cv) = &*self.done;
+        if let Ok(ready) = lock.lock()
+            && ready.is_empty()
+        {
+            let _ = cv.wait_timeout(ready, timeout);
+        }
+    }
+}
+
+/// The tables the engine holds: at most windows w-1..=w+2 of one index.
+#[derive(Debug, Default)]
+pub struct WindowTables {
+    tables: Vec<Arc<WindowTable>>,
+    /// Window lookups are answered for (set by the tick).
+    current: Option<u32>,
+    /// Windows requested and not yet back.
+    pending: Vec<u32>,
+}
+
+impl WindowTables {
+    fn wanted(window: u32) -> std::ops::RangeInclusive<u32> {
+        window.saturating_sub(1)..=window.saturating_add(2)
+    }
+
+    /// Swaps in finished tables of `index` and requests the missing windows around `window`.
+    /// Returns whether the current window's table was missing (late).
+    pub fn prepare(
+        &mut self,
+        builder: &mut TableBuilder,
+        index: &Arc<MemberIndex>,
+        window: u32,
+    ) -> bool {
+        let wanted = Self::wanted(window);
+        for t in builder.take_ready() {
+            self.pending.retain(|w| *w != t.window);
+            if t.build_id == index.build_id() && wanted.contains(&t.window) {
+                self.insert(t);
+            }
+        }
+        self.tables.retain(|t| wanted.contains(&t.window));
+        self.pending.retain(|w| wanted.contains(w));
+        for w in wanted {
+            if self.has(w) || self.pending.contains(&w) {
+                continue;
+            }
+            match builder.request(index, w) {
+                Requested::Queued => self.pending.push(w),
+                Requested::Busy => break,
+                Requested::BuiltInline(t) => self.insert(t),
+            }
+        }
+        let late = self.current.is_some_and(|c| c != window) && !self.has(window);
+        self.current = Some(window);
+        late
+    }
+
+    fn insert(&mut self, t: WindowTable) {
+        self.tables.retain(|have| have.window != t.window);
+        self.tables.push(Arc::new(t));
+    }
+
+    fn has(&self, window: u32) -> bool {
+        self.tables.iter().any(|t| t.window == window)
+    }
+
+    /// Whether requested tables are still being built.
+    pub fn pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The first answer among the tables of w-1..=w+1.
+    #[inline]
+    pub fn find(&self, f: impl Fn(&WindowTable) -> Option<Slot>) -> Option<Slot> {
+        let w = self.current?;
+        let usable = w.saturating_sub(1)..=w.saturating_add(1);
+        self.tables
+            .iter()
+            .filter(|t| usable.contains(&t.window))
+            .find_map(|t| f(t))
+    }
+
+    /// Windows currently held.
     pub fn windows(&self) -> Vec<u32> {
-        let mut w: Vec<u32> = self.tables.iter().map(|(w, _)| *w).collect();
+        let mut w: Vec<u32> = self.tables.iter().map(|t| t.window).collect();
         w.sort_unstable();
         w
     }
 
+    /// The threads that built the tables held.
+    pub fn built_on(&self) -> Vec<ThreadId> {
+        self.tables.iter().map(|t| t.built_on).collect()
+    }
+
     pub fn clear(&mut self) {
         self.tables.clear();
+        self.pending.clear();
+        self.current = None;
     }
 }

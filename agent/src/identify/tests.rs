@@ -168,26 +168,95 @@ fn rotating_advert(window: u32) -> Advert {
     )
 }
 
+/// Like [`who_at`], after swapping in the per-window tables for `at_ms` (waiting for the builder
+/// thread, as the engine's tick would a second later).
+fn who_ready(id: &mut Identify, a: &Advert, idx: &Arc<MemberIndex>, at_ms: u64) -> Option<String> {
+    id.prepare_and_wait(idx, at_ms);
+    who_at(id, a, idx, at_ms)
+}
+
 #[test]
 fn a_rotating_id_identifies_the_member_in_its_window_and_one_either_side() {
-    let idx = index();
+    let idx = Arc::new(index());
     let mut id = Identify::new(WALL);
     let w = window_of_ms(WALL);
     for skew in [-1i64, 0, 1] {
         let a = rotating_advert((i64::from(w) + skew) as u32);
         assert_eq!(
-            who_at(&mut id, &a, &idx, 0).as_deref(),
+            who_ready(&mut id, &a, &idx, 0).as_deref(),
             Some("R"),
             "skew {skew}"
         );
     }
-    assert_eq!(who_at(&mut id, &rotating_advert(w + 2), &idx, 0), None);
-    assert_eq!(who_at(&mut id, &rotating_advert(w - 4), &idx, 0), None);
+    assert_eq!(
+        who_ready(&mut id, &rotating_advert(w + 2), &idx, 0),
+        None,
+        "w+2 is built ahead but not accepted yet"
+    );
+    assert_eq!(who_ready(&mut id, &rotating_advert(w - 4), &idx, 0), None);
     // Half an hour later the old ID is stale and the new one works.
     let later = 30 * 60_000;
-    assert_eq!(who_at(&mut id, &rotating_advert(w), &idx, later), None);
+    assert_eq!(who_ready(&mut id, &rotating_advert(w), &idx, later), None);
     assert_eq!(
-        who_at(&mut id, &rotating_advert(w + 2), &idx, later).as_deref(),
+        who_ready(&mut id, &rotating_advert(w + 2), &idx, later).as_deref(),
+        Some("R")
+    );
+}
+
+#[test]
+fn window_tables_are_built_off_the_caller_and_swapped_in_ahead_of_the_window() {
+    let metrics = Metrics::default();
+    let idx = Arc::new(index());
+    let mut id = Identify::new(WALL).with_metrics(&metrics);
+    let w = window_of_ms(WALL);
+    // Identifying never builds: before any tick there is no table and the member is unknown.
+    assert_eq!(who_at(&mut id, &rotating_advert(w), &idx, 0), None);
+    assert_eq!(metrics.id_table_builds.get(), 0);
+    id.prepare_and_wait(&idx, 0);
+    assert_eq!(id.tables().windows(), vec![w - 1, w, w + 1, w + 2]);
+    assert_eq!(metrics.id_table_builds.get(), 4);
+    let here = std::thread::current().id();
+    assert!(id.tables().built_on().iter().all(|t| *t != here));
+    // The tick at the start of the next window only swaps: w+2's table, built a window ahead,
+    // answers at once, before anything new is built.
+    let next = 15 * 60_000;
+    id.prepare(&idx, next);
+    assert_eq!(
+        who_at(&mut id, &rotating_advert(w + 2), &idx, next).as_deref(),
+        Some("R")
+    );
+    assert_eq!(who_at(&mut id, &rotating_advert(w - 1), &idx, next), None);
+    id.prepare_and_wait(&idx, next);
+    assert_eq!(id.tables().windows(), vec![w, w + 1, w + 2, w + 3]);
+    assert_eq!(metrics.id_table_builds.get(), 5, "only w+3 was new");
+    assert_eq!(metrics.id_table_inline_builds.get(), 0);
+    assert_eq!(metrics.id_table_late.get(), 0);
+    assert!(metrics.id_table_build_us.get() > 0);
+}
+
+#[test]
+fn a_late_table_leaves_the_previous_ones_working_and_is_counted() {
+    let metrics = Metrics::default();
+    let idx = Arc::new(index());
+    let mut id = Identify::new(WALL).with_metrics(&metrics);
+    let w = window_of_ms(WALL);
+    id.prepare_and_wait(&idx, 0);
+    // Jump two windows at once: w+2 was built ahead, the new current w+2 is fine, but nothing
+    // covers w+3/w+4 yet; the tables held still answer for w+1 and w+2.
+    let jump = 2 * 15 * 60_000;
+    id.prepare(&idx, jump);
+    assert_eq!(
+        who_at(&mut id, &rotating_advert(w + 1), &idx, jump).as_deref(),
+        Some("R")
+    );
+    assert_eq!(metrics.id_table_late.get(), 0);
+    // Three windows further, nothing held covers the new window until the builder delivers.
+    let far = 6 * 15 * 60_000;
+    id.prepare(&idx, far);
+    assert_eq!(metrics.id_table_late.get(), 1);
+    id.prepare_and_wait(&idx, far);
+    assert_eq!(
+        who_at(&mut id, &rotating_advert(w + 6), &idx, far).as_deref(),
         Some("R")
     );
 }
@@ -195,11 +264,106 @@ fn a_rotating_id_identifies_the_member_in_its_window_and_one_either_side() {
 #[test]
 fn without_a_day_key_the_gateway_cannot_recognise_a_rotating_id() {
     // Keys were shipped for days 20000 and 20001: on day 20002 the member is a stranger.
-    let idx = index();
+    let idx = Arc::new(index());
     let day_after = 2 * 86_400_000;
     let mut id = Identify::new(WALL);
     let w = window_of_ms(WALL + day_after as i64);
-    assert_eq!(who_at(&mut id, &rotating_advert(w), &idx, day_after), None);
+    assert_eq!(
+        who_ready(&mut id, &rotating_advert(w), &idx, day_after),
+        None
+    );
+}
+
+/// Identity key of member "Q"'s Eddystone-EID beacon; head office keeps it, the gateway gets
+/// temporary keys.
+const EID_IK: [u8; 16] = [0x42; 16];
+
+/// The index a gateway builds from head office's snapshot of an import holding `EID_IK`.
+fn eid_index(served_at_ms: i64) -> Arc<MemberIndex> {
+    let (records, errors) = parse_ndjson(&format!(
+        r#"{{"member_id":"Q","display_name":"q","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":10}}]}}"#,
+        hex::encode(EID_IK)
+    ));
+    assert!(errors.is_empty(), "{errors:?}");
+    // What head office does before shipping (sync-server members::for_gateways), by hand here.
+    let shipped: Vec<_> = records
+        .into_iter()
+        .map(|mut r| {
+            r.identifiers = instore_protocol::eddystone_eid::shipped_epochs(served_at_ms)
+                .map(|epoch| instore_protocol::Identifier::EddystoneEidTemp {
+                    epoch,
+                    key: hex::encode(instore_protocol::eddystone_eid::temporary_key(
+                        &EID_IK, epoch,
+                    )),
+                    exponent: 10,
+                })
+                .collect();
+            r
+        })
+        .collect();
+    Arc::new(MemberIndex::build(1, &shipped))
+}
+
+fn eid_advert(unix_s: u32) -> Advert {
+    use instore_protocol::eddystone_eid::{eid_from_identity, frame};
+    let mut a = advert(NRPA, AddressType::Random, vec![]);
+    a.service_data = vec![(
+        eddystone::SERVICE_UUID,
+        frame(&eid_from_identity(&EID_IK, 10, unix_s), -4).to_vec(),
+    )];
+    a
+}
+
+#[test]
+fn an_eddystone_eid_resolves_to_its_member_and_a_stale_one_does_not() {
+    let idx = eid_index(WALL);
+    let mut id = Identify::new(WALL);
+    let now_s = (WALL / 1000) as u32;
+    assert_eq!(
+        who_ready(&mut id, &eid_advert(now_s), &idx, 0).as_deref(),
+        Some("Q")
+    );
+    // The beacon's clock ten minutes either way still matches (windows w-1..=w+1).
+    assert_eq!(
+        who_ready(&mut id, &eid_advert(now_s - 600), &idx, 0).as_deref(),
+        Some("Q")
+    );
+    assert_eq!(
+        who_ready(&mut id, &eid_advert(now_s + 600), &idx, 0).as_deref(),
+        Some("Q")
+    );
+    // An EID from two hours ago (a recording replayed, a tracker's copy) identifies nobody.
+    assert_eq!(who_ready(&mut id, &eid_advert(now_s - 7200), &idx, 0), None);
+    // Nor does a beacon with another identity key.
+    let mut other = eid_advert(now_s);
+    other.service_data[0].1[2..].copy_from_slice(
+        &instore_protocol::eddystone_eid::eid_from_identity(&[1; 16], 10, now_s),
+    );
+    assert_eq!(who_ready(&mut id, &other, &idx, 0), None);
+}
+
+#[test]
+fn past_the_shipped_epochs_an_eid_identifies_nobody() {
+    // Keys for this epoch and the next: two epochs (2 x 65,536 s) later the gateway has no key.
+    let idx = eid_index(WALL);
+    let later_ms = 2 * 65_536_000;
+    let mut id = Identify::new(WALL);
+    let then_s = ((WALL + later_ms as i64) / 1000) as u32;
+    assert_eq!(
+        who_ready(&mut id, &eid_advert(then_s), &idx, later_ms),
+        None
+    );
+    // An hour in, still within the current epoch or the next: recognised.
+    assert_eq!(
+        who_ready(
+            &mut id,
+            &eid_advert(then_s - 2 * 65_536 + 3600),
+            &idx,
+            3_600_000
+        )
+        .as_deref(),
+        Some("Q")
+    );
 }
 
 #[test]
