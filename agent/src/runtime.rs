@@ -63,6 +63,9 @@ pub fn outbox_db(data_dir: &Path) -> std::path::PathBuf {
 pub fn tablets_db(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("tablets.db")
 }
+pub fn alerts_db(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("alerts.db")
+}
 
 /// Starts every task. Fails before anything runs if a store cannot be opened, the rules are bad
 /// or the HTTP port is taken.
@@ -114,7 +117,17 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     let (sighting_tx, sighting_rx) = mpsc::channel(SIGHTING_QUEUE);
     let (control_tx, control_rx) = mpsc::channel(16);
     let (presence_tx, presence_rx) = watch::channel(Arc::new(Vec::new()));
-    let alerts = AlertHub::new(ALERT_RING);
+    // Before the engine runs: alerts raised before a restart keep their state and numbering
+    // order, and steps the store missed are replayed from the outbox.
+    let alert_store = crate::alerts::AlertStore::open(&alerts_db(&cfg.data_dir))?;
+    let stored = alert_store.recent(
+        crate::now_ms(),
+        crate::alerts::store::KEEP_CLOSED_MS,
+        ALERT_RING,
+    )?;
+    let alerts = AlertHub::with_store(ALERT_RING, alert_store, metrics.alert_store_errors.clone());
+    let (loaded, replayed) = crate::alerts::lifecycle::recover(&alerts, stored, &outbox).await?;
+    tracing::info!(loaded, replayed, "alerts restored");
 
     let presence = Presence::new(
         PresenceParams::from(&cfg.presence),
@@ -181,6 +194,16 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     )?;
     tracker.spawn(crate::pairing::run_flush(tablets.clone(), cancel.clone()));
     let lifecycle = crate::alerts::Lifecycle::new(alerts.clone(), outbox.clone(), metrics.clone());
+    if cfg.alerts.expire_after_s > 0 {
+        // Alerts that ran out while the agent was down end now, before any tablet connects. An
+        // expired alert is saved as such, so a second restart does not expire it again.
+        let expired = lifecycle
+            .expire_due(Duration::from_secs(cfg.alerts.expire_after_s))
+            .await;
+        if expired > 0 {
+            tracing::info!(expired, "alerts expired while the agent was down");
+        }
+    }
     tracker.spawn(crate::alerts::lifecycle::run_expiry(
         lifecycle.clone(),
         Duration::from_secs(cfg.alerts.expire_after_s),
