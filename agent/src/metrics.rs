@@ -84,7 +84,6 @@ pub struct Metrics {
     pub alert_steps: Family<KindLabel, Counter>,
     pub alert_steps_refused: Family<KindLabel, Counter>,
     pub alert_store_errors: Counter,
-    pub alert_store_errors: Counter,
     pub pairing_attempts: Family<KindLabel, Counter>,
     pub tablets_paired: Gauge,
 }
@@ -371,11 +370,6 @@ impl Metrics {
             "alert_steps_refused",
             "Alert lifecycle steps refused (already taken or closed, unknown alert)",
             m.alert_steps_refused.clone(),
-        );
-        r.register(
-            "alert_store_errors",
-            "Alert states not saved to alerts.db (the outbox has the step; a restart replays it)",
-            m.alert_store_errors.clone(),
         );
         r.register(
             "alert_store_errors",
