@@ -306,10 +306,14 @@ pub struct ReactConfig {
     /// SIGHUP and when its content changes.
     #[serde(default)]
     pub rules: Option<PathBuf>,
-    /// The store's local time is UTC plus this many minutes (rules' `hours`, quiet hours,
-    /// "today"). Fixed: no daylight-saving rules are applied.
+    /// The store's time zone for rules' `hours`, quiet hours and "today": an IANA name
+    /// ("Europe/Berlin") from the system tz database, so daylight saving time is followed.
+    /// Neither this nor `timezone_offset_min`: the system's zone (`TZ`, `/etc/localtime`).
     #[serde(default)]
-    pub timezone_offset_min: i32,
+    pub timezone: Option<String>,
+    /// Instead of `timezone`: local time is UTC plus this many minutes, all year (no DST).
+    #[serde(default)]
+    pub timezone_offset_min: Option<i32>,
     /// Local time range with no clerk alerts, e.g. "22:00-07:00" (empty: none).
     #[serde(default)]
     pub quiet_hours: Option<String>,
@@ -332,7 +336,8 @@ impl Default for ReactConfig {
     fn default() -> Self {
         Self {
             rules: None,
-            timezone_offset_min: 0,
+            timezone: None,
+            timezone_offset_min: None,
             quiet_hours: None,
             alerts_per_minute: default_alerts_per_minute(),
             alert_burst: None,
@@ -637,13 +642,7 @@ impl AgentConfig {
             ));
         }
         if let Err(e) = crate::react::ReactSettings::from_config(&self.react) {
-            return Err(invalid("quiet_hours", e));
-        }
-        if !(-14 * 60..=14 * 60).contains(&self.react.timezone_offset_min) {
-            return Err(invalid(
-                "timezone_offset_min",
-                "must be between -840 and 840".into(),
-            ));
+            return Err(invalid(e.key, e.reason));
         }
         if self
             .react
@@ -773,6 +772,16 @@ mod tests {
                 "[react]\ntimezone_offset_min = 900\n",
                 "timezone_offset_min",
                 5,
+            ),
+            (
+                "[react]\nquiet_hours = \"22:00-07:00\"\ntimezone = \"Europe/Berln\"\n",
+                "timezone",
+                6,
+            ),
+            (
+                "[react]\ntimezone = \"Europe/Berlin\"\ntimezone_offset_min = 60\n",
+                "timezone_offset_min",
+                6,
             ),
             ("[react]\nmqtt_broker = \"tcp://x\"\n", "mqtt_broker", 5),
             ("[[sources]]\nkind = \"qr\"\n", "kind", 5),

@@ -1,7 +1,10 @@
 //! Local time for rules: day numbers, minutes of the day, `HH:MM-HH:MM` ranges and `MM-DD` /
-//! `YYYY-MM-DD` dates, with no time-zone database. The store's offset from UTC comes from the
-//! agent config (`[react] timezone_offset_min`); daylight saving time is the operator's job
-//! (change the offset twice a year, or run the gateway on UTC and write rules in UTC).
+//! `YYYY-MM-DD` dates. The store's time zone (`[react] timezone`, an IANA name resolved with the
+//! system tz database, or a fixed `timezone_offset_min`) gives the UTC offset in force at each
+//! moment, so local hours follow daylight saving time. [`ZoneClock`] keeps the offset until the
+//! zone's next transition: occasions ask for local time often, the offset changes twice a year.
+
+use jiff::{Timestamp, tz::TimeZone};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -15,12 +18,64 @@ pub struct LocalTime {
 }
 
 impl LocalTime {
-    pub fn from_wall(wall_ms: i64, offset_min: i32) -> Self {
-        let local = wall_ms + i64::from(offset_min) * 60_000;
+    /// `offset_s`: the store's UTC offset at that moment, in seconds.
+    pub fn from_wall(wall_ms: i64, offset_s: i32) -> Self {
+        let local = wall_ms.saturating_add(i64::from(offset_s) * 1000);
         Self {
             day: local.div_euclid(DAY_MS),
             minute: (local.rem_euclid(DAY_MS) / 60_000) as u32,
         }
+    }
+}
+
+/// Wall clock → store-local time through a time zone, remembering the offset in force and the
+/// span it holds for (from the last lookup to the zone's next transition), so most calls are two
+/// comparisons rather than a search of the zone's transitions.
+#[derive(Debug, Clone)]
+pub struct ZoneClock {
+    tz: TimeZone,
+    /// Wall ms [from, until) where `offset_s` applies.
+    from_ms: i64,
+    until_ms: i64,
+    offset_s: i32,
+}
+
+impl ZoneClock {
+    pub fn new(tz: TimeZone) -> Self {
+        Self {
+            tz,
+            from_ms: 0,
+            until_ms: 0,
+            offset_s: 0,
+        }
+    }
+
+    pub fn zone(&self) -> &TimeZone {
+        &self.tz
+    }
+
+    pub fn local(&mut self, wall_ms: i64) -> LocalTime {
+        if !(self.from_ms..self.until_ms).contains(&wall_ms) {
+            self.refresh(wall_ms);
+        }
+        LocalTime::from_wall(wall_ms, self.offset_s)
+    }
+
+    fn refresh(&mut self, wall_ms: i64) {
+        let Ok(ts) = Timestamp::from_millisecond(wall_ms) else {
+            // Outside jiff's range (years beyond ±9999): no zone rules there, keep UTC.
+            self.offset_s = 0;
+            self.from_ms = wall_ms;
+            self.until_ms = wall_ms.saturating_add(1);
+            return;
+        };
+        self.offset_s = self.tz.to_offset(ts).seconds();
+        self.from_ms = wall_ms;
+        self.until_ms = self
+            .tz
+            .following(ts)
+            .next()
+            .map_or(i64::MAX, |t| t.timestamp().as_millisecond());
     }
 }
 
@@ -118,10 +173,48 @@ mod tests {
     fn local_time_applies_the_offset_and_wraps_the_day() {
         // 2026-03-01 23:30 UTC is 00:30 on 2 March at UTC+1.
         let wall = days_from_civil(2026, 3, 1) * DAY_MS + (23 * 60 + 30) * 60_000;
-        let t = LocalTime::from_wall(wall, 60);
+        let t = LocalTime::from_wall(wall, 3600);
         assert_eq!((t.day, t.minute), (days_from_civil(2026, 3, 2), 30));
-        let t = LocalTime::from_wall(wall, -300);
+        let t = LocalTime::from_wall(wall, -5 * 3600);
         assert_eq!(t.minute, 18 * 60 + 30);
+    }
+
+    /// Unix ms of a Berlin wall-clock time, from the tz database (not the machine's zone).
+    fn berlin(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> i64 {
+        let tz = TimeZone::get("Europe/Berlin").unwrap();
+        jiff::civil::date(y, mo, d)
+            .at(h, mi, 0, 0)
+            .to_zoned(tz)
+            .unwrap()
+            .timestamp()
+            .as_millisecond()
+    }
+
+    #[test]
+    fn the_zone_clock_follows_daylight_saving_time_both_ways_and_backwards() {
+        let mut c = ZoneClock::new(TimeZone::get("Europe/Berlin").unwrap());
+        // 2026-03-29 02:00 CET → 03:00 CEST; 2026-10-25 03:00 CEST → 02:00 CET.
+        for (wall_h, mo, d) in [(9, 3, 28), (9, 3, 30), (9, 10, 24), (9, 10, 26), (1, 3, 29)] {
+            let t = c.local(berlin(2026, mo, d, wall_h, 30));
+            assert_eq!(
+                (t.day, t.minute),
+                (
+                    days_from_civil(2026, mo as u32, d as u32),
+                    wall_h as u32 * 60 + 30
+                ),
+                "{mo}-{d}"
+            );
+        }
+        // The UTC minutes either side of the spring change: 00:59 UTC is 01:59 CET, 01:00 UTC
+        // is 03:00 CEST.
+        let change = days_from_civil(2026, 3, 29) * DAY_MS + 3_600_000;
+        assert_eq!(c.local(change - 60_000).minute, 60 + 59);
+        assert_eq!(c.local(change).minute, 3 * 60);
+        // The autumn change: 00:59 UTC is 02:59 CEST, 01:00 UTC is 02:00 CET again.
+        let change = days_from_civil(2026, 10, 25) * DAY_MS + 3_600_000;
+        assert_eq!(c.local(change - 60_000).minute, 2 * 60 + 59);
+        assert_eq!(c.local(change).minute, 2 * 60);
+        assert_eq!(c.local(change - 60_000).minute, 2 * 60 + 59);
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //! why (cooldown, quiet hours, the store's alert rate limit), for the metrics.
 //!
 //! Pure: no I/O; the rules file is parsed by [`Rules::parse`]; wall-clock time is the monotonic
-//! time plus the origin the engine sets ([`Rules::set_wall_origin`]), in the store's local time
-//! from the fixed offset `[react] timezone_offset_min` (see [`calendar`]).
+//! time plus the origin the engine sets ([`Rules::set_wall_origin`]), in the store's local time:
+//! the `[react] timezone` (IANA, daylight saving included; default the system's zone) or a fixed
+//! `timezone_offset_min` (see [`calendar`]).
 //!
 //! The rules file (`[react] rules` in the agent config) is TOML; see `agent/examples/rules.toml`.
 
@@ -31,7 +32,7 @@ pub use self::{
     watch::RulesWatch,
 };
 use self::{
-    calendar::{LocalTime, days_to_birthday, parse_date},
+    calendar::{LocalTime, ZoneClock, days_to_birthday, parse_date},
     limits::TokenBucket,
 };
 use crate::{cache::Member, config::line_of_key};
@@ -101,10 +102,10 @@ pub struct Occasion<'a> {
 }
 
 /// Store-wide settings from the agent config's `[react]` table.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReactSettings {
-    /// The store's local time = UTC + this many minutes.
-    pub timezone_offset_min: i32,
+    /// The store's time zone: local time of day and dates for `hours`, quiet hours and "today".
+    pub zone: jiff::tz::TimeZone,
     /// No clerk alerts in this local time range.
     pub quiet_hours: Option<HoursRange>,
     /// At most this many clerk alerts per minute in the store (0: unlimited).
@@ -113,19 +114,84 @@ pub struct ReactSettings {
     pub alert_burst: u32,
 }
 
+impl Default for ReactSettings {
+    /// UTC, no quiet hours, no rate limit: what tests and a rules set without config start with.
+    fn default() -> Self {
+        Self {
+            zone: jiff::tz::TimeZone::UTC,
+            quiet_hours: None,
+            alerts_per_minute: 0,
+            alert_burst: 0,
+        }
+    }
+}
+
+/// A `[react]` setting that cannot be used, with the config key to blame.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct SettingsError {
+    pub key: &'static str,
+    pub reason: String,
+}
+
 impl ReactSettings {
-    pub fn from_config(c: &crate::config::ReactConfig) -> Result<Self, String> {
+    pub fn from_config(c: &crate::config::ReactConfig) -> Result<Self, SettingsError> {
+        let bad = |key: &'static str| move |reason: String| SettingsError { key, reason };
         Ok(Self {
-            timezone_offset_min: c.timezone_offset_min,
+            zone: store_zone(c)?,
             quiet_hours: c
                 .quiet_hours
                 .as_deref()
                 .filter(|s| !s.trim().is_empty())
                 .map(HoursRange::parse)
-                .transpose()?,
+                .transpose()
+                .map_err(bad("quiet_hours"))?,
             alerts_per_minute: c.alerts_per_minute,
             alert_burst: c.alert_burst.unwrap_or(c.alerts_per_minute),
         })
+    }
+}
+
+/// The zone named by `timezone`, or the fixed `timezone_offset_min`, or else the system's own
+/// (`TZ`, `/etc/localtime`), or else UTC with a warning: a gateway without a configured zone
+/// would otherwise run every rule's hours against the wrong clock without saying so.
+fn store_zone(c: &crate::config::ReactConfig) -> Result<jiff::tz::TimeZone, SettingsError> {
+    use jiff::tz::{Offset, TimeZone};
+    match (c.timezone.as_deref(), c.timezone_offset_min) {
+        (Some(_), Some(_)) => Err(SettingsError {
+            key: "timezone_offset_min",
+            reason: "set either timezone (an IANA name, following daylight saving time) or \
+                     timezone_offset_min (fixed), not both"
+                .into(),
+        }),
+        (Some(name), None) => TimeZone::get(name.trim()).map_err(|e| SettingsError {
+            key: "timezone",
+            reason: format!(
+                "unknown time zone {name:?} (an IANA name like \"Europe/Berlin\", as in \
+                 /usr/share/zoneinfo): {e}"
+            ),
+        }),
+        (None, Some(min)) => {
+            if !(-14 * 60..=14 * 60).contains(&min) {
+                return Err(SettingsError {
+                    key: "timezone_offset_min",
+                    reason: "must be between -840 and 840".into(),
+                });
+            }
+            Offset::from_seconds(min * 60)
+                .map(TimeZone::fixed)
+                .map_err(|e| SettingsError {
+                    key: "timezone_offset_min",
+                    reason: e.to_string(),
+                })
+        }
+        (None, None) => Ok(TimeZone::try_system().unwrap_or_else(|e| {
+            tracing::warn!(
+                error = %e,
+                "cannot tell the system's time zone: rules use UTC; set [react] timezone"
+            );
+            TimeZone::UTC
+        })),
     }
 }
 
@@ -380,6 +446,8 @@ pub const PLANNED_EVERY_MS: u64 = 60_000;
 pub struct Rules {
     rules: Vec<Rule>,
     settings: ReactSettings,
+    /// `settings.zone` with the offset in force remembered until its next transition.
+    clock: ZoneClock,
     bucket: TokenBucket,
     /// Unix ms at monotonic 0.
     wall_at_zero_ms: i64,
@@ -399,6 +467,7 @@ impl Default for Rules {
         Self {
             rules: Vec::new(),
             settings: ReactSettings::default(),
+            clock: ZoneClock::new(jiff::tz::TimeZone::UTC),
             bucket: TokenBucket::new(0, 0),
             wall_at_zero_ms: 0,
             last_fired: HashMap::new(),
@@ -463,6 +532,9 @@ impl Rules {
 
     pub fn set_settings(&mut self, settings: ReactSettings) {
         self.bucket = TokenBucket::new(settings.alerts_per_minute, settings.alert_burst);
+        if self.clock.zone() != &settings.zone {
+            self.clock = ZoneClock::new(settings.zone.clone());
+        }
         self.settings = settings;
     }
 
@@ -513,9 +585,9 @@ impl Rules {
         true
     }
 
-    fn local(&self, at_ms: u64) -> LocalTime {
+    fn local(&mut self, at_ms: u64) -> LocalTime {
         let wall = self.wall_at_zero_ms.saturating_add(at_ms as i64);
-        LocalTime::from_wall(wall, self.settings.timezone_offset_min)
+        self.clock.local(wall)
     }
 
     /// The reaction to one occasion: the first rule (highest priority first) that matches and is
@@ -831,6 +903,29 @@ cooldown_s = 600
             .or_else(|| v.actions.first().map(|a| format!("action:{}", a.kind())))
     }
 
+    fn fixed_zone(min: i32) -> jiff::tz::TimeZone {
+        jiff::tz::TimeZone::fixed(jiff::tz::Offset::from_seconds(min * 60).unwrap())
+    }
+
+    /// Unix ms of a Berlin wall-clock time, from the tz database: the tests name their zone and
+    /// never read the machine's.
+    fn berlin(y: i16, mo: i8, d: i8, h: i8, mi: i8) -> u64 {
+        jiff::civil::date(y, mo, d)
+            .at(h, mi, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+            .unwrap()
+            .timestamp()
+            .as_millisecond() as u64
+    }
+
+    fn in_berlin(r: &mut Rules, quiet_hours: Option<&str>) {
+        r.set_settings(ReactSettings {
+            zone: jiff::tz::TimeZone::get("Europe/Berlin").unwrap(),
+            quiet_hours: quiet_hours.map(|q| HoursRange::parse(q).unwrap()),
+            ..Default::default()
+        });
+    }
+
     fn one(rule: &str) -> Rules {
         Rules::parse(&format!("[[rules]]\nname = \"r\"\n{rule}"), "t").unwrap()
     }
@@ -910,7 +1005,7 @@ cooldown_s = 600
     fn first_visit_today_fires_on_the_first_arrival_of_each_local_day() {
         let mut r = one("on = \"first_visit_today\"\nmessage = \"welcome\"\ncooldown_s = 0\n");
         r.set_settings(ReactSettings {
-            timezone_offset_min: 120,
+            zone: fixed_zone(120),
             ..Default::default()
         });
         let m = member("silver", &[]);
@@ -1123,7 +1218,7 @@ cooldown_s = 600
         );
         // Hours are local: at UTC-5, 16:00 UTC is 11:00.
         r.set_settings(ReactSettings {
-            timezone_offset_min: -300,
+            zone: fixed_zone(-300),
             ..Default::default()
         });
         assert!(
@@ -1135,6 +1230,153 @@ cooldown_s = 600
                 at(2026, 11, 23, 20, 0)
             )
             .is_some()
+        );
+    }
+
+    #[test]
+    fn rule_hours_follow_berlin_local_time_on_both_sides_of_each_dst_change() {
+        let mut r = one("on = \"arrive\"\nhours = \"09:00-18:00\"\nmessage = \"m\"\n");
+        in_berlin(&mut r, None);
+        // 2026-03-29: CET (UTC+1) → CEST (UTC+2). 2026-10-25: back to CET. A fixed offset would
+        // be an hour off on one side of each change: 09:30 CEST is 08:30 at UTC+1.
+        let mut n = 0;
+        let mut arrive = |r: &mut Rules, at_ms: u64| {
+            n += 1;
+            let mut m = member("gold", &[]);
+            m.member_id = format!("M{n}");
+            fired(r, Happening::Arrive, &m, "e", at_ms)
+        };
+        for (mo, d) in [(3, 28), (3, 30), (10, 24), (10, 26)] {
+            assert!(
+                arrive(&mut r, berlin(2026, mo, d, 9, 30)).is_some(),
+                "09:30 on {mo}-{d}"
+            );
+            assert!(
+                arrive(&mut r, berlin(2026, mo, d, 17, 59)).is_some(),
+                "17:59 on {mo}-{d}"
+            );
+            assert_eq!(arrive(&mut r, berlin(2026, mo, d, 8, 59)), None, "{mo}-{d}");
+            assert_eq!(arrive(&mut r, berlin(2026, mo, d, 18, 0)), None, "{mo}-{d}");
+        }
+    }
+
+    #[test]
+    fn quiet_hours_follow_berlin_local_time_across_the_dst_changes() {
+        let mut r = one("on = \"arrive\"\nmessage = \"m\"\ncooldown_s = 0\n");
+        in_berlin(&mut r, Some("22:00-07:00"));
+        let m = member("gold", &[]);
+        let quiet = |r: &mut Rules, at_ms: u64| {
+            let v = r.react(&occ(Happening::Arrive, &m, "e", at_ms));
+            assert_eq!(v.alert.is_none(), v.held.quiet_hours == 1);
+            v.held.quiet_hours == 1
+        };
+        for (mo, d) in [(3, 28), (3, 30), (10, 24), (10, 26)] {
+            assert!(
+                quiet(&mut r, berlin(2026, mo, d, 6, 59)),
+                "06:59 on {mo}-{d}"
+            );
+            assert!(
+                !quiet(&mut r, berlin(2026, mo, d, 7, 0)),
+                "07:00 on {mo}-{d}"
+            );
+            assert!(
+                !quiet(&mut r, berlin(2026, mo, d, 21, 59)),
+                "21:59 on {mo}-{d}"
+            );
+            assert!(
+                quiet(&mut r, berlin(2026, mo, d, 22, 0)),
+                "22:00 on {mo}-{d}"
+            );
+        }
+        // The nights of the changes themselves: 03:30 CEST (01:30 UTC) on 29 March, and the
+        // repeated 02:30 hour on 25 October (00:30 and 01:30 UTC), are all quiet; 07:00 is not.
+        let spring = at(2026, 3, 29, 1, 30);
+        assert!(quiet(&mut r, spring));
+        assert!(!quiet(&mut r, berlin(2026, 3, 29, 7, 0)));
+        assert!(quiet(&mut r, at(2026, 10, 25, 0, 30)));
+        assert!(quiet(&mut r, at(2026, 10, 25, 1, 30)));
+        assert!(quiet(&mut r, berlin(2026, 10, 25, 6, 59)));
+        assert!(!quiet(&mut r, berlin(2026, 10, 25, 7, 0)));
+    }
+
+    #[test]
+    fn first_visit_today_resets_at_berlin_midnight_in_summer_and_winter_time() {
+        let mut r = one("on = \"first_visit_today\"\nmessage = \"welcome\"\ncooldown_s = 0\n");
+        in_berlin(&mut r, None);
+        let m = member("silver", &[]);
+        // Midnights either side of the autumn change (UTC+2, then UTC+1) and the spring change.
+        // A fixed offset would put one of each pair an hour early or late.
+        for (mo, d, next) in [(10, 24, 25), (10, 25, 26), (3, 28, 29), (3, 29, 30)] {
+            fired(
+                &mut r,
+                Happening::Arrive,
+                &m,
+                "e",
+                berlin(2026, mo, d, 22, 30),
+            );
+            assert_eq!(
+                fired(
+                    &mut r,
+                    Happening::Arrive,
+                    &m,
+                    "e",
+                    berlin(2026, mo, d, 23, 59)
+                ),
+                None,
+                "again before midnight on {mo}-{d}"
+            );
+            assert!(
+                fired(
+                    &mut r,
+                    Happening::Arrive,
+                    &m,
+                    "e",
+                    berlin(2026, mo, next, 0, 1)
+                )
+                .is_some(),
+                "first after midnight into {mo}-{next}"
+            );
+            assert_eq!(
+                fired(
+                    &mut r,
+                    Happening::Arrive,
+                    &m,
+                    "e",
+                    berlin(2026, mo, next, 8, 0)
+                ),
+                None,
+                "again in the morning of {mo}-{next}"
+            );
+        }
+    }
+
+    #[test]
+    fn zone_settings_name_the_key_at_fault() {
+        let cfg = |tz: Option<&str>, off: Option<i32>| crate::config::ReactConfig {
+            timezone: tz.map(str::to_string),
+            timezone_offset_min: off,
+            ..Default::default()
+        };
+        let zone = |c| ReactSettings::from_config(&c).map(|s| s.zone);
+        assert_eq!(
+            zone(cfg(Some("America/New_York"), None))
+                .unwrap()
+                .iana_name(),
+            Some("America/New_York")
+        );
+        assert_eq!(zone(cfg(None, Some(-300))).unwrap(), fixed_zone(-300));
+        let err = zone(cfg(Some("Mars/Olympus_Mons"), None)).unwrap_err();
+        assert!(
+            err.key == "timezone" && err.reason.contains("Mars/Olympus_Mons"),
+            "{err}"
+        );
+        assert_eq!(
+            zone(cfg(None, Some(900))).unwrap_err().key,
+            "timezone_offset_min"
+        );
+        assert_eq!(
+            zone(cfg(Some("UTC"), Some(0))).unwrap_err().key,
+            "timezone_offset_min"
         );
     }
 
