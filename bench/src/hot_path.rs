@@ -1,7 +1,8 @@
 //! The agent's hot path — decode, match against the member index, presence, rules — on one core,
 //! with the engine's real `Core`, against a realistic member and advert mix.
 //!
-//! Members (default 1,000,000), by `i mod 10`: 0-3 iBeacon, 4-5 Eddystone UID, 6-7 public address,
+//! Members (default 1,000,000), by `i mod 10`: 0-3 iBeacon, 4 Eddystone UID, 5 Eddystone EID
+//! (temporary keys for this epoch and the next, as head office ships them), 6-7 public address,
 //! 8 rotating ID (day keys for today and tomorrow, as head office ships them), 9 IRK for one member
 //! in ten of those (1 % of all: IRKs come only from pairing) and a public address otherwise.
 //! Adverts: `member_share` from members, each in the frame its identifier implies; the rest from a
@@ -13,7 +14,7 @@ use std::{sync::Arc, time::Instant};
 use instore_agent::{
     cache::MemberIndex,
     engine::Core,
-    identify::{COMPANY_APPLE, rotating::RotatingTables, rpa},
+    identify::{COMPANY_APPLE, Identify, rotating::WindowTable, rpa},
     metrics::Metrics,
     presence::{Presence, PresenceParams},
     react::Rules,
@@ -21,9 +22,19 @@ use instore_agent::{
 };
 use instore_protocol::{
     Consent, Identifier, MemberRecord,
+    eddystone_eid::{self, eid_from_identity, shipped_epochs, temporary_key},
     member::format_uuid,
     rotating::{self, day_key, shipped_days, window_of_ms},
 };
+
+/// Eddystone-EID rotation exponent of the bench's beacons (a new EID every 1,024 s).
+const EID_EXPONENT: u8 = 10;
+
+fn identity_key(i: u32) -> [u8; 16] {
+    let mut k = [0x3c; 16];
+    k[..4].copy_from_slice(&i.to_be_bytes());
+    k
+}
 
 /// A deterministic xorshift so the advert mix is the same on every run.
 struct Rng(u64);
@@ -65,13 +76,17 @@ fn member(i: u32, now_ms: i64) -> MemberRecord {
             major: 1000 + (i / 65_536) as u16,
             minor: (i % 65_536) as u16,
         },
-        4 | 5 => {
+        4 => {
             let (ns, inst) = eddystone_ids(i);
             Identifier::EddystoneUid {
                 namespace: hex::encode(ns),
                 instance: hex::encode(inst),
             }
         }
+        5 => Identifier::EddystoneEidIdentity {
+            identity_key: hex::encode(identity_key(i)),
+            exponent: EID_EXPONENT,
+        },
         8 => Identifier::RotatingSecret {
             secret: hex::encode(secret(i)),
         },
@@ -116,6 +131,16 @@ fn member(i: u32, now_ms: i64) -> MemberRecord {
             })
             .collect();
     }
+    // And to an Eddystone-EID identity key.
+    if let Identifier::EddystoneEidIdentity { .. } = r.identifiers[0] {
+        r.identifiers = shipped_epochs(now_ms)
+            .map(|epoch| Identifier::EddystoneEidTemp {
+                epoch,
+                key: hex::encode(temporary_key(&identity_key(i), epoch)),
+                exponent: EID_EXPONENT,
+            })
+            .collect();
+    }
     r
 }
 
@@ -143,12 +168,17 @@ fn member_advert(i: u32, r: u64, now_ms: i64) -> Advert {
                 ),
             )]
         }
-        4 | 5 => {
+        4 => {
             let (ns, inst) = eddystone_ids(i);
             let mut d = vec![0x00, 0xec];
             d.extend_from_slice(&ns);
             d.extend_from_slice(&inst);
             advert.service_data = vec![(0xFEAA, d)];
+        }
+        5 => {
+            let ts = eddystone_eid::ts_of_ms(now_ms);
+            let eid = eid_from_identity(&identity_key(i), EID_EXPONENT, ts);
+            advert.service_data = vec![(0xFEAA, eddystone_eid::frame(&eid, -4).to_vec())];
         }
         8 => {
             let w = window_of_ms(now_ms);
@@ -224,12 +254,20 @@ pub fn run(members: u32, n: usize, member_share: f64, strangers: u64) -> anyhow:
     drop(records);
     let rss_index = vm_rss_kib();
 
-    // One window's rotating-ID table (the engine builds one per 15-minute window).
+    // One window's rotating-ID + EID table (built per 15-minute window on the id-tables thread).
     let t = Instant::now();
-    let table = RotatingTables::build(&index, window_of_ms(now_ms));
+    let table = WindowTable::build(&index, window_of_ms(now_ms));
     let table_s = t.elapsed().as_secs_f64();
     let rotating_members = table.len();
     drop(table);
+    // What the engine tick costs at a window boundary now: swapping in the table built a window
+    // ahead and asking for the next one (it used to build the table inline: `table_s`).
+    let mut ident = Identify::new(now_ms);
+    ident.prepare_and_wait(&index, 0);
+    let t = Instant::now();
+    ident.prepare(&index, 15 * 60_000);
+    let boundary_tick_us = t.elapsed().as_secs_f64() * 1e6;
+    drop(ident);
     // A new RPA costs one AES block per IRK (then it is cached).
     let irks = index.irks().len();
     let t = Instant::now();
@@ -281,6 +319,8 @@ pub fn run(members: u32, n: usize, member_share: f64, strangers: u64) -> anyhow:
     )?;
     let metrics = Metrics::default();
     let mut core = Core::new(index, presence, rules, metrics.clone());
+    // The engine has its window tables from its first ticks on; don't time their building.
+    core.prepare_id_tables_and_wait(0);
     let mut out = Vec::new();
     let mut outputs = 0usize;
     let t = Instant::now();
@@ -310,9 +350,10 @@ pub fn run(members: u32, n: usize, member_share: f64, strangers: u64) -> anyhow:
         index_mib * 1024.0 * 1024.0 / f64::from(members)
     );
     println!(
-        "  rotating table      {:.0} ms per window ({rotating_members} IDs)",
+        "  window table        {:.0} ms per window ({rotating_members} rotating IDs + EIDs), off the engine",
         table_s * 1e3
     );
+    println!("  tick at a window    {boundary_tick_us:.0} us (swap a ready table, queue the next)");
     println!("  new RPA resolution  {new_rpa_us:.0} us ({irks} IRKs; cached per address after)");
     println!("  adverts             {n} ({strangers} stranger devices)");
     println!("  strangers           {:.1} %", 100.0 * stranger_share);
@@ -331,6 +372,7 @@ pub fn run(members: u32, n: usize, member_share: f64, strangers: u64) -> anyhow:
             "stranger_share": stranger_share, "adverts_per_s": rate.round(),
             "ns_per_advert": (1e9 / rate).round(), "index_build_s": build_s,
             "index_rss_mib": index_mib.round(), "rotating_table_ms": (table_s * 1e3).round(),
+            "boundary_tick_us": boundary_tick_us.round(),
             "new_rpa_us": new_rpa_us.round()})
     );
     Ok(())

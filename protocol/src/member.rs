@@ -10,6 +10,10 @@
 //!                 {"kind":"mac","address":"C0:11:22:33:44:55"},
 //!                 {"kind":"irk","irk":"ec0234a357c8ad05341010a60a397d9b"}]}
 //! ```
+//! Privacy-preserving kinds: `{"kind":"rotating_secret","secret":"<64 hex>"}` (see
+//! [`crate::rotating`]) and `{"kind":"eddystone_eid_identity","identity_key":"<32 hex>",
+//! "exponent":10}` (see [`crate::eddystone_eid`]) are accepted by head office only; gateways get
+//! the short-lived keys derived from them (`rotating_day_key`, `eddystone_eid_temp`).
 //! `consent.presence` defaults to `false`: a member imported without consent is never tracked.
 //! `consent.marketing` (default `false`) is what rules with `consent = "marketing"` require.
 //! `last_visit` and `last_purchase.date` are ISO dates (`YYYY-MM-DD`), checked on import; the

@@ -9,14 +9,14 @@
 //! Order of checks (first match wins):
 //! 1. Apple manufacturer data `02 15`: iBeacon. Major [`ROTATING_MAJOR`] → rotating member ID
 //!    (one lookup in the tables of windows w-1..=w+1); otherwise a fixed iBeacon identifier.
-//!
-//! The per-window tables are built on a thread of their own ([`rotating::TableBuilder`]) and
-//! swapped in by [`Identify::prepare`] on the engine tick; identifying never builds one.
 //! 2. Any company's manufacturer data `BE AC`: AltBeacon, matched like an iBeacon.
 //! 3. Service data `0xFEAA`: Eddystone UID (one lookup), EID (one lookup in the window's table,
 //!    built from the members' temporary keys); URL and TLM carry no identity.
 //! 4. The address: public or static random → member by address; resolvable private → the member
 //!    whose IRK resolves it (cached per address); non-resolvable → nobody.
+//!
+//! The per-window tables are built on a thread of their own ([`rotating::TableBuilder`]) and
+//! swapped in by [`Identify::prepare`] on the engine tick; identifying never builds one.
 
 pub mod address;
 pub mod altbeacon;
