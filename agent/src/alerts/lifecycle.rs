@@ -261,4 +261,111 @@ mod tests {
         );
         outbox.close().await;
     }
+
+    fn stored_hub(
+        dir: &std::path::Path,
+    ) -> (
+        AlertHub,
+        Vec<(crate::alerts::Alert, crate::alerts::AlertState)>,
+    ) {
+        let store = crate::alerts::AlertStore::open(&dir.join("alerts.db")).unwrap();
+        let rows = store
+            .recent(crate::now_ms(), crate::alerts::store::KEEP_CLOSED_MS, 100)
+            .unwrap();
+        (AlertHub::with_store(100, store, Default::default()), rows)
+    }
+
+    #[tokio::test]
+    async fn steps_committed_but_not_saved_before_a_crash_are_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), Metrics::default()).unwrap();
+        let now = crate::now_ms();
+        {
+            let (hub, rows) = stored_hub(dir.path());
+            assert!(rows.is_empty());
+            let mut a = alert("a");
+            a.raised_at_ms = now;
+            hub.publish(a);
+        }
+        // Committed to the outbox, then the agent died before saving the state.
+        outbox
+            .append(vec![
+                NewEvent {
+                    at_ms: now + 1,
+                    body: EventBody::AlertTaken {
+                        alert_id: "a".into(),
+                        rule: "r".into(),
+                        by: "till 1".into(),
+                    },
+                },
+                NewEvent {
+                    at_ms: now + 2,
+                    body: EventBody::AlertRaised {
+                        alert_id: "x".into(),
+                        rule: "r".into(),
+                        member_id: "M7".into(),
+                        priority: instore_protocol::AlertPriority::Low,
+                        message: "hello".into(),
+                    },
+                },
+                // Already past: an outcome for an unknown alert changes nothing.
+                NewEvent {
+                    at_ms: now + 3,
+                    body: EventBody::AlertDismissed {
+                        alert_id: "gone".into(),
+                        rule: "r".into(),
+                        by: "till 1".into(),
+                    },
+                },
+            ])
+            .await
+            .unwrap();
+        let view = |hub: &AlertHub| {
+            hub.recent(10)
+                .iter()
+                .map(|u| (u.alert.id.clone(), u.state.status, u.state.taken_by.clone()))
+                .collect::<Vec<_>>()
+        };
+        let expected = [
+            ("a".to_string(), Status::Taken, Some("till 1".to_string())),
+            ("x".to_string(), Status::Open, None),
+        ];
+        let (hub, rows) = stored_hub(dir.path());
+        assert_eq!(recover(&hub, rows, &outbox).await.unwrap(), (1, 2));
+        assert_eq!(view(&hub), expected);
+        drop(hub);
+        // The replay was saved: the next start loads both and replays nothing.
+        let (hub, rows) = stored_hub(dir.path());
+        assert_eq!(recover(&hub, rows, &outbox).await.unwrap(), (2, 0));
+        assert_eq!(view(&hub), expected);
+        assert_eq!(hub.recent(10)[1].alert.member.member_id, "M7");
+        outbox.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_alert_expired_after_a_restart_is_not_expired_again_after_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("o.db"), Metrics::default()).unwrap();
+        {
+            let (hub, _) = stored_hub(dir.path());
+            let mut a = alert("a");
+            a.raised_at_ms = crate::now_ms() - 120_000;
+            hub.publish(a);
+        }
+        for expected in [1, 0] {
+            let (hub, rows) = stored_hub(dir.path());
+            recover(&hub, rows, &outbox).await.unwrap();
+            let lc = Lifecycle::new(hub, outbox.clone(), Metrics::default());
+            assert_eq!(lc.expire_due(Duration::from_secs(60)).await, expected);
+        }
+        let expired = outbox
+            .pending(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| matches!(e.body, EventBody::AlertExpired { .. }))
+            .count();
+        assert_eq!(expired, 1);
+        outbox.close().await;
+    }
 }
