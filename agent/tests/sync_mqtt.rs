@@ -26,16 +26,18 @@ use instore_agent::{
     engine::Control,
     metrics::Metrics,
     outbox::{NewEvent, Outbox},
-    sync::{self, SyncContext},
 };
 use instore_protocol::{
     Ack, EventBatch, EventBody, GatewayStatus, MAX_PAYLOAD_BYTES, MemberRecord, MemberSnapshot,
     MembersNotice, SCHEMA_VERSION, SeqRange, topics,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{broker::start_broker, wait::eventually};
+use support::{
+    broker::start_broker,
+    sync::{SyncTask, spawn_sync},
+    wait::eventually,
+};
 use tokio::sync::mpsc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const STORE: &str = "s-1";
 const GATEWAY: &str = "gw-1";
@@ -231,9 +233,7 @@ struct Gateway {
     outbox: Outbox,
     cache: MemberCache,
     metrics: Metrics,
-    engine: mpsc::Receiver<Control>,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
+    sync: SyncTask,
     _dir: tempfile::TempDir,
 }
 
@@ -253,7 +253,6 @@ fn start_gateway_in(dir: tempfile::TempDir, broker_port: u16, http_port: u16) ->
     let metrics = Metrics::default();
     let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
     let cache = MemberCache::open(&dir.path().join("members.db")).unwrap();
-    let (engine_tx, engine) = mpsc::channel(8);
     let cfg = SyncConfig {
         enabled: true,
         broker: format!("mqtt://127.0.0.1:{broker_port}"),
@@ -266,30 +265,12 @@ fn start_gateway_in(dir: tempfile::TempDir, broker_port: u16, http_port: u16) ->
         reconnect_max_ms: 500,
         ..SyncConfig::default()
     };
-    let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    sync::spawn(
-        SyncContext {
-            store_id: STORE.into(),
-            gateway_id: GATEWAY.into(),
-            cfg,
-            outbox: outbox.clone(),
-            cache: cache.clone(),
-            engine: engine_tx,
-            metrics: metrics.clone(),
-        },
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
-    tracker.close();
+    let sync = spawn_sync(STORE, GATEWAY, cfg, &outbox, &cache, &metrics);
     Gateway {
         outbox,
         cache,
         metrics,
-        engine,
-        tracker,
-        cancel,
+        sync,
         _dir: dir,
     }
 }
@@ -308,10 +289,7 @@ fn arrivals(from: u64, to: u64) -> Vec<NewEvent> {
 }
 
 async fn stop(gw: &Gateway) {
-    gw.cancel.cancel();
-    tokio::time::timeout(Duration::from_secs(3), gw.tracker.wait())
-        .await
-        .expect("sync stops within the grace period");
+    gw.sync.stop(Duration::from_secs(3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -424,7 +402,7 @@ async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
         )
         .await
         .unwrap();
-    let control = tokio::time::timeout(Duration::from_secs(10), gw.engine.recv())
+    let control = tokio::time::timeout(Duration::from_secs(10), gw.sync.engine.recv())
         .await
         .expect("the engine gets the new member set")
         .unwrap();

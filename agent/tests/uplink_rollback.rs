@@ -13,15 +13,15 @@ use instore_agent::{
     config::SyncConfig,
     metrics::Metrics,
     outbox::{NewEvent, Outbox},
-    sync::{self, SyncContext},
 };
 use instore_protocol::EventBody;
-use tokio::sync::mpsc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 mod support;
 
-use support::hq::{GATEWAY, HeadOffice, WAIT};
+use support::{
+    hq::{GATEWAY, HeadOffice, WAIT},
+    sync::{SyncTask, spawn_sync},
+};
 
 const STORE: &str = "s-1";
 
@@ -42,55 +42,19 @@ async fn append(outbox: &Outbox, numbers: std::ops::RangeInclusive<u64>) {
     }
 }
 
-struct Uplink {
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-    _engine: mpsc::Receiver<instore_agent::engine::Control>,
-}
-
-fn start_uplink(hq: &HeadOffice, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> Uplink {
+fn start_uplink(hq: &HeadOffice, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> SyncTask {
     let cache = MemberCache::open(&dir.join("members.db")).unwrap();
-    let (engine, engine_rx) = mpsc::channel(8);
-    let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    sync::spawn(
-        SyncContext {
-            store_id: STORE.into(),
-            gateway_id: GATEWAY.into(),
-            cfg: SyncConfig {
-                enabled: true,
-                broker: hq.mqtt.clone(),
-                hq_url: format!("http://{}", hq.http),
-                batch_max_events: 4,
-                batch_max_age_ms: 10,
-                reconnect_min_ms: 50,
-                reconnect_max_ms: 500,
-                ..SyncConfig::default()
-            },
-            outbox: outbox.clone(),
-            cache,
-            engine,
-            metrics: metrics.clone(),
-        },
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
-    Uplink {
-        tracker,
-        cancel,
-        _engine: engine_rx,
-    }
-}
-
-impl Uplink {
-    async fn stop(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(WAIT, self.tracker.wait())
-            .await
-            .unwrap();
-    }
+    let cfg = SyncConfig {
+        enabled: true,
+        broker: hq.mqtt.clone(),
+        hq_url: format!("http://{}", hq.http),
+        batch_max_events: 4,
+        batch_max_age_ms: 10,
+        reconnect_min_ms: 50,
+        reconnect_max_ms: 500,
+        ..SyncConfig::default()
+    };
+    spawn_sync(STORE, GATEWAY, cfg, outbox, &cache, metrics)
 }
 
 async fn wait_drained(outbox: &Outbox) {
@@ -134,7 +98,7 @@ async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_cr
     let uplink = start_uplink(&hq, &data, &outbox, &metrics);
     append(&outbox, 6..=20).await;
     wait_drained(&outbox).await;
-    uplink.stop().await;
+    uplink.stop(WAIT).await;
     outbox.close().await;
     assert_eq!(
         hq.events().await,
@@ -156,7 +120,7 @@ async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_cr
     let uplink = start_uplink(&hq, &data, &outbox, &metrics);
     append(&outbox, 31..=40).await;
     wait_drained(&outbox).await;
-    uplink.stop().await;
+    uplink.stop(WAIT).await;
     outbox.close().await;
 
     let held = hq.events().await;

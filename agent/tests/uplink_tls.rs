@@ -16,15 +16,13 @@ use instore_agent::{
     config::SyncConfig,
     metrics::Metrics,
     outbox::{NewEvent, Outbox},
-    sync::{self, SyncContext},
 };
 use instore_protocol::EventBody;
 use support::{
     hq::{HeadOffice, WAIT},
     net::free_port,
+    sync::{SyncTask, spawn_sync},
 };
-use tokio::sync::mpsc;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
@@ -165,9 +163,7 @@ async fn start_mosquitto(dir: &Path) -> Mosquitto {
 struct Gateway {
     outbox: Outbox,
     metrics: Metrics,
-    tracker: TaskTracker,
-    cancel: CancellationToken,
-    _engine: mpsc::Receiver<instore_agent::engine::Control>,
+    sync: SyncTask,
     _dir: tempfile::TempDir,
 }
 
@@ -182,52 +178,31 @@ fn start_gateway(
     let metrics = Metrics::default();
     let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
     let cache = MemberCache::open(&dir.path().join("members.db")).unwrap();
-    let (engine, engine_rx) = mpsc::channel(8);
     let (client_cert, client_key) = cert.map_or((None, None), |(c, k)| (Some(c), Some(k)));
-    let tracker = TaskTracker::new();
-    let cancel = CancellationToken::new();
-    sync::spawn(
-        SyncContext {
-            store_id: "s-1".into(),
-            gateway_id: id.into(),
-            cfg: SyncConfig {
-                enabled: true,
-                broker: format!("mqtts://127.0.0.1:{tls_port}"),
-                hq_url: format!("http://{}", hq.http),
-                batch_max_age_ms: 10,
-                reconnect_min_ms: 50,
-                reconnect_max_ms: 200,
-                ca_file: Some(ca),
-                client_cert,
-                client_key,
-                ..SyncConfig::default()
-            },
-            outbox: outbox.clone(),
-            cache,
-            engine,
-            metrics: metrics.clone(),
-        },
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let cfg = SyncConfig {
+        enabled: true,
+        broker: format!("mqtts://127.0.0.1:{tls_port}"),
+        hq_url: format!("http://{}", hq.http),
+        batch_max_age_ms: 10,
+        reconnect_min_ms: 50,
+        reconnect_max_ms: 200,
+        ca_file: Some(ca),
+        client_cert,
+        client_key,
+        ..SyncConfig::default()
+    };
+    let sync = spawn_sync("s-1", id, cfg, &outbox, &cache, &metrics);
     Gateway {
         outbox,
         metrics,
-        tracker,
-        cancel,
-        _engine: engine_rx,
+        sync,
         _dir: dir,
     }
 }
 
 impl Gateway {
     async fn stop(self) {
-        self.cancel.cancel();
-        self.tracker.close();
-        tokio::time::timeout(WAIT, self.tracker.wait())
-            .await
-            .unwrap();
+        self.sync.stop(WAIT).await;
     }
 }
 

@@ -15,4 +15,5 @@ pub mod hq;
 pub mod http;
 pub mod net;
 pub mod process;
+pub mod sync;
 pub mod wait;
