@@ -533,7 +533,16 @@ impl Rules {
     pub fn set_settings(&mut self, settings: ReactSettings) {
         self.bucket = TokenBucket::new(settings.alerts_per_minute, settings.alert_burst);
         if self.clock.zone() != &settings.zone {
-            self.clock = ZoneClock::new(settings.zone.clone());
+            let zone = &settings.zone;
+            let name = zone
+                .iana_name()
+                .map(str::to_string)
+                .or_else(|| zone.to_fixed_offset().ok().map(|o| format!("UTC{o}")));
+            tracing::info!(
+                zone = name.as_deref().unwrap_or("unnamed (from /etc/localtime)"),
+                "store time zone for rules' hours, quiet hours and \"today\""
+            );
+            self.clock = ZoneClock::new(zone.clone());
         }
         self.settings = settings;
     }
