@@ -372,11 +372,10 @@ impl AlertHub {
         let Some(entry) = inner.entries.get(id.as_str()) else {
             return false;
         };
-        let applies = match (action, entry.state.status) {
-            (_, Status::Open) => true,
-            (Action::Outcome(_) | Action::Dismiss, Status::Taken) => true,
-            _ => false,
-        };
+        let applies = matches!(
+            (action, entry.state.status),
+            (_, Status::Open) | (Action::Outcome(_) | Action::Dismiss, Status::Taken)
+        );
         if !applies {
             return false;
         }
