@@ -14,6 +14,7 @@ use instore_agent::{
     web::{self, WebState},
 };
 use instore_protocol::{AlertOutcomeKind, AlertPriority, EventBody};
+use reqwest::Method;
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +109,27 @@ fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// Who a request is sent as.
+enum As<'a> {
+    Nobody,
+    Bearer(&'a str),
+    /// A paired tablet's token in its cookie, as the browser sends it.
+    Cookie(&'a str),
+}
+
+impl Server {
+    /// `method path` on the server, sent as `who`; any transport failure fails the test.
+    async fn call(&self, method: Method, path: &str, who: As<'_>) -> reqwest::Response {
+        let req = client().request(method, format!("{}{path}", self.base));
+        let req = match who {
+            As::Nobody => req,
+            As::Bearer(t) => req.bearer_auth(t),
+            As::Cookie(t) => req.header("cookie", format!("instore_tablet={t}")),
+        };
+        req.send().await.unwrap()
+    }
+}
+
 /// One parsed Server-Sent Event.
 #[derive(Debug, Default)]
 struct SseEvent {
@@ -180,22 +202,13 @@ async fn member_data_is_refused_without_a_token_or_with_a_wrong_one() {
     s.presence.send_replace(Arc::new(vec![member()]));
     s.hub.publish(alert("a1"));
     for path in ["/api/presence", "/api/alerts", "/api/alerts/stream"] {
-        let none = client()
-            .get(format!("{}{path}", s.base))
-            .send()
-            .await
-            .unwrap();
-        let wrong_bearer = client()
-            .get(format!("{}{path}", s.base))
-            .bearer_auth("admin-secreT")
-            .send()
-            .await
-            .unwrap();
-        let wrong_query = client()
-            .get(format!("{}{path}?token=nope", s.base))
-            .send()
-            .await
-            .unwrap();
+        let none = s.call(Method::GET, &format!("{path}"), As::Nobody).await;
+        let wrong_bearer = s
+            .call(Method::GET, &format!("{path}"), As::Bearer("admin-secreT"))
+            .await;
+        let wrong_query = s
+            .call(Method::GET, &format!("{path}?token=nope"), As::Nobody)
+            .await;
         for resp in [none, wrong_bearer, wrong_query] {
             assert_eq!(resp.status(), 401, "{path}");
             let body = resp.text().await.unwrap();
@@ -216,30 +229,27 @@ async fn an_empty_admin_token_refuses_even_an_empty_bearer() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    let resp = client()
-        .get(format!("{}/api/presence?token=", s.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = s
+        .call(Method::GET, "/api/presence?token=", As::Nobody)
+        .await;
     assert_eq!(resp.status(), 401);
 }
 
 #[tokio::test]
 async fn member_data_is_served_with_a_bearer_token_or_a_token_query() {
     let s = start(TOKEN).await;
-    let bearer = client()
-        .get(format!("{}/api/presence", s.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let bearer = s
+        .call(Method::GET, "/api/presence", As::Bearer(TOKEN))
+        .await;
     assert_eq!(bearer.status(), 200);
     assert_eq!(bearer.headers()["cache-control"], "no-store");
-    let query = client()
-        .get(format!("{}/api/alerts?token={TOKEN}", s.base))
-        .send()
-        .await
-        .unwrap();
+    let query = s
+        .call(
+            Method::GET,
+            &format!("/api/alerts?token={TOKEN}"),
+            As::Nobody,
+        )
+        .await;
     assert_eq!(query.status(), 200);
     assert_eq!(query.text().await.unwrap(), "[]");
 }
@@ -248,12 +258,8 @@ async fn member_data_is_served_with_a_bearer_token_or_a_token_query() {
 async fn presence_lists_what_the_watch_channel_holds() {
     let s = start(TOKEN).await;
     let get = || async {
-        client()
-            .get(format!("{}/api/presence", s.base))
-            .bearer_auth(TOKEN)
-            .send()
+        s.call(Method::GET, "/api/presence", As::Bearer(TOKEN))
             .await
-            .unwrap()
             .json::<serde_json::Value>()
             .await
             .unwrap()
@@ -273,12 +279,9 @@ async fn recent_alerts_are_listed_oldest_first_up_to_the_limit() {
     for id in ["a1", "a2", "a3"] {
         s.hub.publish(alert(id));
     }
-    let list: serde_json::Value = client()
-        .get(format!("{}/api/alerts?limit=2", s.base))
-        .bearer_auth(TOKEN)
-        .send()
+    let list: serde_json::Value = s
+        .call(Method::GET, "/api/alerts?limit=2", As::Bearer(TOKEN))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -296,11 +299,9 @@ async fn recent_alerts_are_listed_oldest_first_up_to_the_limit() {
 #[tokio::test]
 async fn health_and_metrics_need_no_token() {
     let s = start(TOKEN).await;
-    let health: serde_json::Value = client()
-        .get(format!("{}/healthz", s.base))
-        .send()
+    let health: serde_json::Value = s
+        .call(Method::GET, "/healthz", As::Nobody)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -308,11 +309,7 @@ async fn health_and_metrics_need_no_token() {
         health,
         serde_json::json!({"status": "ok", "store_id": "S1", "gateway_id": "G1"})
     );
-    let metrics = client()
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap();
+    let metrics = s.call(Method::GET, "/metrics", As::Nobody).await;
     assert_eq!(metrics.status(), 200);
     assert!(
         metrics.headers()["content-type"]
@@ -333,12 +330,9 @@ async fn health_and_metrics_need_no_token() {
 async fn unknown_paths_are_not_found() {
     let s = start(TOKEN).await;
     for path in ["/nope", "/api/nope"] {
-        let resp = client()
-            .get(format!("{}{path}", s.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let resp = s
+            .call(Method::GET, &format!("{path}"), As::Bearer(TOKEN))
+            .await;
         assert_eq!(resp.status(), 404, "{path}");
     }
 }
@@ -346,7 +340,7 @@ async fn unknown_paths_are_not_found() {
 #[tokio::test]
 async fn the_clerk_page_is_html_with_the_event_source_code() {
     let s = start(TOKEN).await;
-    let resp = client().get(format!("{}/", s.base)).send().await.unwrap();
+    let resp = s.call(Method::GET, "/", As::Nobody).await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -365,11 +359,13 @@ async fn the_clerk_page_is_html_with_the_event_source_code() {
 async fn a_stream_client_receives_an_alert_published_after_it_connected() {
     let s = start(TOKEN).await;
     s.hub.publish(alert("old"));
-    let resp = client()
-        .get(format!("{}/api/alerts/stream?token={TOKEN}", s.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = s
+        .call(
+            Method::GET,
+            &format!("/api/alerts/stream?token={TOKEN}"),
+            As::Nobody,
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
@@ -438,11 +434,13 @@ async fn the_last_event_id_query_parameter_also_resumes() {
 #[tokio::test]
 async fn the_stream_ends_and_the_server_stops_when_cancel_fires() {
     let s = start(TOKEN).await;
-    let resp = client()
-        .get(format!("{}/api/alerts/stream?token={TOKEN}", s.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = s
+        .call(
+            Method::GET,
+            &format!("/api/alerts/stream?token={TOKEN}"),
+            As::Nobody,
+        )
+        .await;
     let mut events = SseReader::new(resp);
     s.cancel.cancel();
     assert!(
@@ -521,34 +519,23 @@ async fn a_paired_tablet_reads_alerts_by_cookie_or_bearer_and_its_code_works_onc
     s.hub.publish(alert("a1"));
     let (_, token, again) = pair(&s, "till 2").await;
     assert_eq!(again.status(), 400, "a pairing code is single-use");
-    let by_cookie = client()
-        .get(format!("{}/api/alerts", s.base))
-        .header("cookie", format!("instore_tablet={token}"))
-        .send()
-        .await
-        .unwrap();
+    let by_cookie = s.call(Method::GET, "/api/alerts", As::Cookie(&token)).await;
     assert_eq!(by_cookie.status(), 200);
     assert!(by_cookie.headers().contains_key("x-alert-cursor"));
     let list: serde_json::Value = by_cookie.json().await.unwrap();
     assert_eq!(list[0]["member"]["display_name"], "Ms. Li");
-    let me: serde_json::Value = client()
-        .get(format!("{}/api/me", s.base))
-        .bearer_auth(&token)
-        .send()
+    let me: serde_json::Value = s
+        .call(Method::GET, "/api/me", As::Bearer(&token))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(me["label"], "till 2");
     assert_eq!(me["admin"], false);
     // A tablet is not the manager.
-    let admin = client()
-        .get(format!("{}/api/admin/tablets", s.base))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let admin = s
+        .call(Method::GET, "/api/admin/tablets", As::Bearer(&token))
+        .await;
     assert_eq!(admin.status(), 403);
     assert_eq!(s.tablets.list().len(), 1);
 }
@@ -570,11 +557,9 @@ async fn wrong_pairing_codes_are_refused_then_rate_limited_and_counted() {
     }
     assert_eq!(statuses[..10], [400; 10]);
     assert_eq!(statuses[10..], [429; 2]);
-    let metrics = client()
-        .get(format!("{}/metrics", s.base))
-        .send()
+    let metrics = s
+        .call(Method::GET, "/metrics", As::Nobody)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -587,12 +572,9 @@ async fn taking_an_alert_twice_or_from_a_second_tablet_is_a_conflict_and_one_eve
     let s = start(TOKEN).await;
     let (_, t1, _) = pair(&s, "till 1").await;
     let (_, t2, _) = pair(&s, "till 2").await;
-    let stream = client()
-        .get(format!("{}/api/alerts/stream", s.base))
-        .bearer_auth(&t2)
-        .send()
-        .await
-        .unwrap();
+    let stream = s
+        .call(Method::GET, "/api/alerts/stream", As::Bearer(&t2))
+        .await;
     let mut events = SseReader::new(stream);
     let id = s.hub.publish(alert("a1")).alert.id.clone();
     assert_eq!(events.next().await.unwrap().event.as_deref(), Some("alert"));
@@ -670,12 +652,9 @@ async fn taking_an_alert_twice_or_from_a_second_tablet_is_a_conflict_and_one_eve
             }
         ]
     );
-    let unknown = client()
-        .post(format!("{}/api/alerts/nope/dismiss", s.base))
-        .bearer_auth(&t1)
-        .send()
-        .await
-        .unwrap();
+    let unknown = s
+        .call(Method::POST, "/api/alerts/nope/dismiss", As::Bearer(&t1))
+        .await;
     assert_eq!(unknown.status(), 404);
 }
 
@@ -683,23 +662,17 @@ async fn taking_an_alert_twice_or_from_a_second_tablet_is_a_conflict_and_one_eve
 async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
     let s = start(TOKEN).await;
     let (id, token, _) = pair(&s, "till 3").await;
-    let stream = client()
-        .get(format!("{}/api/alerts/stream", s.base))
-        .header("cookie", format!("instore_tablet={token}"))
-        .send()
-        .await
-        .unwrap();
+    let stream = s
+        .call(Method::GET, "/api/alerts/stream", As::Cookie(&token))
+        .await;
     assert_eq!(stream.status(), 200);
     let mut events = SseReader::new(stream);
     s.hub.publish(alert("a1"));
     assert!(events.next().await.is_some());
 
-    let listed: serde_json::Value = client()
-        .get(format!("{}/api/admin/tablets", s.base))
-        .bearer_auth(TOKEN)
-        .send()
+    let listed: serde_json::Value = s
+        .call(Method::GET, "/api/admin/tablets", As::Bearer(TOKEN))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -707,31 +680,28 @@ async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
     assert_eq!(listed[0]["label"], "till 3");
     assert!(listed[0]["last_seen_ms"].as_i64().unwrap() > 0);
 
-    let revoked = client()
-        .delete(format!("{}/api/admin/tablets/{id}", s.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let revoked = s
+        .call(
+            Method::DELETE,
+            &format!("/api/admin/tablets/{id}"),
+            As::Bearer(TOKEN),
+        )
+        .await;
     assert_eq!(revoked.status(), 204);
     assert!(
         events.next().await.is_none(),
         "stream still open after revoke"
     );
-    let after = client()
-        .get(format!("{}/api/alerts", s.base))
-        .header("cookie", format!("instore_tablet={token}"))
-        .send()
-        .await
-        .unwrap();
+    let after = s.call(Method::GET, "/api/alerts", As::Cookie(&token)).await;
     assert_eq!(after.status(), 401);
     assert!(!after.text().await.unwrap().contains("Li"));
-    let again = client()
-        .delete(format!("{}/api/admin/tablets/{id}", s.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let again = s
+        .call(
+            Method::DELETE,
+            &format!("/api/admin/tablets/{id}"),
+            As::Bearer(TOKEN),
+        )
+        .await;
     assert_eq!(again.status(), 404);
 }
 
@@ -739,12 +709,9 @@ async fn a_revoked_tablet_loses_its_open_stream_and_its_next_request_at_once() {
 async fn dismissals_and_expiries_reach_every_stream_and_the_outbox() {
     let s = start(TOKEN).await;
     let (_, tablet, _) = pair(&s, "till 1").await;
-    let resp = client()
-        .get(format!("{}/api/alerts/stream", s.base))
-        .bearer_auth(&tablet)
-        .send()
-        .await
-        .unwrap();
+    let resp = s
+        .call(Method::GET, "/api/alerts/stream", As::Bearer(&tablet))
+        .await;
     let mut events = SseReader::new(resp);
     s.hub.publish(alert("fresh"));
     let mut stale = alert("stale");
@@ -753,12 +720,13 @@ async fn dismissals_and_expiries_reach_every_stream_and_the_outbox() {
     for _ in 0..2 {
         assert_eq!(events.next().await.unwrap().event.as_deref(), Some("alert"));
     }
-    let dismissed = client()
-        .post(format!("{}/api/alerts/fresh/dismiss", s.base))
-        .bearer_auth(&tablet)
-        .send()
-        .await
-        .unwrap();
+    let dismissed = s
+        .call(
+            Method::POST,
+            "/api/alerts/fresh/dismiss",
+            As::Bearer(&tablet),
+        )
+        .await;
     assert_eq!(dismissed.status(), 200);
     let ev = events.next().await.unwrap();
     assert_eq!(ev.event.as_deref(), Some("alert_dismissed"));
@@ -774,12 +742,9 @@ async fn dismissals_and_expiries_reach_every_stream_and_the_outbox() {
     assert_eq!(ev.event.as_deref(), Some("alert_expired"));
     assert!(ev.data.contains("\"id\":\"stale\""));
     // A closed alert cannot be taken any more.
-    let late = client()
-        .post(format!("{}/api/alerts/stale/take", s.base))
-        .bearer_auth(&tablet)
-        .send()
-        .await
-        .unwrap();
+    let late = s
+        .call(Method::POST, "/api/alerts/stale/take", As::Bearer(&tablet))
+        .await;
     assert_eq!(late.status(), 409);
 
     let kinds: Vec<&str> = s
