@@ -22,8 +22,11 @@ use instore_agent::{
     metrics::Metrics,
     react::{self, ActionSettings, Happening, Occasion, Rules},
 };
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use support::{broker::start_broker, wait::until};
+use rumqttc::{Event, Packet, QoS};
+use support::{
+    broker::{start_broker, subscribed},
+    wait::until,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// How long a delivery or its count may take to show.
@@ -62,6 +65,28 @@ fn count(m: &Metrics, kind: &'static str, result: &'static str) -> u64 {
     m.reaction_actions
         .get_or_create(&vec![("kind", kind), ("result", result)])
         .get()
+}
+
+/// The reaction action queue with its own metrics, task tracker and cancellation token.
+fn spawn_actions(
+    mqtt_broker: Option<String>,
+    client_id: &str,
+    queue: usize,
+) -> (react::ActionQueue, Metrics, TaskTracker, CancellationToken) {
+    let metrics = Metrics::default();
+    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
+    let queue = react::actions::spawn(
+        ActionSettings {
+            mqtt_broker,
+            mqtt_client_id: client_id.into(),
+            queue,
+        },
+        metrics.clone(),
+        &tracker,
+        cancel.clone(),
+    )
+    .unwrap();
+    (queue, metrics, tracker, cancel)
 }
 
 /// A receiver that honours idempotency keys, and misbehaves on the first two attempts: the
@@ -116,19 +141,7 @@ async fn a_webhook_that_fails_twice_is_retried_and_delivered_once() {
     let actions = actions_for(&rules);
     assert_eq!(actions.len(), 1);
 
-    let metrics = Metrics::default();
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let queue = react::actions::spawn(
-        ActionSettings {
-            mqtt_broker: None,
-            mqtt_client_id: "t".into(),
-            queue: 8,
-        },
-        metrics.clone(),
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let (queue, metrics, tracker, cancel) = spawn_actions(None, "t", 8);
     for a in actions {
         queue.offer(a);
     }
@@ -170,19 +183,7 @@ async fn a_webhook_refused_for_good_is_not_retried() {
     let rules = format!(
         "[[rules]]\nname = \"crm\"\non = \"arrive\"\nwebhook = {{ url = \"http://{addr}/hook\", backoff_ms = 10 }}\n"
     );
-    let metrics = Metrics::default();
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let queue = react::actions::spawn(
-        ActionSettings {
-            mqtt_broker: None,
-            mqtt_client_id: "t".into(),
-            queue: 8,
-        },
-        metrics.clone(),
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let (queue, metrics, _tracker, cancel) = spawn_actions(None, "t", 8);
     for a in actions_for(&rules) {
         queue.offer(a);
     }
@@ -198,32 +199,10 @@ async fn a_webhook_refused_for_good_is_not_retried() {
 async fn an_mqtt_action_is_published_with_qos_1_to_the_rendered_topic() {
     let port = start_broker(65536);
     // Subscribe first, and wait for the broker to confirm.
-    let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new("watcher", "127.0.0.1", port), 10);
-    sub.subscribe("instore/s1/#", QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(_) => panic!("no SubAck"),
-        }
-    }
+    let (_sub, mut sub_loop) = subscribed(port, "watcher", "instore/s1/#").await;
 
-    let metrics = Metrics::default();
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let queue = react::actions::spawn(
-        ActionSettings {
-            mqtt_broker: Some(format!("mqtt://127.0.0.1:{port}")),
-            mqtt_client_id: "gw-actions".into(),
-            queue: 8,
-        },
-        metrics.clone(),
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let (queue, metrics, tracker, cancel) =
+        spawn_actions(Some(format!("mqtt://127.0.0.1:{port}")), "gw-actions", 8);
     let rules = "[[rules]]\nname = \"greet\"\non = \"arrive\"\nmessage = \"{display_name} is here\"\n\
                  mqtt = { topic = \"instore/s1/greet/{zone}\" }\n";
     for a in actions_for(rules) {
@@ -254,19 +233,7 @@ async fn an_mqtt_action_is_published_with_qos_1_to_the_rendered_topic() {
 
 #[tokio::test]
 async fn an_mqtt_action_without_a_broker_is_counted_as_failed() {
-    let metrics = Metrics::default();
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let queue = react::actions::spawn(
-        ActionSettings {
-            mqtt_broker: None,
-            mqtt_client_id: "t".into(),
-            queue: 8,
-        },
-        metrics.clone(),
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let (queue, metrics, _tracker, cancel) = spawn_actions(None, "t", 8);
     for a in actions_for("[[rules]]\nname = \"g\"\non = \"arrive\"\nmqtt = { topic = \"a/b\" }\n") {
         queue.offer(a);
     }
@@ -289,29 +256,9 @@ async fn webhooks_stuck_on_a_silent_receiver_do_not_hold_up_mqtt_actions() {
         }
     });
     let port = start_broker(65536);
-    let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new("watcher2", "127.0.0.1", port), 10);
-    sub.subscribe("after/#", QoS::AtLeastOnce).await.unwrap();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
-            Err(_) => panic!("no SubAck"),
-        }
-    }
-    let metrics = Metrics::default();
-    let (tracker, cancel) = (TaskTracker::new(), CancellationToken::new());
-    let queue = react::actions::spawn(
-        ActionSettings {
-            mqtt_broker: Some(format!("mqtt://127.0.0.1:{port}")),
-            mqtt_client_id: "gw-actions-2".into(),
-            queue: 64,
-        },
-        metrics.clone(),
-        &tracker,
-        cancel.clone(),
-    )
-    .unwrap();
+    let (_sub, mut sub_loop) = subscribed(port, "watcher2", "after/#").await;
+    let (queue, metrics, _tracker, cancel) =
+        spawn_actions(Some(format!("mqtt://127.0.0.1:{port}")), "gw-actions-2", 64);
     let hooks = format!(
         "[[rules]]\nname = \"slow\"\non = \"arrive\"\n\
          webhook = {{ url = \"http://{silent_addr}/h\", timeout_ms = 60000, retries = 0 }}\n"

@@ -1,5 +1,9 @@
 //! An embedded MQTT broker (rumqttd) for tests that need a real one in-process.
 
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
 use super::net::free_port;
 
 /// Starts rumqttd on a free loopback port accepting payloads up to `max_payload` bytes; it
@@ -30,4 +34,20 @@ pub fn start_broker(max_payload: usize) -> u16 {
         rumqttd::Broker::new(config).start().unwrap();
     });
     port
+}
+
+/// A client `client_id` subscribed to `topic` (QoS 1) on the broker at `port`, returned once the
+/// broker has confirmed the subscription; poll the event loop for what it receives.
+pub async fn subscribed(port: u16, client_id: &str, topic: &str) -> (AsyncClient, EventLoop) {
+    let (sub, mut sub_loop) = AsyncClient::new(MqttOptions::new(client_id, "127.0.0.1", port), 10);
+    sub.subscribe(topic, QoS::AtLeastOnce).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub_loop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(_) => panic!("no SubAck"),
+        }
+    }
+    (sub, sub_loop)
 }
