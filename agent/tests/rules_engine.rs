@@ -101,6 +101,16 @@ fn save_rules(dir: &Path, text: &str) {
     std::fs::rename(&tmp, dir.join("rules.toml")).unwrap();
 }
 
+/// The whole agent on a temp dir with `rules`, a QR scanner port and the two members loaded.
+async fn start_agent(rules: &str) -> (tempfile::TempDir, u16, runtime::Agent) {
+    let dir = tempfile::tempdir().unwrap();
+    save_rules(dir.path(), rules);
+    let port = free_port();
+    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
+    agent.set_members(members()).await;
+    (dir, port, agent)
+}
+
 async fn scan(conn: &mut TcpStream, line: &str) {
     conn.write_all(format!("{line}\r\n").as_bytes())
         .await
@@ -109,11 +119,7 @@ async fn scan(conn: &mut TcpStream, line: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qr_codes_over_tcp_reach_the_engine_and_fire_qr_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    save_rules(dir.path(), RULES_V2);
-    let port = free_port();
-    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
-    agent.set_members(members()).await;
+    let (_dir, port, agent) = start_agent(RULES_V2).await;
     let m = agent.metrics.clone();
 
     let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
@@ -142,11 +148,7 @@ async fn qr_codes_over_tcp_reach_the_engine_and_fire_qr_rules() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_rules_file_is_reloaded_and_a_bad_one_keeps_the_old_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    save_rules(dir.path(), RULES_V1);
-    let port = free_port();
-    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
-    agent.set_members(members()).await;
+    let (dir, port, agent) = start_agent(RULES_V1).await;
     let m = agent.metrics.clone();
     assert_eq!(m.rules_loaded.get(), 1);
 
@@ -231,11 +233,7 @@ rules = "rules.toml"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scanners_beyond_the_connection_limit_are_turned_away_and_the_others_keep_working() {
     use tokio::io::AsyncReadExt;
-    let dir = tempfile::tempdir().unwrap();
-    save_rules(dir.path(), RULES_V2);
-    let port = free_port();
-    let agent = runtime::start(config(dir.path(), port)).await.unwrap();
-    agent.set_members(members()).await;
+    let (_dir, port, agent) = start_agent(RULES_V2).await;
     let mut conns = Vec::new();
     for _ in 0..instore_agent::sources::qr::MAX_CONNECTIONS {
         conns.push(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
