@@ -150,11 +150,16 @@ async fn browser(profile: &Path) -> (Driver, Client) {
     (driver, client)
 }
 
+/// Runs `script` (a function body) in the page and returns its value.
+async fn js(client: &Client, script: &str) -> Value {
+    client.execute(script, vec![]).await.unwrap()
+}
+
 /// Runs `script` (a function body returning a value) in the page until it returns truthy.
 async fn wait_js(client: &Client, what: &str, script: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let v = client.execute(script, vec![]).await.unwrap();
+        let v = js(client, script).await;
         let truthy = match &v {
             Value::Null => false,
             Value::Bool(b) => *b,
@@ -266,44 +271,30 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     )
     .await;
     // The token is an HttpOnly cookie: page scripts cannot read it.
-    let cookies = client
-        .execute("return document.cookie;", vec![])
-        .await
-        .unwrap();
+    let cookies = js(&client, "return document.cookie;").await;
     assert!(!cookies.as_str().unwrap().contains("instore_tablet"));
-    client
-        .execute("window.__notReloaded = true;", vec![])
-        .await
-        .unwrap();
+    js(&client, "window.__notReloaded = true;").await;
 
     // A member arrives (simulated): the alert appears without a reload, with the member card.
     let known: HashSet<String> = card_ids(&client).await.into_iter().collect();
     let id = new_card(&client, "a live alert", &known).await;
     let card = format!("document.querySelector('li.card[data-id=\"{id}\"]')");
-    let text = client
-        .execute(&format!("return {card}.textContent;"), vec![])
-        .await
-        .unwrap();
+    let text = js(&client, &format!("return {card}.textContent;")).await;
     let text = text.as_str().unwrap();
     assert!(text.contains("Greet "), "{text}");
     assert!(text.contains("Last purchase:"), "{text}");
     assert_eq!(
-        client
-            .execute("return window.__notReloaded === true;", vec![])
-            .await
-            .unwrap(),
+        js(&client, "return window.__notReloaded === true;").await,
         json!(true)
     );
     shot(&client, "02-live-alert").await;
 
     // Take it, then record the outcome.
-    client
-        .execute(
-            &format!("{card}.querySelector('button.take').click();"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    js(
+        &client,
+        &format!("{card}.querySelector('button.take').click();"),
+    )
+    .await;
     wait_js(
         &client,
         "taken",
@@ -311,13 +302,11 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     )
     .await;
     shot(&client, "03-taken").await;
-    client
-        .execute(
-            &format!("{card}.querySelector('button.outcome-purchased').click();"),
-            vec![],
-        )
-        .await
-        .unwrap();
+    js(
+        &client,
+        &format!("{card}.querySelector('button.outcome-purchased').click();"),
+    )
+    .await;
     wait_js(
         &client,
         "closed",
@@ -365,10 +354,7 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
         "the new card is from the restarted agent"
     );
     assert_eq!(
-        client
-            .execute("return window.__notReloaded === true;", vec![])
-            .await
-            .unwrap(),
+        js(&client, "return window.__notReloaded === true;").await,
         json!(true)
     );
     shot(&client, "06-caught-up-after-restart").await;
