@@ -419,4 +419,32 @@ mod tests {
         assert!(idx.lookup(&key).is_none());
         assert!(idx.is_empty());
     }
+
+    #[test]
+    fn eid_temporary_keys_are_indexed_by_epoch_and_an_identity_key_is_ignored() {
+        let mut with_temp = record("T", 1, true);
+        with_temp.identifiers = [7u16, 8]
+            .map(|epoch| Identifier::EddystoneEidTemp {
+                epoch,
+                key: hex::encode([epoch as u8; 16]),
+                exponent: 10,
+            })
+            .to_vec();
+        let mut with_identity = record("I", 2, true);
+        with_identity.identifiers = vec![Identifier::EddystoneEidIdentity {
+            identity_key: hex::encode([1u8; 16]),
+            exponent: 10,
+        }];
+        let idx = MemberIndex::build(1, &[with_identity, with_temp]);
+        assert_eq!(idx.len(), 2);
+        let e8 = idx.eid_keys_for(8);
+        assert_eq!(
+            e8.len(),
+            1,
+            "only the temporary key; the identity key never counts"
+        );
+        assert_eq!((e8[0].slot, e8[0].key), (1, [8; 16]));
+        assert!(idx.eid_keys_for(9).is_empty());
+        assert!(idx.has_window_keys());
+    }
 }
