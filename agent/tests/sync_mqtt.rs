@@ -174,6 +174,15 @@ async fn start_hq(port: u16, hq: Arc<Hq>) -> AsyncClient {
     client
 }
 
+/// A broker with the fake head office connected, losing its first `drop_acks` acks.
+async fn head_office(drop_acks: usize) -> (u16, Arc<Hq>, AsyncClient) {
+    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
+    let hq = Arc::new(Hq::default());
+    hq.drop_acks.store(drop_acks, Ordering::SeqCst);
+    let client = start_hq(broker, hq.clone()).await;
+    (broker, hq, client)
+}
+
 /// Head office's snapshot endpoint; fails the first `fail_first` requests with 503.
 #[derive(Default)]
 struct SnapshotServer {
@@ -294,9 +303,7 @@ async fn stop(gw: &Gateway) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_reach_head_office_and_acknowledged_ones_leave_the_outbox() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let hq = Arc::new(Hq::default());
-    let _hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, _hq_client) = head_office(0).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
 
     let gw = start_gateway(broker, http);
@@ -337,10 +344,7 @@ async fn events_reach_head_office_and_acknowledged_ones_leave_the_outbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_makes_the_gateway_resend_and_nothing_is_lost() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let hq = Arc::new(Hq::default());
-    hq.drop_acks.store(1, Ordering::SeqCst);
-    let _hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, _hq_client) = head_office(1).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
 
     let gw = start_gateway(broker, http);
@@ -372,9 +376,7 @@ async fn a_lost_ack_makes_the_gateway_resend_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let hq = Arc::new(Hq::default());
-    let hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, hq_client) = head_office(0).await;
     let server = Arc::new(SnapshotServer {
         fail_first: 1,
         ..SnapshotServer::default()
@@ -449,9 +451,7 @@ async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_acks_are_counted_and_ignored() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let hq = Arc::new(Hq::default());
-    let hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, hq_client) = head_office(0).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
     let gw = start_gateway(broker, http);
     eventually(
@@ -524,12 +524,9 @@ impl Proxy {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let proxy = Proxy::start(broker).await;
-    let hq = Arc::new(Hq::default());
     // Head office stores but cannot answer (its acks are lost) until the link drops.
-    hq.drop_acks.store(usize::MAX, Ordering::SeqCst);
-    let _hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, _hq_client) = head_office(usize::MAX).await;
+    let proxy = Proxy::start(broker).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
 
     let gw = start_gateway(proxy.port, http);
@@ -559,10 +556,7 @@ async fn after_a_dropped_connection_everything_unacknowledged_is_sent_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reboot_before_the_acks_arrive_loses_nothing() {
-    let broker = start_broker(MAX_PAYLOAD_BYTES + 4096);
-    let hq = Arc::new(Hq::default());
-    hq.drop_acks.store(usize::MAX, Ordering::SeqCst);
-    let _hq_client = start_hq(broker, hq.clone()).await;
+    let (broker, hq, _hq_client) = head_office(usize::MAX).await;
     let http = start_http(Arc::new(SnapshotServer::default())).await;
 
     let gw = start_gateway(broker, http);
