@@ -486,6 +486,56 @@ mod tests {
         Core::new(index, presence, rules, Metrics::default())
     }
 
+    #[test]
+    fn the_tick_swaps_in_window_tables_built_elsewhere_and_then_a_rotating_id_resolves() {
+        use instore_protocol::rotating::{day_key, frame, shipped_days, window_of_ms};
+        let secret = [9u8; 32];
+        let now = crate::now_ms();
+        let keys: Vec<String> = shipped_days(now)
+            .map(|d| {
+                format!(
+                    r#"{{"kind":"rotating_day_key","day":{d},"key":"{}"}}"#,
+                    hex::encode(day_key(&secret, d))
+                )
+            })
+            .collect();
+        let (records, _) = instore_protocol::parse_ndjson(&format!(
+            r#"{{"member_id":"R","display_name":"r","tier":"gold","consent":{{"presence":true}},"identifiers":[{}]}}"#,
+            keys.join(",")
+        ));
+        let metrics = Metrics::default();
+        let rules = Rules::parse("", "rules").unwrap();
+        let presence = Presence::new(PresenceParams::default(), "gw-boot".into());
+        let index = Arc::new(MemberIndex::build(1, &records));
+        let mut c = Core::new(index, presence, rules, metrics.clone());
+        let w = window_of_ms(now);
+        let day = instore_protocol::rotating::day_of_window(w);
+        let sighting = Sighting {
+            zone: Arc::from("entrance"),
+            at_ms: 0,
+            advert: Advert {
+                address: [0x20, 0, 0, 0, 0, 1],
+                address_type: AddressType::Random,
+                rssi: -60,
+                manufacturer_data: vec![(0x004c, frame(&day_key(&secret, day), w, -59).to_vec())],
+                service_data: vec![],
+            },
+        };
+        let mut out = Vec::new();
+        // Before any tick: no table, and the sighting does not build one.
+        c.on_sighting(&sighting, &mut out);
+        assert_eq!(
+            (metrics.identified.get(), metrics.id_table_builds.get()),
+            (0, 0)
+        );
+        c.on_tick(0, &mut out);
+        c.prepare_id_tables_and_wait(0);
+        c.on_sighting(&sighting, &mut out);
+        assert_eq!(metrics.identified.get(), 1);
+        assert_eq!(metrics.id_table_builds.get(), 4, "w-1..=w+2");
+        assert_eq!(metrics.id_table_inline_builds.get(), 0);
+    }
+
     fn member_sighting(minor: u16, at_ms: u64) -> Sighting {
         Sighting {
             zone: Arc::from("entrance"),
