@@ -57,8 +57,7 @@ message = "Greet {display_name} ({tier}) at the {zone}"
         dir,
         port,
         ADMIN,
-        &format!(
-            r#"[react]
+        r#"[react]
 rules = "rules.toml"
 
 [[sources]]
@@ -69,8 +68,7 @@ shoppers_per_minute = 30.0
 member_share = 1.0
 population = 200
 mean_dwell_s = 20.0
-"#
-        ),
+"#,
     );
     import_members(&cfg, &write_sim_members(dir, 200));
     cfg

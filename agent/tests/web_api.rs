@@ -202,10 +202,8 @@ async fn member_data_is_refused_without_a_token_or_with_a_wrong_one() {
     s.presence.send_replace(Arc::new(vec![member()]));
     s.hub.publish(alert("a1"));
     for path in ["/api/presence", "/api/alerts", "/api/alerts/stream"] {
-        let none = s.call(Method::GET, &format!("{path}"), As::Nobody).await;
-        let wrong_bearer = s
-            .call(Method::GET, &format!("{path}"), As::Bearer("admin-secreT"))
-            .await;
+        let none = s.call(Method::GET, path, As::Nobody).await;
+        let wrong_bearer = s.call(Method::GET, path, As::Bearer("admin-secreT")).await;
         let wrong_query = s
             .call(Method::GET, &format!("{path}?token=nope"), As::Nobody)
             .await;
@@ -330,9 +328,7 @@ async fn health_and_metrics_need_no_token() {
 async fn unknown_paths_are_not_found() {
     let s = start(TOKEN).await;
     for path in ["/nope", "/api/nope"] {
-        let resp = s
-            .call(Method::GET, &format!("{path}"), As::Bearer(TOKEN))
-            .await;
+        let resp = s.call(Method::GET, path, As::Bearer(TOKEN)).await;
         assert_eq!(resp.status(), 404, "{path}");
     }
 }
