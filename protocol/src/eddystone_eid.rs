@@ -69,16 +69,33 @@ pub fn temporary_key(identity_key: &IdentityKey, epoch: u16) -> TempKey {
     aes(identity_key, b)
 }
 
+/// One temporary key, its AES key schedule expanded once: a gateway computes several EIDs per
+/// key and window.
+#[derive(Clone)]
+pub struct EidCipher(Aes128);
+
+impl EidCipher {
+    pub fn new(temp_key: &TempKey) -> Self {
+        Self(Aes128::new(GenericArray::from_slice(temp_key)))
+    }
+
+    /// The EID a beacon with exponent `k` sends at `ts` (`ts` in this key's epoch).
+    pub fn eid(&self, k: u8, ts: u32) -> Eid {
+        let k = k.min(MAX_EXPONENT);
+        let mut b = [0u8; 16];
+        b[11] = k;
+        b[12..].copy_from_slice(&((ts >> k) << k).to_be_bytes());
+        let mut block = GenericArray::from(b);
+        self.0.encrypt_block(&mut block);
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&block[..8]);
+        e
+    }
+}
+
 /// The EID a beacon with exponent `k` sends at `ts`, from the temporary key of `ts`'s epoch.
 pub fn eid(temp_key: &TempKey, k: u8, ts: u32) -> Eid {
-    let k = k.min(MAX_EXPONENT);
-    let mut b = [0u8; 16];
-    b[11] = k;
-    b[12..].copy_from_slice(&((ts >> k) << k).to_be_bytes());
-    let out = aes(temp_key, b);
-    let mut e = [0u8; 8];
-    e.copy_from_slice(&out[..8]);
-    e
+    EidCipher::new(temp_key).eid(k, ts)
 }
 
 /// The EID from the identity key (what the member's beacon computes).

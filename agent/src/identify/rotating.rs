@@ -73,8 +73,9 @@ impl WindowTable {
                 // epochs: 2^k divides 2^16).
                 let mut q = (start.max(epoch_start) >> k) << k;
                 let last = end.min(epoch_end);
+                let cipher = eddystone_eid::EidCipher::new(&e.key);
                 loop {
-                    let id = eddystone_eid::eid(&e.key, k, q);
+                    let id = cipher.eid(k, q);
                     eid.insert(u64::from_be_bytes(id), e.slot);
                     match q.checked_add(1 << k) {
                         Some(next) if next <= last => q = next,
