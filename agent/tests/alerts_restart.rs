@@ -5,26 +5,24 @@
 //! keep acting on them, and an alert left open past its expiry while the agent was down gets one
 //! `alert_expired` event in the outbox — not a second one after another restart.
 
+mod support;
+
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Stdio,
     time::Duration,
 };
 
-use instore_agent::{metrics::Metrics, outbox::Outbox, sources::sim};
+use instore_agent::{metrics::Metrics, outbox::Outbox};
 use instore_protocol::EventBody;
 use serde_json::Value;
+use support::{
+    net::free_port,
+    process::{AgentProcess, import_members, run_command, write_agent_config, write_sim_members},
+};
 
 const TOKEN: &str = "restart-admin-token";
 const POPULATION: u32 = 60;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::new()
@@ -47,19 +45,12 @@ fn setup(expire_after_s: u64) -> Setup {
          cooldown_s = 3600\n",
     )
     .unwrap();
-    let cfg = root.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"store_id = "store-1"
-gateway_id = "gw-1"
-data_dir = "data"
-
-[http]
-listen = "127.0.0.1:{port}"
-admin_token = "{TOKEN}"
-
-[[sources]]
+    let cfg = write_agent_config(
+        &root,
+        port,
+        TOKEN,
+        &format!(
+            r#"[[sources]]
 kind = "sim"
 zone = "entrance"
 seed = 11
@@ -78,22 +69,8 @@ expire_after_s = {expire_after_s}
 enabled = false
 "#
         ),
-    )
-    .unwrap();
-    let members = root.join("members.ndjson");
-    let text: String = sim::population(POPULATION)
-        .iter()
-        .map(|m| serde_json::to_string(m).unwrap() + "\n")
-        .collect();
-    std::fs::write(&members, text).unwrap();
-    let import = Command::new(env!("CARGO_BIN_EXE_instore-agent"))
-        .args(["members", "import"])
-        .arg(&members)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(import.status.success(), "{import:?}");
+    );
+    import_members(&cfg, &write_sim_members(&root, POPULATION));
     Setup {
         _dir: dir,
         root,
@@ -102,15 +79,8 @@ enabled = false
     }
 }
 
-/// The agent process; killed if the test fails before stopping it.
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+/// The agent process (killed on drop if the test fails before stopping it).
+struct Agent(AgentProcess);
 
 #[derive(Clone, Copy, Debug)]
 enum Stop {
@@ -121,16 +91,9 @@ enum Stop {
 impl Agent {
     async fn start(s: &Setup, run: u32) -> Agent {
         let log = std::fs::File::create(s.root.join(format!("agent-{run}.log"))).unwrap();
-        let agent = Agent(
-            Command::new(env!("CARGO_BIN_EXE_instore-agent"))
-                .args(["run", "--config"])
-                .arg(&s.cfg)
-                .env("RUST_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
+        let mut cmd = run_command(&s.cfg, "info");
+        cmd.stdout(Stdio::null()).stderr(log);
+        let agent = Agent(AgentProcess::spawn(cmd));
         for _ in 0..600 {
             if let Ok(r) = client().get(format!("{}/healthz", s.base)).send().await
                 && r.status().is_success()
@@ -142,20 +105,13 @@ impl Agent {
         panic!("agent did not start; see agent-{run}.log");
     }
 
-    fn stop(mut self, how: Stop) {
+    fn stop(self, how: Stop) {
         match how {
-            Stop::Term => {
-                let st = Command::new("kill")
-                    .args(["-TERM", &self.0.id().to_string()])
-                    .status()
-                    .unwrap();
-                assert!(st.success());
-                let code = self.0.wait().unwrap();
-                assert!(code.success(), "SIGTERM should be a clean stop: {code:?}");
-            }
+            Stop::Term => self.0.stop(),
             Stop::Kill => {
-                self.0.kill().unwrap();
-                self.0.wait().unwrap();
+                let mut p = self.0;
+                p.0.kill().unwrap();
+                p.0.wait().unwrap();
             }
         }
     }
