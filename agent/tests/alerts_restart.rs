@@ -17,6 +17,7 @@ use instore_agent::{metrics::Metrics, outbox::Outbox};
 use instore_protocol::EventBody;
 use serde_json::Value;
 use support::{
+    http::{issue_pairing, pairing_code, redeem_pairing},
     net::free_port,
     process::{AgentProcess, import_members, run_command, write_agent_config, write_sim_members},
 };
@@ -153,32 +154,8 @@ async fn wait_for_alerts<T>(s: &Setup, pick: impl Fn(&[Value]) -> Option<T>) -> 
 }
 
 async fn pair(s: &Setup, label: &str) -> String {
-    let issued: Value = client()
-        .post(format!("{}/api/admin/pairings", s.base))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"label": label, "ttl_s": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let code = issued["url"]
-        .as_str()
-        .unwrap()
-        .rsplit_once("code=")
-        .unwrap()
-        .1
-        .to_owned();
-    let body: Value = client()
-        .post(format!("{}/api/pair", s.base))
-        .json(&serde_json::json!({ "code": code }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let code = pairing_code(&issue_pairing(&s.base, TOKEN, label).await);
+    let body: Value = redeem_pairing(&s.base, &code).await.json().await.unwrap();
     body["token"].as_str().unwrap().to_owned()
 }
 

@@ -2,6 +2,8 @@
 //! The agent's HTTP server over real TCP: auth, pairing, the JSON API, clerk actions recorded in a
 //! real outbox, the SSE alert feed, the clerk page.
 
+mod support;
+
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
@@ -15,6 +17,7 @@ use instore_agent::{
 };
 use instore_protocol::{AlertOutcomeKind, AlertPriority, EventBody};
 use reqwest::Method;
+use support::http::{issue_pairing, pairing_code, redeem_pairing};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -469,28 +472,13 @@ async fn a_tablet_that_outlived_an_agent_restart_gets_the_whole_ring() {
 
 /// Pairs a tablet through the HTTP API, as `pair-tablet` and the pairing page do.
 async fn pair(s: &Server, label: &str) -> (String, String, reqwest::Response) {
-    let issued: serde_json::Value = client()
-        .post(format!("{}/api/admin/pairings", s.base))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"label": label, "ttl_s": 60}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let url = issued["url"].as_str().unwrap();
+    let url = issue_pairing(&s.base, TOKEN, label).await;
     assert!(
         url.starts_with("http://tablets.example/pair?code="),
         "{url}"
     );
-    let code = url.rsplit_once("code=").unwrap().1.to_owned();
-    let resp = client()
-        .post(format!("{}/api/pair", s.base))
-        .json(&serde_json::json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
+    let code = pairing_code(&url);
+    let resp = redeem_pairing(&s.base, &code).await;
     assert_eq!(resp.status(), 200);
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let body: serde_json::Value = resp.json().await.unwrap();
@@ -500,12 +488,7 @@ async fn pair(s: &Server, label: &str) -> (String, String, reqwest::Response) {
         "{cookie}"
     );
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
-    let again = client()
-        .post(format!("{}/api/pair", s.base))
-        .json(&serde_json::json!({ "code": code }))
-        .send()
-        .await
-        .unwrap();
+    let again = redeem_pairing(&s.base, &code).await;
     (body["tablet_id"].as_str().unwrap().to_owned(), token, again)
 }
 
@@ -541,12 +524,7 @@ async fn wrong_pairing_codes_are_refused_then_rate_limited_and_counted() {
     let s = start(TOKEN).await;
     let mut statuses = Vec::new();
     for _ in 0..12 {
-        let resp = client()
-            .post(format!("{}/api/pair", s.base))
-            .json(&serde_json::json!({"code": "AAAA-AAAA"}))
-            .send()
-            .await
-            .unwrap();
+        let resp = redeem_pairing(&s.base, "AAAA-AAAA").await;
         statuses.push(resp.status().as_u16());
         let body = resp.text().await.unwrap();
         assert!(!body.contains("token"), "{body}");
