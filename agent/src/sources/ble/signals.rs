@@ -170,9 +170,12 @@ pub enum DecodeError {
     Shape,
 }
 
-/// Reads an `a{sv}` of Device1 properties, keeping only what an advert needs.
-fn read_props(it: &mut Iter) -> Result<DeviceProps, DecodeError> {
-    let mut props = DeviceProps::default();
+/// Walks an `a{sv}` property dictionary, handing each (name, variant) to `f`; entries that are
+/// not string-keyed variants are skipped, a body that is not a dictionary is a shape error.
+fn each_prop<'a>(
+    it: &mut Iter<'a>,
+    mut f: impl FnMut(&str, &mut Iter<'a>),
+) -> Result<(), DecodeError> {
     let Some(mut dict) = it.recurse(ArgType::Array) else {
         return Err(DecodeError::Shape);
     };
@@ -180,47 +183,41 @@ fn read_props(it: &mut Iter) -> Result<DeviceProps, DecodeError> {
         if let Some(mut entry) = dict.recurse(ArgType::DictEntry) {
             let key: &str = entry.read()?;
             if let Some(mut var) = entry.recurse(ArgType::Variant) {
-                match key {
-                    "Address" => props.address = var.get::<&str>().and_then(parse_address),
-                    "AddressType" => {
-                        props.address_type = match var.get::<&str>() {
-                            Some("random") => Some(AddressType::Random),
-                            Some("public") => Some(AddressType::Public),
-                            _ => None,
-                        }
-                    }
-                    "RSSI" => props.rssi = var.get::<i16>(),
-                    "ManufacturerData" => {
-                        props.manufacturer_data = read_data_dict(&mut var, key_u16)
-                    }
-                    "ServiceData" => props.service_data = read_data_dict(&mut var, key_uuid16),
-                    _ => {}
-                }
+                f(key, &mut var);
             }
         }
         dict.next();
     }
+    Ok(())
+}
+
+/// Reads an `a{sv}` of Device1 properties, keeping only what an advert needs.
+fn read_props(it: &mut Iter) -> Result<DeviceProps, DecodeError> {
+    let mut props = DeviceProps::default();
+    each_prop(it, |key, var| match key {
+        "Address" => props.address = var.get::<&str>().and_then(parse_address),
+        "AddressType" => {
+            props.address_type = match var.get::<&str>() {
+                Some("random") => Some(AddressType::Random),
+                Some("public") => Some(AddressType::Public),
+                _ => None,
+            }
+        }
+        "RSSI" => props.rssi = var.get::<i16>(),
+        "ManufacturerData" => props.manufacturer_data = read_data_dict(var, key_u16),
+        "ServiceData" => props.service_data = read_data_dict(var, key_uuid16),
+        _ => {}
+    })?;
     Ok(props)
 }
 
 fn read_adapter_props(it: &mut Iter) -> Result<(Option<bool>, Option<bool>), DecodeError> {
     let (mut discovering, mut powered) = (None, None);
-    let Some(mut dict) = it.recurse(ArgType::Array) else {
-        return Err(DecodeError::Shape);
-    };
-    while dict.arg_type() == ArgType::DictEntry {
-        if let Some(mut entry) = dict.recurse(ArgType::DictEntry) {
-            let key: &str = entry.read()?;
-            if let Some(mut var) = entry.recurse(ArgType::Variant) {
-                match key {
-                    "Discovering" => discovering = var.get::<bool>(),
-                    "Powered" => powered = var.get::<bool>(),
-                    _ => {}
-                }
-            }
-        }
-        dict.next();
-    }
+    each_prop(it, |key, var| match key {
+        "Discovering" => discovering = var.get::<bool>(),
+        "Powered" => powered = var.get::<bool>(),
+        _ => {}
+    })?;
     Ok((discovering, powered))
 }
 
