@@ -82,16 +82,6 @@ apt_update() {
     warn "apt-get update failed $attempt times; installing from the package lists it did fetch"
 }
 
-# deb_arch_ensure ARCH: enables a foreign Debian architecture (arm64, armhf) for the cross
-# libraries; a newly added one makes the next apt_ensure refresh the package lists.
-deb_arch_ensure() {
-    if ! dpkg --print-foreign-architectures | grep -qx "$1"; then
-        echo "dpkg: adding architecture $1"
-        as_root dpkg --add-architecture "$1"
-        _apt_updated=0
-    fi
-}
-
 # rust_component_ensure NAME...: rustup components of the toolchain active in the repository.
 rust_component_ensure() {
     local c installed
@@ -134,6 +124,7 @@ cross_vars() {
             die "unknown gateway target '$1' (expected aarch64 or armv7)"
             ;;
     esac
-    # qemu-user-static: scripts/cross-build starts the built binary once, emulated.
-    CROSS_PKGS=("gcc-$GCC_PREFIX" "libc6-dev-$DEB_ARCH-cross" "libdbus-1-dev:$DEB_ARCH" qemu-user-static)
+    # qemu-user-static: scripts/cross-build runs the built binary, emulated. No target libraries:
+    # libdbus is built from source (the `vendored` feature), so only the cross C compiler is needed.
+    CROSS_PKGS=("gcc-$GCC_PREFIX" "libc6-dev-$DEB_ARCH-cross" qemu-user-static)
 }
