@@ -56,8 +56,16 @@ struct GatewayArgs {
     #[arg(long)]
     gateway: String,
     /// Head office's gateway secret, as written by `instore-provision secret --out`.
+    #[arg(
+        long,
+        required_unless_present = "hq_data_dir",
+        conflicts_with = "hq_data_dir"
+    )]
+    secret_file: Option<PathBuf>,
+    /// Head office's `data_dir`: read the gateway secret head office generated there on first
+    /// start (`gateway_secret`), for a head office whose config has no `[auth] gateway_secret`.
     #[arg(long)]
-    secret_file: PathBuf,
+    hq_data_dir: Option<PathBuf>,
     /// MQTT broker the gateway syncs through: mqtt://host:port or mqtts://host:port.
     #[arg(long)]
     broker: String,
@@ -119,8 +127,17 @@ fn secret(out: Option<PathBuf>, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// File name head office gives its generated gateway secret in its `data_dir` (kept equal to
+/// `instore_sync::secrets::GATEWAY_SECRET_FILE`; the provisioning tool does not link head office).
+const HQ_SECRET_FILE: &str = "gateway_secret";
+
 fn gateway(args: GatewayArgs) -> Result<()> {
-    let secret = files::read_secret(&args.secret_file)?;
+    let secret_file = match (&args.secret_file, &args.hq_data_dir) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
+        (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
+    };
+    let secret = files::read_secret(&secret_file)?;
     check_secret_len(&secret)?;
     let enrolment = GatewayEnrolment {
         store_id: args.store,

@@ -226,3 +226,34 @@ fn an_existing_file_is_kept_unless_forced() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn a_gateway_can_be_enrolled_from_the_secret_head_office_generated_in_its_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("hq-data");
+    fs::create_dir(&data).unwrap();
+    let secret = "f".repeat(64);
+    fs::write(data.join("gateway_secret"), &secret).unwrap();
+    let mut args: Vec<&str> = gateway_args("s7", "g7")
+        .into_iter()
+        .filter(|a| *a != "--secret-file" && *a != "hq.secret")
+        .collect();
+    args.extend(["--hq-data-dir", "hq-data"]);
+    let out = provision(dir.path(), &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg: toml::Table = fs::read_to_string(dir.path().join("agent.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let token = cfg["sync"]["token"].as_str().unwrap();
+    assert!(verify_gateway_token(secret.as_bytes(), "s7", "g7", token));
+
+    // Neither source given: clap names both options.
+    let args: Vec<&str> = gateway_args("s7", "g7")
+        .into_iter()
+        .filter(|a| *a != "--secret-file" && *a != "hq.secret")
+        .collect();
+    let out = provision(dir.path(), &args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--secret-file"), "{}", stderr(&out));
+}

@@ -27,6 +27,13 @@ pub enum ConfigError {
     /// Syntax and type errors; toml's message carries the line, column and key.
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
+    /// A required key that is not there, named in full (`http.listen`).
+    #[error("{path}: key `{key}` {reason}")]
+    Missing {
+        path: String,
+        key: String,
+        reason: String,
+    },
     /// A value that parses but makes no sense. `line` is 0 when the key is absent from the text
     /// (or the config was built in code).
     #[error("{path}: key `{key}` (line {line}): {reason}")]
@@ -46,6 +53,8 @@ pub struct HqConfig {
     pub data_dir: PathBuf,
     pub http: HttpConfig,
     pub api: ApiConfig,
+    /// Optional: the brief's minimal config has no `[auth]`; see [`AuthConfig::gateway_secret`].
+    #[serde(default)]
     pub auth: AuthConfig,
     pub broker: BrokerConfig,
 }
@@ -65,11 +74,14 @@ pub struct ApiConfig {
     pub token: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HMAC secret behind gateway tokens (`instore_protocol::token`).
-    pub gateway_secret: String,
+    /// HMAC secret behind gateway tokens (`instore_protocol::token`). When absent, head office
+    /// uses `data_dir/gateway_secret`, generating it (mode 0600) on first start
+    /// ([`crate::secrets`]).
+    #[serde(default)]
+    pub gateway_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,10 +176,7 @@ impl HqConfig {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: HqConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let cfg: HqConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
         cfg.check()
             .map_err(|(table, key, reason)| ConfigError::Invalid {
                 path: origin.to_string(),
@@ -197,7 +206,12 @@ impl HqConfig {
         if self.api.token.trim().is_empty() {
             return Err((Some("api"), "token", "must not be empty".into()));
         }
-        if self.auth.gateway_secret.len() < MIN_SECRET_LEN {
+        if self
+            .auth
+            .gateway_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET_LEN)
+        {
             return Err((
                 Some("auth"),
                 "gateway_secret",
@@ -224,6 +238,57 @@ impl HqConfig {
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hq.sqlite")
     }
+}
+
+/// toml reports a missing key as "missing field `listen`" at the span of the table that lacks it
+/// (line 1 for a top-level key, however long the file): an operator needs the key's full name.
+fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+    let message = e.message();
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.strip_suffix('`'));
+    let Some(field) = missing else {
+        return ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        };
+    };
+    // The span starts at the header of the table that lacks the key. A top-level key's span is
+    // the whole document, which may start with a table header too, so top-level names are
+    // recognised by name (no table has a key of the same name).
+    let top_level = TOP_LEVEL_KEYS.contains(&field);
+    let table = e.span().filter(|_| !top_level).and_then(|span| {
+        let start = text.get(..span.start)?;
+        let line = text[start.len()..].lines().next()?.trim();
+        let name = line.strip_prefix('[')?.split(']').next()?.trim();
+        (!name.is_empty()).then(|| name.to_string())
+    });
+    let (key, line) = match &table {
+        Some(t) => (
+            format!("{t}.{field}"),
+            line_of_key(text, None, &format!("[{t}]")),
+        ),
+        None => (field.to_string(), 0),
+    };
+    let reason = if line > 0 {
+        format!("missing (required in the table that starts at line {line})")
+    } else if table.is_none() && is_table_name(field) {
+        format!("missing: add a `[{field}]` table")
+    } else {
+        "missing".to_string()
+    };
+    ConfigError::Missing {
+        path: origin.to_string(),
+        key,
+        reason,
+    }
+}
+
+/// The config's top-level keys, tables included.
+const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "http", "api", "auth", "broker"];
+
+fn is_table_name(field: &str) -> bool {
+    field != "data_dir" && TOP_LEVEL_KEYS.contains(&field)
 }
 
 fn qualified(table: Option<&str>, key: &str) -> String {
@@ -372,6 +437,39 @@ listen = "127.0.0.1:1883"
         let text = format!("{VALID}lisen = \"typo\"\n");
         let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    /// The brief's minimal config: `data_dir`, `[http] listen`, `[api] token`, `[broker] listen`.
+    const MINIMAL: &str = "data_dir = \"d\"\n[http]\nlisten = \"127.0.0.1:1\"\n[api]\ntoken = \"t\"\n\
+                           [broker]\nlisten = \"127.0.0.1:2\"\n";
+
+    #[test]
+    fn the_briefs_minimal_config_without_auth_is_accepted() {
+        let cfg = HqConfig::parse(MINIMAL, "t").unwrap();
+        assert_eq!(cfg.auth.gateway_secret, None);
+    }
+
+    #[test]
+    fn a_missing_key_in_a_table_is_named_in_full_with_its_tables_line() {
+        let text = MINIMAL.replace("token = \"t\"\n", "");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("`api.token` missing"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+        assert!(!err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_top_level_key_or_table_is_named() {
+        let text = MINIMAL.replace("data_dir = \"d\"\n", "");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("`data_dir` missing"), "{err}");
+        let text = MINIMAL.replace("[http]\nlisten = \"127.0.0.1:1\"\n", "");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("`http` missing: add a `[http]` table"),
+            "{err}"
+        );
+        assert!(!err.contains("line 1"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod members;
 pub mod metrics;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 
 pub use config::{ApiConfig, AuthConfig, BrokerConfig, ConfigError, HqConfig, HttpConfig};
@@ -30,6 +31,8 @@ pub enum Error {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Broker(#[from] broker::BrokerError),
+    #[error(transparent)]
+    Secret(#[from] secrets::SecretError),
     #[error("cannot listen on {addr} for HTTP (is the port taken?): {source}")]
     HttpBind {
         addr: std::net::SocketAddr,

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     let code = match e.downcast_ref::<Error>() {
-                        Some(Error::Config(_)) => EXIT_CONFIG,
+                        Some(Error::Config(_) | Error::Secret(_)) => EXIT_CONFIG,
                         _ => EXIT_RUNTIME,
                     };
                     eprintln!("error: {e:#}");

@@ -25,6 +25,7 @@ use crate::{
         notifier::{self, Notices},
     },
     metrics::MetricsHandle,
+    secrets::{self, SecretSource},
     store::{Store, StoreThread, members},
 };
 
@@ -153,6 +154,19 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         .endpoint()
         .map_err(|(key, reason)| Error::Task(format!("broker.{key}: {reason}")))?;
 
+    let (gateway_secret, secret_source) = secrets::gateway_secret(&cfg)?;
+    match &secret_source {
+        SecretSource::Config => {}
+        SecretSource::File(path) => {
+            tracing::info!(path = %path.display(), "gateway secret read from data_dir")
+        }
+        SecretSource::Generated(path) => tracing::info!(
+            path = %path.display(),
+            "no [auth] gateway_secret in the config: generated one (mode 0600); enrol gateways \
+             with `instore-provision gateway --hq-data-dir {}`",
+            cfg.data_dir.display()
+        ),
+    }
     let (store, store_thread) = Store::open(&cfg.data_dir, &cfg.database_path())?;
     let version = store.call(|c| members::version(c)).await?;
 
@@ -223,7 +237,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         store,
         metrics,
         admin_token: Arc::from(cfg.api.token.as_str()),
-        gateway_secret: Arc::from(cfg.auth.gateway_secret.as_str()),
+        gateway_secret: Arc::from(gateway_secret.as_str()),
         notices: notice_tx,
         broker_kind: if broker_addr.is_some() {
             "embedded"

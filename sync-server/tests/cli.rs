@@ -140,3 +140,113 @@ fn members_import_fails_with_exit_1_when_no_server_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Status code of a plain HTTP/1.1 GET on loopback with extra header lines.
+fn http_status(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_briefs_minimal_config_starts_and_generates_a_gateway_secret_that_tokens_are_minted_from() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = dir.path().join("hq.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{http}\"\n[api]\ntoken = \"t\"\n\
+             [broker]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    )
+    .unwrap();
+    let check = Command::new(BIN)
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let log_path = dir.path().join("stderr.log");
+    let mut server = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secret_path = dir.path().join("data/gateway_secret");
+    let secret = std::fs::read_to_string(&secret_path).unwrap();
+    assert_eq!(secret.len(), 64);
+    let mode = std::fs::metadata(&secret_path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("data/gateway_secret") && log.contains("generated"),
+        "{log}"
+    );
+
+    // A token minted from the generated file reads that store's snapshot; one from another
+    // secret does not.
+    let token = instore_protocol::token::gateway_token(secret.as_bytes(), "s1", "g1").unwrap();
+    let path = "/api/stores/s1/members/snapshot";
+    let auth = format!("Bearer {token}");
+    let ok = [
+        ("Authorization", auth.as_str()),
+        ("X-Instore-Gateway", "g1"),
+    ];
+    assert_eq!(http_status(http, path, &ok), 200);
+    let other =
+        instore_protocol::token::gateway_token(b"another-secret-0123456789", "s1", "g1").unwrap();
+    let auth = format!("Bearer {other}");
+    let bad = [
+        ("Authorization", auth.as_str()),
+        ("X-Instore-Gateway", "g1"),
+    ];
+    assert_eq!(http_status(http, path, &bad), 401);
+
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // A restart reuses the file rather than minting a new secret (which would cut every
+    // enrolled gateway off).
+    let mut again = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not restart");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&secret_path).unwrap(), secret);
+    assert_eq!(http_status(http, path, &ok), 200);
+    again.kill().unwrap();
+    again.wait().unwrap();
+}

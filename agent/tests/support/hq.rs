@@ -39,7 +39,7 @@ impl HeadOffice {
                 token: ADMIN.into(),
             },
             auth: instore_sync::AuthConfig {
-                gateway_secret: "gateway-secret-for-tests-0123".into(),
+                gateway_secret: Some("gateway-secret-for-tests-0123".into()),
             },
             broker,
         };

@@ -66,6 +66,7 @@ impl Notices {
                     v: SCHEMA_VERSION,
                     store_id: s,
                     version: self.version,
+                    heads: Default::default(),
                 });
             }
         }

@@ -41,7 +41,7 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
             token: ADMIN.into(),
         },
         auth: AuthConfig {
-            gateway_secret: SECRET.into(),
+            gateway_secret: Some(SECRET.into()),
         },
         broker,
     }
