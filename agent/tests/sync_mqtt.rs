@@ -394,6 +394,7 @@ async fn a_members_notice_brings_a_snapshot_to_the_cache_and_the_engine() {
         v: SCHEMA_VERSION,
         store_id: STORE.into(),
         version: 7,
+        heads: Default::default(),
     };
     hq_client
         .publish(

@@ -121,6 +121,7 @@ fn member(i: u32, now_ms: i64) -> MemberRecord {
         birthday: None,
         last_purchase: None,
         last_visit: None,
+        ..Default::default()
     };
     // What head office does to a rotating secret before a gateway sees it.
     if let Identifier::RotatingSecret { .. } = r.identifiers[0] {

@@ -318,12 +318,16 @@ pub struct GatewayStatus {
     pub online: bool,
 }
 
-/// Retained on [`crate::topics::members`]: the store's member set is at `version`.
+/// Retained on [`crate::topics::members`]: the store's member set is at `version`, and each of
+/// its channels at its head (see [`crate::changes`]). `version` is the sum of the heads, which
+/// rises with every change; gateways that predate channels read only it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MembersNotice {
     pub v: u32,
     pub store_id: String,
     pub version: u64,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub heads: crate::changes::Heads,
 }
 
 /// The whole member set of a store at a version, served by head office over HTTP.

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRecord {
     pub member_id: String,
@@ -49,6 +49,35 @@ pub struct MemberRecord {
     /// ISO date, `YYYY-MM-DD`, of the member's last visit to any store (head office's view).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_visit: Option<String>,
+
+    // --- What head office's member-set policy reads (import fields) --------------------------
+    /// The store the member belongs to; it holds the member (see head office's `[membership]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_store: Option<String>,
+    /// Further stores that hold the member whatever the policy says (an explicit list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<String>,
+    /// The member who referred this one (the `refer` lifecycle stage counts these).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referred_by: Option<String>,
+    /// ISO date the member joined the programme.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<String>,
+
+    // --- Computed by head office and sent to stores (an import's values are ignored) ----------
+    /// Pyramid band by trailing-12-month spend: `top2`, `top5`, `top10`, `top15`, `top20`, `rest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    /// Visits to any store in the trailing 12 months.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visits_12m: Option<u32>,
+    /// ISO date head office expects the member back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_next_visit: Option<String>,
+    /// ISO date after which the member counts as overdue: on day D they are overdue by
+    /// D − `overdue_after` days. Sent as a date, not a count, so it need not change daily.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +190,10 @@ pub enum MemberError {
     Birthday(String),
     #[error("{field} {value:?} is not a YYYY-MM-DD date")]
     Date { field: &'static str, value: String },
+    #[error("store id {0:?} is not 1-64 characters of A-Z a-z 0-9 _ -")]
+    Store(String),
+    #[error("referred_by must be another member's id")]
+    ReferredBy,
     #[error("identifier {index}: {reason}")]
     Identifier { index: usize, reason: String },
     #[error("identifier {index} is already used by member {other}")]
@@ -256,13 +289,30 @@ impl MemberRecord {
                 value: p.date.clone(),
             });
         }
-        if let Some(v) = &self.last_visit
-            && !valid_date(v)
+        for (field, value) in [
+            ("last_visit", &self.last_visit),
+            ("joined", &self.joined),
+            ("expected_next_visit", &self.expected_next_visit),
+            ("overdue_after", &self.overdue_after),
+        ] {
+            if let Some(v) = value
+                && !valid_date(v)
+            {
+                return Err(MemberError::Date {
+                    field,
+                    value: v.clone(),
+                });
+            }
+        }
+        for store in self.home_store.iter().chain(&self.stores) {
+            if !crate::topics::valid_id(store) {
+                return Err(MemberError::Store(store.clone()));
+            }
+        }
+        if let Some(r) = &self.referred_by
+            && (r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) || *r == *id)
         {
-            return Err(MemberError::Date {
-                field: "last_visit",
-                value: v.clone(),
-            });
+            return Err(MemberError::ReferredBy);
         }
         self.identifiers
             .iter()

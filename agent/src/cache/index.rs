@@ -401,6 +401,7 @@ mod tests {
             birthday: None,
             last_purchase: None,
             last_visit: None,
+            ..Default::default()
         }
     }
 

@@ -415,6 +415,7 @@ fn a_hundred_thousand_members_are_indexed_and_found() {
             birthday: None,
             last_purchase: None,
             last_visit: None,
+            ..Default::default()
         })
         .collect();
     let idx = MemberIndex::build(1, &records);

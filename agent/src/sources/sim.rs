@@ -83,6 +83,7 @@ pub fn population(n: u32) -> Vec<MemberRecord> {
                 }),
                 // Visited on or after the last purchase.
                 last_visit: Some(format!("2026-{:02}-28", 1 + idx % 10)),
+                ..Default::default()
             }
         })
         .collect()
