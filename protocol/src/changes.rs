@@ -178,6 +178,8 @@ pub struct Change {
     pub op: ChangeOp,
 }
 
+// Most changes are upserts, so boxing the record would only add an allocation per change.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ChangeOp {

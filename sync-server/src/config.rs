@@ -57,6 +57,18 @@ pub struct HqConfig {
     #[serde(default)]
     pub auth: AuthConfig,
     pub broker: BrokerConfig,
+    /// Optional: SQLite in `data_dir` when absent.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// PostgreSQL instead of SQLite: `postgres://user[:password]@host[:port]/database`
+    /// (libpq URL; `?options=-csearch_path%3Dschema` to use a schema). Absent: `data_dir/hq.sqlite`.
+    #[serde(default)]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +238,15 @@ impl HqConfig {
                 "must be 1-23 characters".into(),
             ));
         }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err((
+                Some("database"),
+                "url",
+                "must be a postgres:// URL (leave it out for SQLite in data_dir)".into(),
+            ));
+        }
         match self.broker.endpoint() {
             Ok(_) => Ok(()),
             // Neither key set: point at the table header itself.
@@ -237,6 +258,14 @@ impl HqConfig {
     /// Path of the SQLite database inside `data_dir`.
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("hq.sqlite")
+    }
+
+    /// The database head office uses: `[database] url`, else SQLite in `data_dir`.
+    pub fn database_location(&self) -> crate::store::Location {
+        match &self.database.url {
+            Some(url) => crate::store::Location::Postgres(url.clone()),
+            None => crate::store::Location::Sqlite(self.database_path()),
+        }
     }
 }
 
@@ -285,7 +314,7 @@ fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 /// The config's top-level keys, tables included.
-const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "http", "api", "auth", "broker"];
+const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "http", "api", "auth", "broker", "database"];
 
 fn is_table_name(field: &str) -> bool {
     field != "data_dir" && TOP_LEVEL_KEYS.contains(&field)

@@ -167,8 +167,12 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             cfg.data_dir.display()
         ),
     }
-    let (store, store_thread) = Store::open(&cfg.data_dir, &cfg.database_path())?;
-    let version = store.call(|c| members::version(c)).await?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| crate::store::StoreError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let (store, store_thread) = Store::open(&cfg.database_location())?;
+    let version = store.call(members::version).await?;
 
     let (broker_addr, mqtt_host, mqtt_port) = match endpoint {
         BrokerEndpoint::Embedded(addr) => {

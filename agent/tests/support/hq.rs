@@ -42,6 +42,7 @@ impl HeadOffice {
                 gateway_secret: Some("gateway-secret-for-tests-0123".into()),
             },
             broker,
+            database: Default::default(),
         };
         let cancel = CancellationToken::new();
         let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();

@@ -115,7 +115,7 @@ async fn page() -> Html<&'static str> {
 
 async fn healthz(State(state): State<AppState>) -> Response {
     let broker_connected = state.metrics.metrics.mqtt_connected.get() == 1;
-    let db = state.store.call(|c| queries::counts(c)).await;
+    let db = state.store.call(queries::counts).await;
     let body = serde_json::json!({
         "status": if db.is_ok() { "ok" } else { "error" },
         "database": db.is_ok(),
@@ -134,7 +134,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     // Gauges that mirror the database are read at scrape time rather than kept in step.
-    match state.store.call(|c| queries::counts(c)).await {
+    match state.store.call(queries::counts).await {
         Ok(c) => {
             let m = &state.metrics.metrics;
             m.gateways_known.set(c.gateways_known);

@@ -20,32 +20,46 @@ use instore_protocol::{
     eddystone_eid::{EPOCH_SECS, epoch_of, ts_of_ms},
     rotating::{DAY_SECS, day_of_ms},
 };
-use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::notifier::NoticeInput;
-use crate::store::{Store, StoreError, members, queries};
+use crate::{
+    params,
+    store::{
+        Store, StoreError,
+        db::{Db, Sql},
+        members,
+    },
+};
 
 /// `meta` key: the UTC day the current member-set version's day keys were issued for.
 pub const META_KEYS_DAY: &str = "members_keys_day";
 /// `meta` key: the Eddystone-EID epoch the current version's temporary keys were issued for.
 pub const META_EID_EPOCH: &str = "members_eid_epoch";
 
-const SELECT_META: &str = "SELECT value FROM meta WHERE key = ?1";
-const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
-    ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+const SELECT_META: Sql = Sql::same("SELECT value FROM meta WHERE key = ?1");
+const SET_META: Sql = Sql::same(
+    "INSERT INTO meta (key, value) VALUES (?1, ?2)
+    ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+);
 /// Same key as the import's version (`store::sql::META_MEMBERS_VERSION`).
-const SET_VERSION: &str = "INSERT INTO meta (key, value) VALUES ('members_version', ?1)
-    ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+const SET_VERSION: Sql = Sql::same(
+    "INSERT INTO meta (key, value) VALUES ('members_version', ?1)
+    ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+);
 
 /// A member record in the store's JSON holds a rotating secret. serde writes the tag exactly so;
 /// a display name containing it would be escaped (`\"`) and cannot match.
-const HAS_ROTATING_SECRET: &str =
-    "SELECT EXISTS(SELECT 1 FROM members WHERE record_json LIKE '%\"kind\":\"rotating_secret\"%')";
+const HAS_ROTATING_SECRET: Sql = Sql::same(
+    "SELECT COUNT(*) FROM (SELECT 1 FROM members
+        WHERE record_json LIKE '%\"kind\":\"rotating_secret\"%' LIMIT 1) AS found",
+);
 /// Likewise for an Eddystone-EID identity key (its temporary keys change per 2^16 s epoch).
-const HAS_EID_IDENTITY: &str = "SELECT EXISTS(SELECT 1 FROM members WHERE record_json LIKE \
-     '%\"kind\":\"eddystone_eid_identity\"%')";
+const HAS_EID_IDENTITY: Sql = Sql::same(
+    "SELECT COUNT(*) FROM (SELECT 1 FROM members
+        WHERE record_json LIKE '%\"kind\":\"eddystone_eid_identity\"%' LIMIT 1) AS found",
+);
 
 /// Unix milliseconds now; injected so tests can move the day without waiting for midnight.
 pub type WallClock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -73,49 +87,42 @@ pub struct Reissue {
 
 /// Bumps the member-set version if its day keys were issued before `today` (UTC day number) and
 /// some member has a rotating secret; records `today` either way. One transaction.
-pub fn reissue_if_new_day(
-    conn: &mut Connection,
-    today: u32,
-) -> Result<Option<Reissue>, StoreError> {
-    reissue_if_new_period(conn, META_KEYS_DAY, i64::from(today), HAS_ROTATING_SECRET)
+pub fn reissue_if_new_day(db: &mut Db, today: u32) -> Result<Option<Reissue>, StoreError> {
+    reissue_if_new_period(db, META_KEYS_DAY, i64::from(today), &HAS_ROTATING_SECRET)
 }
 
 /// The same for Eddystone-EID temporary keys: bumps the version when the 2^16 s epoch changed
 /// and some member has an EID identity key, so gateways fetch the next epoch's key a whole epoch
 /// ahead.
-pub fn reissue_if_new_epoch(
-    conn: &mut Connection,
-    epoch: u16,
-) -> Result<Option<Reissue>, StoreError> {
-    reissue_if_new_period(conn, META_EID_EPOCH, i64::from(epoch), HAS_EID_IDENTITY)
+pub fn reissue_if_new_epoch(db: &mut Db, epoch: u16) -> Result<Option<Reissue>, StoreError> {
+    reissue_if_new_period(db, META_EID_EPOCH, i64::from(epoch), &HAS_EID_IDENTITY)
 }
 
 fn reissue_if_new_period(
-    conn: &mut Connection,
+    db: &mut Db,
     meta_key: &str,
     now: i64,
-    has_keys_sql: &str,
+    has_keys_sql: &Sql,
 ) -> Result<Option<Reissue>, StoreError> {
-    let tx = conn.transaction()?;
-    let issued: Option<i64> = tx
-        .query_row(SELECT_META, [meta_key], |r| r.get(0))
-        .optional()?;
+    let mut tx = db.transaction()?;
+    let issued = tx
+        .query_opt(&SELECT_META, params![meta_key])?
+        .map(|r| r.i64(0))
+        .transpose()?;
     if issued.is_some_and(|d| d >= now) {
         return Ok(None);
     }
-    let version = members::version(&tx)?;
-    let has_keys: bool = tx.query_row(has_keys_sql, [], |r| r.get(0))?;
+    let version = members::version_in(&mut tx)?;
+    let has_keys = tx.query_one(has_keys_sql, params![])?.bool(0)?;
     let out = if version > 0 && has_keys {
         let v = version + 1;
-        tx.execute(SET_VERSION, params![v as i64])?;
-        Some(Reissue {
-            version: v,
-            stores: queries::stores(&tx)?,
-        })
+        tx.execute(&SET_VERSION, params![v])?;
+        let stores = crate::store::queries::stores_in(&mut tx)?;
+        Some(Reissue { version: v, stores })
     } else {
         None
     };
-    tx.execute(SET_META, params![meta_key, now])?;
+    tx.execute(&SET_META, params![meta_key, now])?;
     tx.commit()?;
     Ok(out)
 }
@@ -180,7 +187,7 @@ mod tests {
     use instore_protocol::parse_ndjson;
 
     use super::*;
-    use crate::store::test_connection;
+    use crate::store::testing::each_backend;
 
     const DAY_MS: i64 = DAY_SECS * 1000;
 
@@ -198,71 +205,66 @@ mod tests {
         )
     }
 
-    fn import(conn: &mut Connection, text: &str) -> u64 {
+    fn import(db: &mut Db, text: &str) -> u64 {
         let (records, errors) = parse_ndjson(text);
         assert!(errors.is_empty(), "{errors:?}");
-        members::import(conn, &records).unwrap().version
+        members::import(db, &records).unwrap().version
     }
 
     #[test]
     fn the_version_moves_once_per_new_day_only_when_day_keys_are_shipped() {
-        let mut c = test_connection();
-        assert_eq!(
-            reissue_if_new_day(&mut c, 100).unwrap(),
-            None,
-            "nothing imported"
-        );
-        assert_eq!(import(&mut c, &line("M1", false)), 1);
-        assert_eq!(
-            reissue_if_new_day(&mut c, 101).unwrap(),
-            None,
-            "no rotating secret: the snapshot does not change with the day"
-        );
-        assert_eq!(members::version(&c).unwrap(), 1);
-        assert_eq!(import(&mut c, &line("M2", true)), 2);
-        assert_eq!(reissue_if_new_day(&mut c, 101).unwrap(), None, "same day");
-        let r = reissue_if_new_day(&mut c, 102).unwrap().unwrap();
-        assert_eq!(r.version, 3);
-        assert_eq!(members::version(&c).unwrap(), 3);
-        assert_eq!(
-            reissue_if_new_day(&mut c, 102).unwrap(),
-            None,
-            "once per day"
-        );
-        assert_eq!(
-            reissue_if_new_day(&mut c, 101).unwrap(),
-            None,
-            "a clock stepping back does not re-issue"
-        );
-        // Head office down for three days: one re-issue on the first check.
-        assert_eq!(reissue_if_new_day(&mut c, 105).unwrap().unwrap().version, 4);
+        each_backend(|c| {
+            assert_eq!(
+                reissue_if_new_day(c, 100).unwrap(),
+                None,
+                "nothing imported"
+            );
+            assert_eq!(import(c, &line("M1", false)), 1);
+            assert_eq!(
+                reissue_if_new_day(c, 101).unwrap(),
+                None,
+                "no rotating secret: the snapshot does not change with the day"
+            );
+            assert_eq!(members::version(c).unwrap(), 1);
+            assert_eq!(import(c, &line("M2", true)), 2);
+            assert_eq!(reissue_if_new_day(c, 101).unwrap(), None, "same day");
+            let r = reissue_if_new_day(c, 102).unwrap().unwrap();
+            assert_eq!(r.version, 3);
+            assert_eq!(members::version(c).unwrap(), 3);
+            assert_eq!(reissue_if_new_day(c, 102).unwrap(), None, "once per day");
+            assert_eq!(
+                reissue_if_new_day(c, 101).unwrap(),
+                None,
+                "a clock stepping back does not re-issue"
+            );
+            // Head office down for three days: one re-issue on the first check.
+            assert_eq!(reissue_if_new_day(c, 105).unwrap().unwrap().version, 4);
+        });
     }
 
     #[test]
     fn the_version_moves_when_the_eid_epoch_changes_only_with_eid_identity_keys() {
-        let mut c = test_connection();
-        assert_eq!(import(&mut c, &line("M1", true)), 1);
-        assert_eq!(
-            reissue_if_new_epoch(&mut c, 7).unwrap(),
-            None,
-            "no EID keys"
-        );
-        let eid = format!(
-            r#"{{"member_id":"M2","display_name":"A","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":10}}]}}"#,
-            hex::encode([1u8; 16])
-        );
-        assert_eq!(import(&mut c, &eid), 2);
-        assert_eq!(reissue_if_new_epoch(&mut c, 7).unwrap(), None, "same epoch");
-        assert_eq!(reissue_if_new_epoch(&mut c, 8).unwrap().unwrap().version, 3);
-        assert_eq!(reissue_if_new_epoch(&mut c, 8).unwrap(), None);
-        // The day keys are tracked separately.
-        assert_eq!(reissue_if_new_day(&mut c, 50).unwrap().unwrap().version, 4);
+        each_backend(|c| {
+            assert_eq!(import(c, &line("M1", true)), 1);
+            assert_eq!(reissue_if_new_epoch(c, 7).unwrap(), None, "no EID keys");
+            let eid = format!(
+                r#"{{"member_id":"M2","display_name":"A","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":10}}]}}"#,
+                hex::encode([1u8; 16])
+            );
+            assert_eq!(import(c, &eid), 2);
+            assert_eq!(reissue_if_new_epoch(c, 7).unwrap(), None, "same epoch");
+            assert_eq!(reissue_if_new_epoch(c, 8).unwrap().unwrap().version, 3);
+            assert_eq!(reissue_if_new_epoch(c, 8).unwrap(), None);
+            // The day keys are tracked separately.
+            assert_eq!(reissue_if_new_day(c, 50).unwrap().unwrap().version, 4);
+        });
     }
 
     #[tokio::test]
     async fn the_task_announces_a_new_version_when_the_day_changes() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path(), &dir.path().join("hq.db")).unwrap();
+        let (store, thread) =
+            Store::open(&crate::store::Location::Sqlite(dir.path().join("hq.db"))).unwrap();
         let text = line("M1", true);
         store
             .call(move |c| {

@@ -224,6 +224,8 @@ pub struct Db {
     inner: Inner,
 }
 
+// One per process (or a few): the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Inner {
     Sqlite(rusqlite::Connection),
     Postgres(PgConn),
@@ -341,6 +343,15 @@ impl<'a> Tx<'a> {
         match self.inner {
             TxInner::Sqlite(t) => t.commit()?,
             TxInner::Postgres { tx, .. } => tx.commit()?,
+        }
+        Ok(())
+    }
+
+    /// Runs statements without parameters inside the transaction (migrations).
+    pub fn batch(&mut self, text: &str) -> Result<(), StoreError> {
+        match &mut self.inner {
+            TxInner::Sqlite(t) => t.execute_batch(text)?,
+            TxInner::Postgres { tx, .. } => tx.batch_execute(text)?,
         }
         Ok(())
     }
@@ -483,15 +494,19 @@ fn pg_row(r: &postgres::Row) -> Result<Row, StoreError> {
         let v = if *ty == Type::INT8 {
             r.try_get::<_, Option<i64>>(i)?.map(Value::Int)
         } else if *ty == Type::INT4 {
-            r.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into()))
+            r.try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::INT2 {
-            r.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into()))
+            r.try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::BOOL {
-            r.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into()))
+            r.try_get::<_, Option<bool>>(i)?
+                .map(|v| Value::Int(v.into()))
         } else if *ty == Type::FLOAT8 {
             r.try_get::<_, Option<f64>>(i)?.map(Value::Real)
         } else if *ty == Type::FLOAT4 {
-            r.try_get::<_, Option<f32>>(i)?.map(|v| Value::Real(v.into()))
+            r.try_get::<_, Option<f32>>(i)?
+                .map(|v| Value::Real(v.into()))
         } else if *ty == Type::TEXT || *ty == Type::VARCHAR || *ty == Type::NAME {
             r.try_get::<_, Option<String>>(i)?.map(Value::Text)
         } else if *ty == Type::BYTEA {

@@ -1,9 +1,13 @@
 //! Storing event batches and gateway status: one transaction per group of items.
 
 use instore_protocol::{BootFloor, Welcome};
-use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{StoreError, sql};
+use super::{
+    StoreError,
+    db::{Db, Tx},
+    sql,
+};
+use crate::params;
 
 /// An event ready for its row: validated and serialised by ingest.
 #[derive(Debug, Clone)]
@@ -85,78 +89,82 @@ pub enum ItemOutcome {
 
 /// Stores `items` in one transaction. Nothing is visible (or acknowledged) unless all of it is.
 pub fn ingest(
-    conn: &mut Connection,
+    db: &mut Db,
     items: &[IngestItem],
     now_ms: i64,
 ) -> Result<Vec<ItemOutcome>, StoreError> {
-    let tx = conn.transaction()?;
+    let mut tx = db.transaction()?;
     let mut out = Vec::with_capacity(items.len());
-    {
-        let mut insert = tx.prepare_cached(sql::INSERT_EVENT)?;
-        let mut seen = tx.prepare_cached(sql::UPSERT_GATEWAY_SEEN)?;
-        let mut counts = tx.prepare_cached(sql::ADD_BATCH_COUNTS)?;
-        let mut last_seq = tx.prepare_cached(sql::SELECT_LAST_SEQ)?;
-        let mut shed = tx.prepare_cached(sql::INSERT_SHED_RANGE)?;
-        for item in items {
-            match item {
-                IngestItem::Batch(b) => {
-                    seen.execute(params![b.gateway_id, b.store_id, now_ms])?;
-                    let mut inserted = 0u64;
-                    for e in &b.events {
-                        inserted += insert.execute(params![
-                            b.gateway_id,
+    for item in items {
+        match item {
+            IngestItem::Batch(b) => {
+                tx.execute(
+                    &sql::UPSERT_GATEWAY_SEEN,
+                    params![&b.gateway_id, &b.store_id, now_ms],
+                )?;
+                let mut inserted = 0u64;
+                for e in &b.events {
+                    inserted += tx.execute(
+                        &sql::INSERT_EVENT,
+                        params![
+                            &b.gateway_id,
                             e.seq,
-                            b.store_id,
+                            &b.store_id,
                             e.at_ms,
                             e.kind,
-                            e.body_json,
+                            &e.body_json,
                             now_ms
-                        ])? as u64;
-                        if let Some(r) = &e.shed {
-                            shed.execute(params![
-                                b.gateway_id,
+                        ],
+                    )?;
+                    if let Some(r) = &e.shed {
+                        tx.execute(
+                            &sql::INSERT_SHED_RANGE,
+                            params![
+                                &b.gateway_id,
                                 e.seq,
                                 r.first_seq,
                                 r.last_seq,
                                 r.count,
-                                r.kinds_json
-                            ])?;
-                        }
+                                &r.kinds_json
+                            ],
+                        )?;
                     }
-                    let duplicates = b.events.len() as u64 - inserted;
-                    let max_seq = b.events.last().map_or(0, |e| e.seq);
-                    counts.execute(params![
-                        b.gateway_id,
-                        max_seq,
-                        inserted as i64,
-                        duplicates as i64
-                    ])?;
-                    let high_water: i64 =
-                        last_seq.query_row(params![b.gateway_id], |r| r.get(0))?;
-                    let welcome = match &b.hello {
-                        Some(h) => Some(welcome(&tx, &b.gateway_id, h, now_ms)?),
-                        None => None,
-                    };
-                    out.push(ItemOutcome::Batch(BatchOutcome {
-                        inserted,
-                        duplicates,
-                        high_water: high_water.max(0) as u64,
-                        welcome,
-                    }));
                 }
-                IngestItem::Status {
-                    gateway_id,
-                    store_id,
-                    online,
-                } => {
-                    seen.execute(params![gateway_id, store_id, now_ms])?;
-                    tx.execute(sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
-                    out.push(ItemOutcome::Status);
-                }
-                IngestItem::Bad { gateway_id } => {
-                    tx.execute(sql::ADD_BAD_PAYLOAD, params![gateway_id])?;
-                    out.push(ItemOutcome::Bad);
-                }
+                let duplicates = b.events.len() as u64 - inserted;
+                let max_seq = b.events.last().map_or(0, |e| e.seq);
+                tx.execute(
+                    &sql::ADD_BATCH_COUNTS,
+                    params![&b.gateway_id, max_seq, inserted, duplicates],
+                )?;
+                let high_water = tx
+                    .query_one(&sql::SELECT_LAST_SEQ, params![&b.gateway_id])?
+                    .u64(0)?;
+                let welcome = match &b.hello {
+                    Some(h) => Some(welcome(&mut tx, &b.gateway_id, h, now_ms)?),
+                    None => None,
+                };
+                out.push(ItemOutcome::Batch(BatchOutcome {
+                    inserted,
+                    duplicates,
+                    high_water,
+                    welcome,
+                }));
+            }
+            IngestItem::Status {
+                gateway_id,
+                store_id,
+                online,
+            } => {
+                tx.execute(
+                    &sql::UPSERT_GATEWAY_SEEN,
+                    params![gateway_id, store_id, now_ms],
+                )?;
+                tx.execute(&sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
+                out.push(ItemOutcome::Status);
+            }
+            IngestItem::Bad { gateway_id } => {
+                tx.execute(&sql::ADD_BAD_PAYLOAD, params![gateway_id])?;
+                out.push(ItemOutcome::Bad);
             }
         }
     }
@@ -167,22 +175,22 @@ pub fn ingest(
 /// Records the hello's boots on first mention (floor = the gateway's mark now) and answers with
 /// every named boot's floor. The gateway row exists: the caller upserted it.
 fn welcome(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &mut Tx<'_>,
     gateway_id: &str,
     hello: &HelloItem,
     now_ms: i64,
 ) -> Result<Welcome, StoreError> {
-    let mut record = tx.prepare_cached(sql::INSERT_BOOT)?;
-    let mut floor = tx.prepare_cached(sql::SELECT_BOOT_FLOOR)?;
     let mut floors = Vec::with_capacity(hello.boots.len() + 1);
     for &boot in std::iter::once(&hello.boot).chain(&hello.boots) {
-        record.execute(params![gateway_id, boot, now_ms])?;
-        let f: Option<i64> = floor
-            .query_row(params![gateway_id, boot], |r| r.get(0))
-            .optional()?;
+        tx.execute(&sql::INSERT_BOOT, params![gateway_id, boot, now_ms])?;
+        let floor = tx
+            .query_opt(&sql::SELECT_BOOT_FLOOR, params![gateway_id, boot])?
+            .map(|r| r.u64(0))
+            .transpose()?
+            .unwrap_or(0);
         floors.push(BootFloor {
             boot: boot.max(0) as u64,
-            floor: f.unwrap_or(0).max(0) as u64,
+            floor,
         });
     }
     Ok(Welcome {
@@ -194,7 +202,7 @@ fn welcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{queries, test_connection};
+    use crate::store::{queries, testing::each_backend};
 
     fn batch(gw: &str, seqs: &[i64]) -> IngestItem {
         IngestItem::Batch(IngestBatch {
@@ -216,74 +224,77 @@ mod tests {
 
     #[test]
     fn a_resent_batch_counts_duplicates_and_keeps_the_high_water() {
-        let mut c = test_connection();
-        let first = ingest(&mut c, &[batch("g1", &[1, 2, 3])], 10).unwrap();
-        assert_eq!(
-            first,
-            [ItemOutcome::Batch(BatchOutcome {
-                inserted: 3,
-                duplicates: 0,
-                high_water: 3,
-                welcome: None,
-            })]
-        );
-        let again = ingest(&mut c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
-        assert_eq!(
-            again,
-            [ItemOutcome::Batch(BatchOutcome {
-                inserted: 1,
-                duplicates: 2,
-                high_water: 4,
-                welcome: None,
-            })]
-        );
-        let old = ingest(&mut c, &[batch("g1", &[1])], 12).unwrap();
-        assert_eq!(
-            old,
-            [ItemOutcome::Batch(BatchOutcome {
-                inserted: 0,
-                duplicates: 1,
-                high_water: 4,
-                welcome: None,
-            })]
-        );
-        let gws = queries::gateways(&c, 10).unwrap();
-        assert_eq!(gws[0].events_received, 4);
-        assert_eq!(gws[0].duplicates_dropped, 3);
-        // Only status messages move `online`: a batch may be a redelivery from long ago.
-        assert!(!gws[0].online);
+        each_backend(|c| {
+            let first = ingest(c, &[batch("g1", &[1, 2, 3])], 10).unwrap();
+            assert_eq!(
+                first,
+                [ItemOutcome::Batch(BatchOutcome {
+                    inserted: 3,
+                    duplicates: 0,
+                    high_water: 3,
+                    welcome: None,
+                })]
+            );
+            let again = ingest(c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
+            assert_eq!(
+                again,
+                [ItemOutcome::Batch(BatchOutcome {
+                    inserted: 1,
+                    duplicates: 2,
+                    high_water: 4,
+                    welcome: None,
+                })]
+            );
+            let old = ingest(c, &[batch("g1", &[1])], 12).unwrap();
+            assert_eq!(
+                old,
+                [ItemOutcome::Batch(BatchOutcome {
+                    inserted: 0,
+                    duplicates: 1,
+                    high_water: 4,
+                    welcome: None,
+                })]
+            );
+            let gws = queries::gateways(c, 10).unwrap();
+            assert_eq!(gws[0].events_received, 4);
+            assert_eq!(gws[0].duplicates_dropped, 3);
+            // Only status messages move `online`: a batch may be a redelivery from long ago.
+            assert!(!gws[0].online);
+        });
     }
 
     #[test]
     fn gaps_are_the_missing_ranges_below_the_last_sequence_number() {
-        let mut c = test_connection();
-        ingest(&mut c, &[batch("g1", &[3, 4, 7, 10])], 1).unwrap();
-        let gws = queries::gateways(&c, 10).unwrap();
-        let gaps: Vec<_> = gws[0].gaps.iter().map(|g| (g.first, g.last)).collect();
-        assert_eq!(gaps, [(1, 2), (5, 6), (8, 9)]);
-        assert_eq!(gws[0].last_seq, 10);
+        each_backend(|c| {
+            ingest(c, &[batch("g1", &[3, 4, 7, 10])], 1).unwrap();
+            let gws = queries::gateways(c, 10).unwrap();
+            let gaps: Vec<_> = gws[0].gaps.iter().map(|g| (g.first, g.last)).collect();
+            assert_eq!(gaps, [(1, 2), (5, 6), (8, 9)]);
+            assert_eq!(gws[0].last_seq, 10);
+        });
     }
 
     #[test]
     fn status_sets_online_and_bad_payloads_count_only_for_known_gateways() {
-        let mut c = test_connection();
-        let items = [
-            IngestItem::Status {
-                gateway_id: "g1".into(),
-                store_id: "s1".into(),
-                online: false,
-            },
-            IngestItem::Bad {
-                gateway_id: "g1".into(),
-            },
-            IngestItem::Bad {
-                gateway_id: "stranger".into(),
-            },
-        ];
-        ingest(&mut c, &items, 1).unwrap();
-        let gws = queries::gateways(&c, 10).unwrap();
-        assert_eq!(gws.len(), 1, "a bad payload does not create a gateway");
-        assert!(!gws[0].online);
-        assert_eq!(gws[0].bad_payloads, 1);
+        each_backend(|c| {
+            let items = [
+                IngestItem::Status {
+                    gateway_id: "g1".into(),
+                    store_id: "s1".into(),
+                    online: false,
+                },
+                IngestItem::Bad {
+                    gateway_id: "g1".into(),
+                },
+                IngestItem::Bad {
+                    gateway_id: "stranger".into(),
+                },
+            ];
+            ingest(c, &items, 1).unwrap();
+            let gws = queries::gateways(c, 10).unwrap();
+            assert_eq!(gws.len(), 1, "a bad payload does not create a gateway");
+            assert!(!gws[0].online);
+            assert_eq!(gws[0].bad_payloads, 1);
+        });
     }
 }

@@ -1,9 +1,13 @@
 //! The member set: upserted by imports, versioned as a whole, read as snapshots.
 
 use instore_protocol::MemberRecord;
-use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{StoreError, sql};
+use super::{
+    StoreError,
+    db::{Db, Tx},
+    sql,
+};
+use crate::params;
 
 /// What an import changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,39 +20,36 @@ pub struct ImportOutcome {
 }
 
 /// The current member-set version; 0 before the first import.
-pub fn version(conn: &Connection) -> Result<u64, StoreError> {
-    let v: Option<i64> = conn
-        .query_row(sql::SELECT_META, params![sql::META_MEMBERS_VERSION], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    Ok(v.unwrap_or(0).max(0) as u64)
+pub fn version(db: &mut Db) -> Result<u64, StoreError> {
+    let mut tx = db.transaction()?;
+    let v = version_in(&mut tx)?;
+    tx.commit()?;
+    Ok(v)
+}
+
+/// [`version`] inside a caller's transaction.
+pub fn version_in(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+    Ok(tx
+        .query_opt(&sql::SELECT_META, params![sql::META_MEMBERS_VERSION])?
+        .map(|r| r.u64(0))
+        .transpose()?
+        .unwrap_or(0))
 }
 
 /// Upserts `members` and bumps the version, all in one transaction.
-pub fn import(
-    conn: &mut Connection,
-    members: &[MemberRecord],
-) -> Result<ImportOutcome, StoreError> {
-    let tx = conn.transaction()?;
-    let mut v = version(&tx)?;
+pub fn import(db: &mut Db, members: &[MemberRecord]) -> Result<ImportOutcome, StoreError> {
+    let mut tx = db.transaction()?;
+    let mut v = version_in(&mut tx)?;
     if !members.is_empty() {
         v += 1;
-        let version_i64 = v as i64;
-        {
-            let mut upsert = tx.prepare_cached(sql::UPSERT_MEMBER)?;
-            for m in members {
-                let json = serde_json::to_string(m)
-                    .map_err(|e| StoreError::Corrupt(format!("member {}: {e}", m.member_id)))?;
-                upsert.execute(params![m.member_id, json, version_i64])?;
-            }
+        for m in members {
+            let json = serde_json::to_string(m)
+                .map_err(|e| StoreError::Corrupt(format!("member {}: {e}", m.member_id)))?;
+            tx.execute(&sql::UPSERT_MEMBER, params![&m.member_id, json, v])?;
         }
-        tx.execute(
-            sql::UPSERT_META,
-            params![sql::META_MEMBERS_VERSION, version_i64],
-        )?;
+        tx.execute(&sql::UPSERT_META, params![sql::META_MEMBERS_VERSION, v])?;
     }
-    let stores = super::queries::stores(&tx)?;
+    let stores = super::queries::stores_in(&mut tx)?;
     tx.commit()?;
     Ok(ImportOutcome {
         imported: members.len(),
@@ -58,21 +59,17 @@ pub fn import(
 }
 
 /// The whole member set and its version, read in one transaction so they agree.
-pub fn snapshot(conn: &mut Connection) -> Result<(u64, Vec<MemberRecord>), StoreError> {
-    let tx = conn.transaction()?;
-    let v = version(&tx)?;
-    let members = {
-        let mut stmt = tx.prepare_cached(sql::SELECT_MEMBERS)?;
-        let rows: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        rows.iter()
-            .map(|json| {
-                serde_json::from_str::<MemberRecord>(json)
-                    .map_err(|e| StoreError::Corrupt(format!("member record: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    };
+pub fn snapshot(db: &mut Db) -> Result<(u64, Vec<MemberRecord>), StoreError> {
+    let mut tx = db.transaction()?;
+    let v = version_in(&mut tx)?;
+    let mut members = Vec::new();
+    tx.for_each(&sql::SELECT_MEMBERS, params![], |r| {
+        members.push(
+            serde_json::from_str::<MemberRecord>(r.str(0)?)
+                .map_err(|e| StoreError::Corrupt(format!("member record: {e}")))?,
+        );
+        Ok(())
+    })?;
     tx.commit()?;
     Ok((v, members))
 }
@@ -80,7 +77,7 @@ pub fn snapshot(conn: &mut Connection) -> Result<(u64, Vec<MemberRecord>), Store
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_connection;
+    use crate::store::testing::each_backend;
 
     fn member(id: &str, tier: &str) -> MemberRecord {
         serde_json::from_str(&format!(
@@ -91,22 +88,24 @@ mod tests {
 
     #[test]
     fn each_import_bumps_the_version_and_upserts_by_member_id() {
-        let mut c = test_connection();
-        assert_eq!(version(&c).unwrap(), 0);
-        let a = import(&mut c, &[member("M1", "gold"), member("M2", "silver")]).unwrap();
-        assert_eq!((a.imported, a.version), (2, 1));
-        let b = import(&mut c, &[member("M1", "platinum")]).unwrap();
-        assert_eq!(b.version, 2);
-        let (v, members) = snapshot(&mut c).unwrap();
-        assert_eq!(v, 2);
-        assert_eq!(members.len(), 2);
-        assert_eq!(members[0].tier, "platinum");
+        each_backend(|c| {
+            assert_eq!(version(c).unwrap(), 0);
+            let a = import(c, &[member("M1", "gold"), member("M2", "silver")]).unwrap();
+            assert_eq!((a.imported, a.version), (2, 1));
+            let b = import(c, &[member("M1", "platinum")]).unwrap();
+            assert_eq!(b.version, 2);
+            let (v, members) = snapshot(c).unwrap();
+            assert_eq!(v, 2);
+            assert_eq!(members.len(), 2);
+            assert_eq!(members[0].tier, "platinum");
+        });
     }
 
     #[test]
     fn an_empty_import_leaves_the_version_alone() {
-        let mut c = test_connection();
-        import(&mut c, &[member("M1", "gold")]).unwrap();
-        assert_eq!(import(&mut c, &[]).unwrap().version, 1);
+        each_backend(|c| {
+            import(c, &[member("M1", "gold")]).unwrap();
+            assert_eq!(import(c, &[]).unwrap().version, 1);
+        });
     }
 }

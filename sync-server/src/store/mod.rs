@@ -1,20 +1,26 @@
-//! Head office's SQLite database: events, gateways, members.
+//! Head office's database: events, gateways, members — SQLite in `data_dir` by default,
+//! PostgreSQL with `[database] url`.
 //!
 //! In: closures sent by ingest, members and HTTP over a bounded channel. Out: their results.
-//! One blocking thread owns the only connection, so writes never contend and a transaction is
-//! never interleaved with another; the channel's bound is the back-pressure. This module alone
-//! imports rusqlite; the functions in its submodules take a `&mut Connection` and are plain,
-//! synchronous and testable.
+//! One blocking thread owns the connection, so a transaction is never interleaved with another;
+//! the channel's bound is the back-pressure. This module alone imports rusqlite and postgres
+//! ([`db`] wraps both); the functions in its submodules take a `&mut Db` and are plain,
+//! synchronous and testable on either backend ([`testing::each_backend`]).
 
+pub mod db;
 pub mod ingest;
 pub mod members;
 pub mod queries;
+pub mod schema;
 mod sql;
+#[doc(hidden)]
+pub mod testing;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
+
+pub use db::{Backend, Db};
 
 pub use ingest::{
     BatchOutcome, HelloItem, IngestBatch, IngestItem, ItemOutcome, ShedReport, StoredEvent,
@@ -34,6 +40,8 @@ pub enum StoreError {
     },
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("database schema version {found} is newer than this build ({supported})")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("corrupt row: {0}")]
@@ -44,7 +52,7 @@ pub enum StoreError {
     Thread(std::io::Error),
 }
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
 /// Handle to the database thread. Cheap to clone; the thread exits when the last clone drops.
 #[derive(Clone)]
@@ -71,21 +79,49 @@ impl StoreThread {
     }
 }
 
+/// Where the database is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file (created with its folder if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL.
+    Postgres(String),
+}
+
+impl Location {
+    /// Opens a connection and brings the schema up to date.
+    pub fn connect(&self) -> Result<Db, StoreError> {
+        let mut db = match self {
+            Location::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                Db::from_sqlite(rusqlite::Connection::open(path)?)
+            }
+            Location::Postgres(url) => Db::connect_postgres(url)?,
+        };
+        schema::migrate(&mut db)?;
+        Ok(db)
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) `hq.sqlite` in `data_dir`, migrates it and starts the thread.
-    pub fn open(data_dir: &Path, db_path: &Path) -> Result<(Self, StoreThread), StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
-        let mut conn = Connection::open(db_path)?;
-        prepare(&mut conn)?;
+    /// Opens (creating if needed) the database, migrates it and starts the thread.
+    pub fn open(location: &Location) -> Result<(Self, StoreThread), StoreError> {
+        Self::start(location.connect()?)
+    }
+
+    /// Starts the database thread on an open connection.
+    pub fn start(mut db: Db) -> Result<(Self, StoreThread), StoreError> {
         let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
         let handle = std::thread::Builder::new()
             .name("instore-sync-db".into())
             .spawn(move || {
                 while let Some(job) = rx.blocking_recv() {
-                    job(&mut conn);
+                    job(&mut db);
                 }
             })
             .map_err(StoreError::Thread)?;
@@ -96,45 +132,14 @@ impl Store {
     pub async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
+        let job: Job = Box::new(move |db| {
             // The caller may have gone (cancelled request); the work is done either way.
-            let _ = reply.send(f(conn));
+            let _ = reply.send(f(db));
         });
         self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
-}
-
-/// Applies pragmas and migrations.
-pub fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
-    conn.execute_batch(sql::PRAGMAS)?;
-    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > sql::SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            found,
-            supported: sql::SCHEMA_VERSION,
-        });
-    }
-    for (i, step) in sql::MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(found.max(0) as usize)
-    {
-        let tx = conn.transaction()?;
-        tx.execute_batch(step)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// An in-memory database with the schema, for unit tests.
-#[cfg(test)]
-pub(crate) fn test_connection() -> Connection {
-    let mut c = Connection::open_in_memory().unwrap();
-    prepare(&mut c).unwrap();
-    c
 }

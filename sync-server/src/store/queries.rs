@@ -1,9 +1,13 @@
 //! Read-only views for the HTTP API and metrics.
 
-use rusqlite::{Connection, params};
 use serde::Serialize;
 
-use super::{StoreError, sql};
+use super::{
+    StoreError,
+    db::{Db, Tx},
+    sql,
+};
+use crate::params;
 
 /// An inclusive range of sequence numbers missing at head office.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,73 +74,74 @@ pub struct Counts {
     pub events_shed: i64,
 }
 
-fn u(v: i64) -> u64 {
-    v.max(0) as u64
-}
-
 /// Every gateway with at most `max_gaps` gap ranges each.
-pub fn gateways(conn: &Connection, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql::SELECT_GATEWAYS)?;
-    let mut rows: Vec<GatewayRow> = stmt
-        .query_map([], |r| {
+pub fn gateways(db: &mut Db, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreError> {
+    let mut tx = db.transaction()?;
+    let mut rows: Vec<GatewayRow> = tx
+        .query(&sql::SELECT_GATEWAYS, params![])?
+        .into_iter()
+        .map(|r| {
             Ok(GatewayRow {
-                id: r.get(0)?,
-                store: r.get(1)?,
-                online: r.get(2)?,
-                last_seq: u(r.get(3)?),
-                events_received: u(r.get(4)?),
-                duplicates_dropped: u(r.get(5)?),
-                bad_payloads: u(r.get(6)?),
-                last_seen_ms: r.get(7)?,
+                id: r.string(0)?,
+                store: r.string(1)?,
+                online: r.bool(2)?,
+                last_seq: r.u64(3)?,
+                events_received: r.u64(4)?,
+                duplicates_dropped: r.u64(5)?,
+                bad_payloads: r.u64(6)?,
+                last_seen_ms: r.i64(7)?,
                 gaps: Vec::new(),
                 shed: Vec::new(),
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut gaps = conn.prepare_cached(sql::SELECT_GAPS)?;
-    let mut shed = conn.prepare_cached(sql::SELECT_SHED_RANGES)?;
-    let mut stored = conn.prepare_cached(sql::COUNT_STORED_IN_RANGE)?;
+        })
+        .collect::<Result<_, StoreError>>()?;
     for row in &mut rows {
-        row.shed = shed
-            .query_map(params![row.id], |r| {
-                let kinds: String = r.get(3)?;
+        row.shed = tx
+            .query(&sql::SELECT_SHED_RANGES, params![&row.id])?
+            .into_iter()
+            .map(|r| {
                 Ok(ShedRange {
-                    first: u(r.get(0)?),
-                    last: u(r.get(1)?),
-                    count: u(r.get(2)?),
-                    kinds: serde_json::from_str(&kinds).unwrap_or_default(),
+                    first: r.u64(0)?,
+                    last: r.u64(1)?,
+                    count: r.u64(2)?,
+                    kinds: serde_json::from_str(r.str(3)?).unwrap_or_default(),
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            })
+            .collect::<Result<_, StoreError>>()?;
         // A shed range explains its missing numbers only if no more are missing than it shed;
         // otherwise something else is lost in it too and its gaps stay listed.
         let mut explained = Vec::new();
         for r in &row.shed {
-            let held: i64 = stored.query_row(
-                params![row.id, r.first as i64, r.last.min(row.last_seq) as i64],
-                |x| x.get(0),
-            )?;
+            let held = tx
+                .query_one(
+                    &sql::COUNT_STORED_IN_RANGE,
+                    params![&row.id, r.first, r.last.min(row.last_seq)],
+                )?
+                .u64(0)?;
             let span = r.last.min(row.last_seq).saturating_sub(r.first) + 1;
-            if span.saturating_sub(u(held)) <= r.count {
+            if span.saturating_sub(held) <= r.count {
                 explained.push((r.first, r.last));
             }
         }
-        // No LIMIT in SQL: explained gaps do not count towards `max_gaps`.
-        let mut found = gaps.query(params![row.id, i64::MAX])?;
-        while row.gaps.len() < max_gaps
-            && let Some(r) = found.next()?
-        {
-            let gap = GapRange {
-                first: u(r.get(0)?),
-                last: u(r.get(1)?),
-            };
-            for piece in unexplained(gap, &explained) {
-                if row.gaps.len() < max_gaps {
-                    row.gaps.push(piece);
+        // Streamed: explained gaps do not count towards `max_gaps`, so no LIMIT in SQL.
+        let mut gaps = Vec::new();
+        tx.for_each(&sql::SELECT_GAPS, params![&row.id], |r| {
+            if gaps.len() < max_gaps {
+                let gap = GapRange {
+                    first: r.u64(0)?,
+                    last: r.u64(1)?,
+                };
+                for piece in unexplained(gap, &explained) {
+                    if gaps.len() < max_gaps {
+                        gaps.push(piece);
+                    }
                 }
             }
-        }
+            Ok(())
+        })?;
+        row.gaps = gaps;
     }
+    tx.commit()?;
     Ok(rows)
 }
 
@@ -173,60 +178,60 @@ fn unexplained(gap: GapRange, explained: &[(u64, u64)]) -> Vec<GapRange> {
 
 /// Events of `gateway` with `seq > after_seq`, oldest first, at most `limit`.
 pub fn events_after(
-    conn: &Connection,
+    db: &mut Db,
     gateway: &str,
     after_seq: u64,
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
-    let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
-    let mut stmt = conn.prepare_cached(sql::SELECT_EVENTS_AFTER)?;
-    let rows = stmt
-        .query_map(params![gateway, after, i64::from(limit)], |r| {
-            let body: String = r.get(5)?;
-            Ok((
-                EventRow {
-                    gateway_id: r.get(0)?,
-                    seq: u(r.get(1)?),
-                    store_id: r.get(2)?,
-                    at_ms: r.get(3)?,
-                    kind: r.get(4)?,
-                    body: serde_json::Value::Null,
-                    received_at_ms: r.get(6)?,
-                },
-                body,
-            ))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
-        .map(|(mut row, body)| {
-            row.body = serde_json::from_str(&body)
-                .map_err(|e| StoreError::Corrupt(format!("event {}: {e}", row.seq)))?;
-            Ok(row)
+    db.query(
+        &sql::SELECT_EVENTS_AFTER,
+        params![gateway, after_seq, i64::from(limit)],
+    )?
+    .into_iter()
+    .map(|r| {
+        let seq = r.u64(1)?;
+        Ok(EventRow {
+            gateway_id: r.string(0)?,
+            seq,
+            store_id: r.string(2)?,
+            at_ms: r.i64(3)?,
+            kind: r.string(4)?,
+            body: serde_json::from_str(r.str(5)?)
+                .map_err(|e| StoreError::Corrupt(format!("event {seq}: {e}")))?,
+            received_at_ms: r.i64(6)?,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// Stores that have at least one known gateway.
-pub fn stores(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(sql::SELECT_STORES)?;
-    let rows = stmt
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+pub fn stores(db: &mut Db) -> Result<Vec<String>, StoreError> {
+    let mut tx = db.transaction()?;
+    let stores = stores_in(&mut tx)?;
+    tx.commit()?;
+    Ok(stores)
 }
 
-pub fn counts(conn: &Connection) -> Result<Counts, StoreError> {
-    let (gateways_known, gateways_online) =
-        conn.query_row(sql::COUNT_GATEWAYS, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let members = conn.query_row(sql::COUNT_MEMBERS, [], |r| r.get(0))?;
-    let member_set_version = super::members::version(conn)? as i64;
-    let (numbered, received): (i64, i64) = conn.query_row(sql::SUM_SEQ_AND_RECEIVED, [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?;
-    let events_shed: i64 = conn.query_row(sql::SUM_SHED, [], |r| r.get(0))?;
+/// [`stores`] inside a caller's transaction.
+pub fn stores_in(tx: &mut Tx<'_>) -> Result<Vec<String>, StoreError> {
+    tx.query(&sql::SELECT_STORES, params![])?
+        .into_iter()
+        .map(|r| r.string(0))
+        .collect()
+}
+
+pub fn counts(db: &mut Db) -> Result<Counts, StoreError> {
+    let mut tx = db.transaction()?;
+    let g = tx.query_one(&sql::COUNT_GATEWAYS, params![])?;
+    let members = tx.query_one(&sql::COUNT_MEMBERS, params![])?.i64(0)?;
+    let member_set_version = super::members::version_in(&mut tx)? as i64;
+    let seqs = tx.query_one(&sql::SUM_SEQ_AND_RECEIVED, params![])?;
+    let (numbered, received) = (seqs.i64(0)?, seqs.i64(1)?);
+    let events_shed = tx.query_one(&sql::SUM_SHED, params![])?.i64(0)?;
+    tx.commit()?;
     Ok(Counts {
-        gateways_known,
-        gateways_online,
+        gateways_known: g.i64(0)?,
+        gateways_online: g.i64(1)?,
         members,
         member_set_version,
         events_missing: (numbered - received - events_shed).max(0),
@@ -249,48 +254,21 @@ pub struct RuleReportRow {
     pub expired: u64,
 }
 
-/// Alert lifecycle events grouped by rule, optionally for one store. Kept beside its only caller
-/// rather than in `sql.rs` (another owner's file at the time); it reads, never writes.
-const SELECT_RULES_REPORT: &str = "SELECT json_extract(body_json, '$.rule') AS rule,
-    COUNT(DISTINCT CASE WHEN type = 'alert_raised' THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_taken' THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_outcome'
-        AND json_extract(body_json, '$.outcome') = 'purchased'
-        THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_outcome'
-        AND json_extract(body_json, '$.outcome') = 'no_sale'
-        THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_outcome'
-        AND json_extract(body_json, '$.outcome') = 'not_found'
-        THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_dismissed' THEN json_extract(body_json, '$.alert_id') END),
-    COUNT(DISTINCT CASE WHEN type = 'alert_expired' THEN json_extract(body_json, '$.alert_id') END)
-    FROM events
-    WHERE type IN ('alert_raised', 'alert_taken', 'alert_outcome', 'alert_dismissed', 'alert_expired')
-      AND (?1 IS NULL OR store_id = ?1)
-    GROUP BY rule
-    HAVING rule IS NOT NULL
-    ORDER BY rule";
-
 /// Per rule: raised, taken, converted, and the other endings (all stores, or `store`'s).
-pub fn rules_report(
-    conn: &Connection,
-    store: Option<&str>,
-) -> Result<Vec<RuleReportRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(SELECT_RULES_REPORT)?;
-    let rows = stmt
-        .query_map(params![store], |r| {
+pub fn rules_report(db: &mut Db, store: Option<&str>) -> Result<Vec<RuleReportRow>, StoreError> {
+    db.query(&sql::SELECT_RULES_REPORT, params![store])?
+        .into_iter()
+        .map(|r| {
             Ok(RuleReportRow {
-                rule: r.get(0)?,
-                raised: u(r.get(1)?),
-                taken: u(r.get(2)?),
-                converted: u(r.get(3)?),
-                no_sale: u(r.get(4)?),
-                not_found: u(r.get(5)?),
-                dismissed: u(r.get(6)?),
-                expired: u(r.get(7)?),
+                rule: r.string(0)?,
+                raised: r.u64(1)?,
+                taken: r.u64(2)?,
+                converted: r.u64(3)?,
+                no_sale: r.u64(4)?,
+                not_found: r.u64(5)?,
+                dismissed: r.u64(6)?,
+                expired: r.u64(7)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(rows)
+        })
+        .collect()
 }

@@ -44,6 +44,7 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
             gateway_secret: Some(SECRET.into()),
         },
         broker,
+        database: Default::default(),
     }
 }
 

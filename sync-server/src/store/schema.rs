@@ -1,0 +1,196 @@
+//! The schema, as versioned migrations per backend. Migration `i` takes the schema from version
+//! `i` to `i + 1`; both backends have the same number of steps so a version means the same tables
+//! on either. SQLite keeps its version in `PRAGMA user_version` (as it always has); PostgreSQL
+//! in `schema_version`, migrated under an advisory lock so that several head-office instances
+//! starting at once migrate once.
+
+use super::{
+    StoreError,
+    db::{Backend, Db},
+};
+
+/// The schema version after every migration.
+pub const SCHEMA_VERSION: i64 = SQLITE.len() as i64;
+
+/// Run once per SQLite connection. WAL lets readers proceed during a commit; `synchronous = FULL`
+/// because an ack promises the gateway its events are durable and it deletes them on that word.
+pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
+PRAGMA synchronous = FULL;
+PRAGMA foreign_keys = ON;
+PRAGMA busy_timeout = 5000;";
+
+/// Serialises migrations across instances: `pg_advisory_xact_lock` on this key.
+const PG_MIGRATION_LOCK: i64 = 0x696e_7374_6f72_6501;
+
+const SQLITE: &[&str] = &[
+    // 1: events, gateways, members, meta.
+    "
+CREATE TABLE events (
+    gateway_id     TEXT    NOT NULL,
+    seq            INTEGER NOT NULL,
+    store_id       TEXT    NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    type           TEXT    NOT NULL,
+    body_json      TEXT    NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE gateways (
+    id                 TEXT PRIMARY KEY,
+    store              TEXT    NOT NULL,
+    online             INTEGER NOT NULL DEFAULT 0,
+    last_seq           INTEGER NOT NULL DEFAULT 0,
+    events_received    INTEGER NOT NULL DEFAULT 0,
+    duplicates_dropped INTEGER NOT NULL DEFAULT 0,
+    bad_payloads       INTEGER NOT NULL DEFAULT 0,
+    last_seen_ms       INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX gateways_by_store ON gateways(store);
+CREATE TABLE members (
+    member_id   TEXT PRIMARY KEY,
+    record_json TEXT    NOT NULL,
+    version     INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+",
+    // 2: boots' floors and shed ranges.
+    "
+-- Each gateway boot's floor: the gateway's high-water mark when head office first heard of the
+-- boot (in a hello). Never updated: the gateway's rollback safety rests on it staying put.
+CREATE TABLE gateway_boots (
+    gateway_id    TEXT    NOT NULL,
+    boot          INTEGER NOT NULL,
+    floor         INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (gateway_id, boot)
+) WITHOUT ROWID;
+-- Ranges a gateway's outbox shed over its byte quota, keyed by the seq of the events_shed event
+-- that reported them (so a re-sent report is stored once).
+CREATE TABLE shed_ranges (
+    gateway_id  TEXT    NOT NULL,
+    report_seq  INTEGER NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    count       INTEGER NOT NULL,
+    kinds_json  TEXT    NOT NULL,
+    PRIMARY KEY (gateway_id, report_seq)
+) WITHOUT ROWID;
+",
+];
+
+const POSTGRES: &[&str] = &[
+    "
+CREATE TABLE events (
+    gateway_id     TEXT   NOT NULL,
+    seq            BIGINT NOT NULL,
+    store_id       TEXT   NOT NULL,
+    at_ms          BIGINT NOT NULL,
+    type           TEXT   NOT NULL,
+    body_json      TEXT   NOT NULL,
+    received_at_ms BIGINT NOT NULL,
+    PRIMARY KEY (gateway_id, seq)
+);
+CREATE TABLE gateways (
+    id                 TEXT PRIMARY KEY,
+    store              TEXT   NOT NULL,
+    online             BIGINT NOT NULL DEFAULT 0,
+    last_seq           BIGINT NOT NULL DEFAULT 0,
+    events_received    BIGINT NOT NULL DEFAULT 0,
+    duplicates_dropped BIGINT NOT NULL DEFAULT 0,
+    bad_payloads       BIGINT NOT NULL DEFAULT 0,
+    last_seen_ms       BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX gateways_by_store ON gateways(store);
+CREATE TABLE members (
+    member_id   TEXT PRIMARY KEY,
+    record_json TEXT   NOT NULL,
+    version     BIGINT NOT NULL
+);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BIGINT NOT NULL
+);
+",
+    "
+CREATE TABLE gateway_boots (
+    gateway_id    TEXT   NOT NULL,
+    boot          BIGINT NOT NULL,
+    floor         BIGINT NOT NULL,
+    first_seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (gateway_id, boot)
+);
+CREATE TABLE shed_ranges (
+    gateway_id  TEXT   NOT NULL,
+    report_seq  BIGINT NOT NULL,
+    first_seq   BIGINT NOT NULL,
+    last_seq    BIGINT NOT NULL,
+    count       BIGINT NOT NULL,
+    kinds_json  TEXT   NOT NULL,
+    PRIMARY KEY (gateway_id, report_seq)
+);
+",
+];
+
+const _: () = assert!(SQLITE.len() == POSTGRES.len());
+
+/// Brings the database to [`SCHEMA_VERSION`]; refuses one that is newer than this build.
+pub fn migrate(db: &mut Db) -> Result<(), StoreError> {
+    match db.backend() {
+        Backend::Sqlite => {
+            db.batch(SQLITE_PRAGMAS)?;
+            let found = db
+                .query_opt(&super::db::Sql::same("PRAGMA user_version"), &[])?
+                .map(|r| r.i64(0))
+                .transpose()?
+                .unwrap_or(0);
+            check_not_newer(found)?;
+            for (i, step) in SQLITE.iter().enumerate().skip(found.max(0) as usize) {
+                // One transaction per step: a failed step leaves the previous version intact.
+                let mut tx = db.transaction()?;
+                tx.batch(step)?;
+                tx.batch(&format!("PRAGMA user_version = {}", i + 1))?;
+                tx.commit()?;
+            }
+            Ok(())
+        }
+        Backend::Postgres => {
+            db.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
+            let mut tx = db.transaction()?;
+            tx.execute(
+                &super::db::Sql::same("SELECT pg_advisory_xact_lock(?1)"),
+                crate::params![PG_MIGRATION_LOCK],
+            )?;
+            let found = tx
+                .query_opt(
+                    &super::db::Sql::same("SELECT COALESCE(MAX(version), 0) FROM schema_version"),
+                    &[],
+                )?
+                .map(|r| r.i64(0))
+                .transpose()?
+                .unwrap_or(0);
+            check_not_newer(found)?;
+            for step in POSTGRES.iter().skip(found.max(0) as usize) {
+                tx.batch(step)?;
+            }
+            tx.execute(&super::db::Sql::same("DELETE FROM schema_version"), &[])?;
+            tx.execute(
+                &super::db::Sql::same("INSERT INTO schema_version (version) VALUES (?1)"),
+                crate::params![SCHEMA_VERSION],
+            )?;
+            tx.commit()
+        }
+    }
+}
+
+fn check_not_newer(found: i64) -> Result<(), StoreError> {
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
