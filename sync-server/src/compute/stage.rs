@@ -15,6 +15,9 @@
 //! | 5 | `stick`    | *sticks*: `purchases_12m >= stick_min_purchases`, or `purchases_12m >= 1` and `visits_12m >= stick_min_visits` (when that is > 0) |
 //! | 6 | `activate` | has purchased, does not stick (yet, or any more) |
 //!
+//! BG/NBD's P(alive) is 1 for a member with a single activity day (the model learns of dropout
+//! only from silence after repeats), so one-time buyers lapse by `lapse_days` alone.
+//!
 //! Why this order: acquire first because nothing else is defined without a purchase; lapsed
 //! before the rest because a once-valuable member who stopped coming is a win-back case, not a
 //! VIP to greet; refer above value because a referrer who is also high-value is the rarer and

@@ -72,13 +72,14 @@ pub fn next_tier(
 ) -> TierState {
     let ladder = cfg.names.ladder();
     let name = |rank: usize| ladder.get(rank).copied().unwrap_or_default().to_string();
+    let rank = |tier: &str| ladder.iter().position(|t| *t == tier);
     let bottom = ladder.len().saturating_sub(1);
-    let target = cfg.names.rank(cfg.names.of(level)).unwrap_or(bottom);
+    let target = rank(cfg.names.of(level)).unwrap_or(bottom);
     let elapsed = |since: Date| days::between(since, today).max(0);
 
     let (current, since, qualifying, below_since) = match prev {
         None => (bottom, today, None, None),
-        Some(prev) => match cfg.names.rank(&prev.tier) {
+        Some(prev) => match rank(&prev.tier) {
             Some(rank) => (
                 rank,
                 prev.tier_since,
@@ -92,7 +93,7 @@ pub fn next_tier(
     if target < current {
         // The level gives a better tier: qualify (ranks: smaller is better).
         let run = qualifying
-            .and_then(|run| Some((cfg.names.rank(&run.tier)?, run.since)))
+            .and_then(|run| Some((rank(&run.tier)?, run.since)))
             .filter(|&(rank, _)| rank < current);
         let (run_rank, run_since) = match run {
             Some((rank, since)) => (rank.max(target), since),
