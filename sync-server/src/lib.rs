@@ -10,6 +10,7 @@
 //! [`HeadOffice::mqtt_url`]) and [`HeadOffice::wait`] for it, or simply [`run`] it.
 
 pub mod broker;
+pub mod compute;
 pub mod config;
 pub mod http;
 pub mod ingest;
