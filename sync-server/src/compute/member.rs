@@ -107,6 +107,9 @@ pub struct Computed {
     pub groups: Vec<String>,
     pub expected_next_visit: Option<Date>,
     pub overdue_days: u32,
+    /// The first day the member is overdue on (one day overdue); see [`NextVisit::overdue_from`].
+    #[serde(default)]
+    pub overdue_from: Option<Date>,
     /// Which waiting times gave `expected_next_visit`.
     pub expectation: Option<Method>,
     /// BG/NBD P(alive), when a model is given and the member has activity.
@@ -240,6 +243,7 @@ pub fn compute_member(
         groups: groups(&facts.category_spend_12m, cfg.groups.min_share),
         expected_next_visit: next.expected,
         overdue_days: next.overdue_days,
+        overdue_from: next.overdue_from,
         expectation: next.method,
         p_alive,
         expected_purchases,

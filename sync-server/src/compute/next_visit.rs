@@ -45,6 +45,9 @@ pub struct NextVisit {
     pub expected: Option<Date>,
     /// Days past the overdue point; 0 when not overdue (or no expectation).
     pub overdue_days: u32,
+    /// The first day on which the member counts as overdue (by one day): gateways get this date
+    /// rather than `overdue_days`, which would change every day.
+    pub overdue_from: Option<Date>,
     pub method: Option<Method>,
 }
 
@@ -52,6 +55,7 @@ impl NextVisit {
     const NONE: NextVisit = NextVisit {
         expected: None,
         overdue_days: 0,
+        overdue_from: None,
         method: None,
     };
 }
@@ -122,14 +126,16 @@ pub(crate) fn next_visit_days(
         return NextVisit::NONE;
     };
     let expected = days::date(last + expected_wait.max(1));
-    let overdue_days = whole_days(overdue_wait.ceil()).map_or(0, |wait| {
-        let due = last + wait.max(1) + i64::from(cfg.slack_days);
+    let due =
+        whole_days(overdue_wait.ceil()).map(|wait| last + wait.max(1) + i64::from(cfg.slack_days));
+    let overdue_days = due.map_or(0, |due| {
         u32::try_from((today - due).max(0)).unwrap_or(u32::MAX)
     });
     NextVisit {
         method: expected.map(|_| method),
         expected,
         overdue_days,
+        overdue_from: due.and_then(|due| days::date(due + 1)),
     }
 }
 
@@ -182,6 +188,9 @@ mod tests {
         assert_eq!(on(156).overdue_days, 0);
         assert_eq!(on(157).overdue_days, 1);
         assert_eq!(on(186).overdue_days, 30);
+        // The date gateways count from is the same whatever day it is computed on.
+        assert_eq!(on(150).overdue_from, Some(date(157)));
+        assert_eq!(on(186).overdue_from, Some(date(157)));
     }
 
     #[test]
