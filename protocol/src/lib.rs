@@ -9,6 +9,7 @@ pub mod changes;
 pub mod eddystone_eid;
 pub mod event;
 pub mod member;
+pub mod purchase;
 pub mod qr;
 pub mod rotating;
 pub mod token;

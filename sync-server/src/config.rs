@@ -60,6 +60,12 @@ pub struct HqConfig {
     /// Optional: SQLite in `data_dir` when absent.
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// Pyramid, tiers, stages, groups, next visit, BG/NBD (`sync-server/examples/hq.toml`).
+    #[serde(default)]
+    pub compute: crate::compute::ComputeConfig,
+    /// Which stores hold which members.
+    #[serde(default)]
+    pub membership: crate::fanout::MembershipConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,13 +195,20 @@ impl HqConfig {
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
         let cfg: HqConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
-        cfg.check()
-            .map_err(|(table, key, reason)| ConfigError::Invalid {
+        cfg.check().map_err(|(table, key, reason)| {
+            let full = qualified(table, &key);
+            // `compute.pyramid.top5` sits in `[compute.pyramid]` as `top5`.
+            let line = match full.rsplit_once('.') {
+                Some((t, k)) if table.is_some() => line_of_key(text, Some(t), k),
+                _ => line_of_key(text, table, &key),
+            };
+            ConfigError::Invalid {
                 path: origin.to_string(),
-                key: qualified(table, key),
-                line: line_of_key(text, table, key),
+                key: full,
+                line,
                 reason,
-            })?;
+            }
+        })?;
         Ok(cfg)
     }
 
@@ -204,19 +217,19 @@ impl HqConfig {
         self.check()
             .map_err(|(table, key, reason)| ConfigError::Invalid {
                 path: "<in-process config>".into(),
-                key: qualified(table, key),
+                key: qualified(table, &key),
                 line: 0,
                 reason,
             })
     }
 
     /// The semantic checks: `(table, key, reason)` of the first problem.
-    fn check(&self) -> Result<(), (Option<&'static str>, &'static str, String)> {
+    fn check(&self) -> Result<(), (Option<&'static str>, String, String)> {
         if self.data_dir.as_os_str().is_empty() {
-            return Err((None, "data_dir", "must not be empty".into()));
+            return Err((None, "data_dir".into(), "must not be empty".into()));
         }
         if self.api.token.trim().is_empty() {
-            return Err((Some("api"), "token", "must not be empty".into()));
+            return Err((Some("api"), "token".into(), "must not be empty".into()));
         }
         if self
             .auth
@@ -226,7 +239,7 @@ impl HqConfig {
         {
             return Err((
                 Some("auth"),
-                "gateway_secret",
+                "gateway_secret".into(),
                 format!("must be at least {MIN_SECRET_LEN} characters"),
             ));
         }
@@ -234,24 +247,30 @@ impl HqConfig {
             // MQTT 3.1.1 only promises client ids of 1-23 characters to work on every broker.
             return Err((
                 Some("broker"),
-                "client_id",
+                "client_id".into(),
                 "must be 1-23 characters".into(),
             ));
+        }
+        if let Err((key, reason)) = self.compute.validate() {
+            return Err((Some("compute"), key.to_string(), reason));
+        }
+        if let Err((key, reason)) = self.membership.validate() {
+            return Err((Some("membership"), key, reason));
         }
         if let Some(url) = &self.database.url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err((
                 Some("database"),
-                "url",
+                "url".into(),
                 "must be a postgres:// URL (leave it out for SQLite in data_dir)".into(),
             ));
         }
         match self.broker.endpoint() {
             Ok(_) => Ok(()),
             // Neither key set: point at the table header itself.
-            Err(("broker", reason)) => Err((None, "[broker]", reason)),
-            Err((key, reason)) => Err((Some("broker"), key, reason)),
+            Err(("broker", reason)) => Err((None, "[broker]".into(), reason)),
+            Err((key, reason)) => Err((Some("broker"), key.into(), reason)),
         }
     }
 
@@ -314,7 +333,16 @@ fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
 }
 
 /// The config's top-level keys, tables included.
-const TOP_LEVEL_KEYS: &[&str] = &["data_dir", "http", "api", "auth", "broker", "database"];
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "http",
+    "api",
+    "auth",
+    "broker",
+    "database",
+    "compute",
+    "membership",
+];
 
 fn is_table_name(field: &str) -> bool {
     field != "data_dir" && TOP_LEVEL_KEYS.contains(&field)

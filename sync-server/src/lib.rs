@@ -1,9 +1,12 @@
-//! instore-sync: head office. Ingests gateway events exactly once, holds members, and tells
-//! stores when their member set changes.
+//! instore-sync: head office. Ingests gateway events exactly once, imports members and
+//! purchases, computes what the stores act on (pyramid level, tier, stage, groups, expected
+//! next visit), and fans each member out to the stores that hold them as ordered change streams.
 //!
-//! The modules follow the flow: `broker` (embedded rumqttd, optional) → `ingest` (MQTT session,
-//! decode, commit, ack) → `store` (SQLite, the only owner of the database) ← `members` (import,
-//! snapshot, notices) ← `http` (API and HQ page). `runtime` wires them; `config` reads the TOML.
+//! The modules follow the flow: `broker` (embedded rumqttd, optional) → `ingest` (gateway
+//! events over MQTT with their visits; member and purchase imports) → `store` (SQLite or
+//! PostgreSQL, the only owner of the database) → `compute` (the Data: a pure core and its
+//! scheduling shell) → `fanout` (which stores hold whom, change streams, snapshots, notices) →
+//! `http` (API and HQ page). `runtime` wires them; `config` reads the TOML.
 //!
 //! Library use (the demo, tests): build or load an [`HqConfig`], then
 //! [`start`] it to learn the bound addresses ([`HeadOffice::http_addr`],
@@ -12,9 +15,9 @@
 pub mod broker;
 pub mod compute;
 pub mod config;
+pub mod fanout;
 pub mod http;
 pub mod ingest;
-pub mod members;
 pub mod metrics;
 pub mod runtime;
 pub mod secrets;

@@ -38,6 +38,18 @@ pub struct Metrics {
     pub hellos: Counter,
     pub ingest_retries: Counter,
     pub ingest_abandoned: Counter,
+    pub events_redacted: Counter,
+    pub purchases_imported: Counter,
+    pub purchases_duplicate: Counter,
+    pub purchases_refused: Counter,
+    pub members_recomputed: Counter,
+    pub compute_full_runs: Counter,
+    pub compute_failures: Counter,
+    pub change_requests: Counter,
+    pub changes_served: Counter,
+    pub snapshots_served: Counter,
+    pub snapshot_bytes_served: Counter,
+    pub member_lookups: Family<ReasonLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -158,6 +170,66 @@ impl MetricsHandle {
             "ingest_abandoned",
             "Messages released unstored after repeated commit failures (the gateway re-sends)",
             m.ingest_abandoned.clone(),
+        );
+        r.register(
+            "events_redacted",
+            "Events of members without presence consent stored without their content",
+            m.events_redacted.clone(),
+        );
+        r.register(
+            "purchases_imported",
+            "Purchases stored for the first time",
+            m.purchases_imported.clone(),
+        );
+        r.register(
+            "purchases_duplicate",
+            "Purchases received again (same purchase_id) and ignored",
+            m.purchases_duplicate.clone(),
+        );
+        r.register(
+            "purchases_refused",
+            "Purchase lines refused (malformed, wrong currency, ...)",
+            m.purchases_refused.clone(),
+        );
+        r.register(
+            "members_recomputed",
+            "Members recomputed incrementally after a purchase, visit or import",
+            m.members_recomputed.clone(),
+        );
+        r.register(
+            "compute_full_runs",
+            "Full recomputes (cut points, BG/NBD fit, every member)",
+            m.compute_full_runs.clone(),
+        );
+        r.register(
+            "compute_failures",
+            "Compute passes that failed (retried)",
+            m.compute_failures.clone(),
+        );
+        r.register(
+            "change_requests",
+            "Change-stream requests from gateways",
+            m.change_requests.clone(),
+        );
+        r.register(
+            "changes_served",
+            "Channel changes sent to gateways",
+            m.changes_served.clone(),
+        );
+        r.register(
+            "snapshots_served",
+            "Channel snapshot downloads (whole or ranges)",
+            m.snapshots_served.clone(),
+        );
+        r.register(
+            "snapshot_bytes_served",
+            "Bytes of channel snapshots sent",
+            m.snapshot_bytes_served.clone(),
+        );
+        r.register(
+            "member_lookups",
+            "Member-code lookups from gateways for members they do not hold, by result",
+            m.member_lookups.clone(),
         );
         Self {
             metrics: m,

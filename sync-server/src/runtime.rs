@@ -17,16 +17,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, broker,
+    compute::run::{ComputeSettings, Runner},
     config::{BrokerEndpoint, HqConfig},
+    fanout::{
+        FanoutSettings, keys,
+        notifier::{self, Notices},
+        snapshots::Snapshots,
+    },
     http::{self, AppState},
     ingest::{Ingest, mqtt},
-    members::{
-        day_keys,
-        notifier::{self, Notices},
-    },
     metrics::MetricsHandle,
     secrets::{self, SecretSource},
-    store::{Store, StoreThread, members},
+    store::{Store, StoreThread, channels, queries},
 };
 
 /// Publishes waiting for ingest, at most. Larger than the broker's inflight window (200), so
@@ -50,6 +52,7 @@ pub struct HeadOffice {
     ingest: JoinHandle<()>,
     eventloop: JoinHandle<()>,
     notifier: JoinHandle<()>,
+    compute: JoinHandle<()>,
     store_thread: StoreThread,
 }
 
@@ -82,6 +85,7 @@ impl HeadOffice {
             ingest,
             eventloop,
             notifier,
+            compute,
             store_thread,
             ..
         } = self;
@@ -116,6 +120,9 @@ impl HeadOffice {
         }
         stop_mqtt.cancel();
         drop(client);
+        if tokio::time::timeout(GRACE, compute).await.is_err() {
+            tracing::warn!("a compute pass was still running after the grace time");
+        }
         let _ = tokio::time::timeout(GRACE, notifier).await;
         // Every Store handle is gone with its task: the thread drains its queue and exits.
         let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
@@ -171,8 +178,21 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let (store, store_thread) = Store::open(&cfg.database_location())?;
-    let version = store.call(members::version).await?;
+    let location = cfg.database_location();
+    let (store, store_thread) = Store::open(&location)?;
+    let (heads, known_stores) = store
+        .call(|db| {
+            let mut tx = db.transaction()?;
+            let heads = channels::heads(&mut tx)?;
+            let stores = queries::stores_in(&mut tx)?;
+            tx.commit()?;
+            Ok((heads, stores))
+        })
+        .await?;
+    let fanout = FanoutSettings {
+        membership: cfg.membership.clone(),
+        tier_source: cfg.compute.tier_source,
+    };
 
     let (broker_addr, mqtt_host, mqtt_port) = match endpoint {
         BrokerEndpoint::Embedded(addr) => {
@@ -224,16 +244,31 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         .run(publish_rx),
     );
     // Stops on `cancel`, dropping its Store handle and notice sender before the waits below.
-    tokio::spawn(day_keys::run(
+    tokio::spawn(keys::run(
         store.clone(),
         notice_tx.clone(),
-        day_keys::system_clock(),
-        day_keys::MAX_SLEEP,
+        keys::system_clock(),
+        keys::MAX_SLEEP,
         cancel.clone(),
     ));
+    let poke = Arc::new(tokio::sync::Notify::new());
+    let compute = tokio::spawn(
+        Runner {
+            location: location.clone(),
+            settings: ComputeSettings {
+                compute: cfg.compute.clone(),
+                fanout: fanout.clone(),
+            },
+            notices: notice_tx.clone(),
+            poke: poke.clone(),
+            metrics: metrics.metrics.clone(),
+            clock: keys::system_clock(),
+        }
+        .run(cancel.clone()),
+    );
     let notifier = tokio::spawn(notifier::run(
         notice_rx,
-        Notices::new(version),
+        Notices::new(cfg.membership.clone(), heads, known_stores),
         client.clone(),
         metrics.metrics.clone(),
     ));
@@ -243,6 +278,10 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         admin_token: Arc::from(cfg.api.token.as_str()),
         gateway_secret: Arc::from(gateway_secret.as_str()),
         notices: notice_tx,
+        fanout: Arc::new(fanout),
+        compute: Arc::new(cfg.compute.clone()),
+        snapshots: Arc::new(Snapshots::new(&cfg.data_dir, location)),
+        poke: poke.clone(),
         broker_kind: if broker_addr.is_some() {
             "embedded"
         } else {
@@ -269,6 +308,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         ingest,
         eventloop,
         notifier,
+        compute,
         store_thread,
     })
 }

@@ -97,7 +97,7 @@ async fn head_office_ingests_and_acknowledges_through_mosquitto() {
     let r = reqwest::Client::new()
         .post(hq.url("/api/members"))
         .bearer_auth(ADMIN)
-        .body(r#"{"member_id":"M1","display_name":"A","tier":"gold"}"#)
+        .body(r#"{"member_id":"M1","display_name":"A","tier":"gold","consent":{"presence":true}}"#)
         .send()
         .await
         .unwrap();

@@ -43,6 +43,8 @@ impl HeadOffice {
             },
             broker,
             database: Default::default(),
+            compute: Default::default(),
+            membership: Default::default(),
         };
         let cancel = CancellationToken::new();
         let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();

@@ -24,11 +24,37 @@ pub struct ComputeConfig {
     pub groups: GroupConfig,
     pub next_visit: NextVisitConfig,
     pub model: ModelConfig,
+    /// Where the tier and stage stores see come from (see [`TierSource`]).
+    pub tier_source: TierSource,
+    /// The purchases' currency (ISO 4217, e.g. `EUR`); a purchase in another is refused with its
+    /// line, since spends in two currencies cannot be added up. Unset: any currency is accepted
+    /// and amounts are added as they are (a chain that trades in one currency).
+    pub currency: Option<String>,
+    /// UTC hour of the daily full recompute (pyramid cut points, BG/NBD fit, every member's
+    /// fields); purchases and visits update their members within seconds in between.
+    pub full_recompute_hour_utc: u8,
+}
+
+/// Where a member's tier and stage (as stores see them) come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TierSource {
+    #[default]
+    /// Computed for members with purchases at head office, as imported for the others: a chain
+    /// that loads no purchases keeps its CRM's tiers, one that does gets them from spend.
+    Auto,
+    /// Always computed (a member without purchases is `rest`, tier `member`, stage `acquire`).
+    Computed,
+    /// Always as imported; head office still computes and reports the level.
+    Import,
 }
 
 impl Default for ComputeConfig {
     fn default() -> Self {
         Self {
+            tier_source: TierSource::Auto,
+            currency: None,
+            full_recompute_hour_utc: 3,
             window_days: 365,
             pyramid: PyramidCuts::default(),
             tiers: TierConfig::default(),
@@ -275,6 +301,17 @@ impl ComputeConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.window_days == 0 {
             return Err(("window_days", "must be at least 1 day".into()));
+        }
+        if self.full_recompute_hour_utc > 23 {
+            return Err(("full_recompute_hour_utc", "must be an hour 0-23".into()));
+        }
+        if let Some(c) = &self.currency
+            && !(c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err((
+                "currency",
+                format!("{c:?} is not an ISO 4217 code like EUR"),
+            ));
         }
         let keys = [
             "pyramid.top2",

@@ -13,14 +13,19 @@
 //! [`pyramid`] level → [`tier`] → [`groups`] → [`bgnbd`] P(alive) and expected purchases →
 //! [`next_visit`] → [`stage`]. [`member::fit_model`] fits the BG/NBD model over the base; the
 //! shell runs it on its schedule and passes the parameters in. [`config`] is `[compute]`.
+//!
+//! [`run`] is the imperative shell: it alone reads and writes the database, on its own
+//! connection and thread, and decides when the core runs (incrementally within a second of a
+//! change, in full once a day).
 
 pub mod bgnbd;
 pub mod config;
-mod days;
+pub(crate) mod days;
 pub mod groups;
 pub mod member;
 pub mod next_visit;
 pub mod pyramid;
+pub mod run;
 pub mod stage;
 pub mod tier;
 

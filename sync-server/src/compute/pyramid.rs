@@ -62,6 +62,11 @@ impl Level {
         }
     }
 
+    /// The level named `name` (`top2` … `rest`).
+    pub fn parse(name: &str) -> Option<Level> {
+        Level::ALL.into_iter().find(|l| l.as_str() == name)
+    }
+
     /// True when `self` is the same band as `other` or a better one.
     pub fn is_at_or_above(self, other: Level) -> bool {
         self <= other

@@ -5,13 +5,15 @@
 //! 401s, database trouble a logged 500. This module alone imports axum.
 
 pub mod auth;
+mod changes;
+mod members;
+mod purchases;
 
 use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State, rejection::QueryRejection},
+    extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode, header},
     response::{Html, IntoResponse, Response},
     routing::{get, post},
@@ -21,7 +23,8 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    members::{self, notifier::NoticeInput},
+    compute::ComputeConfig,
+    fanout::{FanoutSettings, notifier::NoticeInput, snapshots::Snapshots},
     metrics::MetricsHandle,
     store::{Store, StoreError, queries},
 };
@@ -42,6 +45,11 @@ pub struct AppState {
     pub admin_token: Arc<str>,
     pub gateway_secret: Arc<str>,
     pub notices: mpsc::Sender<NoticeInput>,
+    pub fanout: Arc<FanoutSettings>,
+    pub compute: Arc<ComputeConfig>,
+    pub snapshots: Arc<Snapshots>,
+    /// Wakes the compute stage after an import.
+    pub poke: Arc<tokio::sync::Notify>,
     /// `"embedded"` or `"external"`, for `/healthz`.
     pub broker_kind: &'static str,
 }
@@ -54,11 +62,20 @@ pub fn router(state: AppState) -> Router {
         .route("/api/gateways", get(gateways))
         .route("/api/events", get(events))
         .route("/api/rules/report", get(rules_report))
+        .route("/api/members", post(members::import))
+        .route("/api/members/{id}", get(members::member))
+        .route("/api/pyramid", get(members::pyramid))
+        .route("/api/purchases", post(purchases::import))
+        .route("/api/stores/{store}/changes", get(changes::changes))
         .route(
-            "/api/members",
-            post(import_members).layer(DefaultBodyLimit::max(MAX_IMPORT_BYTES)),
+            "/api/stores/{store}/channels/{channel}/snapshots/{version}",
+            get(changes::snapshot_file),
         )
-        .route("/api/stores/{store}/members/snapshot", get(snapshot))
+        .route("/api/stores/{store}/members/lookup", post(changes::lookup))
+        .route(
+            "/api/stores/{store}/members/snapshot",
+            get(changes::legacy_snapshot),
+        )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -71,14 +88,14 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
         }
     }
 
-    fn unauthorized(state: &AppState) -> Self {
+    pub(crate) fn unauthorized(state: &AppState) -> Self {
         state.metrics.metrics.http_unauthorized.inc();
         Self::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
     }
@@ -101,7 +118,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if auth::is_admin(headers, &state.admin_token) {
         Ok(())
     } else {
@@ -236,57 +253,4 @@ async fn rules_report(
         .call(move |c| queries::rules_report(c, q.store.as_deref()))
         .await?;
     Ok(Json(rows).into_response())
-}
-
-async fn import_members(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    let text = std::str::from_utf8(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "body is not UTF-8 (byte {}): expected NDJSON member records",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    let (report, stores) = members::import(&state.store, text).await?;
-    tracing::info!(
-        imported = report.imported,
-        skipped = report.skipped.len(),
-        version = report.version,
-        "members imported"
-    );
-    if report.imported > 0 {
-        state.metrics.metrics.member_imports.inc();
-        let input = NoticeInput::Imported {
-            version: report.version,
-            stores,
-        };
-        if state.notices.send(input).await.is_err() {
-            tracing::warn!("members notifier has stopped; stores learn the version on restart");
-        }
-    }
-    Ok(Json(report).into_response())
-}
-
-async fn snapshot(
-    State(state): State<AppState>,
-    Path(store): Path<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    if !auth::may_read_store(&headers, &state.admin_token, &state.gateway_secret, &store) {
-        return Err(ApiError::unauthorized(&state));
-    }
-    if !valid_id(&store) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "store is not a valid id",
-        ));
-    }
-    let snap = members::snapshot(&state.store, &store).await?;
-    Ok(Json(snap).into_response())
 }

@@ -138,6 +138,7 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
             kind: e.body.kind(),
             body_json,
             shed,
+            presence: super::visits::fact(&e.body),
         });
     }
     let hello = match &batch.hello {

@@ -16,7 +16,10 @@
 //! carries on.
 
 pub mod decode;
+pub mod members;
 pub mod mqtt;
+pub mod purchases;
+pub mod visits;
 
 use std::collections::BTreeSet;
 
@@ -25,7 +28,7 @@ use rumqttc::{AsyncClient, Publish, QoS};
 use tokio::sync::mpsc;
 
 use crate::{
-    members::notifier::NoticeInput,
+    fanout::notifier::NoticeInput,
     metrics::Metrics,
     now_ms,
     store::{IngestItem, ItemOutcome, Store, StoreError, ingest::ingest},

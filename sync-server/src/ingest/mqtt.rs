@@ -11,7 +11,7 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publ
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{broker::MAX_PACKET_BYTES, members::notifier::NoticeInput, metrics::Metrics};
+use crate::{broker::MAX_PACKET_BYTES, fanout::notifier::NoticeInput, metrics::Metrics};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);

@@ -5,8 +5,12 @@ use instore_protocol::{BootFloor, Welcome};
 use super::{
     StoreError,
     db::{Db, Tx},
-    sql,
+    sql, visits,
 };
+
+/// The type of a stored event whose member has not consented to presence: number kept, content
+/// dropped.
+pub const REDACTED_KIND: &str = "redacted_no_consent";
 use crate::params;
 
 /// An event ready for its row: validated and serialised by ingest.
@@ -18,6 +22,8 @@ pub struct StoredEvent {
     pub body_json: String,
     /// Set when the event is an `events_shed` report.
     pub shed: Option<ShedReport>,
+    /// The member fact of a presence event (arrival, departure, alert, ...).
+    pub presence: Option<crate::ingest::visits::PresenceFact>,
 }
 
 /// A range a gateway's outbox shed, as its `events_shed` event reported it.
@@ -74,6 +80,8 @@ impl IngestItem {
 pub struct BatchOutcome {
     pub inserted: u64,
     pub duplicates: u64,
+    /// Events of members without presence consent, stored without their content.
+    pub redacted: u64,
     /// Highest sequence number ever committed for the gateway, this batch included.
     pub high_water: u64,
     /// The answer to the batch's hello, if it had one.
@@ -103,19 +111,41 @@ pub fn ingest(
                     params![&b.gateway_id, &b.store_id, now_ms],
                 )?;
                 let mut inserted = 0u64;
+                let mut redacted = 0u64;
                 for e in &b.events {
-                    inserted += tx.execute(
+                    // An opted-out member's event keeps its number (no gap at head office) but
+                    // nothing of what it said, and makes no visit.
+                    let opted_out = match &e.presence {
+                        Some(f) => visits::opted_out(&mut tx, f.member_id())?,
+                        None => false,
+                    };
+                    let (kind, body) = if opted_out {
+                        (REDACTED_KIND, "{}")
+                    } else {
+                        (e.kind, e.body_json.as_str())
+                    };
+                    let new = tx.execute(
                         &sql::INSERT_EVENT,
                         params![
                             &b.gateway_id,
                             e.seq,
                             &b.store_id,
                             e.at_ms,
-                            e.kind,
-                            &e.body_json,
+                            kind,
+                            body,
                             now_ms
                         ],
                     )?;
+                    inserted += new;
+                    if new > 0 && opted_out {
+                        redacted += 1;
+                    }
+                    if new > 0
+                        && !opted_out
+                        && let Some(f) = &e.presence
+                    {
+                        visits::apply(&mut tx, &b.store_id, &b.gateway_id, f, e.at_ms)?;
+                    }
                     if let Some(r) = &e.shed {
                         tx.execute(
                             &sql::INSERT_SHED_RANGE,
@@ -146,6 +176,7 @@ pub fn ingest(
                 out.push(ItemOutcome::Batch(BatchOutcome {
                     inserted,
                     duplicates,
+                    redacted,
                     high_water,
                     welcome,
                 }));
@@ -216,6 +247,7 @@ mod tests {
                     kind: "footfall",
                     body_json: "{}".into(),
                     shed: None,
+                    presence: None,
                 })
                 .collect(),
             hello: None,
@@ -231,6 +263,7 @@ mod tests {
                 [ItemOutcome::Batch(BatchOutcome {
                     inserted: 3,
                     duplicates: 0,
+                    redacted: 0,
                     high_water: 3,
                     welcome: None,
                 })]
@@ -241,6 +274,7 @@ mod tests {
                 [ItemOutcome::Batch(BatchOutcome {
                     inserted: 1,
                     duplicates: 2,
+                    redacted: 0,
                     high_water: 4,
                     welcome: None,
                 })]
@@ -251,6 +285,7 @@ mod tests {
                 [ItemOutcome::Batch(BatchOutcome {
                     inserted: 0,
                     duplicates: 1,
+                    redacted: 0,
                     high_water: 4,
                     welcome: None,
                 })]

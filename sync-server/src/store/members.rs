@@ -36,18 +36,53 @@ pub fn version_in(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
-/// Upserts `members` and bumps the version, all in one transaction.
+/// Upserts one imported record (its columns too) and marks the member for recomputation. The
+/// caller places the member afterwards (`fanout::place`) in the same transaction.
+pub fn upsert(tx: &mut Tx<'_>, m: &MemberRecord, version: u64) -> Result<(), StoreError> {
+    let json = serde_json::to_string(m)
+        .map_err(|e| StoreError::Corrupt(format!("member {}: {e}", m.member_id)))?;
+    let has_keys = m.identifiers.iter().any(|i| {
+        matches!(
+            i,
+            instore_protocol::Identifier::RotatingSecret { .. }
+                | instore_protocol::Identifier::EddystoneEidIdentity { .. }
+        )
+    });
+    tx.execute(
+        &sql::UPSERT_MEMBER,
+        params![
+            &m.member_id,
+            json,
+            version,
+            m.consent.presence,
+            &m.tier,
+            m.stage.clone(),
+            has_keys,
+            m.referred_by.clone(),
+            m.home_store.clone()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Bumps the member-set version (kept for the import's answer and for gateways that predate
+/// channels) and returns it.
+pub fn bump_version(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
+    let v = version_in(tx)? + 1;
+    tx.execute(&sql::UPSERT_META, params![sql::META_MEMBERS_VERSION, v])?;
+    Ok(v)
+}
+
+/// Upserts `members` and bumps the version, all in one transaction, without placing them (the
+/// storage tests' shortcut; head office imports through `ingest::members`).
 pub fn import(db: &mut Db, members: &[MemberRecord]) -> Result<ImportOutcome, StoreError> {
     let mut tx = db.transaction()?;
     let mut v = version_in(&mut tx)?;
     if !members.is_empty() {
-        v += 1;
+        v = bump_version(&mut tx)?;
         for m in members {
-            let json = serde_json::to_string(m)
-                .map_err(|e| StoreError::Corrupt(format!("member {}: {e}", m.member_id)))?;
-            tx.execute(&sql::UPSERT_MEMBER, params![&m.member_id, json, v])?;
+            upsert(&mut tx, m, v)?;
         }
-        tx.execute(&sql::UPSERT_META, params![sql::META_MEMBERS_VERSION, v])?;
     }
     let stores = super::queries::stores_in(&mut tx)?;
     tx.commit()?;

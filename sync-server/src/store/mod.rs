@@ -7,14 +7,17 @@
 //! ([`db`] wraps both); the functions in its submodules take a `&mut Db` and are plain,
 //! synchronous and testable on either backend ([`testing::each_backend`]).
 
+pub mod channels;
 pub mod db;
 pub mod ingest;
 pub mod members;
+pub mod purchases;
 pub mod queries;
 pub mod schema;
 mod sql;
 #[doc(hidden)]
 pub mod testing;
+pub mod visits;
 
 use std::path::PathBuf;
 

@@ -79,6 +79,117 @@ CREATE TABLE shed_ranges (
     PRIMARY KEY (gateway_id, report_seq)
 ) WITHOUT ROWID;
 ",
+    // 3: head office computes the Data (purchases, visits, computed fields) and fans member
+    // changes out per channel.
+    "
+ALTER TABLE members ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN presence INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN has_keys INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN level TEXT NOT NULL DEFAULT 'rest';
+ALTER TABLE members ADD COLUMN tier TEXT NOT NULL DEFAULT '';
+ALTER TABLE members ADD COLUMN stage TEXT;
+ALTER TABLE members ADD COLUMN spend_12m INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN computed_json TEXT;
+ALTER TABLE members ADD COLUMN gateway_json TEXT;
+ALTER TABLE members ADD COLUMN keys_hash TEXT;
+ALTER TABLE members ADD COLUMN referred_by TEXT;
+ALTER TABLE members ADD COLUMN home_store TEXT;
+ALTER TABLE members ADD COLUMN has_purchases INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN dirty INTEGER NOT NULL DEFAULT 1;
+UPDATE members SET
+    presence = CASE WHEN json_extract(record_json, '$.consent.presence') THEN 1 ELSE 0 END,
+    tier = json_extract(record_json, '$.tier'),
+    referred_by = json_extract(record_json, '$.referred_by'),
+    home_store = json_extract(record_json, '$.home_store'),
+    stage = json_extract(record_json, '$.stage'),
+    has_keys = CASE WHEN record_json LIKE '%\"kind\":\"rotating_secret\"%'
+        OR record_json LIKE '%\"kind\":\"eddystone_eid_identity\"%' THEN 1 ELSE 0 END;
+CREATE INDEX members_dirty ON members(dirty) WHERE dirty > 0;
+CREATE INDEX members_referred_by ON members(referred_by) WHERE referred_by IS NOT NULL;
+CREATE INDEX members_keys ON members(has_keys) WHERE has_keys = 1;
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE purchases (
+    purchase_id    TEXT PRIMARY KEY,
+    member_id      TEXT    NOT NULL,
+    store_id       TEXT    NOT NULL,
+    at_ms          INTEGER NOT NULL,
+    day            INTEGER NOT NULL,
+    amount_minor   INTEGER NOT NULL,
+    currency       TEXT    NOT NULL,
+    items_json     TEXT    NOT NULL,
+    imported_at_ms INTEGER NOT NULL
+);
+CREATE INDEX purchases_by_member ON purchases(member_id, at_ms);
+CREATE TABLE member_days (
+    member_id TEXT    NOT NULL,
+    day       INTEGER NOT NULL,
+    spend     INTEGER NOT NULL DEFAULT 0,
+    purchases INTEGER NOT NULL DEFAULT 0,
+    visits    INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (member_id, day)
+) WITHOUT ROWID;
+CREATE TABLE member_categories (
+    member_id TEXT    NOT NULL,
+    month     INTEGER NOT NULL,
+    category  TEXT    NOT NULL,
+    amount    INTEGER NOT NULL,
+    PRIMARY KEY (member_id, month, category)
+) WITHOUT ROWID;
+CREATE TABLE visits (
+    store_id    TEXT    NOT NULL,
+    visit_id    TEXT    NOT NULL,
+    gateway_id  TEXT    NOT NULL,
+    member_id   TEXT    NOT NULL,
+    arrived_ms  INTEGER NOT NULL,
+    departed_ms INTEGER,
+    dwell_s     INTEGER,
+    zones_json  TEXT    NOT NULL DEFAULT '[]',
+    alerts      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (store_id, visit_id)
+);
+CREATE INDEX visits_by_member ON visits(member_id, arrived_ms);
+CREATE INDEX visits_by_store ON visits(store_id, arrived_ms);
+CREATE TABLE member_stores (
+    member_id TEXT    NOT NULL,
+    store_id  TEXT    NOT NULL,
+    last_day  INTEGER NOT NULL,
+    PRIMARY KEY (member_id, store_id)
+) WITHOUT ROWID;
+CREATE TABLE member_transitions (
+    member_id TEXT    NOT NULL,
+    day       INTEGER NOT NULL,
+    field     TEXT    NOT NULL,
+    from_value TEXT,
+    to_value  TEXT    NOT NULL
+);
+CREATE INDEX member_transitions_by_day ON member_transitions(day, field);
+CREATE TABLE channels (
+    name  TEXT PRIMARY KEY,
+    head  INTEGER NOT NULL DEFAULT 0,
+    floor INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE channel_changes (
+    channel    TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    member_id  TEXT    NOT NULL,
+    op         TEXT    NOT NULL,
+    rev        INTEGER NOT NULL,
+    reason     TEXT,
+    at_ms      INTEGER NOT NULL,
+    expires_ms INTEGER,
+    PRIMARY KEY (channel, version)
+) WITHOUT ROWID;
+CREATE INDEX channel_changes_by_age ON channel_changes(at_ms);
+CREATE TABLE member_channels (
+    member_id TEXT NOT NULL,
+    channel   TEXT NOT NULL,
+    PRIMARY KEY (member_id, channel)
+) WITHOUT ROWID;
+CREATE INDEX member_channels_by_channel ON member_channels(channel, member_id);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -131,6 +242,115 @@ CREATE TABLE shed_ranges (
     kinds_json  TEXT   NOT NULL,
     PRIMARY KEY (gateway_id, report_seq)
 );
+",
+    "
+ALTER TABLE members ADD COLUMN rev BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN presence BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN has_keys BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN level TEXT NOT NULL DEFAULT 'rest';
+ALTER TABLE members ADD COLUMN tier TEXT NOT NULL DEFAULT '';
+ALTER TABLE members ADD COLUMN stage TEXT;
+ALTER TABLE members ADD COLUMN spend_12m BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN computed_json TEXT;
+ALTER TABLE members ADD COLUMN gateway_json TEXT;
+ALTER TABLE members ADD COLUMN keys_hash TEXT;
+ALTER TABLE members ADD COLUMN referred_by TEXT;
+ALTER TABLE members ADD COLUMN home_store TEXT;
+ALTER TABLE members ADD COLUMN has_purchases BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE members ADD COLUMN dirty BIGINT NOT NULL DEFAULT 1;
+UPDATE members SET
+    presence = CASE WHEN (record_json::jsonb -> 'consent' ->> 'presence') = 'true' THEN 1 ELSE 0 END,
+    tier = record_json::jsonb ->> 'tier',
+    referred_by = record_json::jsonb ->> 'referred_by',
+    home_store = record_json::jsonb ->> 'home_store',
+    stage = record_json::jsonb ->> 'stage',
+    has_keys = CASE WHEN record_json LIKE '%\"kind\":\"rotating_secret\"%'
+        OR record_json LIKE '%\"kind\":\"eddystone_eid_identity\"%' THEN 1 ELSE 0 END;
+CREATE INDEX members_dirty ON members(dirty) WHERE dirty > 0;
+CREATE INDEX members_referred_by ON members(referred_by) WHERE referred_by IS NOT NULL;
+CREATE INDEX members_keys ON members(has_keys) WHERE has_keys = 1;
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE purchases (
+    purchase_id    TEXT PRIMARY KEY,
+    member_id      TEXT   NOT NULL,
+    store_id       TEXT   NOT NULL,
+    at_ms          BIGINT NOT NULL,
+    day            BIGINT NOT NULL,
+    amount_minor   BIGINT NOT NULL,
+    currency       TEXT   NOT NULL,
+    items_json     TEXT   NOT NULL,
+    imported_at_ms BIGINT NOT NULL
+);
+CREATE INDEX purchases_by_member ON purchases(member_id, at_ms);
+CREATE TABLE member_days (
+    member_id TEXT   NOT NULL,
+    day       BIGINT NOT NULL,
+    spend     BIGINT NOT NULL DEFAULT 0,
+    purchases BIGINT NOT NULL DEFAULT 0,
+    visits    BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (member_id, day)
+);
+CREATE TABLE member_categories (
+    member_id TEXT   NOT NULL,
+    month     BIGINT NOT NULL,
+    category  TEXT   NOT NULL,
+    amount    BIGINT NOT NULL,
+    PRIMARY KEY (member_id, month, category)
+);
+CREATE TABLE visits (
+    store_id    TEXT   NOT NULL,
+    visit_id    TEXT   NOT NULL,
+    gateway_id  TEXT   NOT NULL,
+    member_id   TEXT   NOT NULL,
+    arrived_ms  BIGINT NOT NULL,
+    departed_ms BIGINT,
+    dwell_s     BIGINT,
+    zones_json  TEXT   NOT NULL DEFAULT '[]',
+    alerts      BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (store_id, visit_id)
+);
+CREATE INDEX visits_by_member ON visits(member_id, arrived_ms);
+CREATE INDEX visits_by_store ON visits(store_id, arrived_ms);
+CREATE TABLE member_stores (
+    member_id TEXT   NOT NULL,
+    store_id  TEXT   NOT NULL,
+    last_day  BIGINT NOT NULL,
+    PRIMARY KEY (member_id, store_id)
+);
+CREATE TABLE member_transitions (
+    member_id  TEXT   NOT NULL,
+    day        BIGINT NOT NULL,
+    field      TEXT   NOT NULL,
+    from_value TEXT,
+    to_value   TEXT   NOT NULL
+);
+CREATE INDEX member_transitions_by_day ON member_transitions(day, field);
+CREATE TABLE channels (
+    name  TEXT PRIMARY KEY,
+    head  BIGINT NOT NULL DEFAULT 0,
+    floor BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE channel_changes (
+    channel    TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    member_id  TEXT   NOT NULL,
+    op         TEXT   NOT NULL,
+    rev        BIGINT NOT NULL,
+    reason     TEXT,
+    at_ms      BIGINT NOT NULL,
+    expires_ms BIGINT,
+    PRIMARY KEY (channel, version)
+);
+CREATE INDEX channel_changes_by_age ON channel_changes(at_ms);
+CREATE TABLE member_channels (
+    member_id TEXT NOT NULL,
+    channel   TEXT NOT NULL,
+    PRIMARY KEY (member_id, channel)
+);
+CREATE INDEX member_channels_by_channel ON member_channels(channel, member_id);
 ",
 ];
 

@@ -150,11 +150,15 @@ pub const UPSERT_META: Sql = Sql::same(
 /// `meta` key of the member-set version.
 pub const META_MEMBERS_VERSION: &str = "members_version";
 
+/// An imported record: `dirty` counts up so a recomputation in flight cannot clear it.
 pub const UPSERT_MEMBER: Sql = Sql::same(
-    "INSERT INTO members (member_id, record_json, version)
-    VALUES (?1, ?2, ?3)
+    "INSERT INTO members (member_id, record_json, version, presence, tier, stage, has_keys,
+        referred_by, home_store, dirty)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1)
     ON CONFLICT(member_id) DO UPDATE SET record_json = excluded.record_json,
-        version = excluded.version",
+        version = excluded.version, presence = excluded.presence, has_keys = excluded.has_keys,
+        referred_by = excluded.referred_by, home_store = excluded.home_store,
+        dirty = members.dirty + 1",
 );
 
 pub const SELECT_MEMBERS: Sql = Sql::same("SELECT record_json FROM members ORDER BY member_id");

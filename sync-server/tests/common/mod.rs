@@ -45,6 +45,8 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
         },
         broker,
         database: Default::default(),
+        compute: Default::default(),
+        membership: Default::default(),
     }
 }
 
