@@ -179,7 +179,11 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         source,
     })?;
     let location = cfg.database_location();
-    let (store, store_thread) = Store::open(&location)?;
+    // Off the async threads: the PostgreSQL client blocks on a runtime of its own.
+    let open = location.clone();
+    let (store, store_thread) = tokio::task::spawn_blocking(move || Store::open(&open))
+        .await
+        .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
     let (heads, known_stores) = store
         .call(|db| {
             let mut tx = db.transaction()?;

@@ -33,6 +33,12 @@ pub struct ComputeConfig {
     /// UTC hour of the daily full recompute (pyramid cut points, BG/NBD fit, every member's
     /// fields); purchases and visits update their members within seconds in between.
     pub full_recompute_hour_utc: u8,
+    /// A full recompute also runs when the number of members with purchases moved by more than
+    /// this share since the last one (a first purchase import: cut points from an empty base
+    /// would make every buyer `top2` until the next day) ...
+    pub rerank_on_buyers_change: f64,
+    /// ... but at most once per this many seconds, so a long import is not ranked over and over.
+    pub rerank_min_interval_s: u32,
 }
 
 /// Where a member's tier and stage (as stores see them) come from.
@@ -55,6 +61,8 @@ impl Default for ComputeConfig {
             tier_source: TierSource::Auto,
             currency: None,
             full_recompute_hour_utc: 3,
+            rerank_on_buyers_change: 0.10,
+            rerank_min_interval_s: 60,
             window_days: 365,
             pyramid: PyramidCuts::default(),
             tiers: TierConfig::default(),
@@ -301,6 +309,9 @@ impl ComputeConfig {
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         if self.window_days == 0 {
             return Err(("window_days", "must be at least 1 day".into()));
+        }
+        if !self.rerank_on_buyers_change.is_finite() || self.rerank_on_buyers_change < 0.0 {
+            return Err(("rerank_on_buyers_change", "must be a share >= 0".into()));
         }
         if self.full_recompute_hour_utc > 23 {
             return Err(("full_recompute_hour_utc", "must be an hour 0-23".into()));

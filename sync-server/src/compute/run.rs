@@ -47,6 +47,9 @@ const INCREMENTAL_EVERY: Duration = Duration::from_secs(1);
 const SETTING_THRESHOLDS: &str = "pyramid_thresholds";
 const SETTING_MODEL: &str = "bgnbd_params";
 const META_LAST_FULL_DAY: &str = "compute_last_full_day";
+const META_LAST_FULL_MS: &str = "compute_last_full_ms";
+/// Buyers (members with a purchase) when the last full pass ranked them.
+const META_LAST_FULL_BUYERS: &str = "compute_last_full_buyers";
 
 const GET_SETTING: Sql = Sql::same("SELECT value FROM settings WHERE key = ?1");
 const SET_SETTING: Sql = Sql::same(
@@ -98,6 +101,7 @@ const ALL_REFERRALS: Sql = Sql::same(
     GROUP BY referred_by",
 );
 const COUNT_MEMBERS: Sql = Sql::same("SELECT COUNT(*) FROM members");
+const COUNT_BUYERS: Sql = Sql::same("SELECT COUNT(*) FROM members WHERE has_purchases = 1");
 const WRITE_COMPUTED: Sql = Sql::same(
     "UPDATE members SET computed_json = ?2, level = ?3, spend_12m = ?4,
         dirty = CASE WHEN dirty > ?5 THEN dirty - ?5 ELSE 0 END
@@ -374,7 +378,7 @@ fn rank_and_fit(
     today: i64,
     cfg: &ComputeConfig,
 ) -> Result<(PyramidThresholds, Option<BgNbdParams>, u64), StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let members = tx.query_one(&COUNT_MEMBERS, params![])?.u64(0)?;
     let start = today - i64::from(cfg.window_days);
     let mut spends: Vec<i64> = Vec::with_capacity(usize::try_from(members).unwrap_or(0));
@@ -565,28 +569,43 @@ pub fn full(
         let keep_ms = i64::from(settings.fanout.membership.keep_changes_days) * 86_400_000;
         stats.pruned_changes = channels::prune(&mut tx, now_ms - keep_ms, now_ms)?;
         tx.execute(&SET_META, params![META_LAST_FULL_DAY, today])?;
+        tx.execute(&SET_META, params![META_LAST_FULL_MS, now_ms])?;
+        let buyers = tx.query_one(&COUNT_BUYERS, params![])?.i64(0)?;
+        tx.execute(&SET_META, params![META_LAST_FULL_BUYERS, buyers])?;
         tx.commit()?;
     }
     Ok((stats, touched))
 }
 
-/// Whether a full pass is due at `now_ms`: never run, or the configured hour of a later day.
-pub fn full_due(db: &mut Db, now_ms: i64, hour_utc: u8) -> Result<bool, StoreError> {
+/// Whether a full pass is due at `now_ms`: never run; the configured hour of a later day (at
+/// once if a day was missed); or the buyers moved by more than `rerank_on_buyers_change` since
+/// the last pass, at most every `rerank_min_interval_s`.
+pub fn full_due(db: &mut Db, now_ms: i64, cfg: &ComputeConfig) -> Result<bool, StoreError> {
+    let hour_utc = cfg.full_recompute_hour_utc;
     let mut tx = db.transaction()?;
-    let last = tx
-        .query_opt(&GET_META, params![META_LAST_FULL_DAY])?
-        .map(|r| r.i64(0))
-        .transpose()?;
+    let meta = |tx: &mut Tx<'_>, key: &str| -> Result<Option<i64>, StoreError> {
+        tx.query_opt(&GET_META, params![key])?
+            .map(|r| r.i64(0))
+            .transpose()
+    };
+    let last_day = meta(&mut tx, META_LAST_FULL_DAY)?;
+    let last_ms = meta(&mut tx, META_LAST_FULL_MS)?.unwrap_or(0);
+    let last_buyers = meta(&mut tx, META_LAST_FULL_BUYERS)?.unwrap_or(0);
+    let buyers = tx.query_one(&COUNT_BUYERS, params![])?.i64(0)?;
     tx.commit()?;
     let today = today_of(now_ms);
     let hour = now_ms.div_euclid(3_600_000).rem_euclid(24);
-    Ok(match last {
-        None => true,
+    let by_day = match last_day {
+        None => return Ok(true),
         Some(d) if d >= today => false,
         // A missed day (head office down at the hour) runs at once.
         Some(d) if d < today - 1 => true,
         Some(_) => hour >= i64::from(hour_utc),
-    })
+    };
+    let moved = (buyers - last_buyers).unsigned_abs() as f64;
+    let rebase = moved > cfg.rerank_on_buyers_change * last_buyers.max(1) as f64
+        && now_ms.saturating_sub(last_ms) >= i64::from(cfg.rerank_min_interval_s) * 1000;
+    Ok(by_day || (rebase && buyers > 0))
 }
 
 /// The compute stage's task.
@@ -646,31 +665,34 @@ impl Runner {
                 }
             };
             db = back;
-            match result {
+            let wait = match result {
                 Ok((more, touched)) => {
                     if !touched.is_empty()
                         && notices.send(NoticeInput::Heads(touched)).await.is_err()
                     {
-                        return;
+                        break;
                     }
-                    if cancel.is_cancelled() {
-                        return;
-                    }
-                    if more {
-                        continue;
-                    }
+                    !more
                 }
                 Err(e) => {
                     metrics.compute_failures.inc();
                     tracing::warn!(error = %e, "compute: pass failed; retrying");
+                    true
+                }
+            };
+            if cancel.is_cancelled() {
+                break;
+            }
+            if wait {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = poke.notified() => {}
+                    () = tokio::time::sleep(INCREMENTAL_EVERY) => {}
                 }
             }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = poke.notified() => {}
-                () = tokio::time::sleep(INCREMENTAL_EVERY) => {}
-            }
         }
+        // A PostgreSQL client must be dropped off the async threads (it owns a runtime).
+        let _ = tokio::task::spawn_blocking(move || drop(db)).await;
     }
 }
 
@@ -683,7 +705,7 @@ fn step(
     metrics: &Metrics,
     cancel: &CancellationToken,
 ) -> Result<(bool, Touched), StoreError> {
-    if full_due(db, now_ms, settings.compute.full_recompute_hour_utc)? {
+    if full_due(db, now_ms, &settings.compute)? {
         let started = std::time::Instant::now();
         let (stats, touched) = full(db, now_ms, settings, cancel)?;
         metrics.compute_full_runs.inc();

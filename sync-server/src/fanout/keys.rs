@@ -65,7 +65,7 @@ pub const MAX_SLEEP: Duration = Duration::from_secs(600);
 
 /// Whether the day or the epoch of `now_ms` is past what was issued last.
 pub fn due(db: &mut Db, now_ms: i64) -> Result<bool, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let get = |tx: &mut crate::store::db::Tx<'_>, key: &str| -> Result<Option<i64>, StoreError> {
         tx.query_opt(&SELECT_META, params![key])?
             .map(|r| r.i64(0))

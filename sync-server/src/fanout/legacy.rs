@@ -27,7 +27,7 @@ pub fn snapshot(
     subscriptions: &[String],
     now_ms: i64,
 ) -> Result<MemberSnapshot, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let mut version = 0u64;
     let mut members: BTreeMap<String, MemberRecord> = BTreeMap::new();
     for channel in subscriptions {

@@ -219,7 +219,7 @@ pub fn build(
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut db = location.connect()?;
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     if tx.backend() == crate::store::Backend::Postgres {
         // One view of the head and the members, whatever commits meanwhile.
         tx.batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;

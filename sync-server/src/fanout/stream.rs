@@ -32,7 +32,7 @@ pub fn plan(
     limit: usize,
     snapshot_after: u64,
 ) -> Result<Vec<ChannelPlan>, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let mut budget = limit.clamp(1, MAX_CHANGES_PER_RESPONSE);
     let mut out = Vec::with_capacity(subscriptions.len());
     for channel in subscriptions {

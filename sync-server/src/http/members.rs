@@ -104,7 +104,7 @@ pub(super) async fn member(
     let view = state
         .store
         .call(move |db| {
-            let mut tx = db.transaction()?;
+            let mut tx = db.read_transaction()?;
             let Some((c, record)) = compute_one(&mut tx, &id, now_ms(), &cfg)? else {
                 return Ok(None);
             };

@@ -278,11 +278,25 @@ impl Db {
         Ok(())
     }
 
-    /// Starts a transaction; dropped without [`Tx::commit`] it rolls back.
+    /// Starts a transaction that may write; dropped without [`Tx::commit`] it rolls back.
+    ///
+    /// On SQLite it takes the write lock at once (`BEGIN IMMEDIATE`): a deferred transaction that
+    /// reads, then writes after another connection committed, fails with `SQLITE_BUSY` at once
+    /// instead of waiting (the busy timeout cannot help a lock upgrade). Reads that never write
+    /// use [`Db::read_transaction`] so they do not hold the lock.
     pub fn transaction(&mut self) -> Result<Tx<'_>, StoreError> {
+        self.begin(rusqlite::TransactionBehavior::Immediate)
+    }
+
+    /// A transaction that only reads: one consistent view, no write lock (SQLite `DEFERRED`).
+    pub fn read_transaction(&mut self) -> Result<Tx<'_>, StoreError> {
+        self.begin(rusqlite::TransactionBehavior::Deferred)
+    }
+
+    fn begin(&mut self, behavior: rusqlite::TransactionBehavior) -> Result<Tx<'_>, StoreError> {
         Ok(Tx {
             inner: match &mut self.inner {
-                Inner::Sqlite(c) => TxInner::Sqlite(c.transaction()?),
+                Inner::Sqlite(c) => TxInner::Sqlite(c.transaction_with_behavior(behavior)?),
                 Inner::Postgres(p) => TxInner::Postgres {
                     tx: p.client.transaction()?,
                     statements: &mut p.statements,
@@ -299,9 +313,9 @@ impl Db {
         Ok(n)
     }
 
-    /// A query outside an explicit transaction.
+    /// A read-only query outside an explicit transaction.
     pub fn query(&mut self, sql: &Sql, params: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let mut tx = self.transaction()?;
+        let mut tx = self.read_transaction()?;
         let rows = tx.query(sql, params)?;
         tx.commit()?;
         Ok(rows)

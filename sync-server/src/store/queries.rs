@@ -76,7 +76,7 @@ pub struct Counts {
 
 /// Every gateway with at most `max_gaps` gap ranges each.
 pub fn gateways(db: &mut Db, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let mut rows: Vec<GatewayRow> = tx
         .query(&sql::SELECT_GATEWAYS, params![])?
         .into_iter()
@@ -206,7 +206,7 @@ pub fn events_after(
 
 /// Stores that have at least one known gateway.
 pub fn stores(db: &mut Db) -> Result<Vec<String>, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let stores = stores_in(&mut tx)?;
     tx.commit()?;
     Ok(stores)
@@ -221,7 +221,7 @@ pub fn stores_in(tx: &mut Tx<'_>) -> Result<Vec<String>, StoreError> {
 }
 
 pub fn counts(db: &mut Db) -> Result<Counts, StoreError> {
-    let mut tx = db.transaction()?;
+    let mut tx = db.read_transaction()?;
     let g = tx.query_one(&sql::COUNT_GATEWAYS, params![])?;
     let members = tx.query_one(&sql::COUNT_MEMBERS, params![])?.i64(0)?;
     let member_set_version = super::members::version_in(&mut tx)? as i64;

@@ -15,35 +15,42 @@ pub fn postgres_url() -> String {
     std::env::var("INSTORE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
 }
 
-/// A schema of its own in the test server, dropped with the value.
+/// A schema of its own in the test server, dropped with the value. Usable from async tests:
+/// the synchronous client runs on a thread of its own (it may not start its runtime inside
+/// another).
 pub struct PgSchema {
-    admin: postgres::Client,
     name: String,
     url: String,
+}
+
+/// Runs one statement batch against the test server on a thread of its own.
+fn admin_batch(base: &str, sql: String) -> Result<(), String> {
+    let base = base.to_string();
+    std::thread::spawn(move || {
+        let mut admin = postgres::Client::connect(&base, postgres::NoTls)
+            .map_err(|e| format!("PostgreSQL at {base} (INSTORE_TEST_POSTGRES_URL): {e}"))?;
+        admin.batch_execute(&sql).map_err(|e| e.to_string())
+    })
+    .join()
+    .map_err(|_| "the PostgreSQL admin thread panicked".to_string())?
 }
 
 impl PgSchema {
     pub fn new() -> Self {
         static N: AtomicU64 = AtomicU64::new(0);
         let base = postgres_url();
-        let mut admin = postgres::Client::connect(&base, postgres::NoTls).unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL at {base} (INSTORE_TEST_POSTGRES_URL) is needed for the storage \
-                 tests: {e}"
-            )
-        });
         let name = format!(
             "t_{}_{}_{}",
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed),
             rand::random::<u32>()
         );
-        admin
-            .batch_execute(&format!("CREATE SCHEMA {name}"))
-            .unwrap();
+        if let Err(e) = admin_batch(&base, format!("CREATE SCHEMA {name}")) {
+            panic!("the storage tests need PostgreSQL: {e}");
+        }
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = format!("{base}{sep}options=-csearch_path%3D{name}");
-        Self { admin, name, url }
+        Self { name, url }
     }
 
     /// A URL whose connections work inside this schema.
@@ -64,9 +71,10 @@ impl Default for PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let _ = self
-            .admin
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name));
+        let _ = admin_batch(
+            &postgres_url(),
+            format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        );
     }
 }
 

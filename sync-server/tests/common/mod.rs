@@ -29,6 +29,35 @@ pub struct Hq {
     pub cancel: CancellationToken,
     pub done: tokio::task::JoinHandle<Result<(), instore_sync::Error>>,
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL schema of a head office on PostgreSQL, dropped with it.
+    pub pg: Option<instore_sync::store::testing::PgSchema>,
+}
+
+/// Which database a test head office runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// `both_backends!(name, |backend| async { ... })`: two tests, `name_on_sqlite` and
+/// `name_on_postgres`, each running the body with its backend.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:expr) => {
+        pub mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[tokio::test]
+            async fn on_sqlite() {
+                ($body)($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test]
+            async fn on_postgres() {
+                ($body)($crate::common::Backend::Postgres).await
+            }
+        }
+    };
 }
 
 pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
@@ -61,8 +90,26 @@ pub fn embedded() -> BrokerConfig {
 impl Hq {
     /// Starts head office and waits until its MQTT session is subscribed.
     pub async fn start(broker: BrokerConfig) -> Hq {
+        Self::start_with(broker, Backend::Sqlite, |_| {}).await
+    }
+
+    /// [`Hq::start`] on `backend`, with the config adjusted by `tweak` first.
+    pub async fn start_with(
+        broker: BrokerConfig,
+        backend: Backend,
+        tweak: impl FnOnce(&mut HqConfig),
+    ) -> Hq {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path(), broker);
+        let mut cfg = config(dir.path(), broker);
+        let pg = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => {
+                let schema = instore_sync::store::testing::PgSchema::new();
+                cfg.database.url = Some(schema.url().to_string());
+                Some(schema)
+            }
+        };
+        tweak(&mut cfg);
         let cancel = CancellationToken::new();
         let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();
         let http = office.http_addr();
@@ -76,6 +123,7 @@ impl Hq {
             cancel,
             done,
             dir,
+            pg,
         };
         hq.wait_for(|h| h["broker_connected"] == true, "/healthz")
             .await;
@@ -134,6 +182,19 @@ impl Hq {
             .text()
             .await
             .unwrap()
+    }
+
+    /// POSTs `body` to `path` with the admin token; the JSON answer.
+    pub async fn post_json(&self, path: &str, body: impl Into<reqwest::Body>) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(self.url(path))
+            .bearer_auth(ADMIN)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap()
     }
 
     pub async fn stop(self) {
