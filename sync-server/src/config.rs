@@ -411,6 +411,8 @@ listen = "127.0.0.1:1883"
             cfg.broker.endpoint(),
             Ok(BrokerEndpoint::Embedded(_))
         ));
+        // The documented [membership] is the built-in default.
+        assert_eq!(cfg.membership, crate::fanout::MembershipConfig::default());
     }
 
     #[test]
@@ -527,6 +529,13 @@ listen = "127.0.0.1:1883"
             "{err}"
         );
         assert!(!err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_compute_key_is_named_with_its_line_in_its_subtable() {
+        let text = format!("{VALID}\n[compute.pyramid]\ntop5 = 0.01\n");
+        let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("compute.pyramid.top5") && err.contains("line 17"), "{err}");
     }
 
     #[test]

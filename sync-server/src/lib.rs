@@ -13,6 +13,7 @@
 //! [`HeadOffice::mqtt_url`]) and [`HeadOffice::wait`] for it, or simply [`run`] it.
 
 pub mod broker;
+pub mod client;
 pub mod compute;
 pub mod config;
 pub mod fanout;

@@ -41,6 +41,22 @@ enum Command {
         #[command(subcommand)]
         command: MembersCommand,
     },
+    /// Purchase imports into a running head office.
+    Purchases {
+        #[command(subcommand)]
+        command: PurchasesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PurchasesCommand {
+    /// Stream an NDJSON or CSV purchase file (CSV: a header row; `.csv` or a first line that is
+    /// not JSON) to the running head office; prints the report, refused lines by number.
+    Import {
+        file: PathBuf,
+        #[arg(long, env = "INSTORE_SYNC_CONFIG")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +107,24 @@ fn main() -> ExitCode {
                     };
                     eprintln!("error: {e:#}");
                     ExitCode::from(code)
+                }
+            }
+        }
+        Command::Purchases {
+            command: PurchasesCommand::Import { file, config },
+        } => {
+            let cfg = match HqConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match block_on(import_purchases(cfg, file)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(EXIT_RUNTIME)
                 }
             }
         }
@@ -165,14 +199,25 @@ async fn shutdown_signal() {
     }
 }
 
-async fn import_members(cfg: HqConfig, file: PathBuf) -> anyhow::Result<()> {
-    let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+/// Head office's HTTP base as seen from this machine.
+fn base_url(cfg: &HqConfig) -> String {
     let mut addr = cfg.http.listen;
     // A server listening on every interface is reached on loopback from here.
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let url = format!("http://{addr}/api/members");
+    format!("http://{addr}")
+}
+
+async fn import_purchases(cfg: HqConfig, file: PathBuf) -> anyhow::Result<()> {
+    let report = instore_sync::client::import_purchases(&base_url(&cfg), &cfg.api.token, &file).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+async fn import_members(cfg: HqConfig, file: PathBuf) -> anyhow::Result<()> {
+    let body = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let url = format!("{}/api/members", base_url(&cfg));
     let resp = reqwest::Client::new()
         .post(&url)
         .bearer_auth(&cfg.api.token)

@@ -250,3 +250,69 @@ fn the_briefs_minimal_config_starts_and_generates_a_gateway_secret_that_tokens_a
     again.kill().unwrap();
     again.wait().unwrap();
 }
+
+#[test]
+fn purchases_import_streams_csv_and_ndjson_files_and_names_refused_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let config = write_config(dir.path(), http, free_port());
+    let mut server = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let run = |file: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["purchases", "import"])
+            .arg(file)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let csv = dir.path().join("pos-export.csv");
+    std::fs::write(
+        &csv,
+        "purchase_id,member_id,store_id,at,amount_minor,currency,sku,category,qty,item_amount_minor\n\
+         P1,M1,s1,2026-11-02T15:04:00Z,1000,EUR,S1,linen,1,900\n\
+         P1,M1,s1,2026-11-02T15:04:00Z,1000,EUR,S2,socks,1,100\n\
+         P2,M2,s1,yesterday,500,EUR,S1,linen,1,500\n\
+         P3,M2,s1,2026-11-02T16:00:00Z,lots,EUR,S1,linen,1,500\n\
+         P4,M3,s1,2026-11-02T17:00:00Z,200,EUR,S9,shoes,1,200\n",
+    )
+    .unwrap();
+    let r = run(&csv);
+    assert_eq!(r["imported"], 2, "{r}");
+    let lines: Vec<u64> = r["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [4, 5], "{r}");
+    assert!(r["skipped"][0]["error"].as_str().unwrap().contains("RFC 3339"));
+
+    let ndjson = dir.path().join("more.ndjson");
+    std::fs::write(
+        &ndjson,
+        "{\"purchase_id\":\"P1\",\"member_id\":\"M1\",\"store_id\":\"s1\",\"at\":\"2026-11-02T15:04:00Z\",\"amount_minor\":1000,\"currency\":\"EUR\"}\n\
+         \n\
+         {\"purchase_id\":\"P9\"}\n\
+         {\"purchase_id\":\"P5\",\"member_id\":\"M1\",\"store_id\":\"s1\",\"at\":\"2026-11-03T09:00:00+01:00\",\"amount_minor\":-100,\"currency\":\"EUR\"}\n",
+    )
+    .unwrap();
+    let r = run(&ndjson);
+    assert_eq!((r["imported"].as_u64(), r["duplicates"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert_eq!(r["skipped"][0]["line"], 3, "{r}");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
