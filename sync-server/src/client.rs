@@ -7,7 +7,7 @@
 //! chunk whatever the file's size.
 
 use std::{
-    io::{BufRead, BufReader, IsTerminal, Write},
+    io::{BufRead, BufReader, IsTerminal, Read, Write},
     path::Path,
 };
 
@@ -34,7 +34,8 @@ impl Chunk {
 }
 
 fn is_csv(path: &Path, first_line: Option<&str>) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
         || first_line.is_some_and(|l| !l.trim_start().starts_with('{'))
 }
 
@@ -64,7 +65,11 @@ async fn send(
     let mut report: PurchaseReport =
         serde_json::from_str(&text).with_context(|| format!("unexpected answer: {text}"))?;
     for s in &mut report.skipped {
-        s.line = chunk.lines.get(s.line.wrapping_sub(1)).copied().unwrap_or(s.line);
+        s.line = chunk
+            .lines
+            .get(s.line.wrapping_sub(1))
+            .copied()
+            .unwrap_or(s.line);
     }
     total.merge(report, 0);
     Ok(())
@@ -89,7 +94,8 @@ pub async fn import_purchases(
     let url = format!("{}/api/purchases", base_url.trim_end_matches('/'));
     let http = reqwest::Client::new();
     let show = std::io::stderr().is_terminal();
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut reader = BufReader::new(file);
     let mut first = String::new();
     reader
@@ -104,7 +110,7 @@ pub async fn import_purchases(
         for (line, record) in CsvPurchases::new(rest) {
             lines_read = lines_read.max(line);
             match record.and_then(|r| serde_json::to_string(&r).map_err(|e| e.to_string())) {
-                Ok(json) => chunk.push(line, &json),
+                Ok(json) => chunk.push(line, json.as_str()),
                 Err(e) => total.skip(line, e),
             }
             if chunk.lines.len() >= CHUNK {
@@ -114,7 +120,8 @@ pub async fn import_purchases(
         }
     } else {
         for (i, line) in rest.lines().enumerate() {
-            let line = line.with_context(|| format!("reading line {} of {}", i + 1, path.display()))?;
+            let line =
+                line.with_context(|| format!("reading line {} of {}", i + 1, path.display()))?;
             lines_read = i + 1;
             if !line.trim().is_empty() {
                 chunk.push(i + 1, &line);

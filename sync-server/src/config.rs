@@ -535,7 +535,10 @@ listen = "127.0.0.1:1883"
     fn a_bad_compute_key_is_named_with_its_line_in_its_subtable() {
         let text = format!("{VALID}\n[compute.pyramid]\ntop5 = 0.01\n");
         let err = HqConfig::parse(&text, "t").unwrap_err().to_string();
-        assert!(err.contains("compute.pyramid.top5") && err.contains("line 17"), "{err}");
+        assert!(
+            err.contains("compute.pyramid.top5") && err.contains("line 16"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -210,7 +210,8 @@ fn base_url(cfg: &HqConfig) -> String {
 }
 
 async fn import_purchases(cfg: HqConfig, file: PathBuf) -> anyhow::Result<()> {
-    let report = instore_sync::client::import_purchases(&base_url(&cfg), &cfg.api.token, &file).await?;
+    let report =
+        instore_sync::client::import_purchases(&base_url(&cfg), &cfg.api.token, &file).await?;
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
 }

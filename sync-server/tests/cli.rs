@@ -276,7 +276,11 @@ fn purchases_import_streams_csv_and_ndjson_files_and_names_refused_lines() {
             .arg(&config)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
     let csv = dir.path().join("pos-export.csv");
@@ -299,7 +303,12 @@ fn purchases_import_streams_csv_and_ndjson_files_and_names_refused_lines() {
         .map(|s| s["line"].as_u64().unwrap())
         .collect();
     assert_eq!(lines, [4, 5], "{r}");
-    assert!(r["skipped"][0]["error"].as_str().unwrap().contains("RFC 3339"));
+    assert!(
+        r["skipped"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("RFC 3339")
+    );
 
     let ndjson = dir.path().join("more.ndjson");
     std::fs::write(
@@ -311,7 +320,11 @@ fn purchases_import_streams_csv_and_ndjson_files_and_names_refused_lines() {
     )
     .unwrap();
     let r = run(&ndjson);
-    assert_eq!((r["imported"].as_u64(), r["duplicates"].as_u64()), (Some(1), Some(1)), "{r}");
+    assert_eq!(
+        (r["imported"].as_u64(), r["duplicates"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
     assert_eq!(r["skipped"][0]["line"], 3, "{r}");
     server.kill().unwrap();
     server.wait().unwrap();

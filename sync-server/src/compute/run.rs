@@ -135,6 +135,10 @@ pub struct FullStats {
     pub fitted: bool,
     pub thresholds: Option<PyramidThresholds>,
     pub pruned_changes: u64,
+    /// Pass 1 (streaming every day total, ranking) in ms, the BG/NBD fit within it, and pass 2.
+    pub rank_ms: u64,
+    pub fit_ms: u64,
+    pub recompute_ms: u64,
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -377,7 +381,7 @@ fn rank_and_fit(
     db: &mut Db,
     today: i64,
     cfg: &ComputeConfig,
-) -> Result<(PyramidThresholds, Option<BgNbdParams>, u64), StoreError> {
+) -> Result<(PyramidThresholds, Option<BgNbdParams>, u64, u64), StoreError> {
     let mut tx = db.read_transaction()?;
     let members = tx.query_one(&COUNT_MEMBERS, params![])?.u64(0)?;
     let start = today - i64::from(cfg.window_days);
@@ -427,6 +431,7 @@ fn rank_and_fit(
         0,
     );
     let thresholds = pyramid::thresholds(&spends, &cfg.pyramid);
+    let fit_started = std::time::Instant::now();
     let model = if customers.len() as u64 >= u64::from(cfg.model.min_customers) {
         match bgnbd::fit(
             &customers,
@@ -443,7 +448,8 @@ fn rank_and_fit(
     } else {
         None
     };
-    Ok((thresholds, model, members))
+    let fit_ms = fit_started.elapsed().as_millis() as u64;
+    Ok((thresholds, model, members, fit_ms))
 }
 
 /// A full pass (see the module docs).
@@ -456,7 +462,10 @@ pub fn full(
     let cfg = &settings.compute;
     let today = today_of(now_ms);
     let today_date = days::date(today).ok_or_else(|| corrupt("clock", "date out of range"))?;
-    let (thresholds, model, members) = rank_and_fit(db, today, cfg)?;
+    let started = std::time::Instant::now();
+    let (thresholds, model, members, fit_ms) = rank_and_fit(db, today, cfg)?;
+    let rank_ms = started.elapsed().as_millis() as u64;
+    let started = std::time::Instant::now();
     {
         let mut tx = db.transaction()?;
         let t = serde_json::to_string(&thresholds).map_err(|e| corrupt("thresholds", e))?;
@@ -477,6 +486,8 @@ pub fn full(
         members,
         fitted: model.is_some(),
         thresholds: Some(thresholds.clone()),
+        rank_ms,
+        fit_ms,
         ..Default::default()
     };
     let referrals: HashMap<String, u32> = {
@@ -548,6 +559,7 @@ pub fn full(
         tx.commit()?;
         after = last;
     }
+    stats.recompute_ms = started.elapsed().as_millis() as u64;
     // Members whose visit to a store fell out of the policy's window since the last pass.
     let visited = i64::from(settings.fanout.membership.visited_days);
     if visited > 0 {

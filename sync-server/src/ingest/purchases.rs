@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use instore_protocol::purchase::{PurchaseItem, PurchaseRecord, parse_line};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     now_ms,
@@ -26,14 +26,14 @@ use crate::{
 pub const MAX_LISTED_ERRORS: usize = 1_000;
 
 /// A refused line.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SkippedLine {
     pub line: usize,
     pub error: String,
 }
 
 /// The JSON answer to `POST /api/purchases` (and the CLI's summary).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PurchaseReport {
     pub imported: u64,
     pub duplicates: u64,
