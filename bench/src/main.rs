@@ -13,11 +13,16 @@
 //! measures the end-to-end ceiling of the BLE path on a BlueZ stand-in and the agent's CPU share
 //! per rate (see `ble.rs`).
 //!
+//! `cargo run --release -p instore-bench -- data [--members N] [--purchases N] [--backend B]`
+//! measures head office's purchase import rows/s, a full recompute of a chain-sized base, and the
+//! latency from a purchase to the store's change stream, on SQLite and PostgreSQL (see `data.rs`).
+//!
 //! `cargo run --release -p instore-bench -- latency [--arrivals N]` measures an advert entering the
 //! agent to its clerk alert arriving at an SSE client on loopback, p50/p99 (see `latency.rs`).
 
 #[cfg(target_os = "linux")]
 mod ble;
+mod data;
 mod hot_path;
 mod latency;
 mod uplink;
@@ -48,6 +53,8 @@ enum Command {
     },
     /// Head-office ingest rate, drain of a buffered outbox, fsyncs per 1,000 events.
     Uplink(uplink::UplinkArgs),
+    /// Head office's Data: purchase import rows/s, full recompute of a chain, purchase -> store.
+    Data(data::DataArgs),
     /// Advert into the agent -> alert at an SSE client on loopback: p50, p99.
     Latency {
         #[arg(long, default_value_t = 2000)]
@@ -80,6 +87,7 @@ fn main() -> anyhow::Result<()> {
             strangers,
         } => hot_path::run(members, adverts, member_share, strangers),
         Command::Uplink(args) => uplink::run(args),
+        Command::Data(args) => data::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -39,8 +39,13 @@ use crate::{
     },
 };
 
-/// Members recomputed per transaction.
-const CHUNK: usize = 2_000;
+/// Members recomputed per transaction in a full pass, and incrementally: a transaction holds
+/// SQLite's write lock, so chunks stay well under a second and the pass pauses between them
+/// ([`YIELD`]) to let ingest and imports commit (SQLite's busy handler does not queue waiters
+/// fairly: a writer that takes the lock back at once can starve the others).
+const CHUNK: usize = 1_000;
+const INCREMENTAL_CHUNK: usize = 250;
+const YIELD: Duration = Duration::from_millis(5);
 /// How often dirty members are looked for without a poke.
 const INCREMENTAL_EVERY: Duration = Duration::from_secs(1);
 
@@ -128,11 +133,13 @@ pub struct ComputeSettings {
 }
 
 /// What a full pass did.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FullStats {
     pub members: u64,
     pub changed: u64,
     pub fitted: bool,
+    /// The fitted model, or why there is none.
+    pub model: Result<BgNbdParams, String>,
     pub thresholds: Option<PyramidThresholds>,
     pub pruned_changes: u64,
     /// Pass 1 (streaming every day total, ranking) in ms, the BG/NBD fit within it, and pass 2.
@@ -381,7 +388,7 @@ fn rank_and_fit(
     db: &mut Db,
     today: i64,
     cfg: &ComputeConfig,
-) -> Result<(PyramidThresholds, Option<BgNbdParams>, u64, u64), StoreError> {
+) -> Result<(PyramidThresholds, Result<BgNbdParams, String>, u64, u64), StoreError> {
     let mut tx = db.read_transaction()?;
     let members = tx.query_one(&COUNT_MEMBERS, params![])?.u64(0)?;
     let start = today - i64::from(cfg.window_days);
@@ -439,14 +446,17 @@ fn rank_and_fit(
                 max_iterations: cfg.model.max_iterations,
             },
         ) {
-            Ok(fit) => Some(fit.params),
+            Ok(fit) => Ok(fit.params),
             Err(e) => {
                 tracing::warn!(error = %e, customers = customers.len(), "BG/NBD fit failed; no model until the next full pass");
-                None
+                Err(e.to_string())
             }
         }
     } else {
-        None
+        Err(format!(
+            "{} members with activity, fewer than [compute.model] min_customers",
+            customers.len()
+        ))
     };
     let fit_ms = fit_started.elapsed().as_millis() as u64;
     Ok((thresholds, model, members, fit_ms))
@@ -463,7 +473,8 @@ pub fn full(
     let today = today_of(now_ms);
     let today_date = days::date(today).ok_or_else(|| corrupt("clock", "date out of range"))?;
     let started = std::time::Instant::now();
-    let (thresholds, model, members, fit_ms) = rank_and_fit(db, today, cfg)?;
+    let (thresholds, fitted, members, fit_ms) = rank_and_fit(db, today, cfg)?;
+    let model = fitted.as_ref().ok().copied();
     let rank_ms = started.elapsed().as_millis() as u64;
     let started = std::time::Instant::now();
     {
@@ -484,11 +495,14 @@ pub fn full(
     let mut touched = Touched::new();
     let mut stats = FullStats {
         members,
+        changed: 0,
         fitted: model.is_some(),
+        model: fitted,
         thresholds: Some(thresholds.clone()),
+        pruned_changes: 0,
         rank_ms,
         fit_ms,
-        ..Default::default()
+        recompute_ms: 0,
     };
     let referrals: HashMap<String, u32> = {
         let mut tx = db.transaction()?;
@@ -558,6 +572,7 @@ pub fn full(
         }
         tx.commit()?;
         after = last;
+        std::thread::sleep(YIELD);
     }
     stats.recompute_ms = started.elapsed().as_millis() as u64;
     // Members whose visit to a store fell out of the policy's window since the last pass.
@@ -731,9 +746,12 @@ fn step(
         );
         return Ok((true, touched));
     }
-    let (n, touched) = incremental(db, now_ms, settings, CHUNK)?;
+    let (n, touched) = incremental(db, now_ms, settings, INCREMENTAL_CHUNK)?;
     metrics.members_recomputed.inc_by(n as u64);
-    Ok((n == CHUNK, touched))
+    if n == INCREMENTAL_CHUNK {
+        std::thread::sleep(YIELD);
+    }
+    Ok((n == INCREMENTAL_CHUNK, touched))
 }
 
 /// One member's fields computed now (for `GET /api/members/{id}`: recency and days overdue as of

@@ -17,7 +17,7 @@ pub const SCHEMA_VERSION: i64 = SQLITE.len() as i64;
 pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL;
 PRAGMA synchronous = FULL;
 PRAGMA foreign_keys = ON;
-PRAGMA busy_timeout = 5000;";
+PRAGMA busy_timeout = 10000;";
 
 /// Serialises migrations across instances: `pg_advisory_xact_lock` on this key.
 const PG_MIGRATION_LOCK: i64 = 0x696e_7374_6f72_6501;
