@@ -339,9 +339,9 @@ impl Rule {
                 .as_deref()
                 .and_then(|b| days_to_birthday(b, local.day))
                 .is_some_and(|d| d <= self.birthday_days),
-            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => last_seen(m)
-                .and_then(parse_date)
-                .is_some_and(|d| local.day - d >= self.overdue_days),
+            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => {
+                overdue_days(m, local.day).is_some_and(|d| d >= self.overdue_days)
+            }
             _ => false,
         };
         let any_or = |set: &[String], v: &str| set.is_empty() || set.iter().any(|s| s == v);
@@ -370,6 +370,26 @@ fn has_consent(m: &Member, consent: &str) -> bool {
         "marketing" => m.consent.marketing,
         _ => false,
     }
+}
+
+/// Days the member is overdue on local day `today`, as the `overdue` trigger compares them with
+/// the rule's `overdue_days`: past head office's `overdue_after` when the record has it (0, never
+/// overdue, on or before that date; the trigger needs at least one day), else days since the
+/// last visit (or purchase), as before head office computed the date.
+fn overdue_days(m: &Member, today: i64) -> Option<i64> {
+    match days_past_overdue_after(m, today) {
+        Some(0) => None,
+        Some(d) => Some(d),
+        None => last_seen(m).and_then(parse_date).map(|d| today - d),
+    }
+}
+
+/// `today − overdue_after`, 0 if not past; `None` without the date.
+pub fn days_past_overdue_after(m: &Member, today: i64) -> Option<i64> {
+    m.overdue_after
+        .as_deref()
+        .and_then(parse_date)
+        .map(|d| (today - d).max(0))
 }
 
 /// The date `overdue` counts from: the last visit, else the last purchase. Head office's
@@ -405,6 +425,9 @@ pub struct Reaction {
     pub rule: String,
     pub priority: AlertPriority,
     pub message: String,
+    /// Days the member is overdue today by head office's `overdue_after` (the clerk card says
+    /// "overdue N days"); `None` for a record without the date or not past it.
+    pub overdue_days: Option<i64>,
 }
 
 /// Matching rules held back, by reason.
@@ -664,6 +687,8 @@ impl Rules {
                         rule: rule.name.clone(),
                         priority: rule.priority,
                         message: message.clone(),
+                        overdue_days: days_past_overdue_after(o.member, local.day)
+                            .filter(|d| *d > 0),
                     });
                 }
             }
@@ -887,6 +912,7 @@ cooldown_s = 600
             last_purchase: None,
             last_visit: None,
             consent: Default::default(),
+            ..Default::default()
         }
     }
 
