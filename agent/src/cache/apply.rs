@@ -186,7 +186,7 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
     ) -> Result<Option<Slot>, S::Error> {
         if !record.consent.presence {
             self.stats.no_consent += 1;
-            self.remove_total(&record.member_id, rev, force)?;
+            self.remove_total(Some(channel), &record.member_id, rev, force)?;
             return Ok(None);
         }
         let Ok(keys) = record.validate() else {
@@ -235,15 +235,27 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         Ok(Some(slot))
     }
 
-    /// The member leaves the gateway altogether (consent withdrawn, erased).
-    fn remove_total(&mut self, member_id: &str, rev: u64, force: bool) -> Result<(), S::Error> {
+    /// The member leaves the gateway altogether (consent withdrawn, erased). `channel`: where
+    /// the removal came from (`None`: a local import).
+    fn remove_total(
+        &mut self,
+        channel: Option<&str>,
+        member_id: &str,
+        rev: u64,
+        force: bool,
+    ) -> Result<(), S::Error> {
         let held = self.store.find(member_id)?;
         if let Some(h) = held
             && h.rev > rev
             && !force
         {
-            // The member came back at a higher revision: this removal is history.
+            // The member came back at a higher revision: for the member this removal is
+            // history, but the channel it came from no longer held them then.
             self.stats.stale += 1;
+            if let Some(c) = channel {
+                self.store.leave(c, h.slot)?;
+                self.collect_orphan(h.slot)?;
+            }
             return Ok(());
         }
         if !force {
@@ -267,7 +279,7 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         reason: RemoveReason,
     ) -> Result<(), S::Error> {
         if reason.is_total() {
-            return self.remove_total(member_id, rev, false);
+            return self.remove_total(Some(channel), member_id, rev, false);
         }
         if let Some(h) = self.store.find(member_id)? {
             self.store.leave(channel, h.slot)?;
@@ -403,3 +415,7 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         Ok((self.patch, self.stats))
     }
 }
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;
