@@ -21,8 +21,9 @@ pub trait MemberSource: Send {
     fn slot_of(&mut self, member_id: &str) -> Result<Option<Slot>, CacheError>;
     /// The rotating-ID day key of the member in `slot` for `day` (QR codes are signed with it).
     fn day_key(&mut self, slot: Slot, day: u32) -> Result<Option<DayKey>, CacheError>;
-    /// The engine applied a patch: read the state it describes from now on.
-    fn refresh(&mut self) -> Result<(), CacheError> {
+    /// The engine applied a patch: read the state it describes from now on. `truncate_log`:
+    /// members were removed, so old copies of their records in the write-ahead log go now.
+    fn refresh(&mut self, _truncate_log: bool) -> Result<(), CacheError> {
         Ok(())
     }
 }
@@ -279,11 +280,11 @@ impl Records {
     }
 
     /// Forgets the records of slots a patch changed, and re-pins the source's view.
-    pub fn invalidate(&mut self, slots: impl IntoIterator<Item = Slot>) {
+    pub fn invalidate(&mut self, slots: impl IntoIterator<Item = Slot>, truncate_log: bool) {
         for s in slots {
             self.cache.remove(&s);
         }
-        if let Err(e) = self.source.refresh() {
+        if let Err(e) = self.source.refresh(truncate_log) {
             tracing::warn!(error = %e, "member record source refresh failed");
         }
     }

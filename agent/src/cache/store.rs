@@ -493,12 +493,14 @@ impl MemberCache {
         Ok(report)
     }
 
-    /// Truncates the write-ahead log (after a consent withdrawal: its old frames may still hold
-    /// the member's record). Needs no reader to hold an old snapshot.
-    pub fn checkpoint(&self) -> Result<(), CacheError> {
+    /// Truncates the write-ahead log (its old frames may hold removed members' records);
+    /// returns false when a reader kept it from completing.
+    pub fn checkpoint(&self) -> Result<bool, CacheError> {
         let conn = self.connect()?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-            .map_err(self.err())
+        let busy: i64 = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(self.err())?;
+        Ok(busy == 0)
     }
 
     /// Every stored record, in slot order (tests and tools; a gateway never loads them all).
@@ -632,6 +634,9 @@ impl<'r> NdjsonLines<'r> {
 
 /// The engine's reader of `members.db`: one connection, one read transaction held open until the
 /// next [`MemberSource::refresh`], so records read always belong to the state the index shows.
+/// Between the two transactions it truncates the write-ahead log when members were removed
+/// (nobody else writes then: the downlink waits for the engine's answer), so no old frame keeps a
+/// removed member's record; `query_only` keeps it from changing data.
 pub struct SqliteMembers {
     path: PathBuf,
     conn: Connection,
@@ -642,23 +647,36 @@ impl SqliteMembers {
         let err = sqlite_err(path);
         let conn = Connection::open_with_flags(
             path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(&err)?;
         conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)
+            .map_err(&err)?;
+        conn.pragma_update(None, "query_only", "ON").map_err(&err)?;
+        // Short: the engine waits on this at most once per patch.
+        conn.busy_timeout(std::time::Duration::from_millis(200))
             .map_err(&err)?;
         let mut s = Self {
             path: path.to_path_buf(),
             conn,
         };
-        s.pin()?;
+        s.pin(true)?;
         Ok(s)
     }
 
-    fn pin(&mut self) -> Result<(), CacheError> {
+    fn pin(&mut self, truncate_log: bool) -> Result<(), CacheError> {
         let err = sqlite_err(&self.path);
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("COMMIT").map_err(&err)?;
+        }
+        if truncate_log {
+            let busy: i64 = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                .map_err(&err)?;
+            if busy != 0 {
+                tracing::warn!("member cache: write-ahead log not truncated (busy); next time");
+            }
         }
         self.conn.execute_batch("BEGIN").map_err(&err)?;
         // The first read fixes the snapshot.
@@ -714,8 +732,8 @@ impl MemberSource for SqliteMembers {
         Ok(key.and_then(|k| k.try_into().ok()))
     }
 
-    fn refresh(&mut self) -> Result<(), CacheError> {
-        self.pin()
+    fn refresh(&mut self, truncate_log: bool) -> Result<(), CacheError> {
+        self.pin(truncate_log)
     }
 }
 

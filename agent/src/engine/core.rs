@@ -446,7 +446,8 @@ impl Core {
     /// identification sees the state before or after the response, never half of it.
     pub fn apply_patch(&mut self, patch: &IndexPatch, now_ms: u64, out: &mut Vec<Output>) {
         self.index.apply(patch);
-        self.records.invalidate(patch.touched());
+        self.records
+            .invalidate(patch.touched(), patch.gone().next().is_some());
         self.metrics.members_cached.set(self.index.len() as i64);
         self.identify.prepare(&self.index, &self.keys, now_ms);
         self.forget_departed(now_ms, out);

@@ -6,7 +6,8 @@
 //! `GET {hq_url}/api/stores/{store}/changes?since=CURSOR` with the versions held; each response is
 //! applied in one transaction ([`MemberCache::apply_response`]), then the engine patches its
 //! index ([`Control::Patch`]) and answers, and only then is the next response asked for (while
-//! any channel's `to` is below its `head`). A channel entry that carries a snapshot is first
+//! any channel's `to` is below its `head`). The engine's reader truncates the write-ahead log
+//! after a patch that removed members, so their old records are in no file. A channel entry that carries a snapshot is first
 //! downloaded and applied (`snapshot.rs`), after which the engine reloads its whole index.
 //! A channel entry whose `from` is not the version held (a gap, a replay) is ignored and asked
 //! again. A head office that predates change streams answers 404: the gateway then takes its
@@ -253,6 +254,7 @@ impl Downlink {
                 tokio::task::spawn_blocking(move || cache.apply_response(&r)).await??;
             self.count(&stats);
             if snapshots > 0 {
+                // The engine's new reader truncates the write-ahead log before it starts.
                 self.reload().await?;
             } else if !patch.is_empty() {
                 let (applied, done) = oneshot::channel();
@@ -264,14 +266,6 @@ impl Downlink {
                     .await
                     .map_err(|_| DownlinkError::EngineGone)?;
                 done.await.map_err(|_| DownlinkError::EngineGone)?;
-            }
-            if stats.removed > 0 {
-                // Removed members' old record bytes may sit in the write-ahead log's old frames:
-                // truncate it now that the engine reads the new state.
-                let cache = self.cache.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || cache.checkpoint()).await? {
-                    warn!(error = %e, "sync: member cache checkpoint failed");
-                }
             }
             let mut stuck = stats.gaps.clone();
             stuck.extend(stats.malformed.iter().cloned());
@@ -399,13 +393,8 @@ impl Downlink {
         self.metrics.member_snapshots_applied.inc();
         self.metrics.member_snapshot_members.inc_by(n as u64);
         info!(version, members = n, removed = stats.removed, "sync: legacy member snapshot applied");
+        // The engine's new reader truncates the write-ahead log before it starts reading.
         self.reload().await?;
-        if stats.removed > 0 {
-            let cache = self.cache.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || cache.checkpoint()).await? {
-                warn!(error = %e, "sync: member cache checkpoint failed");
-            }
-        }
         Ok(())
     }
 }
