@@ -291,7 +291,10 @@ impl Agent {
 
     /// Imports `records` into the member cache (the local pseudo-channel) and has the engine
     /// take the new set (tests, benchmarks, demo).
-    pub async fn set_members(&self, records: &[instore_protocol::MemberRecord]) -> anyhow::Result<()> {
+    pub async fn set_members(
+        &self,
+        records: &[instore_protocol::MemberRecord],
+    ) -> anyhow::Result<()> {
         let mut text = String::new();
         for r in records {
             text.push_str(&serde_json::to_string(r)?);

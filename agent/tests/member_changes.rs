@@ -176,7 +176,11 @@ async fn changes_reach_the_cache_and_a_consent_withdrawal_leaves_no_trace_in_any
     .await;
     for t in &traces {
         let found = files_containing(&data, t);
-        assert!(found.is_empty(), "{:?} still in {found:?}", String::from_utf8_lossy(t));
+        assert!(
+            found.is_empty(),
+            "{:?} still in {found:?}",
+            String::from_utf8_lossy(t)
+        );
     }
     agent.stop();
     for t in &traces {
@@ -186,7 +190,8 @@ async fn changes_reach_the_cache_and_a_consent_withdrawal_leaves_no_trace_in_any
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_download_killed_midway_resumes_with_a_range_request_while_the_old_members_stay() {
+async fn a_snapshot_download_killed_midway_resumes_with_a_range_request_while_the_old_members_stay()
+{
     let hq = TestHq::start("store-1").await;
     hq.with(|s| {
         for i in 0..20 {
@@ -216,7 +221,11 @@ async fn a_snapshot_download_killed_midway_resumes_with_a_range_request_while_th
             .map_or(0, |m| m.len())
     };
     eventually("a partial snapshot file", WAIT, || async { partial() > 0 }).await;
-    assert_eq!(members_cached(&base).await, Some(20.0), "the old members meanwhile");
+    assert_eq!(
+        members_cached(&base).await,
+        Some(20.0),
+        "the old members meanwhile"
+    );
     kill9(agent);
     let cut_at = partial();
     assert!(cut_at > 0 && cut_at < total, "{cut_at} of {total}");
@@ -234,7 +243,12 @@ async fn a_snapshot_download_killed_midway_resumes_with_a_range_request_while_th
     let resumed = ranges
         .iter()
         .flatten()
-        .filter_map(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<u64>().ok())
+        .filter_map(|r| {
+            r.strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse::<u64>()
+                .ok()
+        })
         .any(|n| n > 0);
     assert!(resumed, "resumed with Range: {ranges:?}");
     agent.stop();
@@ -276,12 +290,25 @@ async fn a_snapshot_apply_killed_midway_leaves_the_old_cache_and_the_next_start_
     let (n, channels) = held(&data);
     assert_eq!(n, 20, "the old set, not half a snapshot");
     assert!(!channels.contains_key("chain"));
-    let before = hq.with(|s| s.requests.iter().filter(|(p, _)| p.starts_with("snapshot")).count());
+    let before = hq.with(|s| {
+        s.requests
+            .iter()
+            .filter(|(p, _)| p.starts_with("snapshot"))
+            .count()
+    });
 
     let agent = spawn_agent(&cfg, |_| {});
     wait_cached(&base, 100_020).await;
-    let after = hq.with(|s| s.requests.iter().filter(|(p, _)| p.starts_with("snapshot")).count());
-    assert_eq!(before, after, "the complete file was checked and applied, not fetched again");
+    let after = hq.with(|s| {
+        s.requests
+            .iter()
+            .filter(|(p, _)| p.starts_with("snapshot"))
+            .count()
+    });
+    assert_eq!(
+        before, after,
+        "the complete file was checked and applied, not fetched again"
+    );
     agent.stop();
     assert_eq!(held(&data).0, 100_020);
 }
@@ -383,14 +410,23 @@ async fn a_scanned_member_the_store_does_not_hold_is_asked_of_head_office_and_re
     let (agent, qr) = agent_with_scanner(dir.path(), &hq, 1_000).await;
     let m = agent.metrics.clone();
     let lookups = |r: &'static str| m.qr_lookups.get_or_create(&vec![("result", r)]).get();
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", qr)).await.unwrap();
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", qr))
+        .await
+        .unwrap();
     let code = |id: &str, key: &[u8; 32]| sign(id, &day_key(key, day_of_ms(now)), now);
 
-    conn.write_all(format!("{}\r\n", code("V1", &secret)).as_bytes()).await.unwrap();
-    eventually("the lookup to identify the visitor", WAIT, || async { lookups("found") == 1 }).await;
+    conn.write_all(format!("{}\r\n", code("V1", &secret)).as_bytes())
+        .await
+        .unwrap();
+    eventually("the lookup to identify the visitor", WAIT, || async {
+        lookups("found") == 1
+    })
+    .await;
     assert_eq!(m.identified.get(), 1);
     // A forged code for the same member: head office's answer alone identifies nobody.
-    conn.write_all(format!("{}\r\n", code("V1", &[1; 32])).as_bytes()).await.unwrap();
+    conn.write_all(format!("{}\r\n", code("V1", &[1; 32])).as_bytes())
+        .await
+        .unwrap();
     eventually("the forgery refused", WAIT, || async {
         m.qr_rejected
             .get_or_create(&vec![("error", "bad_signature".to_string())])
@@ -399,12 +435,22 @@ async fn a_scanned_member_the_store_does_not_hold_is_asked_of_head_office_and_re
     })
     .await;
     // Unknown at head office too.
-    conn.write_all(format!("{}\r\n", code("NOBODY", &secret)).as_bytes()).await.unwrap();
-    eventually("not found counted", WAIT, || async { lookups("not_found") == 1 }).await;
+    conn.write_all(format!("{}\r\n", code("NOBODY", &secret)).as_bytes())
+        .await
+        .unwrap();
+    eventually("not found counted", WAIT, || async {
+        lookups("not_found") == 1
+    })
+    .await;
     // Head office too slow: refused after the timeout, counted.
     hq.with(|s| s.lookup_delay = Some(Duration::from_secs(3)));
-    conn.write_all(format!("{}\r\n", code("OTHER", &secret)).as_bytes()).await.unwrap();
-    eventually("the timeout counted", WAIT, || async { lookups("timeout") == 1 }).await;
+    conn.write_all(format!("{}\r\n", code("OTHER", &secret)).as_bytes())
+        .await
+        .unwrap();
+    eventually("the timeout counted", WAIT, || async {
+        lookups("timeout") == 1
+    })
+    .await;
     assert_eq!(m.identified.get(), 1, "nobody else was identified");
     assert_eq!(hq.with(|s| s.bad_auth), 0);
     agent.shutdown(Duration::from_secs(5)).await;

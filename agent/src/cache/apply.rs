@@ -22,7 +22,9 @@ use std::collections::BTreeMap;
 
 use instore_protocol::{
     IdentifierKey, MemberRecord,
-    changes::{ChangeOp, ChangesResponse, ChannelChanges, RemoveReason, SnapshotLine, valid_channel},
+    changes::{
+        ChangeOp, ChangesResponse, ChannelChanges, RemoveReason, SnapshotLine, valid_channel,
+    },
 };
 
 use super::{IndexPatch, PatchOp, Slot};

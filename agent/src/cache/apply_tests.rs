@@ -42,7 +42,12 @@ impl ChangeStore for Mem {
     }
     fn drop_channel(&mut self, c: &str) -> Result<Vec<Slot>, Infallible> {
         self.channels.remove(c);
-        let slots: Vec<Slot> = self.holds.keys().filter(|(n, _)| n == c).map(|(_, s)| *s).collect();
+        let slots: Vec<Slot> = self
+            .holds
+            .keys()
+            .filter(|(n, _)| n == c)
+            .map(|(_, s)| *s)
+            .collect();
         self.holds.retain(|(n, _), _| n != c);
         Ok(slots)
     }
@@ -73,7 +78,11 @@ impl ChangeStore for Mem {
             self.next += 1;
             self.next
         });
-        let old = self.members.get(&slot).map(|m| m.2.clone()).unwrap_or_default();
+        let old = self
+            .members
+            .get(&slot)
+            .map(|m| m.2.clone())
+            .unwrap_or_default();
         let removed: Vec<_> = old.iter().filter(|k| !ids.contains(k)).copied().collect();
         for k in &removed {
             self.idents.remove(k);
@@ -191,7 +200,10 @@ fn op() -> impl Strategy<Value = Op> {
 
 impl HeadOffice {
     fn head(&self, c: &str) -> u64 {
-        self.logs.get(c).and_then(|l| l.last()).map_or(0, |x| x.version)
+        self.logs
+            .get(c)
+            .and_then(|l| l.last())
+            .map_or(0, |x| x.version)
     }
 
     fn push(&mut self, c: &str, op: ChangeOp) {
@@ -405,7 +417,11 @@ fn deliver(store: &mut Mem, hq: &HeadOffice, r: &ChangesResponse) {
 }
 
 fn held(store: &Mem) -> BTreeMap<String, u64> {
-    store.members.values().map(|(id, rev, _)| (id.clone(), *rev)).collect()
+    store
+        .members
+        .values()
+        .map(|(id, rev, _)| (id.clone(), *rev))
+        .collect()
 }
 
 proptest! {
@@ -494,7 +510,11 @@ fn a_consent_withdrawal_removes_the_member_everywhere_and_an_older_upsert_cannot
     assert!(patch.gone().count() == 1);
     let mut a = Applier::new(&mut store, true);
     let Ok(_) = a.upsert("chain", 5, &record(1, 5), false);
-    assert_eq!(held(&store).get("M1"), Some(&5), "consent given again at a higher rev");
+    assert_eq!(
+        held(&store).get("M1"),
+        Some(&5),
+        "consent given again at a higher rev"
+    );
 }
 
 #[test]

@@ -41,7 +41,8 @@ const JOIN: &str = "INSERT INTO memberships (channel, slot, fresh) VALUES (?1, ?
     ON CONFLICT(channel, slot) DO UPDATE SET fresh = 1";
 const LEAVE: &str = "DELETE FROM memberships WHERE channel = ?1 AND slot = ?2";
 const HOLDS: &str = "SELECT count(*) FROM memberships WHERE slot = ?1";
-const INSERT_KEY: &str = "INSERT OR REPLACE INTO keys (slot, kind, period, exponent, key, expires_ms)
+const INSERT_KEY: &str =
+    "INSERT OR REPLACE INTO keys (slot, kind, period, exponent, key, expires_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const KEY_MEMBERS: &str = "SELECT
     (SELECT count(DISTINCT slot) FROM keys WHERE kind = 1),
@@ -318,7 +319,9 @@ impl ChangeStore for Db<'_> {
 
     fn leave(&mut self, channel: &str, slot: Slot) -> rusqlite::Result<()> {
         let id = self.channel_id(channel)?;
-        self.conn.prepare_cached(LEAVE)?.execute(params![id, slot])?;
+        self.conn
+            .prepare_cached(LEAVE)?
+            .execute(params![id, slot])?;
         Ok(())
     }
 

@@ -174,7 +174,12 @@ impl IndexBuilder {
         self.index.add(key, slot);
     }
 
-    pub fn finish(mut self, version: u64, day_key_members: usize, eid_key_members: usize) -> MemberIndex {
+    pub fn finish(
+        mut self,
+        version: u64,
+        day_key_members: usize,
+        eid_key_members: usize,
+    ) -> MemberIndex {
         self.index.version = version;
         self.index.day_key_members = day_key_members;
         self.index.eid_key_members = eid_key_members;
@@ -250,13 +255,17 @@ impl MemberIndex {
             return;
         }
         let k = match key {
-            IdentifierKey::Ibeacon { uuid, major, minor } => {
-                self.uuids.code(uuid).map(|c| ibeacon_key(c, *major, *minor))
-            }
+            IdentifierKey::Ibeacon { uuid, major, minor } => self
+                .uuids
+                .code(uuid)
+                .map(|c| ibeacon_key(c, *major, *minor)),
             IdentifierKey::EddystoneUid {
                 namespace,
                 instance,
-            } => self.namespaces.code(namespace).map(|c| uid_key(c, instance)),
+            } => self
+                .namespaces
+                .code(namespace)
+                .map(|c| uid_key(c, instance)),
             IdentifierKey::Mac(a) => Some(mac_key(a)),
             _ => None,
         };

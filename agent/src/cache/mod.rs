@@ -21,8 +21,7 @@ pub use apply::{ApplyStats, LEGACY_CHANNEL, LOCAL_CHANNEL};
 pub use index::{IndexBuilder, IndexPatch, MemberIndex, PatchOp};
 pub use member::{Member, Slot};
 pub use source::{
-    MemberSource, Members, MemoryKeys, MemoryMembers, RECORD_CACHE, RecordRead, Records,
-    WindowKeys,
+    MemberSource, Members, MemoryKeys, MemoryMembers, RECORD_CACHE, RecordRead, Records, WindowKeys,
 };
 pub use store::{
     CacheError, ImportReport, MAX_LINE_BYTES, MemberCache, SnapshotFormatError, SqliteKeys,

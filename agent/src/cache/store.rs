@@ -25,7 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     IndexBuilder, IndexPatch, Member, MemberIndex, Members, Slot,
-    apply::{ApplyStats, Applier, LEGACY_CHANNEL, LOCAL_CHANNEL},
+    apply::{Applier, ApplyStats, LEGACY_CHANNEL, LOCAL_CHANNEL},
     db::{self, Db, KIND_DAY, KIND_EID, ident_bytes, ident_from_bytes},
     source::{MemberSource, WindowKeys},
 };
@@ -76,7 +76,8 @@ const MIGRATIONS: [&str; 3] = [SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 const GET_META: &str = "SELECT value FROM meta WHERE key = ?1";
 const SET_META: &str = "INSERT INTO meta (key, value) VALUES (?1, ?2)
     ON CONFLICT(key) DO UPDATE SET value = excluded.value";
-const V2_ROWS: &str = "SELECT rowid, record FROM members_v2 WHERE rowid > ?1 ORDER BY rowid LIMIT 1000";
+const V2_ROWS: &str =
+    "SELECT rowid, record FROM members_v2 WHERE rowid > ?1 ORDER BY rowid LIMIT 1000";
 const ALL_SLOTS: &str = "SELECT slot FROM members";
 const ALL_IDENTS: &str = "SELECT key, slot FROM idents";
 const COUNTS: &str = "SELECT (SELECT count(*) FROM idents),
@@ -87,8 +88,7 @@ const SLOT_OF: &str = "SELECT slot FROM members WHERE member_id = ?1";
 const OWNER: &str = "SELECT m.member_id FROM idents i JOIN members m ON m.slot = i.slot
     WHERE i.key = ?1";
 const DAY_KEY: &str = "SELECT key FROM keys WHERE slot = ?1 AND kind = 1 AND period = ?2";
-const KEYS_OF_PERIOD: &str =
-    "SELECT slot, exponent, key FROM keys WHERE kind = ?1 AND period = ?2";
+const KEYS_OF_PERIOD: &str = "SELECT slot, exponent, key FROM keys WHERE kind = ?1 AND period = ?2";
 const RECORDS_PAGE: &str =
     "SELECT slot, record FROM members WHERE slot > ?1 ORDER BY slot LIMIT 1000";
 
@@ -141,7 +141,9 @@ pub enum SnapshotFormatError {
     Io(#[from] std::io::Error),
     #[error("snapshot line {line}: {reason}")]
     Line { line: usize, reason: String },
-    #[error("snapshot header is for {channel:?} version {version}, expected {want_channel:?} version {want_version}")]
+    #[error(
+        "snapshot header is for {channel:?} version {version}, expected {want_channel:?} version {want_version}"
+    )]
     Header {
         channel: String,
         version: u64,
@@ -251,7 +253,11 @@ impl MemberCache {
         let salt: i64 = rand::random();
         tx.execute(SET_META, params!["tombstone_salt", salt])
             .map_err(&err)?;
-        let channel = if legacy > 0 { LEGACY_CHANNEL } else { LOCAL_CHANNEL };
+        let channel = if legacy > 0 {
+            LEGACY_CHANNEL
+        } else {
+            LOCAL_CHANNEL
+        };
         let mut db = Db::new(tx, salt.to_le_bytes(), crate::now_ms());
         let mut after = 0i64;
         loop {
@@ -274,7 +280,8 @@ impl MemberCache {
         }
         if legacy > 0 {
             use super::apply::ChangeStore;
-            db.set_channel(LEGACY_CHANNEL, legacy as u64).map_err(&err)?;
+            db.set_channel(LEGACY_CHANNEL, legacy as u64)
+                .map_err(&err)?;
         }
         tx.execute_batch("DROP TABLE members_v2").map_err(&err)
     }
@@ -363,10 +370,12 @@ impl MemberCache {
     ) -> Result<ApplyStats, SnapshotFormatError> {
         let mut lines = NdjsonLines::new(reader);
         let header: SnapshotHeader = match lines.next_line()? {
-            Some((n, text)) => serde_json::from_str(&text).map_err(|e| SnapshotFormatError::Line {
-                line: n,
-                reason: e.to_string(),
-            })?,
+            Some((n, text)) => {
+                serde_json::from_str(&text).map_err(|e| SnapshotFormatError::Line {
+                    line: n,
+                    reason: e.to_string(),
+                })?
+            }
             None => {
                 return Err(SnapshotFormatError::Line {
                     line: 1,
@@ -387,14 +396,14 @@ impl MemberCache {
         let err = self.err();
         let result = self.in_tx(false, |a| {
             let iter = std::iter::from_fn(|| match lines.next_line() {
-                Ok(Some((n, text))) => Some(
-                    serde_json::from_str::<SnapshotLine>(&text).map_err(|e| {
+                Ok(Some((n, text))) => {
+                    Some(serde_json::from_str::<SnapshotLine>(&text).map_err(|e| {
                         SnapshotFormatError::Line {
                             line: n,
                             reason: e.to_string(),
                         }
-                    }),
-                ),
+                    }))
+                }
                 Ok(None) => None,
                 Err(e) => Some(Err(SnapshotFormatError::Io(e))),
             })
@@ -437,7 +446,11 @@ impl MemberCache {
 
     /// A whole-store snapshot from a head office that predates channels: the legacy
     /// pseudo-channel's members become `members`, at `version`.
-    pub fn apply_legacy(&self, version: u64, members: &[MemberRecord]) -> Result<ApplyStats, CacheError> {
+    pub fn apply_legacy(
+        &self,
+        version: u64,
+        members: &[MemberRecord],
+    ) -> Result<ApplyStats, CacheError> {
         let err = self.err();
         let lines = members.iter().map(|m| {
             Ok::<_, std::convert::Infallible>(SnapshotLine {
@@ -448,7 +461,9 @@ impl MemberCache {
             })
         });
         // Each snapshot is a new version: as a revision it replaces what an older one gave.
-        let (r, _, stats) = self.in_tx(false, |a| a.snapshot(LEGACY_CHANNEL, version, lines).map_err(&err))?;
+        let (r, _, stats) = self.in_tx(false, |a| {
+            a.snapshot(LEGACY_CHANNEL, version, lines).map_err(&err)
+        })?;
         let Ok(()) = r;
         Ok(stats)
     }
@@ -518,11 +533,13 @@ impl MemberCache {
             let Some((last, _)) = page.last() else { break };
             after = *last;
             for (slot, json) in page {
-                out.push(serde_json::from_str(&json).map_err(|source| CacheError::Corrupt {
-                    path: self.path.display().to_string(),
-                    slot: slot as Slot,
-                    source,
-                })?);
+                out.push(
+                    serde_json::from_str(&json).map_err(|source| CacheError::Corrupt {
+                        path: self.path.display().to_string(),
+                        slot: slot as Slot,
+                        source,
+                    })?,
+                );
             }
         }
         Ok(out)
@@ -568,10 +585,7 @@ impl MemberCache {
 
 /// An import line → a record, or why it is skipped (the identifier check is against the file as
 /// imported so far: every earlier line is already in the transaction or committed).
-fn check_import_line(
-    a: &mut Applier<'_, Db<'_>>,
-    text: &str,
-) -> Result<MemberRecord, MemberError> {
+fn check_import_line(a: &mut Applier<'_, Db<'_>>, text: &str) -> Result<MemberRecord, MemberError> {
     let record: MemberRecord =
         serde_json::from_str(text).map_err(|e| MemberError::Json(e.to_string()))?;
     let keys = record.validate()?;
@@ -752,8 +766,9 @@ impl SqliteKeys {
         out: &mut dyn FnMut(Slot, u8, &[u8]),
     ) -> Result<(), CacheError> {
         let err = sqlite_err(&self.path);
-        let conn = Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(&err)?;
+        let conn =
+            Connection::open_with_flags(&self.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(&err)?;
         let mut stmt = conn.prepare(KEYS_OF_PERIOD).map_err(&err)?;
         let mut rows = stmt.query(params![kind, period]).map_err(&err)?;
         while let Some(r) = rows.next().map_err(&err)? {
@@ -787,3 +802,7 @@ impl WindowKeys for SqliteKeys {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;

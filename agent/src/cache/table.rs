@@ -247,7 +247,9 @@ mod tests {
     #[test]
     fn keys_inserted_are_found_and_removed_ones_are_not_whatever_the_order() {
         let mut t = IdTable::with_capacity(10);
-        let keys: Vec<u64> = (1..=5_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).collect();
+        let keys: Vec<u64> = (1..=5_000u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+            .collect();
         for (i, k) in keys.iter().enumerate() {
             assert!(t.insert(*k, i as Slot));
         }

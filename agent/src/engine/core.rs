@@ -456,7 +456,9 @@ impl Core {
     /// Members that left the set depart at once and stop being tracked.
     fn forget_departed(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         let index = &self.index;
-        let changes = self.presence.forget_unless(|m| index.is_live(m.slot), now_ms);
+        let changes = self
+            .presence
+            .forget_unless(|m| index.is_live(m.slot), now_ms);
         for change in changes {
             self.apply(change, out);
         }
@@ -777,6 +779,49 @@ mod tests {
         c.on_tick(61_000, &mut out);
         assert_eq!(kinds(&out), ["depart"]);
         assert!(c.present(|ms| ms as i64).is_empty());
+    }
+
+    #[test]
+    fn the_alert_card_carries_head_offices_visit_figures_and_says_expected_back_until_overdue() {
+        let minor = vip_minor();
+        let mut members = sim::population(40);
+        let m = &mut members[usize::from(minor) - 1];
+        m.level = Some("top2".into());
+        m.visits_12m = Some(11);
+        m.expected_next_visit = Some("2999-01-01".into());
+        m.overdue_after = Some("2999-01-08".into());
+        let presence = Presence::new(
+            PresenceParams {
+                arrive_sightings: 2,
+                ..PresenceParams::default()
+            },
+            "gw".into(),
+        );
+        let rules = Rules::parse(include_str!("../../examples/rules.toml"), "r").unwrap();
+        let mut c = Core::new(
+            Members::in_memory(1, &members),
+            presence,
+            rules,
+            Metrics::default(),
+        );
+        let mut out = Vec::new();
+        c.on_sighting(&member_sighting(minor, 0), &mut out);
+        c.on_sighting(&member_sighting(minor, 1000), &mut out);
+        let card = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Alert { alert, .. } => Some(alert.member.clone()),
+                _ => None,
+            })
+            .expect("an arrival alert");
+        assert_eq!(card.level.as_deref(), Some("top2"));
+        assert_eq!(card.visits_12m, Some(11));
+        assert!(card.last_visit.is_some());
+        assert_eq!(card.expected_next_visit.as_deref(), Some("2999-01-01"));
+        assert_eq!(
+            card.overdue_days, None,
+            "not overdue: the card says expected back"
+        );
     }
 
     #[test]

@@ -161,7 +161,12 @@ fn dispatch_lookups(core: &mut Core, out: &mut Vec<Output>, clock: &Clock, io: &
         false
     });
     for (l, reason) in refused {
-        core.on_lookup(&l, LookupResult::Refused(reason), clock.wall_ms(l.at_ms), out);
+        core.on_lookup(
+            &l,
+            LookupResult::Refused(reason),
+            clock.wall_ms(l.at_ms),
+            out,
+        );
     }
 }
 

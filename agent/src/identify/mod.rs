@@ -145,7 +145,8 @@ impl Identify {
     /// Answers from tables or caches made before a member left are refused by the live check.
     pub fn identify(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Option<Slot> {
         self.sync_index(index);
-        self.slot(advert, index, at_ms).filter(|s| index.is_live(*s))
+        self.slot(advert, index, at_ms)
+            .filter(|s| index.is_live(*s))
     }
 
     fn slot(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Option<Slot> {

@@ -15,7 +15,9 @@ use crate::cache::{MemberIndex, MemberSource, Slot};
 pub enum QrOutcome {
     Member(Slot),
     /// A well-formed code naming a member the gateway does not hold.
-    NotHeld { member_id: String },
+    NotHeld {
+        member_id: String,
+    },
     Refused(QrError),
 }
 
@@ -138,10 +140,7 @@ mod tests {
         let forged = sign("M1", &day_key(&[8; 32], 20_000), NOW);
         assert_eq!(identify(&forged, idx, NOW), Err(QrError::BadSignature));
         let no_consent = sign("M2", &day_key(&secret(), 20_000), NOW);
-        assert_eq!(
-            identify(&no_consent, idx, NOW),
-            Err(QrError::UnknownMember)
-        );
+        assert_eq!(identify(&no_consent, idx, NOW), Err(QrError::UnknownMember));
         let yesterday = NOW - 86_400_000;
         let old = sign("M1", &day_key(&secret(), 19_999), yesterday);
         assert_eq!(identify(&old, idx, yesterday), Err(QrError::NoKey));

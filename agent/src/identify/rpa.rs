@@ -124,7 +124,6 @@ impl IrkTable {
             + self.slots.capacity() * 4
     }
 
-
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

@@ -393,10 +393,7 @@ fn a_new_index_drops_what_was_derived_from_the_old_one() {
     let (records, _) = parse_ndjson(
         r#"{"member_id":"X","display_name":"x","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"irk","irk":"00000000000000000000000000000001"}]}"#,
     );
-    assert_eq!(
-        who_at(&mut id, &a, &build(&records), 0),
-        None
-    );
+    assert_eq!(who_at(&mut id, &a, &build(&records), 0), None);
 }
 
 #[test]

@@ -237,7 +237,8 @@ struct RuleSpec {
     /// `on = "dwell"`: seconds in the zone.
     #[serde(default)]
     dwell_s: Option<u64>,
-    /// `on = "overdue"`: days since the last visit (or, for a record without one, the last
+    /// `on = "overdue"`: days past head office's `overdue_after` date (at least 1) when the
+    /// record has one; else days since the last visit (or, for a record without one, the last
     /// purchase).
     #[serde(default)]
     overdue_days: Option<u32>,
@@ -1138,6 +1139,59 @@ cooldown_s = 600
         m.last_visit = None;
         m.member_id = "M2".into();
         assert_eq!(fired(&mut r, Happening::Scheduled, &m, "e", day), None);
+    }
+
+    #[test]
+    fn overdue_counts_days_past_head_offices_overdue_after_when_the_record_has_it() {
+        let mut r = one("on = \"overdue\"\noverdue_days = 3\nmessage = \"m\"\ncooldown_s = 0\n");
+        let mut m = member("gold", &[]);
+        // Last visit long ago, but head office expects them only later: not overdue yet.
+        m.last_visit = Some("2026-01-01".into());
+        m.overdue_after = Some("2026-11-21".into());
+        assert_eq!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 23, 10, 0)
+            ),
+            None
+        );
+        let v = r.react(&occ(Happening::Scheduled, &m, "e", at(2026, 11, 24, 10, 0)));
+        let alert = v.alert.expect("three days past overdue_after");
+        assert_eq!(
+            alert.overdue_days,
+            Some(3),
+            "the clerk card says overdue 3 days"
+        );
+        // overdue_days = 0 still needs the date to be past.
+        let mut r = one("on = \"overdue\"\noverdue_days = 0\nmessage = \"m\"\ncooldown_s = 0\n");
+        m.member_id = "M2".into();
+        assert_eq!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 21, 10, 0)
+            ),
+            None
+        );
+        assert!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 22, 10, 0)
+            )
+            .is_some()
+        );
+        assert_eq!(
+            days_past_overdue_after(&m, parse_date("2026-11-01").unwrap()),
+            Some(0)
+        );
     }
 
     #[test]

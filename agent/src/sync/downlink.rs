@@ -87,9 +87,9 @@ impl DownlinkError {
             DownlinkError::Http(_) => "http",
             DownlinkError::Status(_) => "status",
             DownlinkError::TooLarge(_) => "too_large",
-            DownlinkError::Malformed(_) | DownlinkError::Version(_) | DownlinkError::WrongStore(_) => {
-                "decode"
-            }
+            DownlinkError::Malformed(_)
+            | DownlinkError::Version(_)
+            | DownlinkError::WrongStore(_) => "decode",
             DownlinkError::Cache(_) | DownlinkError::Join(_) => "cache",
             DownlinkError::Snapshot(_) => "snapshot",
             DownlinkError::Gaps(_) => "gaps",
@@ -153,7 +153,11 @@ pub(super) struct Downlink {
 }
 
 impl Downlink {
-    pub(super) async fn run(mut self, mut notices: watch::Receiver<Notice>, cancel: CancellationToken) {
+    pub(super) async fn run(
+        mut self,
+        mut notices: watch::Receiver<Notice>,
+        cancel: CancellationToken,
+    ) {
         let mut poll = tokio::time::interval(self.poll.max(Duration::from_secs(1)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: catch up on start.
@@ -230,15 +234,15 @@ impl Downlink {
     }
 
     /// Asks for changes until every channel is at its head.
-    async fn catch_up(&mut self, wanted: &Notice, cancel: &CancellationToken) -> Result<(), DownlinkError> {
+    async fn catch_up(
+        &mut self,
+        wanted: &Notice,
+        cancel: &CancellationToken,
+    ) -> Result<(), DownlinkError> {
         let mut gap_rounds = 0;
         for _ in 0..MAX_RESPONSES_PER_CATCH_UP {
             let held = self.channels().await?;
-            let cursor = Cursor(
-                held.into_iter()
-                    .filter(|(c, _)| !is_pseudo(c))
-                    .collect(),
-            );
+            let cursor = Cursor(held.into_iter().filter(|(c, _)| !is_pseudo(c)).collect());
             let response = tokio::select! {
                 () = cancel.cancelled() => return Err(DownlinkError::Cancelled),
                 r = self.fetch_changes(&cursor) => r?,
@@ -284,7 +288,10 @@ impl Downlink {
                     .any(|c| c.snapshot.is_none() && c.to < c.head);
             if !more && stuck.is_empty() {
                 let held = self.channels().await?;
-                debug!(channels = held.len(), "sync: member channels at their heads");
+                debug!(
+                    channels = held.len(),
+                    "sync: member channels at their heads"
+                );
                 return Ok(());
             }
         }
@@ -304,12 +311,21 @@ impl Downlink {
             }
         }
         if stats.invalid > 0 || stats.no_consent > 0 {
-            warn!(invalid = stats.invalid, no_consent = stats.no_consent, "sync: member records refused");
+            warn!(
+                invalid = stats.invalid,
+                no_consent = stats.no_consent,
+                "sync: member records refused"
+            );
         }
         if !stats.dropped.is_empty() {
             info!(channels = ?stats.dropped, "sync: channels no longer subscribed, dropped");
         }
-        debug!(applied = stats.applied, stale = stats.stale, removed = stats.removed, "sync: change response applied");
+        debug!(
+            applied = stats.applied,
+            stale = stats.stale,
+            removed = stats.removed,
+            "sync: change response applied"
+        );
     }
 
     /// Reloads the engine's whole index from the cache (after a snapshot).
@@ -330,13 +346,22 @@ impl Downlink {
     }
 
     /// `GET …/changes?since=CURSOR`; `None`: head office has no change streams (404).
-    async fn fetch_changes(&self, cursor: &Cursor) -> Result<Option<ChangesResponse>, DownlinkError> {
-        let mut url = hq_join(&self.hq_url, &format!("/api/stores/{}/changes", self.store_id))
-            .map_err(|e| DownlinkError::Cache(CacheError::Read {
+    async fn fetch_changes(
+        &self,
+        cursor: &Cursor,
+    ) -> Result<Option<ChangesResponse>, DownlinkError> {
+        let mut url = hq_join(
+            &self.hq_url,
+            &format!("/api/stores/{}/changes", self.store_id),
+        )
+        .map_err(|e| {
+            DownlinkError::Cache(CacheError::Read {
                 what: "hq_url".into(),
                 source: std::io::Error::other(e.to_string()),
-            }))?;
-        url.query_pairs_mut().append_pair("since", &cursor.to_string());
+            })
+        })?;
+        url.query_pairs_mut()
+            .append_pair("since", &cursor.to_string());
         let response = self.get(url).timeout(CHANGES_TIMEOUT).send().await?;
         match response.status() {
             reqwest::StatusCode::OK => {}
@@ -356,18 +381,31 @@ impl Downlink {
 
     /// A head office without change streams: its whole-store snapshot, when the notice (or a
     /// first start) says it is newer than the one held.
-    async fn legacy(&self, wanted: &Notice, cancel: &CancellationToken) -> Result<(), DownlinkError> {
+    async fn legacy(
+        &self,
+        wanted: &Notice,
+        cancel: &CancellationToken,
+    ) -> Result<(), DownlinkError> {
         let have = self.channels().await?.get(LEGACY_CHANNEL).copied();
         if have.is_some_and(|h| h >= wanted.version) {
             return Ok(());
         }
-        let url = hq_join(&self.hq_url, &format!("/api/stores/{}/members/snapshot", self.store_id))
-            .map_err(|e| DownlinkError::Cache(CacheError::Read {
+        let url = hq_join(
+            &self.hq_url,
+            &format!("/api/stores/{}/members/snapshot", self.store_id),
+        )
+        .map_err(|e| {
+            DownlinkError::Cache(CacheError::Read {
                 what: "hq_url".into(),
                 source: std::io::Error::other(e.to_string()),
-            }))?;
+            })
+        })?;
         let fetch = async {
-            let response = self.get(url).timeout(Duration::from_secs(300)).send().await?;
+            let response = self
+                .get(url)
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await?;
             if !response.status().is_success() {
                 return Err(DownlinkError::Status(response.status()));
             }
@@ -392,7 +430,12 @@ impl Downlink {
                 .await??;
         self.metrics.member_snapshots_applied.inc();
         self.metrics.member_snapshot_members.inc_by(n as u64);
-        info!(version, members = n, removed = stats.removed, "sync: legacy member snapshot applied");
+        info!(
+            version,
+            members = n,
+            removed = stats.removed,
+            "sync: legacy member snapshot applied"
+        );
         // The engine's new reader truncates the write-ahead log before it starts reading.
         self.reload().await?;
         Ok(())
@@ -410,7 +453,10 @@ mod tests {
         let u = hq_join("http://hq:8090", "/api/stores/s-1/changes").unwrap();
         assert_eq!(u.as_str(), "http://hq:8090/api/stores/s-1/changes");
         let u = hq_join("https://hq.example/instore/", "/api/stores/s-1/changes").unwrap();
-        assert_eq!(u.as_str(), "https://hq.example/instore/api/stores/s-1/changes");
+        assert_eq!(
+            u.as_str(),
+            "https://hq.example/instore/api/stores/s-1/changes"
+        );
         assert!(hq_join("ftp://hq", "/x").is_err());
     }
 }

@@ -63,7 +63,9 @@ impl Lookups {
             .bearer_auth(&self.token)
             .header("X-Instore-Gateway", &self.gateway_id)
             .timeout(self.timeout)
-            .json(&LookupRequest { code: code.to_string() });
+            .json(&LookupRequest {
+                code: code.to_string(),
+            });
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return LookupResult::Refused("timeout"),
@@ -75,7 +77,12 @@ impl Lookups {
             reqwest::StatusCode::NOT_FOUND => return LookupResult::Refused("not_found"),
             _ => return LookupResult::Refused("error"),
         }
-        let body = match tokio::time::timeout(self.timeout, read_bounded(response, MAX_ANSWER_BYTES)).await {
+        let body = match tokio::time::timeout(
+            self.timeout,
+            read_bounded(response, MAX_ANSWER_BYTES),
+        )
+        .await
+        {
             Ok(Ok(b)) => b,
             Ok(Err(_)) => return LookupResult::Refused("error"),
             Err(_) => return LookupResult::Refused("timeout"),

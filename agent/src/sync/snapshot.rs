@@ -73,7 +73,13 @@ impl Snapshots {
     fn file(&self, channel: &str, r: &SnapshotRef) -> PathBuf {
         let safe: String = channel
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join(format!(
             "{safe}-{}-{}.zst",
@@ -99,10 +105,14 @@ impl Snapshots {
 
 fn valid_ref(r: &SnapshotRef) -> Result<(), SnapshotError> {
     if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(SnapshotError::Reference("sha256 is not 64 hex digits".into()));
+        return Err(SnapshotError::Reference(
+            "sha256 is not 64 hex digits".into(),
+        ));
     }
     if !r.path.starts_with('/') || r.path.contains("..") {
-        return Err(SnapshotError::Reference("path must be absolute below hq_url".into()));
+        return Err(SnapshotError::Reference(
+            "path must be absolute below hq_url".into(),
+        ));
     }
     Ok(())
 }
@@ -160,7 +170,12 @@ async fn one(down: &Downlink, channel: &str, r: &SnapshotRef) -> Result<(), Snap
         let _ = tokio::fs::remove_file(&path).await;
         return Err(e);
     }
-    info!(channel, version = r.version, members = r.members, "sync: applying member snapshot");
+    info!(
+        channel,
+        version = r.version,
+        members = r.members,
+        "sync: applying member snapshot"
+    );
     let cache = down.cache.clone();
     let metrics = down.metrics.clone();
     let (channel_s, version, members) = (channel.to_string(), r.version, r.members);
@@ -183,7 +198,12 @@ async fn one(down: &Downlink, channel: &str, r: &SnapshotRef) -> Result<(), Snap
     .await??;
     let _ = tokio::fs::remove_file(&path).await;
     down.metrics.member_snapshots_applied.inc();
-    info!(channel, version, removed = stats.removed, "sync: member snapshot applied");
+    info!(
+        channel,
+        version,
+        removed = stats.removed,
+        "sync: member snapshot applied"
+    );
     Ok(())
 }
 
@@ -196,7 +216,8 @@ async fn download(down: &Downlink, r: &SnapshotRef, path: &Path) -> Result<(), S
     if have == r.bytes {
         return Ok(());
     }
-    let url = hq_join(&down.hq_url, &r.path).map_err(|e| SnapshotError::Reference(e.to_string()))?;
+    let url =
+        hq_join(&down.hq_url, &r.path).map_err(|e| SnapshotError::Reference(e.to_string()))?;
     let mut request = down.get(url).timeout(DOWNLOAD_TIMEOUT);
     let resume = have > 0 && have < r.bytes;
     if resume {
@@ -213,7 +234,11 @@ async fn download(down: &Downlink, r: &SnapshotRef, path: &Path) -> Result<(), S
         .await?;
     let mut at = match response.status() {
         reqwest::StatusCode::PARTIAL_CONTENT if resume => {
-            info!(from = have, of = r.bytes, "sync: resuming a member snapshot download");
+            info!(
+                from = have,
+                of = r.bytes,
+                "sync: resuming a member snapshot download"
+            );
             have
         }
         reqwest::StatusCode::OK => {
@@ -235,15 +260,25 @@ async fn download(down: &Downlink, r: &SnapshotRef, path: &Path) -> Result<(), S
         }
         file.write_all(&chunk).await?;
         at += chunk.len() as u64;
-        down.metrics.member_snapshot_bytes.inc_by(chunk.len() as u64);
+        down.metrics
+            .member_snapshot_bytes
+            .inc_by(chunk.len() as u64);
         if at - logged >= LOG_EVERY_BYTES {
             logged = at;
-            info!(bytes = at, of = r.bytes, "sync: member snapshot download progress");
+            info!(
+                bytes = at,
+                of = r.bytes,
+                "sync: member snapshot download progress"
+            );
         }
     }
     file.sync_all().await?;
     if at != r.bytes {
-        warn!(bytes = at, of = r.bytes, "sync: member snapshot download cut short; will resume");
+        warn!(
+            bytes = at,
+            of = r.bytes,
+            "sync: member snapshot download cut short; will resume"
+        );
         return Err(SnapshotError::Size {
             got: at,
             want: r.bytes,

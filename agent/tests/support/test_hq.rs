@@ -261,7 +261,9 @@ impl TestHq {
 }
 
 fn authorised(state: &mut HqState, store: &str, headers: &HeaderMap) -> bool {
-    let ok = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())
+    let ok = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
         == Some(&format!("Bearer {HQ_TOKEN}"))
         && headers.contains_key("x-instore-gateway")
         && store == state.store;
@@ -347,9 +349,10 @@ async fn snapshot(
         .header(header::ETAG, &etag)
         .header(header::CONTENT_LENGTH, total - from);
     resp = match start {
-        Some(n) => resp
-            .status(StatusCode::PARTIAL_CONTENT)
-            .header(header::CONTENT_RANGE, format!("bytes {n}-{}/{total}", total - 1)),
+        Some(n) => resp.status(StatusCode::PARTIAL_CONTENT).header(
+            header::CONTENT_RANGE,
+            format!("bytes {n}-{}/{total}", total - 1),
+        ),
         None => resp.status(StatusCode::OK),
     };
     resp.body(Body::from_stream(chunks)).unwrap()
@@ -368,7 +371,10 @@ async fn lookup(
             return StatusCode::FORBIDDEN.into_response();
         }
         let id = instore_protocol::qr::parse(&req.code).map(|c| c.member_id);
-        (id.ok().and_then(|id| s.lookups.get(&id).cloned()), s.lookup_delay)
+        (
+            id.ok().and_then(|id| s.lookups.get(&id).cloned()),
+            s.lookup_delay,
+        )
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
