@@ -180,6 +180,8 @@ pub struct Change {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
+// Most changes are upserts: boxing the record would add an allocation to nearly every one.
+#[allow(clippy::large_enum_variant)]
 pub enum ChangeOp {
     /// The member's current record (gateway form) at revision `rev`.
     Upsert { rev: u64, member: MemberRecord },

@@ -221,7 +221,7 @@ impl IdTable {
     /// Rebuilds for `n` keys at the build load (a change batch that outgrows the table).
     fn resize(&mut self, n: usize) {
         let mut next = IdTable::with_capacity(n.max(self.len));
-        next.hasher = self.hasher.clone();
+        next.hasher = self.hasher;
         for (k, s) in self.keys.iter().zip(&self.slots) {
             if *k != 0 {
                 next.insert(*k, *s);

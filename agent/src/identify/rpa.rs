@@ -111,7 +111,7 @@ impl IrkTable {
             }
             self.last.pop();
             self.slots.pop();
-            if last % 8 == 0 {
+            if last.is_multiple_of(8) {
                 self.groups.pop();
             }
         }
