@@ -13,6 +13,7 @@ pub mod apply;
 mod db;
 mod index;
 mod member;
+mod reader;
 mod source;
 mod store;
 mod table;
@@ -20,11 +21,9 @@ mod table;
 pub use apply::{ApplyStats, LEGACY_CHANNEL, LOCAL_CHANNEL};
 pub use index::{IndexBuilder, IndexPatch, MemberIndex, PatchOp};
 pub use member::{Member, Slot};
+pub use reader::{SqliteKeys, SqliteMembers};
 pub use source::{
     MemberSource, Members, MemoryKeys, MemoryMembers, RECORD_CACHE, RecordRead, Records, WindowKeys,
 };
-pub use store::{
-    CacheError, ImportReport, MAX_LINE_BYTES, MemberCache, SnapshotFormatError, SqliteKeys,
-    SqliteMembers,
-};
+pub use store::{CacheError, ImportReport, MAX_LINE_BYTES, MemberCache, SnapshotFormatError};
 pub use table::IdTable;
