@@ -400,6 +400,8 @@ impl HeadOffice {
 
 /// One delivery of a response (snapshots first, as the downlink does).
 fn deliver(store: &mut Mem, hq: &HeadOffice, r: &ChangesResponse) {
+    let told = removals_told(store, r);
+    TOLD.with(|t| t.borrow_mut().extend(told));
     for c in &r.channels {
         if let Some(s) = &c.snapshot
             && store.channels.get(&c.channel).copied().unwrap_or(0) < s.version
@@ -414,6 +416,50 @@ fn deliver(store: &mut Mem, hq: &HeadOffice, r: &ChangesResponse) {
     }
     let mut a = Applier::new(store, true);
     let Ok(()) = a.response(r);
+}
+
+/// The total removals among the entries of `r` the gateway will apply (their `from` is its
+/// version): what it has been told about consent withdrawals and erasures.
+fn removals_told(store: &Mem, r: &ChangesResponse) -> Vec<(String, u64)> {
+    r.channels
+        .iter()
+        .filter(|c| c.snapshot.is_none())
+        .filter(|c| c.from == store.channels.get(&c.channel).copied().unwrap_or(0))
+        .flat_map(|c| &c.changes)
+        .filter_map(|x| match &x.op {
+            ChangeOp::Remove {
+                member_id,
+                rev,
+                reason,
+            } if reason.is_total() => Some((member_id.clone(), *rev)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Between deliveries too: once told of a member's consent withdrawal or erasure, the gateway
+/// never holds an older record of them again (a lagging channel's old upsert cannot bring them
+/// back).
+fn no_resurrection(store: &Mem, told: &[(String, u64)]) -> Result<(), TestCaseError> {
+    let held = held(store);
+    for (member_id, rev) in told {
+        if let Some(h) = held.get(member_id) {
+            prop_assert!(
+                *h > *rev,
+                "{member_id} back at rev {h} after removal at {rev}"
+            );
+        }
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Removals delivered so far in this case (`deliver` notes them).
+    static TOLD: std::cell::RefCell<Vec<(String, u64)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn told() -> Vec<(String, u64)> {
+    TOLD.with(|t| t.borrow().clone())
 }
 
 fn held(store: &Mem) -> BTreeMap<String, u64> {
@@ -436,6 +482,7 @@ proptest! {
     ) {
         let mut hq = HeadOffice::default();
         let mut store = Mem::default();
+        TOLD.with(|t| t.borrow_mut().clear());
         let mut sent: Vec<ChangesResponse> = Vec::new();
         for (ops, fault, limit) in &rounds {
             for op in ops {
@@ -471,12 +518,14 @@ proptest! {
                 _ => deliver(&mut store, &hq, &honest),
             }
             sent.push(honest);
+            no_resurrection(&store, &told())?;
         }
         // Then the link is good: the gateway asks until every channel is at its head.
         for _ in 0..1_000 {
             let r = hq.answer(&store.channels, 3);
             let done = r.channels.iter().all(|c| c.to == c.head && c.snapshot.is_none());
             deliver(&mut store, &hq, &r);
+            no_resurrection(&store, &told())?;
             if done {
                 break;
             }
