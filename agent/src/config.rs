@@ -240,6 +240,13 @@ pub struct SyncConfig {
     /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// How often head office is asked for member changes without a notice (a lost notice
+    /// delays a change by at most this).
+    #[serde(default = "default_changes_poll_s")]
+    pub changes_poll_s: u64,
+    /// How long a scan waits for head office's answer about a member not held here.
+    #[serde(default = "default_lookup_timeout_ms")]
+    pub lookup_timeout_ms: u64,
 }
 
 /// `[outbox]`: the durable queue of events waiting for head office.
@@ -279,8 +286,17 @@ impl Default for SyncConfig {
             ca_file: None,
             client_cert: None,
             client_key: None,
+            changes_poll_s: default_changes_poll_s(),
+            lookup_timeout_ms: default_lookup_timeout_ms(),
         }
     }
+}
+
+fn default_changes_poll_s() -> u64 {
+    300
+}
+fn default_lookup_timeout_ms() -> u64 {
+    2_000
 }
 
 fn default_batch_max_events() -> usize {

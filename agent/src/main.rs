@@ -100,8 +100,9 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 
 #[derive(Subcommand)]
 enum MembersCommand {
-    /// Import members from NDJSON (one member per line; bad lines are reported and skipped).
-    /// A running agent picks them up on SIGHUP.
+    /// Import members from NDJSON (one member per line; bad lines are reported and skipped),
+    /// into the local pseudo-channel: head office's channels never remove them (a consent
+    /// withdrawal or erasure from head office does). A running agent picks them up on SIGHUP.
     Import {
         file: PathBuf,
         #[arg(
@@ -182,13 +183,14 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Streams the file into the cache's local pseudo-channel (never all records in memory).
 fn import(cfg: &AgentConfig, file: &std::path::Path) -> anyhow::Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let f = std::fs::File::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(256 * 1024, f);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let cache = MemberCache::open(&members_db(&cfg.data_dir))?;
-    let report = cache.import_ndjson(&text)?;
+    let report = cache.import_ndjson(&mut reader)?;
     for skipped in &report.skipped {
         eprintln!("{}: {skipped}", file.display());
     }

@@ -43,8 +43,21 @@ pub struct Metrics {
     pub members_present: Gauge,
     // cache
     pub members_cached: Gauge,
+    /// Matched members' records read from members.db (not from the record cache).
+    pub member_record_reads: Counter,
+    pub member_record_failures: Counter,
     pub member_snapshots_applied: Counter,
-    pub member_snapshot_failures: Counter,
+    /// Snapshot downloads or applies that failed, by `reason`.
+    pub member_snapshot_failures: Family<KindLabel, Counter>,
+    pub member_snapshot_bytes: Counter,
+    pub member_snapshot_members: Counter,
+    /// Change responses applied, changes in them, channel entries ignored (gap/replay/malformed).
+    pub member_change_responses: Counter,
+    pub member_changes_applied: Counter,
+    pub member_change_gaps: Family<KindLabel, Counter>,
+    pub member_change_failures: Family<KindLabel, Counter>,
+    /// QR lookups at head office by `result` (found, refused, not_found, offline, timeout, …).
+    pub qr_lookups: Family<KindLabel, Counter>,
     // react / alerts
     pub alerts_raised: Counter,
     pub alerts_suppressed: Counter,
@@ -215,14 +228,59 @@ impl Metrics {
             m.members_cached.clone(),
         );
         r.register(
+            "member_record_reads",
+            "Matched members' records read from members.db (record cache misses)",
+            m.member_record_reads.clone(),
+        );
+        r.register(
+            "member_record_failures",
+            "Matched slots whose record could not be read (gone or unreadable)",
+            m.member_record_failures.clone(),
+        );
+        r.register(
             "member_snapshots_applied",
-            "Member snapshots taken from head office",
+            "Channel snapshots (or legacy store snapshots) applied",
             m.member_snapshots_applied.clone(),
         );
         r.register(
             "member_snapshot_failures",
-            "Member snapshot downloads or applies that failed",
+            "Snapshot downloads or applies that failed, by reason",
             m.member_snapshot_failures.clone(),
+        );
+        r.register(
+            "member_snapshot_bytes",
+            "Snapshot bytes downloaded (resumed downloads count only what was fetched)",
+            m.member_snapshot_bytes.clone(),
+        );
+        r.register(
+            "member_snapshot_members",
+            "Members applied from snapshots",
+            m.member_snapshot_members.clone(),
+        );
+        r.register(
+            "member_change_responses",
+            "Change responses applied (one transaction each)",
+            m.member_change_responses.clone(),
+        );
+        r.register(
+            "member_changes_applied",
+            "Member changes applied from change responses",
+            m.member_changes_applied.clone(),
+        );
+        r.register(
+            "member_change_gaps",
+            "Channel entries ignored and asked again, by kind (gap, malformed)",
+            m.member_change_gaps.clone(),
+        );
+        r.register(
+            "member_change_failures",
+            "Change requests that failed, by reason (http, status, decode, cache)",
+            m.member_change_failures.clone(),
+        );
+        r.register(
+            "qr_lookups",
+            "Head-office lookups of scanned codes of members not held here, by result",
+            m.qr_lookups.clone(),
         );
         r.register(
             "alerts_raised",

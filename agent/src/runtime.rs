@@ -13,7 +13,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     alerts::AlertHub,
-    cache::{MemberCache, MemberIndex},
+    cache::MemberCache,
     config::AgentConfig,
     engine::{self, Clock, Control, Core, EngineIo},
     metrics::Metrics,
@@ -66,6 +66,10 @@ pub fn tablets_db(data_dir: &Path) -> std::path::PathBuf {
 pub fn alerts_db(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("alerts.db")
 }
+/// Channel snapshots being downloaded or applied (deleted once applied).
+pub fn snapshots_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("snapshots")
+}
 
 /// Starts every task. Fails before anything runs if a store cannot be opened, the rules are bad
 /// or the HTTP port is taken.
@@ -74,7 +78,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         .with_context(|| format!("creating data_dir {}", cfg.data_dir.display()))?;
     let (metrics, registry) = Metrics::new();
     let cache = MemberCache::open(&members_db(&cfg.data_dir))?;
-    let index = Arc::new(cache.load_index()?);
+    let members = cache.members()?;
     let outbox = Outbox::open_with(
         &outbox_db(&cfg.data_dir),
         crate::outbox::OutboxOptions {
@@ -102,7 +106,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     let boot = format!("{:08x}", rand::random::<u32>());
     tracing::info!(
         store = %cfg.store_id, gateway = %cfg.gateway_id, boot = %boot,
-        members = index.len(), rules = rules.len(), http = %http_addr,
+        members = members.index.len(), rules = rules.len(), http = %http_addr,
         "agent starting"
     );
     outbox
@@ -152,7 +156,13 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         &tracker,
         cancel.clone(),
     )?;
-    let core = Core::new(index, presence, rules, metrics.clone());
+    let core = Core::new(members, presence, rules, metrics.clone());
+    let (lookup_tx, lookup_rx) = if cfg.sync.enabled {
+        let (tx, rx) = mpsc::channel(sync::LOOKUP_QUEUE);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let io = EngineIo {
         sightings: sighting_rx,
         control: control_rx,
@@ -162,6 +172,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         metrics: metrics.clone(),
         rules_path: cfg.react.rules.clone(),
         actions,
+        lookups: lookup_tx,
     };
     tracker.spawn(engine::run(core, clock.clone(), io, cancel.clone()));
 
@@ -239,6 +250,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
                 cache: cache.clone(),
                 engine: control_tx.clone(),
                 metrics: metrics.clone(),
+                snapshot_dir: snapshots_dir(&cfg.data_dir),
+                lookups: lookup_rx,
             },
             &tracker,
             cancel.clone(),
@@ -267,18 +280,36 @@ impl Agent {
     pub async fn reload(&self) {
         let _ = self.control.send(Control::ReloadRules).await;
         let cache = self.cache.clone();
-        match tokio::task::spawn_blocking(move || cache.load_index()).await {
-            Ok(Ok(index)) => {
-                let _ = self.control.send(Control::Members(Arc::new(index))).await;
+        match tokio::task::spawn_blocking(move || cache.members()).await {
+            Ok(Ok(members)) => {
+                let _ = self.control.send(Control::Members(Box::new(members))).await;
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "member cache reload failed"),
             Err(e) => tracing::warn!(error = %e, "member cache reload task failed"),
         }
     }
 
-    /// Sends a member index straight to the engine (tests, demo).
-    pub async fn set_members(&self, index: MemberIndex) {
-        let _ = self.control.send(Control::Members(Arc::new(index))).await;
+    /// Imports `records` into the member cache (the local pseudo-channel) and has the engine
+    /// take the new set (tests, benchmarks, demo).
+    pub async fn set_members(
+        &self,
+        records: &[instore_protocol::MemberRecord],
+    ) -> anyhow::Result<()> {
+        let mut text = String::new();
+        for r in records {
+            text.push_str(&serde_json::to_string(r)?);
+            text.push('\n');
+        }
+        let cache = self.cache.clone();
+        let members = tokio::task::spawn_blocking(move || {
+            cache.import_ndjson(&mut text.as_bytes())?;
+            cache.members()
+        })
+        .await??;
+        self.control
+            .send(Control::Members(Box::new(members)))
+            .await
+            .map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
     /// The engine's sighting queue and the agent's monotonic clock (`Sighting::at_ms`), so a

@@ -21,9 +21,7 @@ use serde_json::{Value, json};
 use support::{
     http::get_json,
     net::free_port,
-    process::{
-        AgentProcess, cli, import_members, run_command, write_agent_config, write_sim_members,
-    },
+    process::{AgentProcess, cli, import_members, run_command, write_agent_config},
     wait::eventually,
 };
 
@@ -70,7 +68,21 @@ population = 200
 mean_dwell_s = 20.0
 "#,
     );
-    import_members(&cfg, &write_sim_members(dir, 200));
+    // Head office's computed fields, as its change stream carries them: on every card.
+    let members: String = instore_agent::sources::sim::population(200)
+        .into_iter()
+        .map(|mut m| {
+            m.level = Some("top5".into());
+            m.visits_12m = Some(7);
+            m.last_visit = Some("2026-10-02".into());
+            m.expected_next_visit = Some("2026-10-20".into());
+            m.overdue_after = Some("2026-10-27".into());
+            serde_json::to_string(&m).unwrap() + "\n"
+        })
+        .collect();
+    let file = dir.join("members.ndjson");
+    std::fs::write(&file, members).unwrap();
+    import_members(&cfg, &file);
     cfg
 }
 
@@ -281,6 +293,13 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     let text = text.as_str().unwrap();
     assert!(text.contains("Greet "), "{text}");
     assert!(text.contains("Last purchase:"), "{text}");
+    assert!(text.contains("top 5%"), "{text}");
+    assert!(text.contains("7 visits in 12 months"), "{text}");
+    assert!(text.contains("last visit 2026-10-02"), "{text}");
+    assert!(
+        text.contains("overdue ") && text.contains(" days"),
+        "{text}"
+    );
     assert_eq!(
         js(&client, "return window.__notReloaded === true;").await,
         json!(true)

@@ -44,6 +44,7 @@ fn member() -> Member {
         last_purchase: None,
         last_visit: None,
         consent: Default::default(),
+        ..Default::default()
     }
 }
 

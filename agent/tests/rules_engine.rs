@@ -7,7 +7,7 @@ mod support;
 
 use std::{path::Path, time::Duration};
 
-use instore_agent::{cache::MemberIndex, config::AgentConfig, runtime};
+use instore_agent::{config::AgentConfig, runtime};
 use instore_protocol::{
     parse_ndjson,
     qr::sign,
@@ -48,7 +48,7 @@ cooldown_s = 0
 "#;
 
 /// Two consenting gold members with QR day keys around now.
-fn members() -> MemberIndex {
+fn members() -> Vec<instore_protocol::MemberRecord> {
     let text = ["M1", "M2"]
         .map(|id| {
             let keys: Vec<String> = shipped_days(instore_agent::now_ms())
@@ -67,7 +67,7 @@ fn members() -> MemberIndex {
         .join("\n");
     let (records, errors) = parse_ndjson(&text);
     assert!(errors.is_empty(), "{errors:?}");
-    MemberIndex::build(1, &records)
+    records
 }
 
 fn code(member: &str) -> String {
@@ -107,7 +107,7 @@ async fn start_agent(rules: &str) -> (tempfile::TempDir, u16, runtime::Agent) {
     save_rules(dir.path(), rules);
     let port = free_port();
     let agent = runtime::start(config(dir.path(), port)).await.unwrap();
-    agent.set_members(members()).await;
+    agent.set_members(&members()).await.unwrap();
     (dir, port, agent)
 }
 
@@ -211,7 +211,7 @@ rules = "rules.toml"
     let agent = runtime::start(AgentConfig::load(&dir.path().join("agent.toml")).unwrap())
         .await
         .unwrap();
-    agent.set_members(members()).await;
+    agent.set_members(&members()).await.unwrap();
     let m = agent.metrics.clone();
 
     // One writer, then it goes away (a scanner unplugged), then another.

@@ -92,6 +92,7 @@ fn alert(id: &str) -> Alert {
             stage: Some("value".into()),
             tags: vec!["linen".into()],
             last_purchase: None,
+            ..Default::default()
         },
     }
 }

@@ -14,7 +14,6 @@ use std::{
 use anyhow::Context;
 use futures::StreamExt;
 use instore_agent::{
-    cache::MemberIndex,
     config::AgentConfig,
     runtime,
     sources::{AddressType, Advert, Sighting, sim},
@@ -44,7 +43,7 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
     let members = u32::try_from(total * 20 / 19 + 20).context("too many arrivals")?;
     let agent = runtime::start(cfg).await?;
     let records: Vec<_> = sim::population(members.min(65_535));
-    agent.set_members(MemberIndex::build(1, &records)).await;
+    agent.set_members(&records).await?;
     let (input, clock) = agent.sighting_input();
 
     let url = format!("http://{}/api/alerts/stream", agent.http_addr);

@@ -5,6 +5,10 @@
 //! measures the agent's per-advert path — decode, match against the member index, presence — on
 //! one core, with the engine's real `Core`.
 //!
+//! `cargo run --release -p instore-bench -- cache [--members N]` measures the member cache at a
+//! million members: import and snapshot apply time and peak memory, delta apply, the running
+//! agent's memory, stranger rejection and record reads (see `cache.rs`).
+//!
 //! `cargo run --release -p instore-bench -- uplink [--drain-events N] [--ingest-events N]
 //! [--steady-s S]` measures head office's ingest rate, the drain of a buffered outbox, and fsyncs
 //! per 1,000 events at steady load (see `uplink.rs`).
@@ -22,6 +26,7 @@
 
 #[cfg(target_os = "linux")]
 mod ble;
+mod cache;
 mod data;
 mod hot_path;
 mod latency;
@@ -50,7 +55,18 @@ enum Command {
         /// Distinct strangers' devices the other adverts come from.
         #[arg(long, default_value_t = 5_000)]
         strangers: u64,
+        /// Members whose adverts are heard (spread over the whole member set).
+        #[arg(long, default_value_t = 2_000)]
+        present: u32,
     },
+    /// The member cache at scale: import, snapshot apply, delta apply, agent memory, lookups.
+    Cache {
+        #[arg(long, default_value_t = 1_000_000)]
+        members: u32,
+    },
+    /// (internal) one measured step of `cache` in a process of its own.
+    #[command(hide = true)]
+    CacheChild { args: Vec<String> },
     /// Head-office ingest rate, drain of a buffered outbox, fsyncs per 1,000 events.
     Uplink(uplink::UplinkArgs),
     /// Head office's Data: purchase import rows/s, full recompute of a chain, purchase -> store.
@@ -85,7 +101,10 @@ fn main() -> anyhow::Result<()> {
             adverts,
             member_share,
             strangers,
-        } => hot_path::run(members, adverts, member_share, strangers),
+            present,
+        } => hot_path::run(members, adverts, member_share, strangers, present),
+        Command::Cache { members } => cache::run(members),
+        Command::CacheChild { args } => cache::child_main(&args),
         Command::Uplink(args) => uplink::run(args),
         Command::Data(args) => data::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()

@@ -29,7 +29,7 @@ pub use lifecycle::{Actor, Lifecycle, LifecycleError};
 pub use store::{AlertStore, AlertStoreError};
 
 /// What a clerk's tablet shows about the member.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemberCard {
     pub member_id: String,
     pub display_name: String,
@@ -37,6 +37,19 @@ pub struct MemberCard {
     pub stage: Option<String>,
     pub tags: Vec<String>,
     pub last_purchase: Option<LastPurchase>,
+    /// Head office's pyramid band (`top2` … `rest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visits_12m: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_visit: Option<String>,
+    /// "Expected back" date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_next_visit: Option<String>,
+    /// Days overdue (past head office's `overdue_after`) on the day of the alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overdue_days: Option<i64>,
 }
 
 /// An alert as raised: immutable once published.
@@ -347,6 +360,7 @@ impl AlertHub {
                         stage: None,
                         tags: Vec::new(),
                         last_purchase: None,
+                        ..Default::default()
                     },
                 });
                 let state = AlertState {
@@ -628,6 +642,7 @@ mod tests {
                 stage: None,
                 tags: vec![],
                 last_purchase: None,
+                ..Default::default()
             },
         }
     }

@@ -1,318 +1,336 @@
+//! The in-memory member index: identifier → slot, and nothing else per member.
+//!
+//! What a million members cost here (measured in BENCHMARKS.md): one [`IdTable`] entry per fixed
+//! identifier (iBeacon, Eddystone UID, address: ~16 bytes with load and filter), the IRK table
+//! (~180 bytes per IRK, 1 % of members), one bit per slot for "live". Records stay in
+//! `members.db` and are read on a match ([`super::MemberSource`]); short-lived keys (rotating-ID
+//! day keys, EID temporary keys) stay there too and are read once per window by the table
+//! builder ([`super::WindowKeys`]).
+//!
+//! iBeacon UUIDs and Eddystone namespaces are few per chain, so they are dictionary-encoded: an
+//! advert whose UUID or namespace is not in the dictionary is a stranger after a few comparisons,
+//! and the rest of the identifier fits a `u64` key with the code.
+//!
+//! The engine owns the index and patches it in place ([`MemberIndex::apply`]) with what one
+//! change response did ([`IndexPatch`]), between two sightings: identification sees the old or the
+//! new state of a response, never half.
+
 use std::{
-    borrow::Borrow,
-    collections::{HashMap, HashSet},
-    hash::{Hash, Hasher},
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
 };
 
-use crate::identify::rpa::IrkTable;
 use foldhash::fast::RandomState;
-use instore_protocol::{
-    Consent, IdentifierKey, MemberRecord, eddystone_eid::TempKey, member::LastPurchase,
-    rotating::DayKey,
-};
+use instore_protocol::IdentifierKey;
 
-/// A member as the gateway uses it: the fields rules and clerk cards need.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Member {
-    pub member_id: String,
-    pub display_name: String,
-    pub tier: String,
-    pub stage: Option<String>,
-    pub tags: Vec<String>,
-    pub groups: Vec<String>,
-    pub birthday: Option<String>,
-    pub last_purchase: Option<LastPurchase>,
-    /// `YYYY-MM-DD`; `None` when head office has not recorded one.
-    pub last_visit: Option<String>,
-    /// Presence always holds for an indexed member; the other consents gate rules.
-    pub consent: Consent,
+use super::{Slot, table::IdTable};
+use crate::identify::rpa::IrkTable;
+
+/// Distinct UUIDs (or namespaces) up to which the dictionary is a list scanned without hashing.
+const DICT_SCAN_MAX: usize = 8;
+/// Codes fit 14 bits of a key.
+const DICT_MAX: usize = (1 << 14) - 1;
+
+const TAG_IBEACON: u64 = 1 << 62;
+const TAG_UID: u64 = 2 << 62;
+const TAG_MAC: u64 = 3 << 62;
+
+static NEXT_VERSION: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    NEXT_VERSION.fetch_add(1, Ordering::Relaxed)
 }
 
-impl From<&MemberRecord> for Member {
-    fn from(r: &MemberRecord) -> Self {
-        Self {
-            member_id: r.member_id.clone(),
-            display_name: r.display_name.clone(),
-            tier: r.tier.clone(),
-            stage: r.stage.clone(),
-            tags: r.tags.clone(),
-            groups: r.groups.clone(),
-            birthday: r.birthday.clone(),
-            last_purchase: r.last_purchase.clone(),
-            last_visit: r.last_visit.clone(),
-            consent: r.consent.clone(),
+/// Byte strings (UUIDs, namespaces) → small codes, in order of first use.
+#[derive(Debug, Clone, Default)]
+struct Dict<const N: usize> {
+    list: Vec<[u8; N]>,
+    map: HashMap<[u8; N], u16, RandomState>,
+}
+
+impl<const N: usize> Dict<N> {
+    #[inline]
+    fn code(&self, v: &[u8; N]) -> Option<u16> {
+        if self.list.len() <= DICT_SCAN_MAX {
+            self.list.iter().position(|x| x == v).map(|i| i as u16 + 1)
+        } else {
+            self.map.get(v).copied()
         }
     }
-}
 
-/// Position of a member in the index; compact (4 bytes) so that the identifier maps stay small
-/// with a million members.
-pub type Slot = u32;
-
-type Map<K, V> = HashMap<K, V, RandomState>;
-
-/// Distinct iBeacon UUIDs up to which the index keeps a list to reject strangers' beacons with a
-/// few comparisons before any hashing (a chain usually issues one or two UUIDs).
-const UUID_PREFILTER_MAX: usize = 8;
-
-static NEXT_BUILD: AtomicU64 = AtomicU64::new(1);
-
-/// One day's rotating-ID key of one member.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DayKeyEntry {
-    pub slot: Slot,
-    pub day: u32,
-    pub key: DayKey,
-}
-
-impl std::fmt::Debug for DayKeyEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DayKeyEntry")
-            .field("slot", &self.slot)
-            .field("day", &self.day)
-            .finish()
+    fn code_or_add(&mut self, v: &[u8; N]) -> Option<u16> {
+        if let Some(c) = self.code(v) {
+            return Some(c);
+        }
+        if self.list.len() >= DICT_MAX {
+            return None;
+        }
+        self.list.push(*v);
+        let c = self.list.len() as u16;
+        self.map.insert(*v, c);
+        Some(c)
     }
 }
 
-/// One epoch's Eddystone-EID temporary key of one member.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EidKeyEntry {
-    pub slot: Slot,
-    pub epoch: u16,
-    pub exponent: u8,
-    pub key: TempKey,
+/// One step of an [`IndexPatch`], applied in order (a member changed twice in one response
+/// drops and takes identifiers in the order the changes did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchOp {
+    /// The member in this slot is held now (added, or its record changed: cached records of it
+    /// are stale).
+    Live(Slot),
+    /// The member in this slot is no longer held.
+    Gone(Slot),
+    Add(IdentifierKey, Slot),
+    Remove(IdentifierKey, Slot),
 }
 
-impl std::fmt::Debug for EidKeyEntry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EidKeyEntry")
-            .field("slot", &self.slot)
-            .field("epoch", &self.epoch)
-            .field("exponent", &self.exponent)
-            .finish()
+/// What one applied change response did to the member set, for the engine's index. Built by the
+/// applier inside the transaction that wrote it, sent to the engine after the commit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexPatch {
+    pub ops: Vec<PatchOp>,
+    /// Some member's short-lived keys changed: per-window tables are rebuilt.
+    pub keys_changed: bool,
+    /// Members with day keys / EID temporary keys after the change (absolute).
+    pub day_key_members: usize,
+    pub eid_key_members: usize,
+    /// The member-set version after the change (sum of the channel versions).
+    pub version: u64,
+}
+
+impl IndexPatch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && !self.keys_changed
+    }
+
+    /// Slots whose record changed or went.
+    pub fn touched(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.ops.iter().filter_map(|op| match op {
+            PatchOp::Live(s) | PatchOp::Gone(s) => Some(*s),
+            _ => None,
+        })
+    }
+
+    /// Slots no longer held.
+    pub fn gone(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.ops.iter().filter_map(|op| match op {
+            PatchOp::Gone(s) => Some(*s),
+            _ => None,
+        })
     }
 }
 
-/// A member found by its id without a second copy of the id string.
-#[derive(Debug)]
-struct ById {
-    member: Arc<Member>,
-    slot: Slot,
-}
-
-impl Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.member.member_id
-    }
-}
-
-impl Hash for ById {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        // Must hash exactly as `str` does, for lookups by `&str`.
-        self.member.member_id.as_str().hash(state);
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.member.member_id == other.member.member_id
-    }
-}
-impl Eq for ById {}
-
-/// Identifier → member in one hash lookup, for a million members. Immutable: a new member set
-/// builds a new index, which the engine swaps in whole, so identification never sees half an
-/// update.
-///
-/// Keys are fixed-size byte arrays (no per-identifier allocation) mapping to a 4-byte [`Slot`];
-/// the maps use a keyed fast hash (foldhash, randomly seeded per process) so that an advert costs a
-/// few nanoseconds to look up yet crafted adverts cannot aim at one bucket.
+/// Identifier → member slot for a million members in a few tens of MB (see the module docs).
 #[derive(Debug, Default)]
 pub struct MemberIndex {
     build_id: u64,
     version: u64,
-    members: Vec<Arc<Member>>,
-    by_id: HashSet<ById, RandomState>,
-    ibeacon: Map<[u8; 20], Slot>,
-    /// `None` when members use too many UUIDs for a list to pay off.
-    ibeacon_uuids: Option<Vec<[u8; 16]>>,
-    eddystone: Map<[u8; 16], Slot>,
-    mac: Map<[u8; 6], Slot>,
-    /// Key schedules expanded once, at build time, not per advert.
+    uuids: Dict<16>,
+    namespaces: Dict<10>,
+    ids: IdTable,
+    /// Key schedules expanded once, not per advert.
     irks: IrkTable,
-    /// Sorted by (slot, day).
-    day_keys: Vec<DayKeyEntry>,
-    /// Eddystone-EID temporary keys, sorted by (epoch, slot).
-    eid_keys: Vec<EidKeyEntry>,
+    /// One bit per slot: the member is held (and consenting).
+    live: Vec<u64>,
+    members: usize,
+    day_key_members: usize,
+    eid_key_members: usize,
+    /// Changes whenever the short-lived keys may have: per-window tables built before are stale.
+    keys_version: u64,
+    /// Changes whenever IRKs were added: remembered "stranger" answers for RPAs are stale.
+    irk_version: u64,
+    /// Identifiers refused because another member holds them.
+    conflicts: u64,
 }
 
-fn ibeacon_key(uuid: &[u8; 16], major: u16, minor: u16) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(uuid);
-    k[16..18].copy_from_slice(&major.to_be_bytes());
-    k[18..].copy_from_slice(&minor.to_be_bytes());
-    k
+/// Builds a [`MemberIndex`] from a stream of members and identifiers (from `members.db` or
+/// memory), sized once.
+#[derive(Debug)]
+pub struct IndexBuilder {
+    index: MemberIndex,
 }
 
-fn eddystone_key(namespace: &[u8; 10], instance: &[u8; 6]) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..10].copy_from_slice(namespace);
-    k[10..].copy_from_slice(instance);
-    k
+impl IndexBuilder {
+    /// `identifiers`: how many fixed identifiers will be added (sizes the table exactly).
+    pub fn new(identifiers: usize) -> Self {
+        let v = next_version();
+        Self {
+            index: MemberIndex {
+                build_id: v,
+                keys_version: v,
+                irk_version: v,
+                ids: IdTable::with_capacity(identifiers),
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn member(&mut self, slot: Slot) {
+        self.index.set_live(slot, true);
+    }
+
+    pub fn identifier(&mut self, key: &IdentifierKey, slot: Slot) {
+        self.index.add(key, slot);
+    }
+
+    pub fn finish(
+        mut self,
+        version: u64,
+        day_key_members: usize,
+        eid_key_members: usize,
+    ) -> MemberIndex {
+        self.index.version = version;
+        self.index.day_key_members = day_key_members;
+        self.index.eid_key_members = eid_key_members;
+        self.index.live.shrink_to_fit();
+        self.index
+    }
 }
 
 impl MemberIndex {
-    /// Builds the index of consenting members. Records that fail validation are skipped (they were
-    /// validated on the way in; this keeps a corrupted cache row from poisoning the index). When two
-    /// members claim one identifier the first keeps it. A long-term rotating secret, should one
-    /// reach a gateway, is ignored: gateways work only with day keys.
-    pub fn build(version: u64, records: &[MemberRecord]) -> Self {
-        let mut index = MemberIndex {
-            build_id: NEXT_BUILD.fetch_add(1, Ordering::Relaxed),
-            version,
-            ..Default::default()
-        };
-        let mut uuids: Vec<[u8; 16]> = Vec::new();
-        let mut many_uuids = false;
-        for r in records {
-            if !r.consent.presence {
-                continue;
+    fn set_live(&mut self, slot: Slot, live: bool) {
+        let (w, b) = (slot as usize / 64, slot % 64);
+        if w >= self.live.len() {
+            if !live {
+                return;
             }
-            let Ok(keys) = r.validate() else { continue };
-            let Ok(slot) = Slot::try_from(index.members.len()) else {
-                break;
-            };
-            let member = Arc::new(Member::from(r));
-            if !index.by_id.insert(ById {
-                member: member.clone(),
-                slot,
-            }) {
-                continue;
-            }
-            index.members.push(member);
-            for k in keys {
-                match k {
-                    IdentifierKey::Ibeacon { uuid, major, minor } => {
-                        index
-                            .ibeacon
-                            .entry(ibeacon_key(&uuid, major, minor))
-                            .or_insert(slot);
-                        if !many_uuids && !uuids.contains(&uuid) {
-                            uuids.push(uuid);
-                            many_uuids = uuids.len() > UUID_PREFILTER_MAX;
-                        }
-                    }
-                    IdentifierKey::EddystoneUid {
-                        namespace,
-                        instance,
-                    } => {
-                        index
-                            .eddystone
-                            .entry(eddystone_key(&namespace, &instance))
-                            .or_insert(slot);
-                    }
-                    IdentifierKey::Mac(a) => {
-                        index.mac.entry(a).or_insert(slot);
-                    }
-                    IdentifierKey::Irk(irk) => index.irks.push(&irk, slot),
-                    IdentifierKey::RotatingDayKey { day, key } => {
-                        index.day_keys.push(DayKeyEntry { slot, day, key })
-                    }
-                    IdentifierKey::EddystoneEidTemp {
-                        epoch,
-                        key,
-                        exponent,
-                    } => index.eid_keys.push(EidKeyEntry {
-                        slot,
-                        epoch,
-                        exponent,
-                        key,
-                    }),
-                    IdentifierKey::RotatingSecret(_)
-                    | IdentifierKey::EddystoneEidIdentity { .. } => {}
-                }
-            }
+            self.live.resize((w + 1).next_power_of_two(), 0);
         }
-        index.ibeacon_uuids = (!many_uuids).then_some(uuids);
-        index.day_keys.sort_by_key(|e| (e.slot, e.day));
-        index.day_keys.dedup_by_key(|e| (e.slot, e.day));
-        index.eid_keys.sort_by_key(|e| (e.epoch, e.slot));
-        index.eid_keys.dedup_by_key(|e| (e.epoch, e.slot));
-        index.members.shrink_to_fit();
-        index
+        let was = self.live[w] & (1 << b) != 0;
+        if live {
+            self.live[w] |= 1 << b;
+        } else {
+            self.live[w] &= !(1 << b);
+        }
+        match (was, live) {
+            (false, true) => self.members += 1,
+            (true, false) => self.members -= 1,
+            _ => {}
+        }
     }
 
-    /// The member holding `key` (fixed identifiers; IRKs and day keys are not looked up this way).
-    pub fn lookup(&self, key: &IdentifierKey) -> Option<&Arc<Member>> {
-        let slot = match key {
+    /// Whether `slot` is a member held now (tables built earlier may name departed slots).
+    #[inline]
+    pub fn is_live(&self, slot: Slot) -> bool {
+        self.live
+            .get(slot as usize / 64)
+            .is_some_and(|w| w & (1 << (slot % 64)) != 0)
+    }
+
+    fn encode(&mut self, key: &IdentifierKey) -> Option<u64> {
+        match key {
+            IdentifierKey::Ibeacon { uuid, major, minor } => {
+                let c = self.uuids.code_or_add(uuid)?;
+                Some(ibeacon_key(c, *major, *minor))
+            }
+            IdentifierKey::EddystoneUid {
+                namespace,
+                instance,
+            } => {
+                let c = self.namespaces.code_or_add(namespace)?;
+                Some(uid_key(c, instance))
+            }
+            IdentifierKey::Mac(a) => Some(mac_key(a)),
+            _ => None,
+        }
+    }
+
+    fn add(&mut self, key: &IdentifierKey, slot: Slot) {
+        if let IdentifierKey::Irk(irk) = key {
+            self.irks.push(irk, slot);
+            self.irk_version = next_version();
+            return;
+        }
+        // Rotating secrets, EID identity keys and short-lived keys are not looked up here.
+        let Some(k) = self.encode(key) else { return };
+        if !self.ids.insert(k, slot) {
+            self.conflicts += 1;
+        }
+    }
+
+    fn remove(&mut self, key: &IdentifierKey, slot: Slot) {
+        if let IdentifierKey::Irk(_) = key {
+            self.irks.remove_slot(slot);
+            return;
+        }
+        let k = match key {
+            IdentifierKey::Ibeacon { uuid, major, minor } => self
+                .uuids
+                .code(uuid)
+                .map(|c| ibeacon_key(c, *major, *minor)),
+            IdentifierKey::EddystoneUid {
+                namespace,
+                instance,
+            } => self
+                .namespaces
+                .code(namespace)
+                .map(|c| uid_key(c, instance)),
+            IdentifierKey::Mac(a) => Some(mac_key(a)),
+            _ => None,
+        };
+        if let Some(k) = k {
+            self.ids.remove(k, slot);
+        }
+    }
+
+    /// Applies what one change response did, in place.
+    pub fn apply(&mut self, patch: &IndexPatch) {
+        let mut gone = false;
+        for op in &patch.ops {
+            match op {
+                PatchOp::Live(slot) => self.set_live(*slot, true),
+                PatchOp::Gone(slot) => {
+                    self.irks.remove_slot(*slot);
+                    self.set_live(*slot, false);
+                    gone = true;
+                }
+                PatchOp::Add(key, slot) => self.add(key, *slot),
+                PatchOp::Remove(key, slot) => self.remove(key, *slot),
+            }
+        }
+        if patch.keys_changed || gone {
+            self.keys_version = next_version();
+        }
+        self.day_key_members = patch.day_key_members;
+        self.eid_key_members = patch.eid_key_members;
+        self.version = patch.version;
+    }
+
+    /// Whether some member's iBeacon could have this UUID: a few comparisons, no hashing.
+    #[inline]
+    pub fn may_have_ibeacon_uuid(&self, uuid: &[u8; 16]) -> bool {
+        self.uuids.code(uuid).is_some()
+    }
+
+    #[inline]
+    pub fn ibeacon(&self, uuid: &[u8; 16], major: u16, minor: u16) -> Option<Slot> {
+        let c = self.uuids.code(uuid)?;
+        self.ids.get(ibeacon_key(c, major, minor))
+    }
+
+    #[inline]
+    pub fn eddystone_uid(&self, namespace: &[u8; 10], instance: &[u8; 6]) -> Option<Slot> {
+        let c = self.namespaces.code(namespace)?;
+        self.ids.get(uid_key(c, instance))
+    }
+
+    #[inline]
+    pub fn mac(&self, address: &[u8; 6]) -> Option<Slot> {
+        self.ids.get(mac_key(address))
+    }
+
+    /// The member holding `key` (fixed identifiers only).
+    pub fn lookup(&self, key: &IdentifierKey) -> Option<Slot> {
+        match key {
             IdentifierKey::Ibeacon { uuid, major, minor } => self.ibeacon(uuid, *major, *minor),
             IdentifierKey::EddystoneUid {
                 namespace,
                 instance,
             } => self.eddystone_uid(namespace, instance),
             IdentifierKey::Mac(a) => self.mac(a),
-            IdentifierKey::Irk(_)
-            | IdentifierKey::RotatingSecret(_)
-            | IdentifierKey::RotatingDayKey { .. }
-            | IdentifierKey::EddystoneEidIdentity { .. }
-            | IdentifierKey::EddystoneEidTemp { .. } => None,
-        }?;
-        self.at(slot)
-    }
-
-    /// Whether some member's iBeacon could have this UUID: a few comparisons, no hashing.
-    #[inline]
-    pub fn may_have_ibeacon_uuid(&self, uuid: &[u8; 16]) -> bool {
-        match &self.ibeacon_uuids {
-            Some(list) => list.contains(uuid),
-            None => true,
+            _ => None,
         }
-    }
-
-    #[inline]
-    pub fn ibeacon(&self, uuid: &[u8; 16], major: u16, minor: u16) -> Option<Slot> {
-        if self.ibeacon.is_empty() || !self.may_have_ibeacon_uuid(uuid) {
-            return None;
-        }
-        self.ibeacon.get(&ibeacon_key(uuid, major, minor)).copied()
-    }
-
-    #[inline]
-    pub fn eddystone_uid(&self, namespace: &[u8; 10], instance: &[u8; 6]) -> Option<Slot> {
-        if self.eddystone.is_empty() {
-            return None;
-        }
-        self.eddystone
-            .get(&eddystone_key(namespace, instance))
-            .copied()
-    }
-
-    #[inline]
-    pub fn mac(&self, address: &[u8; 6]) -> Option<Slot> {
-        if self.mac.is_empty() {
-            return None;
-        }
-        self.mac.get(address).copied()
-    }
-
-    /// The member in `slot`.
-    #[inline]
-    pub fn at(&self, slot: Slot) -> Option<&Arc<Member>> {
-        self.members.get(slot as usize)
-    }
-
-    /// The consenting member with this id.
-    pub fn member(&self, member_id: &str) -> Option<&Arc<Member>> {
-        self.by_id.get(member_id).map(|e| &e.member)
-    }
-
-    /// The slot of the consenting member with this id.
-    pub fn slot_of(&self, member_id: &str) -> Option<Slot> {
-        self.by_id.get(member_id).map(|e| e.slot)
     }
 
     /// Identity resolving keys of consenting members, for resolvable private addresses.
@@ -320,26 +338,12 @@ impl MemberIndex {
         &self.irks
     }
 
-    /// Every member's key for `day` (the rotating-ID table of a window is built from these).
-    pub fn day_keys_for(&self, day: u32) -> impl Iterator<Item = &DayKeyEntry> + '_ {
-        self.day_keys.iter().filter(move |e| e.day == day)
-    }
-
-    /// Whether any member has rotating-ID day keys.
     pub fn has_day_keys(&self) -> bool {
-        !self.day_keys.is_empty()
+        self.day_key_members > 0
     }
 
-    /// Every member's Eddystone-EID temporary key for `epoch`.
-    pub fn eid_keys_for(&self, epoch: u16) -> &[EidKeyEntry] {
-        let start = self.eid_keys.partition_point(|e| e.epoch < epoch);
-        let end = self.eid_keys.partition_point(|e| e.epoch <= epoch);
-        &self.eid_keys[start..end]
-    }
-
-    /// Whether any member has Eddystone-EID temporary keys.
     pub fn has_eid_keys(&self) -> bool {
-        !self.eid_keys.is_empty()
+        self.eid_key_members > 0
     }
 
     /// Whether per-window tables (rotating IDs, EIDs) are worth building for this index.
@@ -347,105 +351,108 @@ impl MemberIndex {
         self.has_day_keys() || self.has_eid_keys()
     }
 
-    /// The day key of the member in `slot` for `day`.
-    pub fn day_key(&self, slot: Slot, day: u32) -> Option<&DayKey> {
-        self.day_keys
-            .binary_search_by_key(&(slot, day), |e| (e.slot, e.day))
-            .ok()
-            .map(|i| &self.day_keys[i].key)
-    }
-
     pub fn version(&self) -> u64 {
         self.version
     }
 
-    /// Distinguishes this build from every other index built by this process, so that state derived
-    /// from an index (resolution caches, rotating-ID tables) knows when to start over.
+    /// Distinguishes this index (a whole load) from every other one this process built.
     pub fn build_id(&self) -> u64 {
         self.build_id
     }
 
-    /// Number of consenting members indexed.
+    /// Changes when short-lived keys may have changed (per-window tables then rebuild).
+    pub fn keys_version(&self) -> u64 {
+        self.keys_version
+    }
+
+    /// Changes when IRKs were added (cached RPA answers then start over).
+    pub fn irk_version(&self) -> u64 {
+        self.irk_version
+    }
+
+    /// Members held.
     pub fn len(&self) -> usize {
-        self.members.len()
+        self.members
     }
 
     pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
+        self.members == 0
     }
+
+    /// Fixed identifiers held (the IRKs apart).
+    pub fn identifiers(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Identifiers refused because another member already held them.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
+    }
+
+    /// Heap bytes of the structures (table, filter, IRKs, live bits), for the benchmarks.
+    pub fn heap_bytes(&self) -> usize {
+        self.ids.heap_bytes() + self.irks.heap_bytes() + self.live.capacity() * 8
+    }
+}
+
+#[inline]
+fn ibeacon_key(code: u16, major: u16, minor: u16) -> u64 {
+    TAG_IBEACON | u64::from(code) << 48 | u64::from(major) << 16 | u64::from(minor)
+}
+
+#[inline]
+fn uid_key(code: u16, instance: &[u8; 6]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(instance);
+    TAG_UID | u64::from(code) << 48 | u64::from_be_bytes(b)
+}
+
+#[inline]
+fn mac_key(a: &[u8; 6]) -> u64 {
+    let mut b = [0u8; 8];
+    b[2..].copy_from_slice(a);
+    TAG_MAC | u64::from_be_bytes(b)
 }
 
 #[cfg(test)]
 mod tests {
-    use instore_protocol::{Consent, Identifier};
-
     use super::*;
 
-    fn record(id: &str, minor: u16, consent: bool) -> MemberRecord {
-        MemberRecord {
-            member_id: id.into(),
-            display_name: "N".into(),
-            tier: "gold".into(),
-            stage: None,
-            tags: vec![],
-            groups: vec![],
-            consent: Consent {
-                presence: consent,
-                marketing: false,
-            },
-            identifiers: vec![Identifier::Ibeacon {
-                uuid: "f7826da6-4fa2-4e98-8024-bc5b71e0893e".into(),
-                major: 1,
-                minor,
-            }],
-            birthday: None,
-            last_purchase: None,
-            last_visit: None,
-            ..Default::default()
+    fn beacon(minor: u16) -> IdentifierKey {
+        IdentifierKey::Ibeacon {
+            uuid: [7; 16],
+            major: 1,
+            minor,
         }
     }
 
     #[test]
-    fn consenting_members_are_found_by_identifier() {
-        let idx = MemberIndex::build(3, &[record("A", 1, true), record("B", 2, true)]);
-        let key = record("B", 2, true).validate().unwrap()[0];
-        assert_eq!(idx.lookup(&key).unwrap().member_id, "B");
-        assert_eq!((idx.len(), idx.version()), (2, 3));
-    }
-
-    #[test]
-    fn members_without_consent_are_not_indexed() {
-        let idx = MemberIndex::build(1, &[record("A", 1, false)]);
-        let key = record("A", 1, false).validate().unwrap()[0];
-        assert!(idx.lookup(&key).is_none());
-        assert!(idx.is_empty());
-    }
-
-    #[test]
-    fn eid_temporary_keys_are_indexed_by_epoch_and_an_identity_key_is_ignored() {
-        let mut with_temp = record("T", 1, true);
-        with_temp.identifiers = [7u16, 8]
-            .map(|epoch| Identifier::EddystoneEidTemp {
-                epoch,
-                key: hex::encode([epoch as u8; 16]),
-                exponent: 10,
-            })
-            .to_vec();
-        let mut with_identity = record("I", 2, true);
-        with_identity.identifiers = vec![Identifier::EddystoneEidIdentity {
-            identity_key: hex::encode([1u8; 16]),
-            exponent: 10,
-        }];
-        let idx = MemberIndex::build(1, &[with_identity, with_temp]);
-        assert_eq!(idx.len(), 2);
-        let e8 = idx.eid_keys_for(8);
-        assert_eq!(
-            e8.len(),
-            1,
-            "only the temporary key; the identity key never counts"
-        );
-        assert_eq!((e8[0].slot, e8[0].key), (1, [8; 16]));
-        assert!(idx.eid_keys_for(9).is_empty());
-        assert!(idx.has_window_keys());
+    fn a_patch_moves_identifiers_in_place_and_a_departed_slot_is_no_longer_live() {
+        let mut b = IndexBuilder::new(2);
+        b.member(1);
+        b.identifier(&beacon(1), 1);
+        b.member(2);
+        b.identifier(&IdentifierKey::Mac([1, 2, 3, 4, 5, 6]), 2);
+        let mut idx = b.finish(5, 0, 0);
+        assert_eq!((idx.ibeacon(&[7; 16], 1, 1), idx.len()), (Some(1), 2));
+        idx.apply(&IndexPatch {
+            ops: vec![
+                PatchOp::Remove(IdentifierKey::Mac([1, 2, 3, 4, 5, 6]), 2),
+                PatchOp::Gone(2),
+                PatchOp::Remove(beacon(1), 1),
+                PatchOp::Add(beacon(2), 1),
+                PatchOp::Live(1),
+                PatchOp::Live(3),
+                PatchOp::Add(beacon(1), 3),
+            ],
+            version: 6,
+            ..Default::default()
+        });
+        assert_eq!(idx.ibeacon(&[7; 16], 1, 2), Some(1));
+        assert_eq!(idx.ibeacon(&[7; 16], 1, 1), Some(3));
+        assert_eq!(idx.mac(&[1, 2, 3, 4, 5, 6]), None);
+        assert!(!idx.is_live(2) && idx.is_live(3));
+        assert_eq!((idx.len(), idx.version()), (2, 6));
+        assert!(!idx.may_have_ibeacon_uuid(&[8; 16]));
     }
 }

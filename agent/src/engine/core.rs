@@ -1,20 +1,55 @@
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     hash::{BuildHasher, RandomState},
     sync::Arc,
 };
 
-use instore_protocol::EventBody;
+use instore_protocol::{EventBody, changes::LookupResponse};
 
 use crate::{
     alerts::{Alert, MemberCard},
-    cache::{Member, MemberIndex},
-    identify::{Identification, Identify},
+    cache::{
+        IndexPatch, Member, MemberIndex, Members, RECORD_CACHE, RecordRead, Records, WindowKeys,
+    },
+    identify::{
+        Identify,
+        qr::{QrOutcome, identify_qr, verify_lookup},
+    },
     metrics::Metrics,
     presence::{Presence, PresenceChange, PresentMember},
     react::{Action, Happening, Occasion, Rules},
     sources::Sighting,
 };
+
+/// A scanned member code whose member the gateway does not hold: head office is asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QrLookup {
+    pub zone: Arc<str>,
+    pub payload: String,
+    /// Monotonic milliseconds of the scan.
+    pub at_ms: u64,
+    pub member_id: String,
+}
+
+/// Head office's answer to a [`QrLookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum LookupResult {
+    Found(Box<LookupResponse>),
+    /// Refused, with a reason label (`not_found`, `offline`, `timeout`, `busy`, `error`).
+    Refused(&'static str),
+}
+
+/// Looked-up members kept for their visit, at most.
+const VISITORS_MAX: usize = 256;
+/// How long a looked-up member is kept (wall ms).
+const VISITOR_KEEP_MS: i64 = 4 * 3_600_000;
+
+#[derive(Debug)]
+struct Visitor {
+    member: Arc<Member>,
+    response: LookupResponse,
+    until_wall_ms: i64,
+}
 
 /// What the core asks the shell to do. Times are the agent's monotonic milliseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +67,8 @@ pub enum Output {
     },
     /// A reaction's MQTT publish or webhook, for the action task once the round commits.
     Action(Box<Action>),
+    /// Ask head office about a scanned code's member (answer: [`Core::on_lookup`]).
+    Lookup(Box<QrLookup>),
 }
 
 const FOOTFALL_INTERVAL_MS: u64 = 60_000;
@@ -104,7 +141,12 @@ impl Footfall {
 /// Identify → presence → react, as one piece of state with no I/O.
 #[derive(Debug)]
 pub struct Core {
-    index: Arc<MemberIndex>,
+    index: MemberIndex,
+    /// Records of matched members: a bounded cache in front of `members.db` (or memory).
+    records: Records,
+    keys: Arc<dyn WindowKeys>,
+    /// Members head office answered a lookup for, kept for their visit.
+    visitors: HashMap<String, Visitor>,
     presence: Presence,
     rules: Rules,
     metrics: Metrics,
@@ -117,16 +159,19 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(
-        index: Arc<MemberIndex>,
-        presence: Presence,
-        rules: Rules,
-        metrics: Metrics,
-    ) -> Self {
+    pub fn new(members: Members, presence: Presence, rules: Rules, metrics: Metrics) -> Self {
+        let Members {
+            index,
+            records,
+            keys,
+        } = members;
         metrics.members_cached.set(index.len() as i64);
         let identify = Identify::default().with_metrics(&metrics);
         Self {
             index,
+            records: Records::new(records, RECORD_CACHE),
+            keys,
+            visitors: HashMap::new(),
             presence,
             rules,
             metrics,
@@ -137,9 +182,28 @@ impl Core {
         }
     }
 
+    /// The record of the member in `slot` (memory, else disk), counted.
+    fn record(&mut self, slot: crate::cache::Slot) -> Option<Arc<Member>> {
+        let (m, read) = self.records.get(slot);
+        match read {
+            RecordRead::Cached => {}
+            RecordRead::Disk => {
+                self.metrics.member_record_reads.inc();
+            }
+            RecordRead::Missing | RecordRead::Failed => {
+                self.metrics.member_record_failures.inc();
+            }
+        }
+        m
+    }
+
     pub fn on_sighting(&mut self, s: &Sighting, out: &mut Vec<Output>) {
-        match self.identify.identify(&s.advert, &self.index, s.at_ms) {
-            Identification::Member(member) => {
+        let member = self
+            .identify
+            .identify(&s.advert, &self.index, s.at_ms)
+            .and_then(|slot| self.record(slot));
+        match member {
+            Some(member) => {
                 self.metrics.identified.inc();
                 let mut changes = std::mem::take(&mut self.changes);
                 self.presence
@@ -149,7 +213,7 @@ impl Core {
                 }
                 self.changes = changes;
             }
-            Identification::Stranger => {
+            None => {
                 self.metrics.strangers.inc();
                 self.footfall.observe(&s.advert.address);
             }
@@ -159,12 +223,13 @@ impl Core {
     /// Waits until the per-window ID tables for `now_ms` are built and swapped in (benchmarks and
     /// tests; the engine task never waits, it swaps tables in on its tick).
     pub fn prepare_id_tables_and_wait(&mut self, now_ms: u64) {
-        self.identify.prepare_and_wait(&self.index, now_ms);
+        self.identify
+            .prepare_and_wait(&self.index, &self.keys, now_ms);
     }
 
     pub fn on_tick(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         // Swaps in per-window ID tables built off this task; never builds one here.
-        self.identify.prepare(&self.index, now_ms);
+        self.identify.prepare(&self.index, &self.keys, now_ms);
         for change in self.presence.tick(now_ms) {
             self.apply(change, out);
         }
@@ -187,14 +252,11 @@ impl Core {
 
     /// Planned triggers (birthday week, overdue) for the members present now.
     fn check_planned(&mut self, now_ms: u64, out: &mut Vec<Output>) {
-        for p in self.presence.present(|ms| ms as i64) {
-            let Some(member) = self.index.member(&p.member_id).cloned() else {
-                continue;
-            };
+        for (member, zone) in self.presence.present_members() {
             let occasion = Occasion {
                 what: Happening::Scheduled,
                 member: &member,
-                zone: &p.zone,
+                zone: &zone,
                 visit_id: "",
                 at_ms: now_ms,
             };
@@ -202,7 +264,9 @@ impl Core {
         }
     }
 
-    /// A scanner read `payload` in `zone`: a member's QR code, or counted and dropped.
+    /// A scanner read `payload` in `zone`: a member's QR code, or counted and dropped. A valid
+    /// code of a member not held here becomes an [`Output::Lookup`] (unless head office already
+    /// answered for the member during their visit).
     pub fn on_qr(
         &mut self,
         zone: &str,
@@ -211,19 +275,94 @@ impl Core {
         wall_ms: i64,
         out: &mut Vec<Output>,
     ) {
-        let member = match crate::identify::qr::identify_qr(payload, &self.index, wall_ms) {
-            Ok(m) => m,
-            Err(e) => {
-                let label = error_label(&e);
-                // Never the payload: a member's code is a credential.
-                tracing::info!(zone, error = %label, "QR code rejected");
+        match identify_qr(payload, &self.index, self.records.source(), wall_ms) {
+            QrOutcome::Member(slot) => match self.record(slot) {
+                Some(member) => self.qr_identified(&member, zone, at_ms, out),
+                None => self.qr_refused(zone, "unknown_member".into()),
+            },
+            QrOutcome::Refused(e) => self.qr_refused(zone, error_label(&e)),
+            QrOutcome::NotHeld { member_id } => {
+                self.visitors.retain(|_, v| v.until_wall_ms > wall_ms);
+                if let Some(v) = self.visitors.get(&member_id) {
+                    match verify_lookup(payload, &v.response, wall_ms) {
+                        Ok(()) => {
+                            let member = v.member.clone();
+                            self.qr_identified(&member, zone, at_ms, out);
+                        }
+                        Err(e) => self.qr_refused(zone, error_label(&e)),
+                    }
+                    return;
+                }
+                out.push(Output::Lookup(Box::new(QrLookup {
+                    zone: Arc::from(zone),
+                    payload: payload.to_string(),
+                    at_ms,
+                    member_id,
+                })));
+            }
+        }
+    }
+
+    /// Head office answered a [`QrLookup`]: the code is checked with the keys it returned, as
+    /// for a member held here; a refusal is counted by its reason.
+    pub fn on_lookup(
+        &mut self,
+        lookup: &QrLookup,
+        result: LookupResult,
+        wall_ms: i64,
+        out: &mut Vec<Output>,
+    ) {
+        let found = match result {
+            LookupResult::Found(found) => found,
+            LookupResult::Refused(reason) => {
                 self.metrics
-                    .qr_rejected
-                    .get_or_create(&vec![("error", label)])
+                    .qr_lookups
+                    .get_or_create(&vec![("result", reason)])
                     .inc();
+                self.qr_refused(&lookup.zone, format!("lookup_{reason}"));
                 return;
             }
         };
+        if let Err(e) = verify_lookup(&lookup.payload, &found, wall_ms) {
+            self.metrics
+                .qr_lookups
+                .get_or_create(&vec![("result", "refused")])
+                .inc();
+            self.qr_refused(&lookup.zone, error_label(&e));
+            return;
+        }
+        self.metrics
+            .qr_lookups
+            .get_or_create(&vec![("result", "found")])
+            .inc();
+        let member = Arc::new(Member::from_record(0, &found.member));
+        if self.visitors.len() >= VISITORS_MAX {
+            self.visitors.retain(|_, v| v.until_wall_ms > wall_ms);
+            if self.visitors.len() >= VISITORS_MAX {
+                self.visitors.clear();
+            }
+        }
+        self.visitors.insert(
+            found.member.member_id.clone(),
+            Visitor {
+                member: member.clone(),
+                response: *found,
+                until_wall_ms: wall_ms + VISITOR_KEEP_MS,
+            },
+        );
+        self.qr_identified(&member, &lookup.zone, lookup.at_ms, out);
+    }
+
+    fn qr_refused(&mut self, zone: &str, label: String) {
+        // Never the payload: a member's code is a credential.
+        tracing::info!(zone, error = %label, "QR code rejected");
+        self.metrics
+            .qr_rejected
+            .get_or_create(&vec![("error", label)])
+            .inc();
+    }
+
+    fn qr_identified(&mut self, member: &Member, zone: &str, at_ms: u64, out: &mut Vec<Output>) {
         self.metrics.identified.inc();
         out.push(Output::Event {
             at_ms,
@@ -234,7 +373,7 @@ impl Core {
         });
         let occasion = Occasion {
             what: Happening::QrScan,
-            member: &member,
+            member,
             zone,
             visit_id: "",
             at_ms,
@@ -286,19 +425,53 @@ impl Core {
         );
     }
 
-    /// Swaps in a new member set; members no longer in it (consent withdrawn, removed) stop being
-    /// tracked at once.
-    pub fn set_members(&mut self, index: Arc<MemberIndex>, now_ms: u64, out: &mut Vec<Output>) {
+    /// Swaps in a whole new member set (start, a snapshot, a local import); members no longer
+    /// in it stop being tracked at once.
+    pub fn set_members(&mut self, members: Members, now_ms: u64, out: &mut Vec<Output>) {
+        let Members {
+            index,
+            records,
+            keys,
+        } = members;
         self.index = index;
+        self.keys = keys;
+        self.records.replace_source(records);
+        self.metrics.members_cached.set(self.index.len() as i64);
         // Start building the new index's per-window ID tables now rather than at the next tick.
-        self.identify.prepare(&self.index, now_ms);
-        let index = self.index.clone();
-        for change in self
+        self.identify.prepare(&self.index, &self.keys, now_ms);
+        self.forget_departed(now_ms, out);
+    }
+
+    /// Applies one change response in place: the index is patched between two sightings, so
+    /// identification sees the state before or after the response, never half of it.
+    pub fn apply_patch(&mut self, patch: &IndexPatch, now_ms: u64, out: &mut Vec<Output>) {
+        self.index.apply(patch);
+        self.records
+            .invalidate(patch.touched(), patch.gone().next().is_some());
+        self.metrics.members_cached.set(self.index.len() as i64);
+        self.identify.prepare(&self.index, &self.keys, now_ms);
+        self.forget_departed(now_ms, out);
+    }
+
+    /// Members that left the set depart at once and stop being tracked.
+    fn forget_departed(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let index = &self.index;
+        let changes = self
             .presence
-            .forget_unless(|id| index.member(id).is_some(), now_ms)
-        {
+            .forget_unless(|m| index.is_live(m.slot), now_ms);
+        for change in changes {
             self.apply(change, out);
         }
+    }
+
+    /// The member index (benchmarks, tests).
+    pub fn index(&self) -> &MemberIndex {
+        &self.index
+    }
+
+    /// Records cached in memory now.
+    pub fn records_cached(&self) -> usize {
+        self.records.cached()
     }
 
     pub fn replace_rules(&mut self, rules: Rules) {
@@ -449,6 +622,11 @@ fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reacti
             stage: member.stage.clone(),
             tags: member.tags.clone(),
             last_purchase: member.last_purchase.clone(),
+            level: member.level.clone(),
+            visits_12m: member.visits_12m,
+            last_visit: member.last_visit.clone(),
+            expected_next_visit: member.expected_next_visit.clone(),
+            overdue_days: r.overdue_days,
         },
     };
     Output::Alert {
@@ -459,325 +637,5 @@ fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reacti
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{
-        presence::PresenceParams,
-        sources::{
-            AddressType, Advert,
-            sim::{self, SIM_UUID},
-        },
-    };
-
-    fn core() -> Core {
-        let members = sim::population(40);
-        let index = Arc::new(MemberIndex::build(1, &members));
-        let presence = Presence::new(
-            PresenceParams {
-                arrive_sightings: 2,
-                arrive_window_ms: 10_000,
-                depart_after_ms: 60_000,
-                min_rssi: -90,
-                ..PresenceParams::default()
-            },
-            "gw-boot".into(),
-        );
-        let rules = Rules::parse(include_str!("../../examples/rules.toml"), "rules").unwrap();
-        Core::new(index, presence, rules, Metrics::default())
-    }
-
-    #[test]
-    fn the_tick_swaps_in_window_tables_built_elsewhere_and_then_a_rotating_id_resolves() {
-        use instore_protocol::rotating::{day_key, frame, shipped_days, window_of_ms};
-        let secret = [9u8; 32];
-        let now = crate::now_ms();
-        let keys: Vec<String> = shipped_days(now)
-            .map(|d| {
-                format!(
-                    r#"{{"kind":"rotating_day_key","day":{d},"key":"{}"}}"#,
-                    hex::encode(day_key(&secret, d))
-                )
-            })
-            .collect();
-        let (records, _) = instore_protocol::parse_ndjson(&format!(
-            r#"{{"member_id":"R","display_name":"r","tier":"gold","consent":{{"presence":true}},"identifiers":[{}]}}"#,
-            keys.join(",")
-        ));
-        let metrics = Metrics::default();
-        let rules = Rules::parse("", "rules").unwrap();
-        let presence = Presence::new(PresenceParams::default(), "gw-boot".into());
-        let index = Arc::new(MemberIndex::build(1, &records));
-        let mut c = Core::new(index, presence, rules, metrics.clone());
-        let w = window_of_ms(now);
-        let day = instore_protocol::rotating::day_of_window(w);
-        let sighting = Sighting {
-            zone: Arc::from("entrance"),
-            at_ms: 0,
-            advert: Advert {
-                address: [0x20, 0, 0, 0, 0, 1],
-                address_type: AddressType::Random,
-                rssi: -60,
-                manufacturer_data: vec![(0x004c, frame(&day_key(&secret, day), w, -59).to_vec())],
-                service_data: vec![],
-            },
-        };
-        let mut out = Vec::new();
-        // Before any tick: no table, and the sighting does not build one.
-        c.on_sighting(&sighting, &mut out);
-        assert_eq!(
-            (metrics.identified.get(), metrics.id_table_builds.get()),
-            (0, 0)
-        );
-        c.on_tick(0, &mut out);
-        c.prepare_id_tables_and_wait(0);
-        c.on_sighting(&sighting, &mut out);
-        assert_eq!(metrics.identified.get(), 1);
-        assert_eq!(metrics.id_table_builds.get(), 4, "w-1..=w+2");
-        assert_eq!(metrics.id_table_inline_builds.get(), 0);
-    }
-
-    fn member_sighting(minor: u16, at_ms: u64) -> Sighting {
-        Sighting {
-            zone: Arc::from("entrance"),
-            at_ms,
-            advert: Advert {
-                address: [0xdb, 0, 0, 0, 0, minor as u8],
-                address_type: AddressType::Random,
-                rssi: -60,
-                manufacturer_data: vec![(0x004c, sim::ibeacon_payload(&SIM_UUID, 100, minor, -59))],
-                service_data: vec![],
-            },
-        }
-    }
-
-    fn stranger(n: u8, at_ms: u64) -> Sighting {
-        Sighting {
-            zone: Arc::from("entrance"),
-            at_ms,
-            advert: Advert {
-                address: [0x40, 1, 2, 3, 4, n],
-                address_type: AddressType::Random,
-                rssi: -60,
-                manufacturer_data: vec![(0x004c, vec![0x10, 0x05, 1])],
-                service_data: vec![],
-            },
-        }
-    }
-
-    fn kinds(out: &[Output]) -> Vec<&'static str> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Event { body, .. } | Output::Alert { body, .. } => Some(body.kind()),
-                Output::Action(_) => None,
-            })
-            .collect()
-    }
-
-    /// The first platinum or gold member of the simulated population.
-    fn vip_minor() -> u16 {
-        let pop = sim::population(40);
-        let i = pop
-            .iter()
-            .position(|m| (m.tier == "platinum" || m.tier == "gold") && m.consent.presence)
-            .expect("the population has a VIP");
-        (i + 1) as u16
-    }
-
-    #[test]
-    fn a_vip_walking_in_and_out_gives_arrive_alert_then_depart() {
-        let mut c = core();
-        let mut out = Vec::new();
-        let minor = vip_minor();
-        c.on_sighting(&member_sighting(minor, 0), &mut out);
-        c.on_sighting(&member_sighting(minor, 1000), &mut out);
-        assert_eq!(kinds(&out), ["arrive", "alert_raised"]);
-        let Output::Alert { alert, .. } = &out[1] else {
-            panic!()
-        };
-        assert_eq!(alert.member.member_id, format!("M{minor:06}"));
-        assert!(c.take_presence_changed());
-        assert_eq!(c.present(|ms| ms as i64).len(), 1);
-        out.clear();
-        c.on_tick(61_000, &mut out);
-        assert_eq!(kinds(&out), ["depart"]);
-        assert!(c.present(|ms| ms as i64).is_empty());
-    }
-
-    #[test]
-    fn strangers_are_only_counted_as_anonymous_footfall() {
-        let mut c = core();
-        let mut out = Vec::new();
-        for i in 0..30 {
-            c.on_sighting(&stranger(i % 10, u64::from(i) * 100), &mut out);
-        }
-        assert!(out.is_empty());
-        c.on_tick(60_000, &mut out);
-        assert_eq!(
-            out,
-            [Output::Event {
-                at_ms: 60_000,
-                body: EventBody::Footfall {
-                    interval_s: 60,
-                    unique_devices: 10
-                }
-            }]
-        );
-    }
-
-    #[test]
-    fn a_member_removed_from_the_cache_departs_at_once() {
-        let mut c = core();
-        let mut out = Vec::new();
-        let minor = vip_minor();
-        c.on_sighting(&member_sighting(minor, 0), &mut out);
-        c.on_sighting(&member_sighting(minor, 1), &mut out);
-        out.clear();
-        c.set_members(Arc::new(MemberIndex::default()), 5000, &mut out);
-        assert_eq!(kinds(&out), ["depart"]);
-    }
-
-    #[test]
-    fn an_opted_out_member_is_never_tracked_only_counted_anonymously() {
-        let mut c = core();
-        let pop = sim::population(40);
-        let i = pop
-            .iter()
-            .position(|m| !m.consent.presence)
-            .expect("the population has an opted-out member");
-        let minor = (i + 1) as u16;
-        let mut out = Vec::new();
-        for t in 0..=120 {
-            c.on_sighting(&member_sighting(minor, t * 1000), &mut out);
-            c.on_tick(t * 1000, &mut out);
-        }
-        assert!(c.present(|ms| ms as i64).is_empty());
-        assert_eq!(c.presence.tracked(), 0);
-        assert_eq!(
-            kinds(&out),
-            ["footfall"; 2],
-            "the opted-out phone is only footfall"
-        );
-    }
-
-    #[test]
-    fn the_footfall_key_is_kept_within_a_day_and_replaced_after_it() {
-        let mut f = Footfall::new(0);
-        let a = [0x40, 1, 2, 3, 4, 5];
-        let first = f.digest(&a);
-        let mut t = 0;
-        while t < SALT_LIFETIME_MS - FOOTFALL_INTERVAL_MS {
-            t += FOOTFALL_INTERVAL_MS;
-            f.observe(&a);
-            assert_eq!(
-                f.tick(t),
-                Some(EventBody::Footfall {
-                    interval_s: 60,
-                    unique_devices: 1
-                })
-            );
-            assert_eq!(f.digest(&a), first, "same key within the day (t = {t})");
-        }
-        t += FOOTFALL_INTERVAL_MS;
-        f.observe(&a);
-        assert!(f.tick(t).is_some());
-        let second = f.digest(&a);
-        assert_ne!(second, first, "a new key after a day");
-        let other = [0x40, 9, 9, 9, 9, 9];
-        f.observe(&a);
-        f.observe(&other);
-        f.observe(&a);
-        assert_eq!(
-            f.tick(t + FOOTFALL_INTERVAL_MS),
-            Some(EventBody::Footfall {
-                interval_s: 60,
-                unique_devices: 2
-            }),
-            "counting goes on across the rotation"
-        );
-    }
-
-    #[test]
-    fn a_dwell_becomes_an_event_and_the_depart_lists_the_zones() {
-        let mut c = core();
-        let mut out = Vec::new();
-        let minor = vip_minor();
-        for t in 0..=70 {
-            c.on_sighting(&member_sighting(minor, t * 1000), &mut out);
-            c.on_tick(t * 1000, &mut out);
-        }
-        c.on_tick(200_000, &mut out);
-        let events: Vec<&EventBody> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Event { body, .. } => Some(body),
-                _ => None,
-            })
-            .collect();
-        assert!(
-            events.iter().any(|b| matches!(
-                b,
-                EventBody::Dwell { dwell_s: 60, zone, .. } if zone == "entrance"
-            )),
-            "{events:?}"
-        );
-        assert!(
-            events.iter().any(|b| matches!(
-                b,
-                EventBody::Depart { zones, dwell_s: 70, .. } if zones == &["entrance"]
-            )),
-            "{events:?}"
-        );
-    }
-
-    #[test]
-    fn a_present_member_gets_a_planned_birthday_alert_from_the_schedule_once() {
-        let minor = vip_minor();
-        let mut members = sim::population(40);
-        members[usize::from(minor) - 1].birthday = Some("01-01".into());
-        let index = Arc::new(MemberIndex::build(1, &members));
-        let presence = Presence::new(PresenceParams::default(), "gw".into());
-        // Monotonic 0 is 1970-01-01 00:00 here: not yet 00:05 on arrival, so only the
-        // schedule can fire the rule.
-        let rules = Rules::parse(
-            "[[rules]]\nname = \"bday\"\non = \"birthday_week\"\nhours = \"00:05-23:00\"\nmessage = \"m\"\n",
-            "r",
-        )
-        .unwrap();
-        let metrics = Metrics::default();
-        let mut c = Core::new(index, presence, rules, metrics.clone());
-        let mut out = Vec::new();
-        for t in (0..=400_000).step_by(20_000) {
-            c.on_sighting(&member_sighting(minor, t), &mut out);
-            c.on_sighting(&member_sighting(minor, t + 1000), &mut out);
-            c.on_tick(t + 1500, &mut out);
-        }
-        let alerts: Vec<u64> = out
-            .iter()
-            .filter_map(|o| match o {
-                Output::Alert { at_ms, .. } => Some(*at_ms),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(alerts.len(), 1, "{:?}", kinds(&out));
-        assert!(alerts[0] >= 300_000, "only once it is 00:05: {alerts:?}");
-    }
-
-    #[test]
-    fn a_bad_qr_code_is_counted_by_error_and_raises_nothing() {
-        let metrics = Metrics::default();
-        let mut c = Core::new(
-            Arc::new(MemberIndex::build(1, &sim::population(10))),
-            Presence::new(PresenceParams::default(), "gw".into()),
-            Rules::parse(include_str!("../../examples/rules.toml"), "r").unwrap(),
-            metrics.clone(),
-        );
-        let mut out = Vec::new();
-        c.on_qr("till", "https://example.com/not-ours", 5, 5, &mut out);
-        assert!(out.is_empty());
-        let n = metrics
-            .qr_rejected
-            .get_or_create(&vec![("error", "format".to_string())])
-            .get();
-        assert_eq!(n, 1);
-    }
-}
+#[path = "core_tests.rs"]
+mod tests;

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     clock::Clock,
-    core::{Core, Output},
+    core::{Core, LookupResult, Output, QrLookup},
 };
 use crate::{
     alerts::AlertHub,
-    cache::MemberIndex,
+    cache::{IndexPatch, Members},
     metrics::Metrics,
     outbox::{NewEvent, Outbox},
     presence::PresentMember,
@@ -31,8 +31,20 @@ use crate::{
 /// Control messages to the engine from other tasks.
 #[derive(Debug)]
 pub enum Control {
-    /// A new member set: swapped in whole.
-    Members(Arc<MemberIndex>),
+    /// A new member set: swapped in whole (start, a snapshot, a local import).
+    Members(Box<Members>),
+    /// One applied change response: the index is patched in place, then `applied` answers (the
+    /// downlink waits for it before its next write, so the engine's disk view never runs ahead
+    /// of its index).
+    Patch {
+        patch: Box<IndexPatch>,
+        applied: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Head office's answer about a scanned code's member.
+    QrLookedUp {
+        lookup: Box<QrLookup>,
+        result: LookupResult,
+    },
     /// Re-read the rules file.
     ReloadRules,
     /// A scanner read a code (not yet checked: the engine identifies it).
@@ -55,6 +67,8 @@ pub struct EngineIo {
     pub rules_path: Option<PathBuf>,
     /// MQTT/webhook reaction actions, handed over after their round's events commit.
     pub actions: crate::react::ActionQueue,
+    /// Head-office lookups of scanned codes (bounded; `None` when sync is off).
+    pub lookups: Option<mpsc::Sender<QrLookup>>,
 }
 
 /// Most sightings handled before their events are committed together.
@@ -78,10 +92,17 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
             biased;
             _ = cancel.cancelled() => break,
             Some(ctl) = io.control.recv() => match ctl {
-                Control::Members(index) => {
-                    io.metrics.members_cached.set(index.len() as i64);
-                    tracing::info!(members = index.len(), version = index.version(), "member set swapped in");
-                    core.set_members(index, clock.now_ms(), &mut out);
+                Control::Members(members) => {
+                    let (n, version) = (members.index.len(), members.index.version());
+                    core.set_members(*members, clock.now_ms(), &mut out);
+                    tracing::info!(members = n, version, "member set swapped in");
+                }
+                Control::Patch { patch, applied } => {
+                    core.apply_patch(&patch, clock.now_ms(), &mut out);
+                    let _ = applied.send(());
+                }
+                Control::QrLookedUp { lookup, result } => {
+                    core.on_lookup(&lookup, result, clock.wall_ms(lookup.at_ms), &mut out);
                 }
                 Control::ReloadRules => {
                     // Take the file as it is now, so the poll does not reload it a second time.
@@ -110,6 +131,7 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
                 }
             }
         }
+        dispatch_lookups(&mut core, &mut out, &clock, &io);
         if !out.is_empty() {
             deliver(&mut out, &clock, &io).await;
         }
@@ -120,6 +142,32 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
         }
     }
     tracing::debug!("engine stopped");
+}
+
+/// Hands scanned codes of members not held here to the lookup task; without one (sync off) or
+/// with its queue full, the scan is refused at once, with that reason.
+fn dispatch_lookups(core: &mut Core, out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
+    let mut refused = Vec::new();
+    out.retain(|o| {
+        let Output::Lookup(l) = o else { return true };
+        match &io.lookups {
+            Some(tx) => {
+                if tx.try_send((**l).clone()).is_err() {
+                    refused.push(((**l).clone(), "busy"));
+                }
+            }
+            None => refused.push(((**l).clone(), "offline")),
+        }
+        false
+    });
+    for (l, reason) in refused {
+        core.on_lookup(
+            &l,
+            LookupResult::Refused(reason),
+            clock.wall_ms(l.at_ms),
+            out,
+        );
+    }
 }
 
 fn reload_rules(core: &mut Core, path: Option<&std::path::Path>, metrics: &Metrics) {
@@ -166,6 +214,8 @@ async fn deliver(out: &mut Vec<Output>, clock: &Clock, io: &EngineIo) {
                 alerts.push(alert);
             }
             Output::Action(action) => actions.push(action),
+            // Dispatched before delivery.
+            Output::Lookup(_) => {}
         }
     }
     if events.is_empty() {

@@ -1,7 +1,7 @@
 //! Identify: who, if anyone, sent this advert.
 //!
-//! In: an [`Advert`], the current [`MemberIndex`] and the agent's monotonic time. Out: the member,
-//! or "stranger". No I/O. Most adverts in a store are strangers' phones — Apple "nearby" and Find
+//! In: an [`Advert`], the current [`MemberIndex`] and the agent's monotonic time. Out: the member's
+//! slot, or "stranger" (`None`); the engine reads the slot's record. No I/O. Most adverts in a store are strangers' phones — Apple "nearby" and Find
 //! My frames, Google Fast Pair, headphones — so each step rejects them before any hashing where it
 //! can: by company id and the first two bytes, by service UUID, by address kind, by iBeacon UUID.
 //! A stranger's address is never stored or logged; the RPA cache keeps only keyed hashes of it.
@@ -31,7 +31,7 @@ use std::sync::Arc;
 use instore_protocol::rotating::{ROTATING_MAJOR, window_of_ms};
 
 use crate::{
-    cache::{Member, MemberIndex, Slot},
+    cache::{MemberIndex, Slot, WindowKeys},
     metrics::Metrics,
     sources::Advert,
 };
@@ -42,12 +42,6 @@ pub const COMPANY_APPLE: u16 = 0x004c;
 /// Distinct addresses whose RPA resolution is remembered (per generation; see [`rpa::RpaCache`]).
 pub const RPA_CACHE_CAPACITY: usize = 65_536;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum Identification {
-    Member(Arc<Member>),
-    Stranger,
-}
-
 /// The identify stage's own state: caches derived from one member index, rebuilt when the index
 /// is swapped. Owned by the engine task; no locks.
 #[derive(Debug)]
@@ -55,6 +49,7 @@ pub struct Identify {
     /// Unix milliseconds at monotonic 0 (rotating IDs follow wall-clock windows).
     wall_anchor_ms: i64,
     index_build: u64,
+    irk_version: u64,
     rpa: rpa::RpaCache,
     /// Rotating-ID and EID tables of windows w-1..=w+2.
     tables: rotating::WindowTables,
@@ -77,6 +72,7 @@ impl Identify {
         Self {
             wall_anchor_ms,
             index_build: 0,
+            irk_version: 0,
             rpa: rpa::RpaCache::new(RPA_CACHE_CAPACITY),
             tables: rotating::WindowTables::default(),
             builder: rotating::TableBuilder::new(&Metrics::default()),
@@ -98,26 +94,37 @@ impl Identify {
             self.rpa.clear();
             self.tables.clear();
         }
+        // A new IRK can resolve an address remembered as a stranger's. Departed members' slots
+        // are refused by the live check instead.
+        if self.irk_version != index.irk_version() {
+            self.irk_version = index.irk_version();
+            self.rpa.clear();
+        }
     }
 
     /// Swaps in the per-window tables built since the last call and asks the builder thread for
     /// those still missing around the window of `at_ms` (the next window's a whole window ahead).
     /// Called from the engine tick; never builds a table itself, so it costs microseconds.
-    pub fn prepare(&mut self, index: &Arc<MemberIndex>, at_ms: u64) {
+    pub fn prepare(&mut self, index: &MemberIndex, keys: &Arc<dyn WindowKeys>, at_ms: u64) {
         self.sync_index(index);
         if !index.has_window_keys() {
             return;
         }
         let w = window_of_ms(self.wall_anchor_ms.saturating_add(at_ms as i64));
-        if self.tables.prepare(&mut self.builder, index, w) {
+        if self.tables.prepare(&mut self.builder, index, keys, w) {
             self.metrics.id_table_late.inc();
         }
     }
 
     /// [`Self::prepare`], then waits until every requested table is in (tests and benchmarks:
     /// the engine never waits).
-    pub fn prepare_and_wait(&mut self, index: &Arc<MemberIndex>, at_ms: u64) {
-        self.prepare(index, at_ms);
+    pub fn prepare_and_wait(
+        &mut self,
+        index: &MemberIndex,
+        keys: &Arc<dyn WindowKeys>,
+        at_ms: u64,
+    ) {
+        self.prepare(index, keys, at_ms);
         // Bounded, so that a builder that died cannot hang a test.
         for _ in 0..600 {
             if !self.tables.pending() {
@@ -125,7 +132,7 @@ impl Identify {
             }
             self.builder
                 .wait_ready(std::time::Duration::from_millis(50));
-            self.prepare(index, at_ms);
+            self.prepare(index, keys, at_ms);
         }
     }
 
@@ -134,13 +141,12 @@ impl Identify {
         &self.tables
     }
 
-    /// Who sent `advert`, heard at monotonic `at_ms`.
-    pub fn identify(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Identification {
+    /// The slot of the member who sent `advert`, heard at monotonic `at_ms`; `None`: a stranger.
+    /// Answers from tables or caches made before a member left are refused by the live check.
+    pub fn identify(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Option<Slot> {
         self.sync_index(index);
-        match self.slot(advert, index, at_ms).and_then(|s| index.at(s)) {
-            Some(m) => Identification::Member(m.clone()),
-            None => Identification::Stranger,
-        }
+        self.slot(advert, index, at_ms)
+            .filter(|s| index.is_live(*s))
     }
 
     fn slot(&mut self, advert: &Advert, index: &MemberIndex, at_ms: u64) -> Option<Slot> {

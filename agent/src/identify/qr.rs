@@ -4,25 +4,79 @@
 //! looks the member up in the [`MemberIndex`] and checks the code with the day key the gateway
 //! holds for the code's day. Pure: no I/O, time passed in.
 
-use std::sync::Arc;
-
 pub use instore_protocol::qr::QrError;
+use instore_protocol::{IdentifierKey, changes::LookupResponse};
 
-use crate::cache::{Member, MemberIndex};
+use crate::cache::{MemberIndex, MemberSource, Slot};
 
-/// The consenting member whose fresh, correctly signed code `payload` is.
+/// Why a scanned code identified nobody: the code's own fault, or a member the gateway does not
+/// hold (then head office may be asked, see [`verify_lookup`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QrOutcome {
+    Member(Slot),
+    /// A well-formed code naming a member the gateway does not hold.
+    NotHeld {
+        member_id: String,
+    },
+    Refused(QrError),
+}
+
+/// The consenting member held here whose fresh, correctly signed code `payload` is. Reads the
+/// member's slot and day key from `source` (a scan is rare: disk is fine).
 pub fn identify_qr(
     payload: &str,
     index: &MemberIndex,
+    source: &mut dyn MemberSource,
     wall_ms: i64,
-) -> Result<Arc<Member>, QrError> {
+) -> QrOutcome {
+    let code = match instore_protocol::qr::parse(payload) {
+        Ok(c) => c,
+        Err(e) => return QrOutcome::Refused(e),
+    };
+    let slot = match source.slot_of(&code.member_id) {
+        Ok(Some(s)) if index.is_live(s) => s,
+        Ok(_) => {
+            return QrOutcome::NotHeld {
+                member_id: code.member_id,
+            };
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "QR: member lookup in the cache failed");
+            return QrOutcome::Refused(QrError::UnknownMember);
+        }
+    };
+    let key = match source.day_key(slot, code.day()) {
+        Ok(Some(k)) => k,
+        Ok(None) => return QrOutcome::Refused(QrError::NoKey),
+        Err(e) => {
+            tracing::warn!(error = %e, "QR: day key read failed");
+            return QrOutcome::Refused(QrError::NoKey);
+        }
+    };
+    match code.verify(&key, wall_ms) {
+        Ok(()) => QrOutcome::Member(slot),
+        Err(e) => QrOutcome::Refused(e),
+    }
+}
+
+/// Checks a code against the member head office returned for it, with the keys it returned, as
+/// for a member held here: head office's answer alone never identifies anyone.
+pub fn verify_lookup(payload: &str, found: &LookupResponse, wall_ms: i64) -> Result<(), QrError> {
     let code = instore_protocol::qr::parse(payload)?;
-    let slot = index
-        .slot_of(&code.member_id)
-        .ok_or(QrError::UnknownMember)?;
-    let key = index.day_key(slot, code.day()).ok_or(QrError::NoKey)?;
-    code.verify(key, wall_ms)?;
-    index.at(slot).cloned().ok_or(QrError::UnknownMember)
+    if code.member_id != found.member.member_id || !found.member.consent.presence {
+        return Err(QrError::UnknownMember);
+    }
+    let key = found
+        .keys
+        .iter()
+        .chain(&found.member.identifiers)
+        .filter_map(|k| k.key().ok())
+        .find_map(|k| match k {
+            IdentifierKey::RotatingDayKey { day, key } if day == code.day() => Some(key),
+            _ => None,
+        })
+        .ok_or(QrError::NoKey)?;
+    code.verify(&key, wall_ms)
 }
 
 #[cfg(test)]
@@ -41,7 +95,7 @@ mod tests {
         [7; 32]
     }
 
-    fn index() -> MemberIndex {
+    fn members() -> crate::cache::Members {
         let keys: Vec<String> = shipped_days(NOW)
             .map(|d| {
                 format!(
@@ -57,34 +111,39 @@ mod tests {
         );
         let (records, errors) = parse_ndjson(&text);
         assert!(errors.is_empty(), "{errors:?}");
-        MemberIndex::build(1, &records)
+        crate::cache::Members::in_memory(1, &records)
+    }
+
+    fn identify(code: &str, m: &mut crate::cache::Members, at: i64) -> Result<String, QrError> {
+        match identify_qr(code, &m.index, &mut *m.records, at) {
+            QrOutcome::Member(slot) => Ok(m.records.member(slot).unwrap().unwrap().member_id),
+            QrOutcome::NotHeld { .. } => Err(QrError::UnknownMember),
+            QrOutcome::Refused(e) => Err(e),
+        }
     }
 
     #[test]
     fn a_fresh_code_identifies_its_member() {
         let code = sign("M1", &day_key(&secret(), 20_000), NOW);
-        let m = identify_qr(&code, &index(), NOW + 5_000).unwrap();
-        assert_eq!(m.member_id, "M1");
+        let m = identify(&code, &mut members(), NOW + 5_000).unwrap();
+        assert_eq!(m, "M1");
     }
 
     #[test]
     fn a_stale_photo_a_forgery_or_a_stranger_is_refused() {
-        let idx = index();
+        let idx = &mut members();
         let code = sign("M1", &day_key(&secret(), 20_000), NOW);
         assert!(matches!(
-            identify_qr(&code, &idx, NOW + 600_000),
+            identify(&code, idx, NOW + 600_000),
             Err(QrError::Expired { .. })
         ));
         let forged = sign("M1", &day_key(&[8; 32], 20_000), NOW);
-        assert_eq!(identify_qr(&forged, &idx, NOW), Err(QrError::BadSignature));
+        assert_eq!(identify(&forged, idx, NOW), Err(QrError::BadSignature));
         let no_consent = sign("M2", &day_key(&secret(), 20_000), NOW);
-        assert_eq!(
-            identify_qr(&no_consent, &idx, NOW),
-            Err(QrError::UnknownMember)
-        );
+        assert_eq!(identify(&no_consent, idx, NOW), Err(QrError::UnknownMember));
         let yesterday = NOW - 86_400_000;
         let old = sign("M1", &day_key(&secret(), 19_999), yesterday);
-        assert_eq!(identify_qr(&old, &idx, yesterday), Err(QrError::NoKey));
-        assert_eq!(identify_qr("hello", &idx, NOW), Err(QrError::Format));
+        assert_eq!(identify(&old, idx, yesterday), Err(QrError::NoKey));
+        assert_eq!(identify("hello", idx, NOW), Err(QrError::Format));
     }
 }

@@ -6,12 +6,20 @@
 //! quantum overlapping the window, one AES block each, per member with a temporary key) to the
 //! member's slot, so resolving an advert is one lookup however many members there are.
 //!
-//! In: the engine asks [`TableBuilder::request`] for a window of an `Arc<MemberIndex>`. A
-//! dedicated thread (`id-tables`) builds it and leaves it in a mutex-guarded hand-over slot;
+//! In: the engine asks [`TableBuilder::request`] for a window, naming where the short-lived keys
+//! are read from ([`WindowKeys`]: `members.db`, not memory). A dedicated thread (`id-tables`)
+//! reads the keys of the window's day and epochs, builds it and leaves it in a mutex-guarded
+//! hand-over slot;
 //! out: the engine's next tick [`TableBuilder::take_ready`]s it and swaps it in. The engine keeps
 //! windows w-1..=w+2, so the table for the next window is ready a whole window before it is
 //! needed; lookups use w-1..=w+1 (±15 min of clock skew). A table that is late leaves the
-//! previous ones working. The thread ends when its [`TableBuilder`] is dropped.
+//! previous ones working. A change batch that touched keys makes the held tables stale
+//! ([`MemberIndex::keys_version`]): they keep answering (slots no longer live are refused by the
+//! caller) until their rebuilt successors arrive. The thread ends when its [`TableBuilder`] is
+//! dropped.
+//!
+//! A table is two sorted arrays (8-byte ID prefix, 4-byte slot): 12 bytes per ID, a binary
+//! search per lookup, where a hash map took ~28.
 
 use std::{
     sync::{Arc, Condvar, Mutex, mpsc},
@@ -19,14 +27,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use foldhash::HashMap;
 use instore_protocol::{
     eddystone_eid::{self, Eid, MAX_EXPONENT},
     rotating::{RotatingId, WINDOW_SECS, day_of_window, rotating_id},
 };
 
 use crate::{
-    cache::{MemberIndex, Slot},
+    cache::{MemberIndex, Slot, WindowKeys},
     metrics::Metrics,
 };
 
@@ -39,56 +46,104 @@ fn short(id: &RotatingId) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The IDs of one window of one member index.
+/// IDs → slots as two sorted arrays.
+#[derive(Debug, Default)]
+struct Sorted {
+    ids: Vec<u64>,
+    slots: Vec<Slot>,
+}
+
+impl Sorted {
+    fn from(mut pairs: Vec<(u64, Slot)>) -> Self {
+        pairs.sort_unstable_by_key(|p| p.0);
+        pairs.dedup_by_key(|p| p.0);
+        let (ids, slots) = pairs.into_iter().unzip();
+        Self { ids, slots }
+    }
+
+    #[inline]
+    fn get(&self, id: u64) -> Option<Slot> {
+        self.ids.binary_search(&id).ok().map(|i| self.slots[i])
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+/// What a window table is built from: which index and which state of its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableOrigin {
+    /// [`MemberIndex::build_id`].
+    pub build_id: u64,
+    /// [`MemberIndex::keys_version`] when it was requested.
+    pub keys_version: u64,
+}
+
+impl TableOrigin {
+    pub fn of(index: &MemberIndex) -> Self {
+        Self {
+            build_id: index.build_id(),
+            keys_version: index.keys_version(),
+        }
+    }
+}
+
+/// The IDs of one window.
 #[derive(Debug)]
 pub struct WindowTable {
     pub window: u32,
-    /// [`MemberIndex::build_id`] of the index it was built from.
-    pub build_id: u64,
-    rotating: HashMap<u64, Slot>,
-    eid: HashMap<u64, Slot>,
+    pub origin: TableOrigin,
+    rotating: Sorted,
+    eid: Sorted,
     /// Which thread built it: the engine's tests check that it was not the engine's.
     pub built_on: ThreadId,
     pub build_time: Duration,
 }
 
 impl WindowTable {
-    /// Builds the table of `window` (CPU-bound: call it off the engine task).
-    pub fn build(index: &MemberIndex, window: u32) -> Self {
+    /// Builds the table of `window` (CPU-bound and reads keys: call it off the engine task). A
+    /// key source that fails gives an empty table (logged): the next change of keys retries.
+    pub fn build(keys: &dyn WindowKeys, origin: TableOrigin, window: u32) -> Self {
         let started = Instant::now();
         let day = day_of_window(window);
-        let mut rotating = HashMap::default();
-        for e in index.day_keys_for(day) {
-            rotating.insert(short(&rotating_id(&e.key, window)), e.slot);
+        let mut rotating = Vec::new();
+        if let Err(e) = keys.day_keys(day, &mut |slot, key| {
+            rotating.push((short(&rotating_id(key, window)), slot));
+        }) {
+            tracing::warn!(error = %e, window, "reading day keys for a window table failed");
         }
-        let mut eid = HashMap::default();
+        let mut eid = Vec::new();
         let start = (u64::from(window) * WINDOW_SECS as u64).min(u64::from(u32::MAX)) as u32;
         let end = start.saturating_add(WINDOW_SECS as u32 - 1);
         for epoch in eddystone_eid::epoch_of(start)..=eddystone_eid::epoch_of(end) {
             let epoch_start = u32::from(epoch) << 16;
             let epoch_end = epoch_start | 0xffff;
-            for e in index.eid_keys_for(epoch) {
-                let k = e.exponent.min(MAX_EXPONENT);
+            let read = keys.eid_keys(epoch, &mut |slot, exponent, key| {
+                let k = exponent.min(MAX_EXPONENT);
                 // Every quantum overlapping the window, within this epoch (quanta never straddle
                 // epochs: 2^k divides 2^16).
                 let mut q = (start.max(epoch_start) >> k) << k;
                 let last = end.min(epoch_end);
-                let cipher = eddystone_eid::EidCipher::new(&e.key);
+                let cipher = eddystone_eid::EidCipher::new(key);
                 loop {
                     let id = cipher.eid(k, q);
-                    eid.insert(u64::from_be_bytes(id), e.slot);
+                    eid.push((u64::from_be_bytes(id), slot));
                     match q.checked_add(1 << k) {
                         Some(next) if next <= last => q = next,
                         _ => break,
                     }
                 }
+            });
+            if let Err(e) = read {
+                tracing::warn!(error = %e, epoch, "reading EID keys for a window table failed");
             }
         }
         Self {
             window,
-            build_id: index.build_id(),
-            rotating,
-            eid,
+            origin,
+            rotating: Sorted::from(rotating),
+            eid: Sorted::from(eid),
             built_on: std::thread::current().id(),
             build_time: started.elapsed(),
         }
@@ -97,19 +152,13 @@ impl WindowTable {
     /// The member advertising rotating ID `id` in this window.
     #[inline]
     pub fn rotating(&self, id: &RotatingId) -> Option<Slot> {
-        if self.rotating.is_empty() {
-            return None;
-        }
-        self.rotating.get(&short(id)).copied()
+        self.rotating.get(short(id))
     }
 
     /// The member whose beacon sends `eid` in this window.
     #[inline]
     pub fn eid(&self, eid: &Eid) -> Option<Slot> {
-        if self.eid.is_empty() {
-            return None;
-        }
-        self.eid.get(&u64::from_be_bytes(*eid)).copied()
+        self.eid.get(u64::from_be_bytes(*eid))
     }
 
     /// IDs in the table (rotating IDs + EIDs).
@@ -120,12 +169,19 @@ impl WindowTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        self.len() * 12
+    }
 }
+
+type Job = (Arc<dyn WindowKeys>, TableOrigin, u32);
 
 /// Builds requested per-window tables on a thread of its own.
 #[derive(Debug)]
 pub struct TableBuilder {
-    jobs: Option<mpsc::SyncSender<(Arc<MemberIndex>, u32)>>,
+    jobs: Option<mpsc::SyncSender<Job>>,
     done: Arc<(Mutex<Vec<WindowTable>>, Condvar)>,
     spawn_failed: bool,
     metrics: Metrics,
@@ -156,18 +212,18 @@ impl TableBuilder {
         }
     }
 
-    fn spawn(&mut self) -> Option<&mpsc::SyncSender<(Arc<MemberIndex>, u32)>> {
+    fn spawn(&mut self) -> Option<&mpsc::SyncSender<Job>> {
         if self.jobs.is_none() && !self.spawn_failed {
-            let (tx, rx) = mpsc::sync_channel::<(Arc<MemberIndex>, u32)>(JOBS_CAPACITY);
+            let (tx, rx) = mpsc::sync_channel::<Job>(JOBS_CAPACITY);
             let done = self.done.clone();
             let metrics = self.metrics.clone();
             let spawned = std::thread::Builder::new()
                 .name("id-tables".into())
                 .spawn(move || {
                     // Ends when the builder (the engine's identify state) is dropped.
-                    while let Ok((index, window)) = rx.recv() {
-                        let table = WindowTable::build(&index, window);
-                        drop(index);
+                    while let Ok((keys, origin, window)) = rx.recv() {
+                        let table = WindowTable::build(&*keys, origin, window);
+                        drop(keys);
                         metrics.id_table_builds.inc();
                         metrics
                             .id_table_build_us
@@ -190,10 +246,15 @@ impl TableBuilder {
         self.jobs.as_ref()
     }
 
-    /// Asks for the table of `window` of `index`.
-    pub fn request(&mut self, index: &Arc<MemberIndex>, window: u32) -> Requested {
+    /// Asks for the table of `window`, from `keys`, for the index state `origin`.
+    pub fn request(
+        &mut self,
+        keys: &Arc<dyn WindowKeys>,
+        origin: TableOrigin,
+        window: u32,
+    ) -> Requested {
         match self.spawn() {
-            Some(jobs) => match jobs.try_send((index.clone(), window)) {
+            Some(jobs) => match jobs.try_send((keys.clone(), origin, window)) {
                 Ok(()) => Requested::Queued,
                 Err(mpsc::TrySendError::Full(_)) => Requested::Busy,
                 Err(mpsc::TrySendError::Disconnected(_)) => {
@@ -203,7 +264,7 @@ impl TableBuilder {
                 }
             },
             None => {
-                let table = WindowTable::build(index, window);
+                let table = WindowTable::build(&**keys, origin, window);
                 self.metrics.id_table_builds.inc();
                 self.metrics.id_table_inline_builds.inc();
                 self.metrics
@@ -240,8 +301,8 @@ pub struct WindowTables {
     tables: Vec<Arc<WindowTable>>,
     /// Window lookups are answered for (set by the tick).
     current: Option<u32>,
-    /// Windows requested and not yet back.
-    pending: Vec<u32>,
+    /// Windows requested and not yet back, with the keys version asked for.
+    pending: Vec<(u32, u64)>,
 }
 
 impl WindowTables {
@@ -249,29 +310,41 @@ impl WindowTables {
         window.saturating_sub(1)..=window.saturating_add(2)
     }
 
-    /// Swaps in finished tables of `index` and requests the missing windows around `window`.
-    /// Returns whether the current window's table was missing (late).
+    /// Swaps in finished tables of `index` and requests the missing or stale windows around
+    /// `window`. Returns whether the current window's table was missing (late).
     pub fn prepare(
         &mut self,
         builder: &mut TableBuilder,
-        index: &Arc<MemberIndex>,
+        index: &MemberIndex,
+        keys: &Arc<dyn WindowKeys>,
         window: u32,
     ) -> bool {
         let wanted = Self::wanted(window);
+        let origin = TableOrigin::of(index);
         for t in builder.take_ready() {
-            self.pending.retain(|w| *w != t.window);
-            if t.build_id == index.build_id() && wanted.contains(&t.window) {
+            self.pending
+                .retain(|(w, v)| !(*w == t.window && *v == t.origin.keys_version));
+            let newer = self
+                .tables
+                .iter()
+                .find(|h| h.window == t.window)
+                .is_none_or(|h| h.origin.keys_version <= t.origin.keys_version);
+            if t.origin.build_id == origin.build_id && wanted.contains(&t.window) && newer {
                 self.insert(t);
             }
         }
         self.tables.retain(|t| wanted.contains(&t.window));
-        self.pending.retain(|w| wanted.contains(w));
+        self.pending.retain(|(w, _)| wanted.contains(w));
         for w in wanted {
-            if self.has(w) || self.pending.contains(&w) {
+            let fresh = self
+                .tables
+                .iter()
+                .any(|t| t.window == w && t.origin.keys_version == origin.keys_version);
+            if fresh || self.pending.contains(&(w, origin.keys_version)) {
                 continue;
             }
-            match builder.request(index, w) {
-                Requested::Queued => self.pending.push(w),
+            match builder.request(keys, origin, w) {
+                Requested::Queued => self.pending.push((w, origin.keys_version)),
                 Requested::Busy => break,
                 Requested::BuiltInline(t) => self.insert(t),
             }

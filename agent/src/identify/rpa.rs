@@ -93,6 +93,37 @@ impl IrkTable {
         self.slots.len()
     }
 
+    /// Removes every IRK of the member in `slot` (the last IRK moves into its place, so the
+    /// groups stay dense).
+    pub fn remove_slot(&mut self, slot: Slot) {
+        while let Some(pos) = self.slots.iter().position(|s| *s == slot) {
+            let last = self.slots.len() - 1;
+            if pos != last {
+                for round in 0..10 {
+                    let key = self.groups[last / 8][round][last % 8];
+                    self.groups[pos / 8][round][pos % 8] = key;
+                }
+                self.last[pos] = self.last[last];
+                self.slots[pos] = self.slots[last];
+            }
+            for round in 0..10 {
+                self.groups[last / 8][round][last % 8] = Block::default();
+            }
+            self.last.pop();
+            self.slots.pop();
+            if last.is_multiple_of(8) {
+                self.groups.pop();
+            }
+        }
+    }
+
+    /// Heap bytes held (round keys, last-round bytes, slots).
+    pub fn heap_bytes(&self) -> usize {
+        self.groups.capacity() * std::mem::size_of::<[Block8; 10]>()
+            + self.last.capacity() * 3
+            + self.slots.capacity() * 4
+    }
+
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }
@@ -293,6 +324,27 @@ mod tests {
             ah_with_irk(&reversed, [0x70, 0x81, 0x94]),
             [0x0d, 0xfb, 0xaa]
         );
+    }
+
+    #[test]
+    fn removing_a_members_irk_keeps_every_other_resolving() {
+        let mut irks = IrkTable::default();
+        let keys: Vec<[u8; 16]> = (0..20u8).map(|i| [i + 1; 16]).collect();
+        for (i, k) in keys.iter().enumerate() {
+            irks.push(k, i as Slot);
+        }
+        let rpa_of = |k: &[u8; 16]| {
+            let h = ah_with_irk(k, [0x41, 2, 3]);
+            [0x41, 2, 3, h[0], h[1], h[2]]
+        };
+        irks.remove_slot(3);
+        irks.remove_slot(19);
+        irks.remove_slot(0);
+        assert_eq!(irks.len(), 17);
+        for (i, k) in keys.iter().enumerate() {
+            let want = (![0, 3, 19].contains(&i)).then_some(i as Slot);
+            assert_eq!(resolve(&rpa_of(k), &irks), want, "irk {i}");
+        }
     }
 
     /// A small deterministic generator for keys and addresses (the test must not depend on luck).

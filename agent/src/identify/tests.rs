@@ -4,13 +4,32 @@ use instore_protocol::{
 };
 
 use super::*;
-use crate::sources::{AddressType, sim};
+use crate::{
+    cache::{MemoryMembers, WindowKeys},
+    sources::{AddressType, sim},
+};
+
+/// An index with its records and keys in memory.
+struct Fixture {
+    index: MemberIndex,
+    records: MemoryMembers,
+    keys: Arc<dyn WindowKeys>,
+}
+
+fn build(records: &[instore_protocol::MemberRecord]) -> Fixture {
+    let m = MemoryMembers::new(records);
+    Fixture {
+        index: m.index(1),
+        keys: Arc::new(m.keys().clone()),
+        records: m,
+    }
+}
 
 /// 2024-10-04T01:00:00Z: day 20000, window 1,920,004.
 const WALL: i64 = 20_000 * 86_400_000 + 3_600_000;
 const SECRET: [u8; 32] = [5; 32];
 
-fn index() -> MemberIndex {
+fn index() -> Fixture {
     let day_keys: Vec<String> = (20_000..20_002)
         .map(|d| {
             format!(
@@ -32,7 +51,7 @@ fn index() -> MemberIndex {
     .join("\n");
     let (records, errors) = parse_ndjson(&text);
     assert!(errors.is_empty(), "{errors:?}");
-    MemberIndex::build(1, &records)
+    build(&records)
 }
 
 fn advert(address: [u8; 6], address_type: AddressType, mfr: Vec<(u16, Vec<u8>)>) -> Advert {
@@ -47,15 +66,14 @@ fn advert(address: [u8; 6], address_type: AddressType, mfr: Vec<(u16, Vec<u8>)>)
 
 const NRPA: [u8; 6] = [0x20, 0, 0, 0, 0, 1];
 
-fn who(a: &Advert, idx: &MemberIndex) -> Option<String> {
+fn who(a: &Advert, idx: &Fixture) -> Option<String> {
     who_at(&mut Identify::new(WALL), a, idx, 0)
 }
 
-fn who_at(id: &mut Identify, a: &Advert, idx: &MemberIndex, at_ms: u64) -> Option<String> {
-    match id.identify(a, idx, at_ms) {
-        Identification::Member(m) => Some(m.member_id.clone()),
-        Identification::Stranger => None,
-    }
+fn who_at(id: &mut Identify, a: &Advert, idx: &Fixture, at_ms: u64) -> Option<String> {
+    id.identify(a, &idx.index, at_ms)
+        .and_then(|s| idx.records.get(s))
+        .map(|m| m.member_id.clone())
 }
 
 #[test]
@@ -170,14 +188,14 @@ fn rotating_advert(window: u32) -> Advert {
 
 /// Like [`who_at`], after swapping in the per-window tables for `at_ms` (waiting for the builder
 /// thread, as the engine's tick would a second later).
-fn who_ready(id: &mut Identify, a: &Advert, idx: &Arc<MemberIndex>, at_ms: u64) -> Option<String> {
-    id.prepare_and_wait(idx, at_ms);
+fn who_ready(id: &mut Identify, a: &Advert, idx: &Fixture, at_ms: u64) -> Option<String> {
+    id.prepare_and_wait(&idx.index, &idx.keys, at_ms);
     who_at(id, a, idx, at_ms)
 }
 
 #[test]
 fn a_rotating_id_identifies_the_member_in_its_window_and_one_either_side() {
-    let idx = Arc::new(index());
+    let idx = index();
     let mut id = Identify::new(WALL);
     let w = window_of_ms(WALL);
     for skew in [-1i64, 0, 1] {
@@ -206,13 +224,13 @@ fn a_rotating_id_identifies_the_member_in_its_window_and_one_either_side() {
 #[test]
 fn window_tables_are_built_off_the_caller_and_swapped_in_ahead_of_the_window() {
     let metrics = Metrics::default();
-    let idx = Arc::new(index());
+    let idx = index();
     let mut id = Identify::new(WALL).with_metrics(&metrics);
     let w = window_of_ms(WALL);
     // Identifying never builds: before any tick there is no table and the member is unknown.
     assert_eq!(who_at(&mut id, &rotating_advert(w), &idx, 0), None);
     assert_eq!(metrics.id_table_builds.get(), 0);
-    id.prepare_and_wait(&idx, 0);
+    id.prepare_and_wait(&idx.index, &idx.keys, 0);
     assert_eq!(id.tables().windows(), vec![w - 1, w, w + 1, w + 2]);
     assert_eq!(metrics.id_table_builds.get(), 4);
     let here = std::thread::current().id();
@@ -220,13 +238,13 @@ fn window_tables_are_built_off_the_caller_and_swapped_in_ahead_of_the_window() {
     // The tick at the start of the next window only swaps: w+2's table, built a window ahead,
     // answers at once, before anything new is built.
     let next = 15 * 60_000;
-    id.prepare(&idx, next);
+    id.prepare(&idx.index, &idx.keys, next);
     assert_eq!(
         who_at(&mut id, &rotating_advert(w + 2), &idx, next).as_deref(),
         Some("R")
     );
     assert_eq!(who_at(&mut id, &rotating_advert(w - 1), &idx, next), None);
-    id.prepare_and_wait(&idx, next);
+    id.prepare_and_wait(&idx.index, &idx.keys, next);
     assert_eq!(id.tables().windows(), vec![w, w + 1, w + 2, w + 3]);
     assert_eq!(metrics.id_table_builds.get(), 5, "only w+3 was new");
     assert_eq!(metrics.id_table_inline_builds.get(), 0);
@@ -237,14 +255,14 @@ fn window_tables_are_built_off_the_caller_and_swapped_in_ahead_of_the_window() {
 #[test]
 fn a_late_table_leaves_the_previous_ones_working_and_is_counted() {
     let metrics = Metrics::default();
-    let idx = Arc::new(index());
+    let idx = index();
     let mut id = Identify::new(WALL).with_metrics(&metrics);
     let w = window_of_ms(WALL);
-    id.prepare_and_wait(&idx, 0);
+    id.prepare_and_wait(&idx.index, &idx.keys, 0);
     // Jump two windows at once: w+2 was built ahead, the new current w+2 is fine, but nothing
     // covers w+3/w+4 yet; the tables held still answer for w+1 and w+2.
     let jump = 2 * 15 * 60_000;
-    id.prepare(&idx, jump);
+    id.prepare(&idx.index, &idx.keys, jump);
     assert_eq!(
         who_at(&mut id, &rotating_advert(w + 1), &idx, jump).as_deref(),
         Some("R")
@@ -252,9 +270,9 @@ fn a_late_table_leaves_the_previous_ones_working_and_is_counted() {
     assert_eq!(metrics.id_table_late.get(), 0);
     // Three windows further, nothing held covers the new window until the builder delivers.
     let far = 6 * 15 * 60_000;
-    id.prepare(&idx, far);
+    id.prepare(&idx.index, &idx.keys, far);
     assert_eq!(metrics.id_table_late.get(), 1);
-    id.prepare_and_wait(&idx, far);
+    id.prepare_and_wait(&idx.index, &idx.keys, far);
     assert_eq!(
         who_at(&mut id, &rotating_advert(w + 6), &idx, far).as_deref(),
         Some("R")
@@ -264,7 +282,7 @@ fn a_late_table_leaves_the_previous_ones_working_and_is_counted() {
 #[test]
 fn without_a_day_key_the_gateway_cannot_recognise_a_rotating_id() {
     // Keys were shipped for days 20000 and 20001: on day 20002 the member is a stranger.
-    let idx = Arc::new(index());
+    let idx = index();
     let day_after = 2 * 86_400_000;
     let mut id = Identify::new(WALL);
     let w = window_of_ms(WALL + day_after as i64);
@@ -279,7 +297,7 @@ fn without_a_day_key_the_gateway_cannot_recognise_a_rotating_id() {
 const EID_IK: [u8; 16] = [0x42; 16];
 
 /// The index a gateway builds from head office's snapshot of an import holding `EID_IK`.
-fn eid_index(served_at_ms: i64) -> Arc<MemberIndex> {
+fn eid_index(served_at_ms: i64) -> Fixture {
     let (records, errors) = parse_ndjson(&format!(
         r#"{{"member_id":"Q","display_name":"q","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"eddystone_eid_identity","identity_key":"{}","exponent":10}}]}}"#,
         hex::encode(EID_IK)
@@ -301,7 +319,7 @@ fn eid_index(served_at_ms: i64) -> Arc<MemberIndex> {
             r
         })
         .collect();
-    Arc::new(MemberIndex::build(1, &shipped))
+    build(&shipped)
 }
 
 fn eid_advert(unix_s: u32) -> Advert {
@@ -375,10 +393,7 @@ fn a_new_index_drops_what_was_derived_from_the_old_one() {
     let (records, _) = parse_ndjson(
         r#"{"member_id":"X","display_name":"x","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"irk","irk":"00000000000000000000000000000001"}]}"#,
     );
-    assert_eq!(
-        who_at(&mut id, &a, &MemberIndex::build(2, &records), 0),
-        None
-    );
+    assert_eq!(who_at(&mut id, &a, &build(&records), 0), None);
 }
 
 #[test]
@@ -418,8 +433,8 @@ fn a_hundred_thousand_members_are_indexed_and_found() {
             ..Default::default()
         })
         .collect();
-    let idx = MemberIndex::build(1, &records);
-    assert_eq!(idx.len(), n as usize);
+    let idx = build(&records);
+    assert_eq!(idx.index.len(), n as usize);
     let mut id = Identify::new(WALL);
     let beacon = advert(
         NRPA,
@@ -441,7 +456,7 @@ fn a_hundred_thousand_members_are_indexed_and_found() {
     let unknown = advert([0xC0, 1, 0, 0, 0, 1], AddressType::Random, vec![]);
     assert_eq!(who_at(&mut id, &unknown, &idx, 0), None);
     assert_eq!(
-        idx.member("M50000").map(|m| m.tier.as_str()),
+        idx.records.by_id("M50000").map(|m| m.tier.as_str()),
         Some("member")
     );
 }

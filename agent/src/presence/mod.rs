@@ -499,12 +499,12 @@ impl Presence {
     /// present one departs now, a candidate is forgotten.
     pub fn forget_unless(
         &mut self,
-        keep: impl Fn(&str) -> bool,
+        keep: impl Fn(&Member) -> bool,
         now_ms: u64,
     ) -> Vec<PresenceChange> {
         let mut out = Vec::new();
-        self.tracks.retain(|id, t| {
-            if keep(id) {
+        self.tracks.retain(|_, t| {
+            if keep(&t.member) {
                 return true;
             }
             let state = std::mem::replace(
@@ -519,6 +519,17 @@ impl Presence {
             false
         });
         out
+    }
+
+    /// The records and zones of the members present now (the planned triggers' occasions).
+    pub fn present_members(&self) -> Vec<(Arc<Member>, Arc<str>)> {
+        self.tracks
+            .values()
+            .filter_map(|t| match &t.state {
+                State::Present(visit) => Some((t.member.clone(), visit.zone.clone())),
+                State::Candidate { .. } => None,
+            })
+            .collect()
     }
 
     /// Members present now; `wall` converts the monotonic clock to Unix milliseconds.

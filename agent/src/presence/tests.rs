@@ -14,6 +14,7 @@ fn member(id: &str) -> Arc<Member> {
         last_purchase: None,
         last_visit: None,
         consent: Default::default(),
+        ..Default::default()
     })
 }
 

@@ -237,7 +237,8 @@ struct RuleSpec {
     /// `on = "dwell"`: seconds in the zone.
     #[serde(default)]
     dwell_s: Option<u64>,
-    /// `on = "overdue"`: days since the last visit (or, for a record without one, the last
+    /// `on = "overdue"`: days past head office's `overdue_after` date (at least 1) when the
+    /// record has one; else days since the last visit (or, for a record without one, the last
     /// purchase).
     #[serde(default)]
     overdue_days: Option<u32>,
@@ -339,9 +340,9 @@ impl Rule {
                 .as_deref()
                 .and_then(|b| days_to_birthday(b, local.day))
                 .is_some_and(|d| d <= self.birthday_days),
-            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => last_seen(m)
-                .and_then(parse_date)
-                .is_some_and(|d| local.day - d >= self.overdue_days),
+            (Trigger::Overdue, Happening::Arrive | Happening::Scheduled) => {
+                overdue_days(m, local.day).is_some_and(|d| d >= self.overdue_days)
+            }
             _ => false,
         };
         let any_or = |set: &[String], v: &str| set.is_empty() || set.iter().any(|s| s == v);
@@ -370,6 +371,26 @@ fn has_consent(m: &Member, consent: &str) -> bool {
         "marketing" => m.consent.marketing,
         _ => false,
     }
+}
+
+/// Days the member is overdue on local day `today`, as the `overdue` trigger compares them with
+/// the rule's `overdue_days`: past head office's `overdue_after` when the record has it (0, never
+/// overdue, on or before that date; the trigger needs at least one day), else days since the
+/// last visit (or purchase), as before head office computed the date.
+fn overdue_days(m: &Member, today: i64) -> Option<i64> {
+    match days_past_overdue_after(m, today) {
+        Some(0) => None,
+        Some(d) => Some(d),
+        None => last_seen(m).and_then(parse_date).map(|d| today - d),
+    }
+}
+
+/// `today − overdue_after`, 0 if not past; `None` without the date.
+pub fn days_past_overdue_after(m: &Member, today: i64) -> Option<i64> {
+    m.overdue_after
+        .as_deref()
+        .and_then(parse_date)
+        .map(|d| (today - d).max(0))
 }
 
 /// The date `overdue` counts from: the last visit, else the last purchase. Head office's
@@ -405,6 +426,9 @@ pub struct Reaction {
     pub rule: String,
     pub priority: AlertPriority,
     pub message: String,
+    /// Days the member is overdue today by head office's `overdue_after` (the clerk card says
+    /// "overdue N days"); `None` for a record without the date or not past it.
+    pub overdue_days: Option<i64>,
 }
 
 /// Matching rules held back, by reason.
@@ -664,6 +688,8 @@ impl Rules {
                         rule: rule.name.clone(),
                         priority: rule.priority,
                         message: message.clone(),
+                        overdue_days: days_past_overdue_after(o.member, local.day)
+                            .filter(|d| *d > 0),
                     });
                 }
             }
@@ -887,6 +913,7 @@ cooldown_s = 600
             last_purchase: None,
             last_visit: None,
             consent: Default::default(),
+            ..Default::default()
         }
     }
 
@@ -1112,6 +1139,59 @@ cooldown_s = 600
         m.last_visit = None;
         m.member_id = "M2".into();
         assert_eq!(fired(&mut r, Happening::Scheduled, &m, "e", day), None);
+    }
+
+    #[test]
+    fn overdue_counts_days_past_head_offices_overdue_after_when_the_record_has_it() {
+        let mut r = one("on = \"overdue\"\noverdue_days = 3\nmessage = \"m\"\ncooldown_s = 0\n");
+        let mut m = member("gold", &[]);
+        // Last visit long ago, but head office expects them only later: not overdue yet.
+        m.last_visit = Some("2026-01-01".into());
+        m.overdue_after = Some("2026-11-21".into());
+        assert_eq!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 23, 10, 0)
+            ),
+            None
+        );
+        let v = r.react(&occ(Happening::Scheduled, &m, "e", at(2026, 11, 24, 10, 0)));
+        let alert = v.alert.expect("three days past overdue_after");
+        assert_eq!(
+            alert.overdue_days,
+            Some(3),
+            "the clerk card says overdue 3 days"
+        );
+        // overdue_days = 0 still needs the date to be past.
+        let mut r = one("on = \"overdue\"\noverdue_days = 0\nmessage = \"m\"\ncooldown_s = 0\n");
+        m.member_id = "M2".into();
+        assert_eq!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 21, 10, 0)
+            ),
+            None
+        );
+        assert!(
+            fired(
+                &mut r,
+                Happening::Scheduled,
+                &m,
+                "e",
+                at(2026, 11, 22, 10, 0)
+            )
+            .is_some()
+        );
+        assert_eq!(
+            days_past_overdue_after(&m, parse_date("2026-11-01").unwrap()),
+            Some(0)
+        );
     }
 
     #[test]

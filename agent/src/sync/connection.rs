@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Link};
+use super::{Backoff, Link, downlink::Notice};
 use crate::metrics::Metrics;
 
 /// How long shutdown may take to say goodbye to the broker.
@@ -29,7 +29,7 @@ pub(super) struct Connection {
     pub backoff: Backoff,
     pub link: watch::Sender<Link>,
     pub acks: mpsc::Sender<Ack>,
-    pub notices: watch::Sender<u64>,
+    pub notices: watch::Sender<Notice>,
     pub metrics: Metrics,
 }
 
@@ -159,12 +159,16 @@ impl Connection {
             match instore_protocol::decode::<MembersNotice>(&p.payload) {
                 Ok(n) if n.v <= SCHEMA_VERSION && n.store_id == self.store_id => {
                     debug!(version = n.version, "sync: members notice");
+                    // Retained, so every reconnect brings it again: only a change wakes the downlink.
                     self.notices.send_if_modified(|v| {
-                        let newer = n.version > *v;
-                        if newer {
-                            *v = n.version;
+                        let changed = n.version != v.version || n.heads != v.heads;
+                        if changed {
+                            *v = Notice {
+                                version: n.version,
+                                heads: n.heads,
+                            };
                         }
-                        newer
+                        changed
                     });
                 }
                 Ok(n) => {

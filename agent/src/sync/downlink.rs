@@ -1,46 +1,76 @@
-//! The downlink: members notice → snapshot over HTTP → member cache → engine.
+//! The downlink: per-channel member change streams from head office → `members.db` → the
+//! engine's index, patched in place.
 //!
-//! Only the newest notice matters (they arrive through a watch, which coalesces them). A snapshot
-//! is checked (store, version, schema) before anything changes; the cache replaces its whole
-//! member set in one transaction and only then does the engine get the new index, so the gateway
-//! uses either the old set or the new one, never a mixture. Member data is never logged.
+//! When: on start, on every members notice whose heads are ahead of a channel held, and every
+//! `changes_poll_s` (a lost notice delays a change, never loses it). What:
+//! `GET {hq_url}/api/stores/{store}/changes?since=CURSOR` with the versions held; each response is
+//! applied in one transaction ([`MemberCache::apply_response`]), then the engine patches its
+//! index ([`Control::Patch`]) and answers, and only then is the next response asked for (while
+//! any channel's `to` is below its `head`). The engine's reader truncates the write-ahead log
+//! after a patch that removed members, so their old records are in no file. A channel entry that carries a snapshot is first
+//! downloaded and applied (`snapshot.rs`), after which the engine reloads its whole index.
+//! A channel entry whose `from` is not the version held (a gap, a replay) is ignored and asked
+//! again. A head office that predates change streams answers 404: the gateway then takes its
+//! whole-store snapshot into the legacy pseudo-channel, as before. Member data is never logged.
 
 use std::{sync::Arc, time::Duration};
 
-use instore_protocol::{MemberSnapshot, SCHEMA_VERSION};
-use tokio::sync::{mpsc, watch};
+use instore_protocol::{
+    MemberSnapshot, SCHEMA_VERSION,
+    changes::{ChangesResponse, Cursor, Heads},
+};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backoff, SyncError};
+use super::{Backoff, SyncError, snapshot};
 use crate::{
-    cache::{CacheError, MemberCache, MemberIndex},
+    cache::{ApplyStats, CacheError, LEGACY_CHANNEL, MemberCache, apply::is_pseudo},
     engine::Control,
     metrics::Metrics,
 };
 
-/// A snapshot larger than this is refused rather than exhausting a small gateway's memory.
-const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+/// A legacy whole-store snapshot larger than this is refused (head offices that serve channel
+/// snapshots stream them instead).
+const MAX_LEGACY_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
+/// A change response is at most [`instore_protocol::changes::MAX_CHANGES_PER_RESPONSE`] changes;
+/// this bounds what a misbehaving head office can make the gateway buffer.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Whole request, body included: large stores on slow 4G links need minutes, not seconds.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// One change response, body included.
+const CHANGES_TIMEOUT: Duration = Duration::from_secs(120);
+/// Responses taken in one catch-up before yielding (5,000 changes each).
+const MAX_RESPONSES_PER_CATCH_UP: usize = 10_000;
+/// Gapped or malformed entries asked again this many times in a row before backing off.
+const GAP_RETRIES: u32 = 3;
+
+/// The newest members notice: the store's total version and each channel's head.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Notice {
+    pub version: u64,
+    pub heads: Heads,
+}
 
 #[derive(Debug, thiserror::Error)]
-enum SnapshotError {
+pub(super) enum DownlinkError {
     #[error("request failed: {0}")]
     Http(#[from] reqwest::Error),
-    #[error("snapshot exceeds {MAX_SNAPSHOT_BYTES} bytes")]
-    TooLarge,
-    #[error("malformed snapshot: {0}")]
+    #[error("head office answered {0}")]
+    Status(reqwest::StatusCode),
+    #[error("response larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("malformed response: {0}")]
     Malformed(#[from] serde_json::Error),
-    #[error("snapshot schema version {0} is newer than this build's")]
+    #[error("response schema version {0} is newer than this build's")]
     Version(u32),
-    #[error("snapshot is for store {0:?}")]
+    #[error("response is for store {0:?}")]
     WrongStore(String),
-    #[error("snapshot version {got} is older than the announced {wanted}")]
-    Stale { got: u64, wanted: u64 },
     #[error("member cache: {0}")]
     Cache(#[from] CacheError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("channel entries keep arriving out of step: {0:?}")]
+    Gaps(Vec<String>),
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
     #[error("the engine has stopped")]
@@ -49,14 +79,33 @@ enum SnapshotError {
     Cancelled,
 }
 
+impl DownlinkError {
+    /// A metric label for the cause.
+    fn label(&self) -> &'static str {
+        match self {
+            DownlinkError::Http(e) if e.is_timeout() => "timeout",
+            DownlinkError::Http(_) => "http",
+            DownlinkError::Status(_) => "status",
+            DownlinkError::TooLarge(_) => "too_large",
+            DownlinkError::Malformed(_)
+            | DownlinkError::Version(_)
+            | DownlinkError::WrongStore(_) => "decode",
+            DownlinkError::Cache(_) | DownlinkError::Join(_) => "cache",
+            DownlinkError::Snapshot(_) => "snapshot",
+            DownlinkError::Gaps(_) => "gaps",
+            DownlinkError::EngineGone | DownlinkError::Cancelled => "stopped",
+        }
+    }
+}
+
 pub(super) fn http_client() -> Result<reqwest::Client, SyncError> {
     Ok(reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(REQUEST_TIMEOUT)
         .build()?)
 }
 
-pub(super) fn snapshot_url(hq_url: &str, store_id: &str) -> Result<reqwest::Url, SyncError> {
+/// `hq_url` joined with `path` (which starts with `/`), keeping a base path.
+pub(super) fn hq_join(hq_url: &str, path: &str) -> Result<reqwest::Url, SyncError> {
     let bad = |reason: String| SyncError::HqUrl {
         url: hq_url.to_string(),
         reason,
@@ -65,144 +114,331 @@ pub(super) fn snapshot_url(hq_url: &str, store_id: &str) -> Result<reqwest::Url,
     if !matches!(base.scheme(), "http" | "https") {
         return Err(bad("scheme must be http:// or https://".into()));
     }
-    // store_id is a valid id ([A-Za-z0-9_-]), so it needs no escaping in a path.
-    let path = format!(
-        "{}/api/stores/{store_id}/members/snapshot",
-        base.path().trim_end_matches('/')
-    );
+    let joined = format!("{}{path}", base.path().trim_end_matches('/'));
     let mut url = base;
-    url.set_path(&path);
+    url.set_path(&joined);
     Ok(url)
+}
+
+/// Reads a body chunk by chunk, refusing more than `max` bytes.
+pub(super) async fn read_bounded(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, DownlinkError> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(DownlinkError::TooLarge(max));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Err(DownlinkError::TooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 pub(super) struct Downlink {
     pub http: reqwest::Client,
-    pub url: reqwest::Url,
+    pub hq_url: String,
     pub token: String,
     pub gateway_id: String,
     pub store_id: String,
     pub cache: MemberCache,
+    pub snapshots: snapshot::Snapshots,
     pub engine: mpsc::Sender<Control>,
     pub metrics: Metrics,
     pub backoff: Backoff,
+    pub poll: Duration,
 }
 
 impl Downlink {
     pub(super) async fn run(
         mut self,
-        mut notices: watch::Receiver<u64>,
+        mut notices: watch::Receiver<Notice>,
         cancel: CancellationToken,
     ) {
+        let mut poll = tokio::time::interval(self.poll.max(Duration::from_secs(1)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: catch up on start.
         loop {
-            let wanted = *notices.borrow_and_update();
-            if wanted > 0 {
-                match self.catch_up(wanted, &cancel).await {
-                    Ok(None) => {}
-                    Ok(Some(version)) => {
-                        self.backoff.reset();
-                        self.metrics.member_snapshots_applied.inc();
-                        info!(version, "sync: member snapshot applied");
-                        continue;
-                    }
-                    Err(SnapshotError::Cancelled) => break,
-                    Err(SnapshotError::EngineGone) => {
-                        debug!("sync: engine gone; downlink stopping");
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = poll.tick() => {}
+                changed = notices.changed() => {
+                    if changed.is_err() {
                         break;
                     }
-                    Err(e) => {
-                        self.metrics.member_snapshot_failures.inc();
-                        let delay = self.backoff.next_delay();
-                        warn!(
-                            error = %e,
-                            wanted,
-                            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                            "sync: member snapshot failed"
-                        );
-                        tokio::select! {
-                            () = cancel.cancelled() => break,
-                            () = tokio::time::sleep(delay) => {}
-                        }
+                    let notice = notices.borrow_and_update().clone();
+                    if !self.behind(&notice).await {
                         continue;
                     }
                 }
             }
-            tokio::select! {
-                () = cancel.cancelled() => break,
-                changed = notices.changed() => if changed.is_err() { break },
+            loop {
+                let wanted = notices.borrow().clone();
+                match self.catch_up(&wanted, &cancel).await {
+                    Ok(()) => {
+                        self.backoff.reset();
+                        break;
+                    }
+                    Err(DownlinkError::Cancelled) => return,
+                    Err(DownlinkError::EngineGone) => {
+                        debug!("sync: engine gone; downlink stopping");
+                        return;
+                    }
+                    Err(e) => {
+                        self.metrics
+                            .member_change_failures
+                            .get_or_create(&vec![("reason", e.label())])
+                            .inc();
+                        let delay = self.backoff.next_delay();
+                        warn!(
+                            error = %e,
+                            retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            "sync: member changes failed"
+                        );
+                        tokio::select! {
+                            () = cancel.cancelled() => return,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                }
             }
         }
         debug!("sync: downlink stopped");
     }
 
-    /// Takes and applies a snapshot if the cache is older than `wanted`; returns the version
-    /// applied, or `None` when the cache was already current.
-    async fn catch_up(
-        &self,
-        wanted: u64,
-        cancel: &CancellationToken,
-    ) -> Result<Option<u64>, SnapshotError> {
+    async fn channels(&self) -> Result<std::collections::BTreeMap<String, u64>, DownlinkError> {
         let cache = self.cache.clone();
-        let have = tokio::task::spawn_blocking(move || cache.version()).await??;
-        if have >= wanted {
-            return Ok(None);
-        }
-        debug!(have, wanted, "sync: fetching a member snapshot");
-        let snapshot = tokio::select! {
-            () = cancel.cancelled() => return Err(SnapshotError::Cancelled),
-            s = self.fetch() => s?,
-        };
-        if snapshot.v > SCHEMA_VERSION {
-            return Err(SnapshotError::Version(snapshot.v));
-        }
-        if snapshot.store_id != self.store_id {
-            return Err(SnapshotError::WrongStore(snapshot.store_id));
-        }
-        if snapshot.version < wanted {
-            return Err(SnapshotError::Stale {
-                got: snapshot.version,
-                wanted,
-            });
-        }
-        let version = snapshot.version;
-        let cache = self.cache.clone();
-        let index = tokio::task::spawn_blocking(move || {
-            // One transaction: the cache holds the old set or the new one, never half.
-            cache.replace_all(version, &snapshot.members)?;
-            Ok::<_, CacheError>(MemberIndex::build(version, &snapshot.members))
-        })
-        .await??;
-        tokio::select! {
-            () = cancel.cancelled() => Err(SnapshotError::Cancelled),
-            sent = self.engine.send(Control::Members(Arc::new(index))) => {
-                sent.map_err(|_| SnapshotError::EngineGone)?;
-                Ok(Some(version))
-            }
-        }
+        Ok(tokio::task::spawn_blocking(move || cache.channels()).await??)
     }
 
-    async fn fetch(&self) -> Result<MemberSnapshot, SnapshotError> {
-        let mut response = self
-            .http
-            .get(self.url.clone())
+    /// Whether a notice says head office has more than the gateway holds.
+    async fn behind(&self, notice: &Notice) -> bool {
+        let Ok(held) = self.channels().await else {
+            return true;
+        };
+        if notice.heads.is_empty() {
+            // A head office that predates channels: only its total version.
+            let have: u64 = held.values().sum();
+            return notice.version > have;
+        }
+        notice
+            .heads
+            .iter()
+            .any(|(c, head)| held.get(c).copied().unwrap_or(0) < *head)
+            || held
+                .keys()
+                .any(|c| !is_pseudo(c) && !notice.heads.contains_key(c))
+    }
+
+    /// Asks for changes until every channel is at its head.
+    async fn catch_up(
+        &mut self,
+        wanted: &Notice,
+        cancel: &CancellationToken,
+    ) -> Result<(), DownlinkError> {
+        let mut gap_rounds = 0;
+        for _ in 0..MAX_RESPONSES_PER_CATCH_UP {
+            let held = self.channels().await?;
+            let cursor = Cursor(held.into_iter().filter(|(c, _)| !is_pseudo(c)).collect());
+            let response = tokio::select! {
+                () = cancel.cancelled() => return Err(DownlinkError::Cancelled),
+                r = self.fetch_changes(&cursor) => r?,
+            };
+            let Some(response) = response else {
+                return self.legacy(wanted, cancel).await;
+            };
+            let snapshots = snapshot::apply_all(self, &response, cancel).await?;
+            let cache = self.cache.clone();
+            let shared = Arc::new(response);
+            let r = shared.clone();
+            let (patch, stats) =
+                tokio::task::spawn_blocking(move || cache.apply_response(&r)).await??;
+            self.count(&stats);
+            if snapshots > 0 {
+                // The engine's new reader truncates the write-ahead log before it starts.
+                self.reload().await?;
+            } else if !patch.is_empty() {
+                let (applied, done) = oneshot::channel();
+                self.engine
+                    .send(Control::Patch {
+                        patch: Box::new(patch),
+                        applied,
+                    })
+                    .await
+                    .map_err(|_| DownlinkError::EngineGone)?;
+                done.await.map_err(|_| DownlinkError::EngineGone)?;
+            }
+            let mut stuck = stats.gaps.clone();
+            stuck.extend(stats.malformed.iter().cloned());
+            if !stuck.is_empty() {
+                gap_rounds += 1;
+                if gap_rounds >= GAP_RETRIES {
+                    return Err(DownlinkError::Gaps(stuck));
+                }
+            } else {
+                gap_rounds = 0;
+            }
+            let more = snapshots > 0
+                || shared
+                    .channels
+                    .iter()
+                    .any(|c| c.snapshot.is_none() && c.to < c.head);
+            if !more && stuck.is_empty() {
+                let held = self.channels().await?;
+                debug!(
+                    channels = held.len(),
+                    "sync: member channels at their heads"
+                );
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn count(&self, stats: &ApplyStats) {
+        self.metrics.member_change_responses.inc();
+        self.metrics.member_changes_applied.inc_by(stats.applied);
+        for (kind, list) in [("gap", &stats.gaps), ("malformed", &stats.malformed)] {
+            if !list.is_empty() {
+                self.metrics
+                    .member_change_gaps
+                    .get_or_create(&vec![("kind", kind)])
+                    .inc_by(list.len() as u64);
+                warn!(kind, channels = ?list, "sync: channel entries ignored; asking again");
+            }
+        }
+        if stats.invalid > 0 || stats.no_consent > 0 {
+            warn!(
+                invalid = stats.invalid,
+                no_consent = stats.no_consent,
+                "sync: member records refused"
+            );
+        }
+        if !stats.dropped.is_empty() {
+            info!(channels = ?stats.dropped, "sync: channels no longer subscribed, dropped");
+        }
+        debug!(
+            applied = stats.applied,
+            stale = stats.stale,
+            removed = stats.removed,
+            "sync: change response applied"
+        );
+    }
+
+    /// Reloads the engine's whole index from the cache (after a snapshot).
+    pub(super) async fn reload(&self) -> Result<(), DownlinkError> {
+        let cache = self.cache.clone();
+        let members = tokio::task::spawn_blocking(move || cache.members()).await??;
+        self.engine
+            .send(Control::Members(Box::new(members)))
+            .await
+            .map_err(|_| DownlinkError::EngineGone)
+    }
+
+    pub(super) fn get(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        self.http
+            .get(url)
             .bearer_auth(&self.token)
             .header("X-Instore-Gateway", &self.gateway_id)
-            .send()
-            .await?
-            .error_for_status()?;
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_SNAPSHOT_BYTES as u64)
-        {
-            return Err(SnapshotError::TooLarge);
+    }
+
+    /// `GET …/changes?since=CURSOR`; `None`: head office has no change streams (404).
+    async fn fetch_changes(
+        &self,
+        cursor: &Cursor,
+    ) -> Result<Option<ChangesResponse>, DownlinkError> {
+        let mut url = hq_join(
+            &self.hq_url,
+            &format!("/api/stores/{}/changes", self.store_id),
+        )
+        .map_err(|e| {
+            DownlinkError::Cache(CacheError::Read {
+                what: "hq_url".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        url.query_pairs_mut()
+            .append_pair("since", &cursor.to_string());
+        let response = self.get(url).timeout(CHANGES_TIMEOUT).send().await?;
+        match response.status() {
+            reqwest::StatusCode::OK => {}
+            reqwest::StatusCode::NOT_FOUND => return Ok(None),
+            s => return Err(DownlinkError::Status(s)),
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await? {
-            if body.len() + chunk.len() > MAX_SNAPSHOT_BYTES {
-                return Err(SnapshotError::TooLarge);
+        let body = read_bounded(response, MAX_RESPONSE_BYTES).await?;
+        let r: ChangesResponse = serde_json::from_slice(&body)?;
+        if r.v > SCHEMA_VERSION {
+            return Err(DownlinkError::Version(r.v));
+        }
+        if r.store_id != self.store_id {
+            return Err(DownlinkError::WrongStore(r.store_id));
+        }
+        Ok(Some(r))
+    }
+
+    /// A head office without change streams: its whole-store snapshot, when the notice (or a
+    /// first start) says it is newer than the one held.
+    async fn legacy(
+        &self,
+        wanted: &Notice,
+        cancel: &CancellationToken,
+    ) -> Result<(), DownlinkError> {
+        let have = self.channels().await?.get(LEGACY_CHANNEL).copied();
+        if have.is_some_and(|h| h >= wanted.version) {
+            return Ok(());
+        }
+        let url = hq_join(
+            &self.hq_url,
+            &format!("/api/stores/{}/members/snapshot", self.store_id),
+        )
+        .map_err(|e| {
+            DownlinkError::Cache(CacheError::Read {
+                what: "hq_url".into(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+        let fetch = async {
+            let response = self
+                .get(url)
+                .timeout(Duration::from_secs(300))
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                return Err(DownlinkError::Status(response.status()));
             }
-            body.extend_from_slice(&chunk);
+            read_bounded(response, MAX_LEGACY_SNAPSHOT_BYTES).await
+        };
+        let body = tokio::select! {
+            () = cancel.cancelled() => return Err(DownlinkError::Cancelled),
+            b = fetch => b?,
+        };
+        let snapshot: MemberSnapshot = serde_json::from_slice(&body)?;
+        drop(body);
+        if snapshot.v > SCHEMA_VERSION {
+            return Err(DownlinkError::Version(snapshot.v));
         }
-        Ok(serde_json::from_slice(&body)?)
+        if snapshot.store_id != self.store_id {
+            return Err(DownlinkError::WrongStore(snapshot.store_id));
+        }
+        let (version, n) = (snapshot.version, snapshot.members.len());
+        let cache = self.cache.clone();
+        let stats =
+            tokio::task::spawn_blocking(move || cache.apply_legacy(version, &snapshot.members))
+                .await??;
+        self.metrics.member_snapshots_applied.inc();
+        self.metrics.member_snapshot_members.inc_by(n as u64);
+        info!(
+            version,
+            members = n,
+            removed = stats.removed,
+            "sync: legacy member snapshot applied"
+        );
+        // The engine's new reader truncates the write-ahead log before it starts reading.
+        self.reload().await?;
+        Ok(())
     }
 }
 
@@ -213,14 +449,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_snapshot_url_keeps_a_base_path_and_ignores_a_trailing_slash() {
-        let u = snapshot_url("http://hq:8090", "s-1").unwrap();
-        assert_eq!(u.as_str(), "http://hq:8090/api/stores/s-1/members/snapshot");
-        let u = snapshot_url("https://hq.example/instore/", "s-1").unwrap();
+    fn head_office_paths_keep_a_base_path_and_ignore_a_trailing_slash() {
+        let u = hq_join("http://hq:8090", "/api/stores/s-1/changes").unwrap();
+        assert_eq!(u.as_str(), "http://hq:8090/api/stores/s-1/changes");
+        let u = hq_join("https://hq.example/instore/", "/api/stores/s-1/changes").unwrap();
         assert_eq!(
             u.as_str(),
-            "https://hq.example/instore/api/stores/s-1/members/snapshot"
+            "https://hq.example/instore/api/stores/s-1/changes"
         );
-        assert!(snapshot_url("ftp://hq", "s").is_err());
+        assert!(hq_join("ftp://hq", "/x").is_err());
     }
 }

@@ -1,13 +1,14 @@
 //! Sync with head office: the uplink drains the outbox over MQTT, the downlink takes member
-//! snapshots over HTTP.
+//! change streams (and snapshots) over HTTP, lookups ask about scanned members not held here.
 //!
 //! In: committed events in the [`Outbox`]; from the broker, [`Ack`](instore_protocol::Ack)s on
 //! `topics::ack(gateway)` and [`MembersNotice`](instore_protocol::MembersNotice)s on
-//! `topics::members(store)`; member snapshots from `GET {hq_url}/api/stores/{store}/members/snapshot`.
+//! `topics::members(store)`; member changes from `GET {hq_url}/api/stores/{store}/changes?since=`,
+//! channel snapshots from the paths those name, lookups from `POST …/members/lookup`.
 //! Out: [`EventBatch`](instore_protocol::EventBatch)es (QoS 1) on `topics::events(gateway)`; the
 //! retained gateway status (online on every connect, offline on shutdown and as the last will);
-//! acknowledged events deleted from the outbox; new member sets written to the [`MemberCache`] and
-//! sent to the engine as [`Control::Members`].
+//! acknowledged events deleted from the outbox; member changes written to the [`MemberCache`] and
+//! sent to the engine as [`Control::Patch`] (or, after a snapshot, [`Control::Members`]).
 //!
 //! It must not delete an event head office has not acknowledged, block the MQTT event loop, apply
 //! half a member set, or log payloads or member data at info.
@@ -21,8 +22,10 @@
 //!   and after any reconnect or an ack timeout re-sends everything unacknowledged from the
 //!   lowest number. rumqttc drops its QoS 1 state on a session-less reconnect, so the outbox, not
 //!   the client, is the retransmission buffer; head office de-duplicates on (gateway, seq).
-//! - `downlink`: on a notice newer than the cache, downloads, checks and applies the snapshot in
-//!   one transaction, then swaps the engine's index; failures retry with backoff.
+//! - `downlink`: on start, on a notice ahead of the cache and on a timer, asks for changes and
+//!   applies each response in one transaction, then has the engine patch its index; snapshots
+//!   are downloaded resumably (`snapshot`); failures retry with backoff.
+//! - `lookup`: one scanned code at a time, bounded by `lookup_timeout_ms`.
 //!
 //! # Known gap
 //! After a database rollback (see the outbox docs), events appended before the first ack arrives
@@ -30,7 +33,11 @@
 
 mod connection;
 mod downlink;
+mod lookup;
+mod snapshot;
 mod uplink;
+
+pub use lookup::LOOKUP_QUEUE;
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,6 +59,10 @@ pub struct SyncContext {
     pub cache: MemberCache,
     pub engine: mpsc::Sender<Control>,
     pub metrics: Metrics,
+    /// Where snapshot files are downloaded to (`data_dir/snapshots`).
+    pub snapshot_dir: std::path::PathBuf,
+    /// The engine's lookups of scanned members not held here.
+    pub lookups: Option<mpsc::Receiver<crate::engine::QrLookup>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,8 @@ pub fn spawn(
         cache,
         engine,
         metrics,
+        snapshot_dir,
+        lookups,
     } = ctx;
     let status = |online| {
         serde_json::to_vec(&GatewayStatus {
@@ -123,7 +136,7 @@ pub fn spawn(
 
     let (link_tx, link_rx) = watch::channel(Link::default());
     let (acks_tx, acks_rx) = mpsc::channel(256);
-    let (notice_tx, notice_rx) = watch::channel(0u64);
+    let (notice_tx, notice_rx) = watch::channel(downlink::Notice::default());
 
     let conn = connection::Connection {
         client: client.clone(),
@@ -151,16 +164,31 @@ pub fn spawn(
     );
     tracker.spawn(up.run(link_rx, acks_rx, cancel.clone()));
 
+    // Checked now: a bad hq_url is a configuration error, not a retry loop.
+    let lookup_url = lookup::Lookups::url(&cfg.hq_url, &store_id)?;
+    if let Some(rx) = lookups {
+        let l = lookup::Lookups {
+            http: http.clone(),
+            url: lookup_url,
+            token: cfg.token.clone(),
+            gateway_id: gateway_id.clone(),
+            timeout: Duration::from_millis(cfg.lookup_timeout_ms.max(1)),
+            engine: engine.clone(),
+        };
+        tracker.spawn(l.run(rx, cancel.clone()));
+    }
     let down = downlink::Downlink {
         http,
-        url: downlink::snapshot_url(&cfg.hq_url, &store_id)?,
+        hq_url: cfg.hq_url.clone(),
         token: cfg.token.clone(),
         gateway_id,
         store_id,
         cache,
+        snapshots: snapshot::Snapshots { dir: snapshot_dir },
         engine,
         metrics,
         backoff: Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
+        poll: Duration::from_secs(cfg.changes_poll_s),
     };
     tracker.spawn(down.run(notice_rx, cancel));
     Ok(())

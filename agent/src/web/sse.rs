@@ -255,6 +255,7 @@ mod tests {
                 stage: None,
                 tags: vec![],
                 last_purchase: None,
+                ..Default::default()
             },
         }
     }

@@ -43,6 +43,8 @@ pub fn spawn_sync(
             cache: cache.clone(),
             engine: engine_tx,
             metrics: metrics.clone(),
+            snapshot_dir: cache.path().with_file_name("snapshots"),
+            lookups: None,
         },
         &tracker,
         cancel.clone(),
