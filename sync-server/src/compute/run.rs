@@ -179,7 +179,9 @@ pub fn model_state(
 /// A member row and what computing them needs beyond it.
 struct Loaded {
     member_id: String,
-    record: instore_protocol::MemberRecord,
+    /// The imported record as stored; parsed only when needed (a first computation, the API),
+    /// since a full pass over a million members would otherwise parse a million records.
+    record_json: String,
     previous: Option<Computed>,
     referred_by: Option<String>,
     dirty: i64,
@@ -187,13 +189,13 @@ struct Loaded {
 
 fn loaded(r: &Row) -> Result<Loaded, StoreError> {
     let member_id = r.string(0)?;
-    let record = serde_json::from_str(r.str(1)?).map_err(|e| corrupt(&member_id, e))?;
+    let record_json = r.string(1)?;
     let previous = match r.opt_string(2)? {
         Some(j) => serde_json::from_str(&j).ok(),
         None => None,
     };
     Ok(Loaded {
-        record,
+        record_json,
         previous,
         referred_by: r.opt_string(3)?,
         dirty: r.i64(4)?,
@@ -211,6 +213,15 @@ fn activity(r: &Row) -> Result<ActivityDay, StoreError> {
     })
 }
 
+/// The tier an import gave, for a member's first computation.
+fn imported_tier(l: &Loaded) -> String {
+    #[derive(serde::Deserialize)]
+    struct Tier {
+        tier: String,
+    }
+    serde_json::from_str::<Tier>(&l.record_json).map_or_else(|_| "member".into(), |t| t.tier)
+}
+
 fn facts(
     l: &Loaded,
     activity: Vec<ActivityDay>,
@@ -224,7 +235,7 @@ fn facts(
         // platinum keeps it through the downgrade grace rather than losing it on day one.
         None => Previous {
             level: None,
-            tier: Some(TierState::new(l.record.tier.clone(), today)),
+            tier: Some(TierState::new(imported_tier(l), today)),
         },
     };
     MemberFacts {
@@ -793,5 +804,6 @@ pub fn compute_one(
         today_date,
     );
     let c = compute_member(&f, today_date, &thresholds, model.as_ref(), cfg);
-    Ok(Some((c, l.record)))
+    let record = serde_json::from_str(&l.record_json).map_err(|e| corrupt(member_id, e))?;
+    Ok(Some((c, record)))
 }
