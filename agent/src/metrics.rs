@@ -53,6 +53,8 @@ pub struct Metrics {
     pub member_snapshot_members: Counter,
     /// Change responses applied, changes in them, channel entries ignored (gap/replay/malformed).
     pub member_change_responses: Counter,
+    /// Bytes of change responses as received (compressed when head office compressed them).
+    pub change_bytes_received: Counter,
     pub member_changes_applied: Counter,
     pub member_change_gaps: Family<KindLabel, Counter>,
     pub member_change_failures: Family<KindLabel, Counter>,
@@ -261,6 +263,11 @@ impl Metrics {
             "member_change_responses",
             "Change responses applied (one transaction each)",
             m.member_change_responses.clone(),
+        );
+        r.register(
+            "member_change_bytes",
+            "Bytes of change responses received, as sent on the wire (zstd when compressed)",
+            m.change_bytes_received.clone(),
         );
         r.register(
             "member_changes_applied",

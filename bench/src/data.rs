@@ -45,6 +45,12 @@ pub struct DataArgs {
     /// trip per statement).
     #[arg(long, default_value_t = 100_000)]
     pg_members: u64,
+    /// Members of the store for the "back after a month offline" figure (0: skip it).
+    #[arg(long, default_value_t = 100_000)]
+    offline_members: u64,
+    /// Days the gateway is away, each changing 1 % of its members.
+    #[arg(long, default_value_t = 30)]
+    offline_days: u64,
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -85,6 +91,12 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
         let purchases = args.purchases * members / args.members.max(1);
         recompute(backend, members, purchases)?;
         online(backend, args.import, args.latency)?;
+    }
+    if args.offline_members > 0 {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(offline(args.offline_members, args.offline_days))?;
     }
     Ok(())
 }
@@ -240,26 +252,40 @@ fn online(backend: Backend, import: u64, latency: u64) -> anyhow::Result<()> {
     rt.block_on(online_async(backend, import, latency))
 }
 
-async fn online_async(backend: Backend, import: u64, latency: u64) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let schema = match backend {
-        Backend::Sqlite => None,
-        Backend::Postgres => Some(tokio::task::spawn_blocking(PgSchema::new).await?),
-    };
+/// A head office in-process with its data in `dir` (and on PostgreSQL at `database`): its base
+/// URL (admin token `bench`), what stops it and what it returns when stopped.
+async fn start_hq(
+    dir: &std::path::Path,
+    database: Option<String>,
+) -> anyhow::Result<(
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), instore_sync::Error>>,
+)> {
     let port = |l: std::net::TcpListener| l.local_addr().map(|a| a.port());
     let http = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
     let mqtt = port(std::net::TcpListener::bind("127.0.0.1:0")?)?;
     let text = format!(
         "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:{http}\"\n[api]\ntoken = \"bench\"\n\
          [broker]\nlisten = \"127.0.0.1:{mqtt}\"\n",
-        dir.path().display().to_string()
+        dir.display().to_string()
     );
     let mut cfg = instore_sync::HqConfig::parse(&text, "bench")?;
-    cfg.database.url = schema.as_ref().map(|s| s.url().to_string());
+    cfg.database.url = database;
     let cancel = CancellationToken::new();
     let hq = instore_sync::start(cfg, cancel.clone()).await?;
     let base = format!("http://{}", hq.http_addr());
-    let done = tokio::spawn(hq.wait());
+    Ok((base, cancel, tokio::spawn(hq.wait())))
+}
+
+async fn online_async(backend: Backend, import: u64, latency: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let schema = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(tokio::task::spawn_blocking(PgSchema::new).await?),
+    };
+    let (base, cancel, done) =
+        start_hq(dir.path(), schema.as_ref().map(|s| s.url().to_string())).await?;
     let client = reqwest::Client::new();
     let n_members = 10_000u64;
     let members: Vec<String> = (0..n_members)
@@ -374,6 +400,132 @@ async fn online_async(backend: Backend, import: u64, latency: u64) -> anyhow::Re
     if let Some(s) = schema {
         tokio::task::spawn_blocking(move || drop(s)).await?;
     }
+    Ok(())
+}
+
+/// A head office of one store's `members` (SQLite, in-process), where 1 % of them change each
+/// of `days` days while a gateway is away: the bytes it downloads to catch up, as JSON and as
+/// zstd, beside what the channel's snapshot would have cost.
+async fn offline(members: u64, days: u64) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (base, cancel, done) = start_hq(dir.path(), None).await?;
+    let client = reqwest::Client::new();
+    let record = |i: u64, day: u64| {
+        format!(
+            r#"{{"member_id":"O{i:07}","display_name":"Shopper {i} v{day}","tier":"member","tags":["linen"],"consent":{{"presence":true}},"home_store":"s1","identifiers":[{{"kind":"ibeacon","uuid":"e2c56db5-dffb-48d2-b060-d0f5a71096e0","major":7,"minor":{}}}]}}"#,
+            i % 65_536
+        )
+    };
+    let import = async |ids: std::ops::Range<u64>, day: u64| -> anyhow::Result<()> {
+        let ids: Vec<u64> = ids.collect();
+        for chunk in ids.chunks(10_000) {
+            let body: Vec<String> = chunk.iter().map(|&i| record(i, day)).collect();
+            client
+                .post(format!("{base}/api/members"))
+                .bearer_auth("bench")
+                .body(body.join("\n"))
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        Ok(())
+    };
+    // Pulls the stream from `cursor` to the head; the bytes as received and the changes seen.
+    let pull = async |cursor: &mut String, zstd: bool| -> anyhow::Result<(u64, u64)> {
+        let (mut bytes, mut changes) = (0u64, 0u64);
+        loop {
+            let mut req = client
+                .get(format!("{base}/api/stores/s1/changes?since={cursor}"))
+                .bearer_auth("bench");
+            if zstd {
+                req = req.header("Accept-Encoding", "zstd");
+            }
+            let r = req.send().await?.error_for_status()?;
+            let packed = r
+                .headers()
+                .get("content-encoding")
+                .is_some_and(|v| v == "zstd");
+            let body = r.bytes().await?;
+            bytes += body.len() as u64;
+            let json = if packed {
+                zstd::decode_all(&body[..])?
+            } else {
+                body.to_vec()
+            };
+            let c: serde_json::Value = serde_json::from_slice(&json)?;
+            changes += c["channels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|ch| ch["changes"].as_array().map_or(0, Vec::len) as u64)
+                .sum::<u64>();
+            *cursor = next_cursor(&c);
+            if caught_up(&c) {
+                return Ok((bytes, changes));
+            }
+        }
+    };
+    let t = Instant::now();
+    import(0..members, 0).await?;
+    // The gateway's first sync: a snapshot of the whole set (it is further behind than
+    // `snapshot_after_changes`), then the stream from the snapshot's version.
+    let (mut gateway, snap_bytes) = loop {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(900),
+            "{members} members not placed in 15 min"
+        );
+        let c: serde_json::Value = client
+            .get(format!("{base}/api/stores/s1/changes?since="))
+            .bearer_auth("bench")
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let snap = c["channels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|ch| ch["channel"] == "store:s1")
+            .map(|ch| &ch["snapshot"]);
+        if let Some(s) = snap.filter(|s| s["members"].as_u64() == Some(members)) {
+            let v = s["version"].as_u64().unwrap_or(0);
+            break (format!("store:s1={v}"), s["bytes"].as_u64().unwrap_or(0));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    pull(&mut gateway, true).await?;
+    println!(
+        "data offline: {members} members of one store imported and placed in {:.1} s; their snapshot {:.2} MB",
+        t.elapsed().as_secs_f64(),
+        snap_bytes as f64 / 1e6
+    );
+    let away = gateway.clone();
+    let per_day = (members / 100).max(1);
+    let mut probe = gateway.clone();
+    for day in 1..=days {
+        let from = (day * per_day * 7) % members;
+        let ids = from..(from + per_day).min(members);
+        let n = ids.end - ids.start;
+        import(ids, day).await?;
+        let mut got = 0;
+        while got < n {
+            got += pull(&mut probe, false).await?.1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (plain, changes) = pull(&mut away.clone(), false).await?;
+    let (packed, _) = pull(&mut away.clone(), true).await?;
+    println!(
+        "data offline: back after {days} days of 1 % changes ({changes} changes of {members} members): \
+         {:.2} MB as JSON, {:.2} MB with zstd ({:.0} B/change); a snapshot instead: {:.2} MB",
+        plain as f64 / 1e6,
+        packed as f64 / 1e6,
+        packed as f64 / changes.max(1) as f64,
+        snap_bytes as f64 / 1e6
+    );
+    cancel.cancel();
+    done.await??;
     Ok(())
 }
 

@@ -37,6 +37,24 @@ async fn next_sse_alert(resp: &mut reqwest::Response, buf: &mut String) -> serde
     }
 }
 
+/// The agent's alert stream at `base`, as a clerk's tablet opens it, once the agent answers.
+async fn alert_stream(base: &str) -> reqwest::Response {
+    let client = reqwest::Client::new();
+    eventually("the alert stream", WAIT, || {
+        let c = client.clone();
+        let url = format!("{base}/api/alerts/stream");
+        async move {
+            c.get(url)
+                .bearer_auth("admin-test-token")
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_walking_in_alerts_a_clerk_and_every_event_reaches_head_office_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -64,19 +82,7 @@ async fn a_member_walking_in_alerts_a_clerk_and_every_event_reaches_head_office_
     let client = reqwest::Client::new();
 
     // A clerk's tablet listens for alerts.
-    let mut stream = eventually("the alert stream", WAIT, || {
-        let c = client.clone();
-        let url = format!("{base}/api/alerts/stream");
-        async move {
-            c.get(url)
-                .bearer_auth("admin-test-token")
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-        }
-    })
-    .await;
+    let mut stream = alert_stream(&base).await;
     let mut buf = String::new();
     let alert = next_sse_alert(&mut stream, &mut buf).await;
     assert_eq!(alert["rule"], "any-arrival");
@@ -217,4 +223,115 @@ fn the_demo_ends_with_a_json_line_where_everything_sent_arrived() {
     assert_eq!(summary["events_at_hq"].as_u64(), Some(sent), "{summary}");
     assert!(summary["alerts"].as_u64().unwrap() > 0, "{summary}");
     assert!(stdout.contains("clerk page: http://127.0.0.1:"), "{stdout}");
+}
+
+/// Alerts on every arrival, and once more for platinum members, whose greeting differs.
+const ARRIVAL_AND_PLATINUM: &str = r#"
+[[rules]]
+name = "any-arrival"
+on = "arrive"
+priority = "normal"
+message = "{display_name} ({tier}) arrived"
+cooldown_s = 3600
+
+[[rules]]
+name = "platinum-arrival"
+on = "arrive"
+tiers = ["platinum"]
+priority = "high"
+message = "Platinum: {display_name}"
+cooldown_s = 3600
+"#;
+
+fn purchase_line(id: &str, member: &str, amount: i64, at: &str) -> String {
+    format!(
+        r#"{{"purchase_id":"{id}","member_id":"{member}","store_id":"store-1","at":"{at}","amount_minor":{amount},"currency":"EUR","items":[{{"sku":"S1","category":"linen","qty":1,"amount_minor":{amount}}}]}}"#
+    )
+}
+
+/// The CIDR loop closed: a purchase booked at head office re-ranks the member, the new tier
+/// travels down the store's change stream, and the running gateway's rules act on it at the
+/// member's next arrival.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purchase_at_head_office_changes_a_members_tier_on_a_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    // A re-rank as soon as the buyers change, so the test need not wait out the minute between.
+    let hq = start_hq_configured(dir.path(), None, "[compute]\nrerank_min_interval_s = 0").await;
+    let population = instore_agent::sources::sim::population(20);
+    assert_eq!(hq.import_members(population_ndjson(20)).await["imported"], 20);
+    // The member under test: imported as a plain member, consenting, so the store tracks them.
+    let target = population
+        .iter()
+        .find(|m| m.tier == "member" && m.consent.presence)
+        .unwrap()
+        .member_id
+        .clone();
+    // Everyone bought something; the target least of all. 20 members: top2 is one member.
+    let now = jiff::Timestamp::now();
+    let at = now.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap().to_string();
+    let lines: Vec<String> = population
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let amount = if m.member_id == target { 100 } else { 10_000 + i as i64 * 100 };
+            purchase_line(&format!("P{i}"), &m.member_id, amount, &at)
+        })
+        .collect();
+    assert_eq!(hq.post("/api/purchases", lines.join("\n")).await["imported"], 20);
+    let path = format!("/api/members/{target}");
+    let before = eventually("the target ranked as rest", WAIT, || async {
+        hq.get(&path).await.filter(|m| m["spend_12m_minor"] == 100 && m["level"] == "rest")
+    })
+    .await;
+    assert_eq!(before["tier"], "member", "{before}");
+
+    let agent_dir = dir.path().join("store");
+    std::fs::create_dir_all(&agent_dir).unwrap();
+    let port = free_port();
+    let mut setup = AgentSetup::new("store-1", "gw-1", port);
+    setup.population = 20;
+    let cfg = setup.write(&agent_dir, &hq, ARRIVAL_AND_PLATINUM, "agent.toml");
+    let mut agent = Proc::spawn(
+        &bin("instore-agent"),
+        &["run", "--config", cfg.to_str().unwrap()],
+        agent_dir.join("agent.log"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let mut stream = alert_stream(&base).await;
+    let mut buf = String::new();
+    // The gateway knows the target with the old tier: an arrival, no platinum greeting.
+    loop {
+        let alert = next_sse_alert(&mut stream, &mut buf).await;
+        if alert["member"]["member_id"] != target.as_str() {
+            continue;
+        }
+        assert_eq!(alert["rule"], "any-arrival", "{alert}");
+        assert_eq!(alert["member"]["tier"], "member", "{alert}");
+        break;
+    }
+
+    // The purchase that makes the target the chain's best customer.
+    let big = purchase_line("P-big", &target, 5_000_000, &now.to_string());
+    assert_eq!(hq.post("/api/purchases", big).await["imported"], 1);
+    let after = eventually("the target promoted at head office", WAIT, || async {
+        hq.get(&path).await.filter(|m| m["tier"] == "platinum")
+    })
+    .await;
+    assert_eq!(after["level"], "top2", "{after}");
+
+    // At the next arrival the gateway greets a platinum member.
+    let greeted = tokio::time::timeout(Duration::from_secs(90), async {
+        loop {
+            let alert = next_sse_alert(&mut stream, &mut buf).await;
+            if alert["member"]["member_id"] == target.as_str() {
+                break alert;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no alert for {target} after the promotion\n{}", agent.log_text()));
+    assert_eq!(greeted["rule"], "platinum-arrival", "{greeted}");
+    assert_eq!(greeted["member"]["tier"], "platinum", "{greeted}");
+    agent.signal("TERM");
+    assert!(agent.wait_exit(Duration::from_secs(15)).is_some());
 }

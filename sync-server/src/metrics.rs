@@ -47,6 +47,7 @@ pub struct Metrics {
     pub compute_failures: Counter,
     pub change_requests: Counter,
     pub changes_served: Counter,
+    pub change_bytes_served: Counter,
     pub snapshots_served: Counter,
     pub snapshot_bytes_served: Counter,
     pub member_lookups: Family<ReasonLabel, Counter>,
@@ -215,6 +216,11 @@ impl MetricsHandle {
             "changes_served",
             "Channel changes sent to gateways",
             m.changes_served.clone(),
+        );
+        r.register(
+            "change_bytes_served",
+            "Bytes of change responses sent to gateways, as sent (compressed when asked)",
+            m.change_bytes_served.clone(),
         );
         r.register(
             "snapshots_served",

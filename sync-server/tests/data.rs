@@ -140,6 +140,34 @@ both_backends!(
             )
         );
         let s1_version = first.to;
+        // Asked for zstd, the same answer comes compressed, much smaller.
+        let plain = reqwest::Client::new()
+            .get(hq.url("/api/stores/s1/changes?since="))
+            .bearer_auth(gateway_token("s1", "gw-1"))
+            .send()
+            .await
+            .unwrap();
+        assert!(plain.headers().get("content-encoding").is_none());
+        let plain = plain.bytes().await.unwrap();
+        let packed = reqwest::Client::new()
+            .get(hq.url("/api/stores/s1/changes?since="))
+            .bearer_auth(gateway_token("s1", "gw-1"))
+            .header("Accept-Encoding", "gzip, zstd;q=0.9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(packed.headers()["content-encoding"], "zstd");
+        let packed = packed.bytes().await.unwrap();
+        let unpacked = zstd::decode_all(&packed[..]).unwrap();
+        let a: serde_json::Value = serde_json::from_slice(&unpacked).unwrap();
+        let b: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert_eq!(a, b);
+        assert!(
+            packed.len() * 4 < plain.len(),
+            "{} bytes compressed of {}",
+            packed.len(),
+            plain.len()
+        );
 
         // Fifty buyers with distinct spends: 1..50 × 1,000 cents.
         let at = today_at(10);

@@ -61,6 +61,8 @@ pub(super) enum DownlinkError {
     TooLarge(usize),
     #[error("malformed response: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("undecodable compressed response: {0}")]
+    Decode(std::io::Error),
     #[error("response schema version {0} is newer than this build's")]
     Version(u32),
     #[error("response is for store {0:?}")]
@@ -88,6 +90,7 @@ impl DownlinkError {
             DownlinkError::Status(_) => "status",
             DownlinkError::TooLarge(_) => "too_large",
             DownlinkError::Malformed(_)
+            | DownlinkError::Decode(_)
             | DownlinkError::Version(_)
             | DownlinkError::WrongStore(_) => "decode",
             DownlinkError::Cache(_) | DownlinkError::Join(_) => "cache",
@@ -136,6 +139,22 @@ pub(super) async fn read_bounded(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// A zstd body decompressed, refusing more than `max` bytes of output (a small compressed body
+/// can expand to gigabytes).
+fn decompress_bounded(body: &[u8], max: usize) -> Result<Vec<u8>, DownlinkError> {
+    use std::io::Read;
+    let decoder = zstd::stream::read::Decoder::new(body).map_err(DownlinkError::Decode)?;
+    let mut out = Vec::new();
+    decoder
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(DownlinkError::Decode)?;
+    if out.len() > max {
+        return Err(DownlinkError::TooLarge(max));
+    }
+    Ok(out)
 }
 
 pub(super) struct Downlink {
@@ -362,13 +381,29 @@ impl Downlink {
         })?;
         url.query_pairs_mut()
             .append_pair("since", &cursor.to_string());
-        let response = self.get(url).timeout(CHANGES_TIMEOUT).send().await?;
+        // Compressed, a month of changes is about a tenth of the bytes over a store's uplink.
+        let response = self
+            .get(url)
+            .header(reqwest::header::ACCEPT_ENCODING, "zstd")
+            .timeout(CHANGES_TIMEOUT)
+            .send()
+            .await?;
         match response.status() {
             reqwest::StatusCode::OK => {}
             reqwest::StatusCode::NOT_FOUND => return Ok(None),
             s => return Err(DownlinkError::Status(s)),
         }
+        let zstd = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
         let body = read_bounded(response, MAX_RESPONSE_BYTES).await?;
+        self.metrics.change_bytes_received.inc_by(body.len() as u64);
+        let body = if zstd {
+            decompress_bounded(&body, MAX_RESPONSE_BYTES)?
+        } else {
+            body
+        };
         let r: ChangesResponse = serde_json::from_slice(&body)?;
         if r.v > SCHEMA_VERSION {
             return Err(DownlinkError::Version(r.v));
@@ -444,6 +479,25 @@ impl Downlink {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_compressed_body_expands_only_up_to_the_bound() {
+        let json = br#"{"v":1}"#.repeat(1000);
+        let z = zstd::bulk::compress(&json, 3).unwrap();
+        assert_eq!(decompress_bounded(&z, json.len()).unwrap(), json);
+        // A small body that would expand past the bound is refused, not buffered.
+        let bomb = zstd::bulk::compress(&vec![0u8; 10_000_000], 3).unwrap();
+        assert!(bomb.len() < 10_000);
+        assert!(matches!(
+            decompress_bounded(&bomb, 1_000_000),
+            Err(DownlinkError::TooLarge(1_000_000))
+        ));
+        assert!(matches!(
+            decompress_bounded(b"not zstd", 1_000),
+            Err(DownlinkError::Decode(_))
+        ));
+    }
+
     #![allow(clippy::unwrap_used)]
 
     use super::*;

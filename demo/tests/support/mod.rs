@@ -139,6 +139,11 @@ pub async fn start_hq(dir: &Path) -> Hq {
 /// Head office using the external broker at `broker_url` (`mqtt://host:port`), or its embedded
 /// broker when `None`.
 pub async fn start_hq_with(dir: &Path, broker_url: Option<&str>) -> Hq {
+    start_hq_configured(dir, broker_url, "").await
+}
+
+/// Head office as [`start_hq_with`], with `extra` TOML (whole tables) appended to its config.
+pub async fn start_hq_configured(dir: &Path, broker_url: Option<&str>, extra: &str) -> Hq {
     let http_port = free_port();
     let token = "hq-test-token".to_string();
     let secret = "0123456789abcdef0123456789abcdef".to_string();
@@ -154,7 +159,7 @@ pub async fn start_hq_with(dir: &Path, broker_url: Option<&str>) -> Hq {
     };
     let cfg = format!(
         "data_dir = \"hq-data\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[api]\ntoken = \"{token}\"\n\
-         [auth]\ngateway_secret = \"{secret}\"\n[broker]\n{broker}\n"
+         [auth]\ngateway_secret = \"{secret}\"\n[broker]\n{broker}\n{extra}\n"
     );
     let path = dir.join("hq.toml");
     std::fs::write(&path, cfg).unwrap();
@@ -219,10 +224,15 @@ impl Hq {
     }
 
     pub async fn import_members(&self, ndjson: String) -> serde_json::Value {
+        self.post("/api/members", ndjson).await
+    }
+
+    /// POSTs `body` to `path` with the admin token; the JSON answer (panics on an error status).
+    pub async fn post(&self, path: &str, body: String) -> serde_json::Value {
         reqwest::Client::new()
-            .post(format!("{}/api/members", self.http))
+            .post(format!("{}{path}", self.http))
             .bearer_auth(&self.token)
-            .body(ndjson)
+            .body(body)
             .send()
             .await
             .unwrap()
@@ -231,6 +241,21 @@ impl Hq {
             .json()
             .await
             .unwrap()
+    }
+
+    /// GETs `path` with the admin token; `None` unless it answers 2xx with JSON.
+    pub async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        reqwest::Client::new()
+            .get(format!("{}{path}", self.http))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ok()?
+            .error_for_status()
+            .ok()?
+            .json()
+            .await
+            .ok()
     }
 
     pub async fn gateway(&self, id: &str) -> Option<serde_json::Value> {

@@ -12,8 +12,9 @@
 //!   keep_changes_days` and re-places members whose "visited in the last N days" ran out.
 //!
 //! Both run on a database connection of their own, on a thread of their own, so a full pass
-//! over a million members never holds the connection ingest commits on; writes are chunked (one
-//! transaction per chunk) so ingest's commits interleave. `dirty` is a counter: a member marked
+//! over a million members never holds the connection ingest commits on; a full pass reads each
+//! chunk in a read transaction and takes the write lock only for the members whose fields
+//! changed (one write transaction per chunk, a pause after it), so ingest's commits interleave. `dirty` is a counter: a member marked
 //! again while being recomputed stays marked (the pass subtracts only what it read).
 
 use std::{collections::HashMap, time::Duration};
@@ -73,8 +74,11 @@ const SELECT_MEMBER: Sql = Sql::same(
     "SELECT member_id, record_json, computed_json, referred_by, dirty
     FROM members WHERE member_id = ?1",
 );
+/// The imported record only for members never computed (their first tier comes from it): a
+/// full pass would otherwise copy every member's record to read none of them.
 const SELECT_MEMBER_RANGE: Sql = Sql::same(
-    "SELECT member_id, record_json, computed_json, referred_by, dirty
+    "SELECT member_id, CASE WHEN computed_json IS NULL THEN record_json ELSE '' END,
+        computed_json, referred_by, dirty
     FROM members WHERE member_id > ?1 ORDER BY member_id LIMIT ?2",
 );
 const SELECT_DAYS: Sql = Sql::same(
@@ -284,7 +288,6 @@ fn write(
     force_place: bool,
     touched: &mut Touched,
 ) -> Result<bool, StoreError> {
-    let json = serde_json::to_string(c).map_err(|e| corrupt(&l.member_id, e))?;
     if l.previous.as_ref().map(stable) == Some(stable(c)) {
         if l.dirty > 0 {
             tx.execute(&CLEAR_DIRTY, params![&l.member_id, l.dirty])?;
@@ -294,6 +297,7 @@ fn write(
         }
         return Ok(false);
     }
+    let json = serde_json::to_string(c).map_err(|e| corrupt(&l.member_id, e))?;
     tx.execute(
         &WRITE_COMPUTED,
         params![
@@ -541,7 +545,9 @@ pub fn full(
             // Stopping: what is written is whole per chunk; the next pass starts over.
             return Ok((stats, touched));
         }
-        let mut tx = db.transaction()?;
+        // Read in a read transaction: on a normal night almost nobody changes, so most chunks
+        // never take the write lock, and ingest's commits never wait on them.
+        let mut tx = db.read_transaction()?;
         let rows = tx.query(&SELECT_MEMBER_RANGE, params![&after, CHUNK])?;
         let Some(last) = rows.last().map(|r| r.string(0)).transpose()? else {
             tx.commit()?;
@@ -558,6 +564,8 @@ pub fn full(
         for r in tx.query(&SELECT_CATEGORIES_RANGE, params![&after, &last, from_month])? {
             cats.entry(r.string(0)?).or_default().push(category(&r)?);
         }
+        tx.commit()?;
+        let mut pending = Vec::new();
         for r in &rows {
             let l = loaded(r)?;
             let f = facts(
@@ -568,10 +576,23 @@ pub fn full(
                 today_date,
             );
             let c = compute_member(&f, today_date, &thresholds, model.as_ref(), cfg);
+            let same = l.previous.as_ref().map(stable) == Some(stable(&c));
+            if !same || l.dirty > 0 {
+                pending.push((l, c));
+            }
+        }
+        after = last;
+        if pending.is_empty() {
+            continue;
+        }
+        // Written from what was read: a member marked dirty since keeps the difference (`write`
+        // subtracts only what it read) and the incremental stage computes them again.
+        let mut tx = db.transaction()?;
+        for (l, c) in &pending {
             if write(
                 &mut tx,
-                &l,
-                &c,
+                l,
+                c,
                 today,
                 now_ms,
                 settings,
@@ -582,7 +603,6 @@ pub fn full(
             }
         }
         tx.commit()?;
-        after = last;
         std::thread::sleep(YIELD);
     }
     stats.recompute_ms = started.elapsed().as_millis() as u64;
