@@ -258,7 +258,10 @@ async fn a_purchase_at_head_office_changes_a_members_tier_on_a_running_gateway()
     // A re-rank as soon as the buyers change, so the test need not wait out the minute between.
     let hq = start_hq_configured(dir.path(), None, "[compute]\nrerank_min_interval_s = 0").await;
     let population = instore_agent::sources::sim::population(20);
-    assert_eq!(hq.import_members(population_ndjson(20)).await["imported"], 20);
+    assert_eq!(
+        hq.import_members(population_ndjson(20)).await["imported"],
+        20
+    );
     // The member under test: imported as a plain member, consenting, so the store tracks them.
     let target = population
         .iter()
@@ -268,19 +271,31 @@ async fn a_purchase_at_head_office_changes_a_members_tier_on_a_running_gateway()
         .clone();
     // Everyone bought something; the target least of all. 20 members: top2 is one member.
     let now = jiff::Timestamp::now();
-    let at = now.checked_sub(jiff::SignedDuration::from_hours(1)).unwrap().to_string();
+    let at = now
+        .checked_sub(jiff::SignedDuration::from_hours(1))
+        .unwrap()
+        .to_string();
     let lines: Vec<String> = population
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let amount = if m.member_id == target { 100 } else { 10_000 + i as i64 * 100 };
+            let amount = if m.member_id == target {
+                100
+            } else {
+                10_000 + i as i64 * 100
+            };
             purchase_line(&format!("P{i}"), &m.member_id, amount, &at)
         })
         .collect();
-    assert_eq!(hq.post("/api/purchases", lines.join("\n")).await["imported"], 20);
+    assert_eq!(
+        hq.post("/api/purchases", lines.join("\n")).await["imported"],
+        20
+    );
     let path = format!("/api/members/{target}");
     let before = eventually("the target ranked as rest", WAIT, || async {
-        hq.get(&path).await.filter(|m| m["spend_12m_minor"] == 100 && m["level"] == "rest")
+        hq.get(&path)
+            .await
+            .filter(|m| m["spend_12m_minor"] == 100 && m["level"] == "rest")
     })
     .await;
     assert_eq!(before["tier"], "member", "{before}");
@@ -290,6 +305,9 @@ async fn a_purchase_at_head_office_changes_a_members_tier_on_a_running_gateway()
     let port = free_port();
     let mut setup = AgentSetup::new("store-1", "gw-1", port);
     setup.population = 20;
+    // Short visits, so the target comes back soon after the promotion.
+    setup.mean_dwell_s = 4.0;
+    setup.depart_after_s = 2;
     let cfg = setup.write(&agent_dir, &hq, ARRIVAL_AND_PLATINUM, "agent.toml");
     let mut agent = Proc::spawn(
         &bin("instore-agent"),
@@ -329,7 +347,12 @@ async fn a_purchase_at_head_office_changes_a_members_tier_on_a_running_gateway()
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no alert for {target} after the promotion\n{}", agent.log_text()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "no alert for {target} after the promotion\n{}",
+            agent.log_text()
+        )
+    });
     assert_eq!(greeted["rule"], "platinum-arrival", "{greeted}");
     assert_eq!(greeted["member"]["tier"], "platinum", "{greeted}");
     agent.signal("TERM");

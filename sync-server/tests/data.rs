@@ -144,14 +144,17 @@ both_backends!(
         let plain = reqwest::Client::new()
             .get(hq.url("/api/stores/s1/changes?since="))
             .bearer_auth(gateway_token("s1", "gw-1"))
+            .header("X-Instore-Gateway", "gw-1")
             .send()
             .await
             .unwrap();
+        assert_eq!(plain.status(), 200);
         assert!(plain.headers().get("content-encoding").is_none());
         let plain = plain.bytes().await.unwrap();
         let packed = reqwest::Client::new()
             .get(hq.url("/api/stores/s1/changes?since="))
             .bearer_auth(gateway_token("s1", "gw-1"))
+            .header("X-Instore-Gateway", "gw-1")
             .header("Accept-Encoding", "gzip, zstd;q=0.9")
             .send()
             .await

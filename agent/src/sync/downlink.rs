@@ -480,6 +480,10 @@ impl Downlink {
 #[cfg(test)]
 mod tests {
 
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
     #[test]
     fn a_compressed_body_expands_only_up_to_the_bound() {
         let json = br#"{"v":1}"#.repeat(1000);
@@ -497,10 +501,6 @@ mod tests {
             Err(DownlinkError::Decode(_))
         ));
     }
-
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
 
     #[test]
     fn head_office_paths_keep_a_base_path_and_ignore_a_trailing_slash() {
