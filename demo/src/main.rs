@@ -2,8 +2,9 @@
 //!
 //! Starts head office (embedded MQTT broker, SQLite) and several simulated stores, each a real
 //! agent with its own SQLite files, HTTP port and MQTT connection over loopback. Head office
-//! imports the simulated member population and pushes it to the stores; shoppers walk in; VIPs
-//! raise clerk alerts; every event travels to head office. On stop it drains the stores' outboxes
+//! imports the simulated member population and a year of their purchases, ranks them (pyramid,
+//! tiers, stages) and pushes them to the stores; shoppers walk in; VIPs raise clerk alerts; every
+//! event travels to head office. On stop it drains the stores' outboxes
 //! and prints, as its last stdout line, one JSON object:
 //! `{"alerts":..,"events_sent":..,"events_at_hq":..,...}`.
 
@@ -140,7 +141,9 @@ async fn demo(
     std::fs::create_dir_all(&hq_dir)?;
     let hq_cfg = format!(
         "data_dir = {dir:?}\n[http]\nlisten = \"{hq_http}\"\n[api]\ntoken = \"{api_token}\"\n\
-         [auth]\ngateway_secret = \"{secret}\"\n[broker]\nlisten = \"{broker}\"\n",
+         [auth]\ngateway_secret = \"{secret}\"\n[broker]\nlisten = \"{broker}\"\n\
+         [compute]\ncurrency = \"EUR\"\n# Rank as soon as the purchases are in, not a minute later.\n\
+         rerank_min_interval_s = 0\n",
         dir = hq_dir.display().to_string(),
     );
     std::fs::write(hq_dir.join("hq.toml"), &hq_cfg)?;
@@ -165,6 +168,16 @@ async fn demo(
         .await?;
     if !resp.status().is_success() {
         bail!("member import at head office failed: {}", resp.status());
+    }
+    // A year of their purchases: head office ranks them and the tiers the stores see follow.
+    let resp = http
+        .post(format!("{hq_url}/api/purchases"))
+        .bearer_auth(&api_token)
+        .body(purchases_ndjson(members, stores, instore_sync::now_ms()))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("purchase import at head office failed: {}", resp.status());
     }
 
     // Stores.
@@ -213,6 +226,21 @@ async fn demo(
         events_sent += agent.outbox.last_seq().await?;
     }
     let events_at_hq = events_at_hq(&http, &hq_url, &api_token).await?;
+    // Members per pyramid level, as head office ranked them from the purchases.
+    let pyramid: serde_json::Value = http
+        .get(format!("{hq_url}/api/pyramid"))
+        .bearer_auth(&api_token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let levels: serde_json::Map<String, serde_json::Value> = pyramid
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l["level"].as_str()?.to_string(), l["members"].clone())))
+        .collect();
     for agent in agents {
         stop(agent).await;
     }
@@ -224,8 +252,41 @@ async fn demo(
         "events_at_hq": events_at_hq,
         "undrained": undrained,
         "stores": stores,
+        "pyramid": levels,
         "seconds": started.elapsed().as_secs(),
     }))
+}
+
+/// A year of purchases for the simulated population, deterministic: members with lower ids buy
+/// more often (a few regulars, a long tail), 20 to 400 EUR a time, linen, shoes or home.
+fn purchases_ndjson(members: u32, stores: u32, now_ms: i64) -> String {
+    const DAY_MS: i64 = 86_400_000;
+    const CATEGORIES: [&str; 3] = ["linen", "shoes", "home"];
+    let mut out = String::new();
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 1..=members {
+        let count = 1 + (next() % u64::from(1 + 24 / (1 + i / 20))) as i64;
+        for k in 0..count {
+            let at = now_ms - 3_600_000 - (next() % 365) as i64 * DAY_MS;
+            let Ok(at) = jiff::Timestamp::from_millisecond(at) else {
+                continue;
+            };
+            let amount = 2_000 + (next() % 38_000) as i64;
+            let category = CATEGORIES[(next() % 3) as usize];
+            let store = 1 + (u64::from(i) + next() % 2) % u64::from(stores.max(1));
+            out.push_str(&format!(
+                r#"{{"purchase_id":"D{i}-{k}","member_id":"M{i:06}","store_id":"store-{store:03}","at":"{at}","amount_minor":{amount},"currency":"EUR","items":[{{"category":"{category}","qty":1,"amount_minor":{amount}}}]}}"#
+            ));
+            out.push('\n');
+        }
+    }
+    out
 }
 
 async fn stop(agent: Agent) {

@@ -222,6 +222,15 @@ fn the_demo_ends_with_a_json_line_where_everything_sent_arrived() {
     assert!(sent > 0, "{summary}");
     assert_eq!(summary["events_at_hq"].as_u64(), Some(sent), "{summary}");
     assert!(summary["alerts"].as_u64().unwrap() > 0, "{summary}");
+    // Head office ranked the population from the demo's purchases: 300 members, top 2 % = 6.
+    assert_eq!(summary["pyramid"]["top2"], 6, "{summary}");
+    let ranked: u64 = summary["pyramid"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(ranked, 300, "{summary}");
     assert!(stdout.contains("clerk page: http://127.0.0.1:"), "{stdout}");
 }
 
