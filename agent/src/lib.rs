@@ -16,6 +16,7 @@ pub mod pairing;
 pub mod presence;
 pub mod react;
 pub mod runtime;
+pub mod service;
 pub mod sources;
 pub mod sync;
 pub mod web;

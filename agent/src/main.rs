@@ -282,6 +282,11 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     rt.block_on(async move {
         let agent = runtime::start(cfg).await?;
+        // Under systemd (Type=notify): READY=1 now, status lines and watchdog keep-alives after.
+        let notifier = instore_agent::service::notifier_from_env();
+        if let Some(n) = &notifier {
+            agent.supervise(n.clone(), instore_sdnotify::watchdog_period());
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
@@ -295,6 +300,11 @@ fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             }
         }
         tracing::info!("shutting down");
+        if let Some(n) = &notifier
+            && let Err(e) = n.stopping()
+        {
+            tracing::debug!(error = %e, "STOPPING=1 not sent");
+        }
         agent.shutdown(SHUTDOWN_GRACE).await;
         Ok(())
     })

@@ -43,6 +43,9 @@ pub struct Agent {
     intake_cancel: CancellationToken,
     tracker: TaskTracker,
     cancel: CancellationToken,
+    /// The engine's loop counter, for systemd's watchdog ([`Agent::supervise`]).
+    heartbeat: instore_sdnotify::Heartbeat,
+    sync_enabled: bool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -118,6 +121,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         }])
         .await?;
 
+    let heartbeat = instore_sdnotify::Heartbeat::new();
     let (sighting_tx, sighting_rx) = mpsc::channel(SIGHTING_QUEUE);
     let (control_tx, control_rx) = mpsc::channel(16);
     let (presence_tx, presence_rx) = watch::channel(Arc::new(Vec::new()));
@@ -173,6 +177,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         rules_path: cfg.react.rules.clone(),
         actions,
         lookups: lookup_tx,
+        heartbeat: heartbeat.clone(),
     };
     tracker.spawn(engine::run(core, clock.clone(), io, cancel.clone()));
 
@@ -272,10 +277,35 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         intake_cancel,
         tracker,
         cancel,
+        heartbeat,
+        sync_enabled: cfg.sync.enabled,
     })
 }
 
 impl Agent {
+    /// Tells systemd the agent is ready (the stores are open and the HTTP listener is bound:
+    /// `start` returned), then keeps it told: status lines, and watchdog keep-alives every
+    /// `watchdog` (half of `WATCHDOG_USEC`) while the engine's loop turns.
+    pub fn supervise(&self, notifier: Arc<instore_sdnotify::Notifier>, watchdog: Option<Duration>) {
+        let (metrics, sync_enabled) = (self.metrics.clone(), self.sync_enabled);
+        let status = move || crate::service::status_line(&metrics, sync_enabled);
+        match notifier.ready(&status()) {
+            Ok(()) => tracing::info!(
+                watchdog_ms = watchdog.map(|d| d.as_millis() as u64),
+                "told systemd: ready"
+            ),
+            Err(e) => tracing::warn!(error = %e, "READY=1 not sent"),
+        }
+        self.tracker.spawn(crate::service::run(
+            notifier,
+            watchdog,
+            crate::service::STATUS_EVERY,
+            self.heartbeat.clone(),
+            status,
+            self.cancel.clone(),
+        ));
+    }
+
     /// Re-reads the rules file and the member cache (after a local `members import`).
     pub async fn reload(&self) {
         let _ = self.control.send(Control::ReloadRules).await;

@@ -7,7 +7,8 @@
 //!   apply time and peak memory (child process: zstd decoder → `MemberCache::apply_snapshot`);
 //! - a delta of 10,000 changes (two responses of 5,000 upserts) applied to the full cache;
 //! - the running agent (`runtime::start` on that `members.db`, child process, after its window
-//!   tables are built): `VmRSS` and `VmHWM`;
+//!   tables are built): `VmRSS` and `VmHWM`, then again after a reload (a whole member set
+//!   loaded beside the one in use: the peak systemd's `MemoryMax` must hold);
 //! - a stranger's advert rejected by the index (ns, no disk), and a matched member's record read
 //!   from `members.db` (p50, p99).
 
@@ -88,8 +89,15 @@ pub fn child_main(args: &[String]) -> anyhow::Result<()> {
                 let agent = instore_agent::runtime::start(cfg).await?;
                 tokio::time::sleep(Duration::from_secs(secs)).await;
                 let members = agent.metrics.members_cached.get();
-                let v = serde_json::json!({"members": members,
+                let mut v = serde_json::json!({"members": members,
                     "rss_kib": status_kib("self", "VmRSS:"), "hwm_kib": status_kib("self", "VmHWM:")});
+                // A member set swapped in whole (SIGHUP, an applied snapshot) is loaded while the
+                // old one still serves: the peak a unit's MemoryMax must hold.
+                agent.reload().await;
+                tokio::time::sleep(Duration::from_secs(secs / 2)).await;
+                v["reload_rss_kib"] = serde_json::json!(status_kib("self", "VmRSS:"));
+                v["reload_anon_kib"] = serde_json::json!(status_kib("self", "RssAnon:"));
+                v["reload_hwm_kib"] = serde_json::json!(status_kib("self", "VmHWM:"));
                 agent.shutdown(Duration::from_secs(5)).await;
                 Ok::<_, anyhow::Error>(v)
             })?
@@ -300,13 +308,20 @@ pub fn run(members: u32) -> anyhow::Result<()> {
         mib(agent["hwm_kib"].as_u64().unwrap_or(0))
     );
     println!(
+        "  after a reload      VmRSS {:.0} MiB (anonymous {:.0} MiB), VmHWM {:.0} MiB",
+        mib(agent["reload_rss_kib"].as_u64().unwrap_or(0)),
+        mib(agent["reload_anon_kib"].as_u64().unwrap_or(0)),
+        mib(agent["reload_hwm_kib"].as_u64().unwrap_or(0))
+    );
+    println!(
         "{}",
         serde_json::json!({"bench": "cache", "members": members,
             "import_s": import["secs"], "import_hwm_kib": import["hwm_kib"], "db_mb": db_mb.round(),
             "snapshot_bytes": snap_bytes, "snapshot_apply_s": apply["secs"], "snapshot_hwm_kib": apply["hwm_kib"],
             "delta_10k_s": delta_s, "stranger_reject_ns": reject_ns, "member_lookup_ns": lookup_ns,
             "record_p50_us": pct(0.5), "record_p99_us": pct(0.99),
-            "agent_rss_kib": agent["rss_kib"], "agent_hwm_kib": agent["hwm_kib"]})
+            "agent_rss_kib": agent["rss_kib"], "agent_hwm_kib": agent["hwm_kib"],
+            "agent_reload_hwm_kib": agent["reload_hwm_kib"]})
     );
     Ok(())
 }

@@ -160,10 +160,25 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow
 async fn serve(cfg: HqConfig) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let office = instore_sync::start(cfg, cancel.clone()).await?;
+    // Under systemd (Type=notify): ready once `start` returned, i.e. the database is open and
+    // the broker (if embedded) and HTTP listeners accept connections. No watchdog: head office
+    // has no single loop whose stall would stand for the whole service.
+    let notifier = notifier_from_env();
+    if let Some(n) = &notifier {
+        match n.ready(&format!("HTTP on {}", office.http_addr())) {
+            Ok(()) => tracing::info!("told systemd: ready"),
+            Err(e) => tracing::warn!(error = %e, "READY=1 not sent"),
+        }
+    }
     let signals = cancel.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("signal received, stopping");
+        if let Some(n) = &notifier
+            && let Err(e) = n.stopping()
+        {
+            tracing::debug!(error = %e, "STOPPING=1 not sent");
+        }
         signals.cancel();
     });
     let wait = office.wait();
@@ -174,6 +189,14 @@ async fn serve(cfg: HqConfig) -> anyhow::Result<()> {
             anyhow::bail!("shutdown took longer than {SHUTDOWN_DEADLINE:?}")
         }
     }
+}
+
+/// systemd's notification socket, if it gave one; a malformed one is logged and ignored.
+fn notifier_from_env() -> Option<instore_sdnotify::Notifier> {
+    instore_sdnotify::Notifier::from_env().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "NOTIFY_SOCKET unusable: systemd will not hear from head office");
+        None
+    })
 }
 
 async fn shutdown_signal() {

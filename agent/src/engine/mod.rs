@@ -69,6 +69,9 @@ pub struct EngineIo {
     pub actions: crate::react::ActionQueue,
     /// Head-office lookups of scanned codes (bounded; `None` when sync is off).
     pub lookups: Option<mpsc::Sender<QrLookup>>,
+    /// Bumped on every turn of the loop: systemd's watchdog keep-alives go only while it moves
+    /// (`service.rs`), so a wedged engine gets the agent restarted.
+    pub heartbeat: instore_sdnotify::Heartbeat,
 }
 
 /// Most sightings handled before their events are committed together.
@@ -88,6 +91,8 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
     let mut rules_poll = tokio::time::interval(RULES_POLL);
     rules_poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // Once per turn; the 1 s tick below makes a working engine turn at least once a second.
+        io.heartbeat.beat();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
