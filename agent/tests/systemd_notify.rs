@@ -16,7 +16,7 @@ use std::{
 };
 
 use support::{
-    http::get,
+    http::{get, metric},
     net::free_port,
     process::{AgentProcess, import_members, run_command, write_agent_config, write_sim_members},
 };
@@ -90,12 +90,17 @@ async fn systemd_hears_ready_once_http_answers_then_status_keepalives_and_stoppi
         .unwrap_or_else(|| panic!("no notification within 60 s: {}", log()));
     assert!(ready.starts_with("READY=1\n"), "first message: {ready:?}");
     // READY means the listener is bound: the very first request answers, no retry.
-    let health = get(&format!("http://127.0.0.1:{port}/healthz"), None)
+    let base = format!("http://127.0.0.1:{port}");
+    let health = get(&format!("{base}/healthz"), None)
         .await
         .expect("/healthz unreachable right after READY=1");
     assert_eq!(health.status(), 200);
+    // The status line's figures are the agent's own (the sim population includes members
+    // without presence consent, who are never cached).
+    let cached = metric(&base, "instore_agent_members_cached").await.unwrap();
+    assert!(cached > 0.0);
     assert!(
-        ready.contains(&format!("STATUS={MEMBERS} members cached, "))
+        ready.contains(&format!("STATUS={cached} members cached, "))
             && ready.contains("; outbox ")
             && ready.ends_with("; broker standalone (sync off)"),
         "{ready:?}"
