@@ -38,7 +38,7 @@ pub struct DataArgs {
     /// Purchases timed one by one for the latency figure.
     #[arg(long, default_value_t = 100)]
     latency: u64,
-    /// `sqlite`, `postgres` or `both`.
+    /// `sqlite`, `postgres`, `both`, or `none` (only the offline figure).
     #[arg(long, default_value = "both")]
     backend: String,
     /// Members of the recompute base on PostgreSQL (its first pass is slower: a network round
@@ -60,6 +60,8 @@ fn backends(arg: &str) -> anyhow::Result<Vec<Backend>> {
         "sqlite" => vec![Backend::Sqlite],
         "postgres" => vec![Backend::Postgres],
         "both" => vec![Backend::Sqlite, Backend::Postgres],
+        // Only the offline figure.
+        "none" => vec![],
         other => anyhow::bail!("--backend {other}: expected sqlite, postgres or both"),
     })
 }
@@ -412,7 +414,8 @@ async fn offline(members: u64, days: u64) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let record = |i: u64, day: u64| {
         format!(
-            r#"{{"member_id":"O{i:07}","display_name":"Shopper {i} v{day}","tier":"member","tags":["linen"],"consent":{{"presence":true}},"home_store":"s1","identifiers":[{{"kind":"ibeacon","uuid":"e2c56db5-dffb-48d2-b060-d0f5a71096e0","major":7,"minor":{}}}]}}"#,
+            r#"{{"member_id":"O{i:07}","display_name":"Shopper {i} v{day}","tier":"member","tags":["linen"],"consent":{{"presence":true}},"home_store":"s1","identifiers":[{{"kind":"ibeacon","uuid":"e2c56db5-dffb-48d2-b060-d0f5a71096e0","major":{},"minor":{}}}]}}"#,
+            1 + i / 65_536,
             i % 65_536
         )
     };
@@ -469,6 +472,28 @@ async fn offline(members: u64, days: u64) -> anyhow::Result<()> {
     import(0..members, 0).await?;
     // The gateway's first sync: a snapshot of the whole set (it is further behind than
     // `snapshot_after_changes`), then the stream from the snapshot's version.
+    // Asked before everyone is placed, head office would build a snapshot of each new head.
+    loop {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(900),
+            "{members} members not placed in 15 min"
+        );
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let done: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("instore_sync_members_recomputed_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if done >= members as f64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let (mut gateway, snap_bytes) = loop {
         anyhow::ensure!(
             t.elapsed() < Duration::from_secs(900),
