@@ -21,6 +21,10 @@
 //! measures head office's purchase import rows/s, a full recompute of a chain-sized base, and the
 //! latency from a purchase to the store's change stream, on SQLite and PostgreSQL (see `data.rs`).
 //!
+//! `cargo run --release -p instore-bench -- scale-out [--events N] [--gateways N] [--instances 1,2]`
+//! measures head-office ingest with one and with two instances sharing Mosquitto and PostgreSQL,
+//! and their ratio (see `scaleout.rs`).
+//!
 //! `cargo run --release -p instore-bench -- latency [--arrivals N]` measures an advert entering the
 //! agent to its clerk alert arriving at an SSE client on loopback, p50/p99 (see `latency.rs`).
 
@@ -30,6 +34,7 @@ mod cache;
 mod data;
 mod hot_path;
 mod latency;
+mod scaleout;
 mod uplink;
 
 use clap::{Parser, Subcommand};
@@ -69,6 +74,8 @@ enum Command {
     CacheChild { args: Vec<String> },
     /// Head-office ingest rate, drain of a buffered outbox, fsyncs per 1,000 events.
     Uplink(uplink::UplinkArgs),
+    /// Head-office ingest with one and with two instances on Mosquitto + PostgreSQL (ratio).
+    ScaleOut(scaleout::ScaleOutArgs),
     /// Head office's Data: purchase import rows/s, full recompute of a chain, purchase -> store.
     Data(data::DataArgs),
     /// Advert into the agent -> alert at an SSE client on loopback: p50, p99.
@@ -107,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         Command::CacheChild { args } => cache::child_main(&args),
         Command::Uplink(args) => uplink::run(args),
         Command::Data(args) => data::run(args),
+        Command::ScaleOut(args) => scaleout::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?

@@ -14,6 +14,9 @@ use serde::Deserialize;
 /// session (and its queued QoS 1 batches) across head-office restarts.
 pub const DEFAULT_CLIENT_ID: &str = "instore-sync";
 
+/// Longest accepted `[broker] share_group`.
+pub const MAX_SHARE_GROUP_LEN: usize = 64;
+
 /// Shortest accepted `[auth] gateway_secret`: gateway tokens are only as strong as this secret.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -111,9 +114,17 @@ pub struct BrokerConfig {
     /// Connect to an external broker, `mqtt://host:port`. Exclusive with `listen`.
     #[serde(default)]
     pub url: Option<String>,
-    /// MQTT client id of head office's persistent session.
+    /// MQTT client id of head office's persistent session. With `share_group` and the default
+    /// id, each instance derives its own (`instore-sync-<8 hex>`, kept in `data_dir/instance_id`),
+    /// since the broker would otherwise hand one session back and forth between instances.
     #[serde(default = "default_client_id")]
     pub client_id: String,
+    /// Several head-office instances share the gateways' batches: each subscribes to the gateway
+    /// topics as `$share/<share_group>/...`. Needs `url` (an external broker), `[database] url`
+    /// (PostgreSQL, where every instance finds the same state) and `[auth] gateway_secret` (one
+    /// secret for every instance). See `sync-server/SCALE-OUT.md`.
+    #[serde(default)]
+    pub share_group: Option<String>,
 }
 
 fn default_client_id() -> String {
@@ -251,6 +262,9 @@ impl HqConfig {
                 "must be 1-23 characters".into(),
             ));
         }
+        if let Some((key, reason)) = self.cluster_problem() {
+            return Err((Some(key.0), key.1.into(), reason));
+        }
         if let Err((key, reason)) = self.compute.validate() {
             return Err((Some("compute"), key.to_string(), reason));
         }
@@ -272,6 +286,51 @@ impl HqConfig {
             Err(("broker", reason)) => Err((None, "[broker]".into(), reason)),
             Err((key, reason)) => Err((Some("broker"), key.into(), reason)),
         }
+    }
+
+    /// With `[broker] share_group`: what several instances need to agree on, else `None`.
+    fn cluster_problem(&self) -> Option<((&'static str, &'static str), String)> {
+        let group = self.broker.share_group.as_deref()?;
+        let key = ("broker", "share_group");
+        if group.is_empty()
+            || group.len() > MAX_SHARE_GROUP_LEN
+            || !group
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Some((
+                key,
+                format!(
+                    "must be 1-{MAX_SHARE_GROUP_LEN} characters of A-Z, a-z, 0-9, `-` and `_` \
+                     (it becomes a topic level: `$share/<share_group>/...`)"
+                ),
+            ));
+        }
+        if self.broker.url.is_none() {
+            return Some((
+                key,
+                "needs `url` (an external broker every instance connects to); the embedded \
+                 broker lives inside one instance"
+                    .into(),
+            ));
+        }
+        if self.database.url.is_none() {
+            return Some((
+                key,
+                "needs `[database] url` (PostgreSQL): every instance must see the same \
+                 high-water marks, boots and members"
+                    .into(),
+            ));
+        }
+        if self.auth.gateway_secret.is_none() {
+            return Some((
+                key,
+                "needs `[auth] gateway_secret`: a secret generated in each instance's data_dir \
+                 would differ, and gateway tokens would work on one instance only"
+                    .into(),
+            ));
+        }
+        None
     }
 
     /// Path of the SQLite database inside `data_dir`.
@@ -547,6 +606,53 @@ listen = "127.0.0.1:1883"
         assert_eq!(line_of_key(VALID, Some("broker"), "listen"), 13);
         assert_eq!(line_of_key(VALID, None, "data_dir"), 1);
         assert_eq!(line_of_key(VALID, Some("broker"), "url"), 0);
+    }
+
+    fn clustered(extra_broker: &str, database: bool) -> String {
+        let text = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            &format!("url = \"mqtt://mq:1883\"\n{extra_broker}"),
+        );
+        if database {
+            format!("{text}[database]\nurl = \"postgres://pg/hq\"\n")
+        } else {
+            text
+        }
+    }
+
+    #[test]
+    fn a_share_group_with_an_external_broker_and_postgres_is_accepted() {
+        let cfg = HqConfig::parse(&clustered("share_group = \"hq\"", true), "t").unwrap();
+        assert_eq!(cfg.broker.share_group.as_deref(), Some("hq"));
+    }
+
+    #[test]
+    fn a_share_group_is_refused_without_what_every_instance_must_share() {
+        let err = |text: &str| HqConfig::parse(text, "t").unwrap_err().to_string();
+        let no_db = err(&clustered("share_group = \"hq\"", false));
+        assert!(
+            no_db.contains("broker.share_group") && no_db.contains("[database] url"),
+            "{no_db}"
+        );
+        assert!(no_db.contains("line 14"), "{no_db}");
+        let embedded =
+            format!("{VALID}share_group = \"hq\"\n[database]\nurl = \"postgres://p/h\"\n");
+        assert!(err(&embedded).contains("needs `url`"), "{}", err(&embedded));
+        let no_secret = clustered("share_group = \"hq\"", true)
+            .replace("gateway_secret = \"0123456789abcdef0123\"", "");
+        assert!(
+            err(&no_secret).contains("[auth] gateway_secret"),
+            "{}",
+            err(&no_secret)
+        );
+        for bad in ["", "a/b", "a+", "#", "x y", &"x".repeat(65)] {
+            let text = clustered(&format!("share_group = {bad:?}"), true);
+            assert!(
+                err(&text).contains("must be 1-64 characters"),
+                "{bad:?}: {}",
+                err(&text)
+            );
+        }
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! events over MQTT with their visits; member and purchase imports) → `store` (SQLite or
 //! PostgreSQL, the only owner of the database) → `compute` (the Data: a pure core and its
 //! scheduling shell) → `fanout` (which stores hold whom, change streams, snapshots, notices) →
-//! `http` (API and HQ page). `runtime` wires them; `config` reads the TOML.
+//! `http` (API and HQ page). `cluster` makes several instances one head office (shared
+//! subscriptions, a lease for once-only work). `runtime` wires them; `config` reads the TOML.
 //!
 //! Library use (the demo, tests): build or load an [`HqConfig`], then
 //! [`start`] it to learn the bound addresses ([`HeadOffice::http_addr`],
@@ -14,6 +15,7 @@
 
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod compute;
 pub mod config;
 pub mod fanout;
@@ -38,6 +40,8 @@ pub enum Error {
     Broker(#[from] broker::BrokerError),
     #[error(transparent)]
     Secret(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     #[error("cannot listen on {addr} for HTTP (is the port taken?): {source}")]
     HttpBind {
         addr: std::net::SocketAddr,

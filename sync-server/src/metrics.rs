@@ -51,6 +51,9 @@ pub struct Metrics {
     pub snapshots_served: Counter,
     pub snapshot_bytes_served: Counter,
     pub member_lookups: Family<ReasonLabel, Counter>,
+    pub lease_held: Gauge,
+    pub lease_acquired: Counter,
+    pub lease_lost: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -70,6 +73,22 @@ impl MetricsHandle {
     pub fn new() -> Self {
         let m = Metrics::default();
         let mut r = Registry::with_prefix("instore_sync");
+        r.register(
+            "lease_held",
+            "1 while this instance runs the once-only work (compute, key re-issue); always 1 \
+             without [broker] share_group",
+            m.lease_held.clone(),
+        );
+        r.register(
+            "lease_acquired",
+            "Times this instance took the once-only work's lease",
+            m.lease_acquired.clone(),
+        );
+        r.register(
+            "lease_lost",
+            "Times this instance lost the lease it held (not renewed in time, or taken over)",
+            m.lease_lost.clone(),
+        );
         r.register(
             "events_received",
             "Events stored for the first time",

@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Error, broker,
+    cluster::{
+        self,
+        lease::{self, LeaseHandle, LeaseTask},
+    },
     compute::run::{ComputeSettings, Runner},
     config::{BrokerEndpoint, HqConfig},
     fanout::{
@@ -37,6 +41,8 @@ const PUBLISH_QUEUE: usize = 1024;
 const NOTICE_QUEUE: usize = 1024;
 /// How long each shutdown step may take before it is cut short.
 const GRACE: Duration = Duration::from_secs(3);
+/// With several instances: how often the notifier re-reads the heads other instances moved.
+const FOLLOW_DATABASE_EVERY: Duration = Duration::from_secs(5);
 
 /// A running head office. Learn its addresses, then [`HeadOffice::wait`] for it to stop.
 #[derive(Debug)]
@@ -53,6 +59,9 @@ pub struct HeadOffice {
     eventloop: JoinHandle<()>,
     notifier: JoinHandle<()>,
     compute: JoinHandle<()>,
+    /// The once-only work's lease task (`None` for a lone instance).
+    lease: Option<JoinHandle<()>>,
+    stop_lease: CancellationToken,
     store_thread: StoreThread,
 }
 
@@ -86,6 +95,8 @@ impl HeadOffice {
             eventloop,
             notifier,
             compute,
+            lease,
+            stop_lease,
             store_thread,
             ..
         } = self;
@@ -122,6 +133,11 @@ impl HeadOffice {
         drop(client);
         if tokio::time::timeout(GRACE, compute).await.is_err() {
             tracing::warn!("a compute pass was still running after the grace time");
+        }
+        // After compute has stopped, so that another instance never computes alongside it.
+        stop_lease.cancel();
+        if let Some(lease) = lease {
+            let _ = tokio::time::timeout(GRACE * 2, lease).await;
         }
         let _ = tokio::time::timeout(GRACE, notifier).await;
         // Every Store handle is gone with its task: the thread drains its queue and exits.
@@ -222,7 +238,26 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     let http_addr = listener.local_addr().map_err(Error::Http)?;
 
     let metrics = MetricsHandle::new();
-    let (client, eventloop) = mqtt::connect(&cfg.broker.client_id, &mqtt_host, mqtt_port);
+    let client_id = cluster::client_id(&cfg)?;
+    let shared = cfg.broker.share_group.is_some();
+    // The lease is released only after compute has stopped (see `wait`): its own token.
+    let stop_lease = CancellationToken::new();
+    let (lease, lease_task) = if shared {
+        let (handle, join) = LeaseTask {
+            location: location.clone(),
+            name: lease::ONCE_ONLY,
+            holder: client_id.clone(),
+            ttl: lease::TTL,
+            renew_every: lease::RENEW_EVERY,
+            metrics: metrics.metrics.clone(),
+        }
+        .spawn(stop_lease.clone());
+        (handle, Some(join))
+    } else {
+        metrics.metrics.lease_held.set(1);
+        (LeaseHandle::always(), None)
+    };
+    let (client, eventloop) = mqtt::connect(&client_id, &mqtt_host, mqtt_port, shared);
     let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
     let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
     let stop_mqtt = CancellationToken::new();
@@ -230,6 +265,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     let eventloop = tokio::spawn(
         mqtt::EventLoopTask {
             client: client.clone(),
+            subscriptions: mqtt::subscriptions(cfg.broker.share_group.as_deref()),
             metrics: metrics.metrics.clone(),
             publishes: publish_tx,
             notices: notice_tx.clone(),
@@ -253,8 +289,17 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         notice_tx.clone(),
         keys::system_clock(),
         keys::MAX_SLEEP,
+        lease.clone(),
         cancel.clone(),
     ));
+    if shared {
+        tokio::spawn(notifier::follow_database(
+            store.clone(),
+            notice_tx.clone(),
+            FOLLOW_DATABASE_EVERY,
+            cancel.clone(),
+        ));
+    }
     let poke = Arc::new(tokio::sync::Notify::new());
     let compute = tokio::spawn(
         Runner {
@@ -267,6 +312,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             poke: poke.clone(),
             metrics: metrics.metrics.clone(),
             clock: keys::system_clock(),
+            lease,
         }
         .run(cancel.clone()),
     );
@@ -298,7 +344,15 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             .with_graceful_shutdown(http_cancel.cancelled_owned())
             .await
     });
-    tracing::info!(%http_addr, mqtt_host, mqtt_port, data_dir = %cfg.data_dir.display(), "head office started");
+    tracing::info!(
+        %http_addr,
+        mqtt_host,
+        mqtt_port,
+        client_id,
+        share_group = cfg.broker.share_group.as_deref().unwrap_or("-"),
+        data_dir = %cfg.data_dir.display(),
+        "head office started"
+    );
 
     Ok(HeadOffice {
         http_addr,
@@ -313,6 +367,8 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         eventloop,
         notifier,
         compute,
+        lease: lease_task,
+        stop_lease,
         store_thread,
     })
 }

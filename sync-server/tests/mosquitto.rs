@@ -71,6 +71,7 @@ async fn head_office_ingests_and_acknowledges_through_mosquitto() {
         listen: None,
         url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
         client_id: "instore-sync".into(),
+        share_group: None,
     })
     .await;
     let h = hq.get_json("/healthz").await;

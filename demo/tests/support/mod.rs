@@ -44,7 +44,12 @@ impl Proc {
             .unwrap();
         let child = Command::new(bin)
             .args(args)
-            .env("RUST_LOG", "info,rumqttd=off")
+            // INSTORE_TEST_RUST_LOG: more detail in the kept logs when chasing a failure.
+            .env(
+                "RUST_LOG",
+                std::env::var("INSTORE_TEST_RUST_LOG")
+                    .unwrap_or_else(|_| "info,rumqttd=off".into()),
+            )
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

@@ -674,6 +674,8 @@ pub struct Runner {
     pub poke: std::sync::Arc<Notify>,
     pub metrics: Metrics,
     pub clock: crate::fanout::keys::WallClock,
+    /// Passes run only while held: one instance of a shared head office computes.
+    pub lease: crate::cluster::lease::LeaseHandle,
 }
 
 impl std::fmt::Debug for Runner {
@@ -694,6 +696,7 @@ impl Runner {
             poke,
             metrics,
             clock,
+            mut lease,
         } = self;
         let mut db = match tokio::task::spawn_blocking(move || location.connect()).await {
             Ok(Ok(db)) => db,
@@ -707,15 +710,33 @@ impl Runner {
             }
         };
         loop {
+            if !lease.is_held() {
+                tracing::info!("compute: another instance holds the lease; waiting");
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    held = lease.held() => if !held { break },
+                }
+                tracing::info!("compute: lease held; computing here");
+            }
             let now = clock();
             let s = settings.clone();
             let m = metrics.clone();
-            let c = cancel.clone();
+            // A pass stops at its next chunk when the lease is lost, as on shutdown.
+            let c = cancel.child_token();
+            let on_loss = {
+                let (mut lease, c) = (lease.clone(), c.clone());
+                tokio::spawn(async move {
+                    lease.lost().await;
+                    c.cancel();
+                })
+            };
             let job = tokio::task::spawn_blocking(move || {
                 let r = step(&mut db, now, &s, &m, &c);
                 (db, r)
             });
-            let (back, result) = match job.await {
+            let joined = job.await;
+            on_loss.abort();
+            let (back, result) = match joined {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::error!(error = %e, "compute: task failed; stopping");

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{gateway_form, notifier::NoticeInput};
+use crate::cluster::lease::LeaseHandle;
 use crate::{
     params,
     store::{
@@ -146,15 +147,23 @@ pub async fn reissue_if_due(store: &Store, now_ms: i64) -> Result<Touched, Store
 }
 
 /// Checks now, then just after every UTC midnight and EID epoch (and at least every
-/// `max_sleep`), until `cancel`. A store error is logged and retried at the next check.
+/// `max_sleep`), until `cancel`. A store error is logged and retried at the next check. Only
+/// while `lease` is held: one instance of a shared head office re-issues.
 pub async fn run(
     store: Store,
     notices: mpsc::Sender<NoticeInput>,
     clock: WallClock,
     max_sleep: Duration,
+    mut lease: LeaseHandle,
     cancel: CancellationToken,
 ) {
     loop {
+        if !lease.is_held() {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                held = lease.held() => if !held { return },
+            }
+        }
         let now = clock();
         match reissue_if_due(&store, now).await {
             Ok(t) if !t.is_empty() => {

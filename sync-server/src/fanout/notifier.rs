@@ -19,7 +19,10 @@ use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 
 use super::policy::MembershipConfig;
-use crate::{metrics::Metrics, store::channels::Touched};
+use crate::{
+    metrics::Metrics,
+    store::{Store, StoreError, channels, channels::Touched, queries},
+};
 
 /// How long the notifier gathers further inputs after one arrives before it publishes.
 const GATHER: Duration = Duration::from_millis(100);
@@ -140,6 +143,51 @@ pub async fn run(
             batch.push(i);
         }
         publish(&client, &metrics, state.apply(batch)).await;
+    }
+}
+
+/// With several head-office instances: feeds this instance's notifier the heads and stores
+/// in the database every `every`, so that a change committed by another instance (an import
+/// through its API, its compute pass) is announced from here too, and a retained notice this
+/// instance published earlier is never left standing with older heads. Heads only grow, so every
+/// instance converges on the same notice. Ends on `cancel` or when the notifier is gone.
+pub async fn follow_database(
+    store: Store,
+    notices: mpsc::Sender<NoticeInput>,
+    every: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let read = store
+            .call(|db| {
+                let mut tx = db.read_transaction()?;
+                let heads = channels::heads(&mut tx)?;
+                let stores = queries::stores_in(&mut tx)?;
+                tx.commit()?;
+                Ok((heads, stores))
+            })
+            .await;
+        let (heads, stores) = match read {
+            Ok(x) => x,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the channels' heads; retrying");
+                continue;
+            }
+        };
+        let inputs = stores
+            .into_iter()
+            .map(NoticeInput::StoreSeen)
+            .chain(std::iter::once(NoticeInput::Heads(heads)));
+        for input in inputs {
+            if notices.send(input).await.is_err() {
+                return;
+            }
+        }
     }
 }
 

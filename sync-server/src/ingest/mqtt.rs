@@ -19,21 +19,41 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Requests (publishes, acks, subscriptions) queued for the event loop.
 const REQUEST_CAPACITY: usize = 1024;
 
-/// Builds the client and its event loop for a persistent session at `host:port`.
-pub fn connect(client_id: &str, host: &str, port: u16) -> (AsyncClient, EventLoop) {
+/// Builds the client and its event loop at `host:port`: a persistent session for a lone head
+/// office (the broker queues batches for it while it is away), a clean one for an instance of a
+/// share group. A shared subscription's persistent session keeps receiving its share while the
+/// instance is down (EMQX documents this, and advises clean sessions for shared subscribers), so
+/// batches would wait for a dead instance instead of going to a live one; with a clean session
+/// the broker sends everything to the instances that are up, and what a dead instance had in
+/// flight comes again from the gateways' outboxes.
+pub fn connect(client_id: &str, host: &str, port: u16, shared: bool) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(KEEP_ALIVE)
-        // A persistent session: the broker queues batches for head office while it is away.
-        .set_clean_session(false)
+        .set_clean_session(shared)
         .set_manual_acks(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
     AsyncClient::new(opts, REQUEST_CAPACITY)
+}
+
+/// The filters head office subscribes to: the gateway topics, or with a share group the same
+/// topics as `$share/<group>/...`, so that the broker hands each message to one instance of the
+/// group. Messages arrive on their plain topic either way.
+pub fn subscriptions(share_group: Option<&str>) -> Vec<String> {
+    [topics::ALL_EVENTS, topics::ALL_STATUS]
+        .into_iter()
+        .map(|t| match share_group {
+            Some(g) => format!("$share/{g}/{t}"),
+            None => t.to_string(),
+        })
+        .collect()
 }
 
 /// Everything the event-loop task needs.
 #[derive(Debug)]
 pub struct EventLoopTask {
     pub client: AsyncClient,
+    /// From [`subscriptions`].
+    pub subscriptions: Vec<String>,
     pub metrics: Metrics,
     /// Where publishes go; dropped on `cancel` so the ingest task drains and ends.
     pub publishes: mpsc::Sender<Publish>,
@@ -48,6 +68,7 @@ impl EventLoopTask {
     pub async fn run(self, mut eventloop: EventLoop) {
         let EventLoopTask {
             client,
+            subscriptions,
             metrics,
             publishes,
             notices,
@@ -74,8 +95,9 @@ impl EventLoopTask {
                     );
                     // Subscriptions live in the session, but a broker that lost it (restart
                     // without persistence) needs them again; subscribing twice is harmless.
-                    let subs = [topics::ALL_EVENTS, topics::ALL_STATUS]
-                        .map(|t| rumqttc::SubscribeFilter::new(t.to_string(), QoS::AtLeastOnce));
+                    let subs = subscriptions
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
                         tracing::error!(error = %e, "cannot queue the subscriptions");
                     }
@@ -118,5 +140,24 @@ impl EventLoopTask {
             }
         }
         metrics.mqtt_connected.set(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_group_prefixes_every_gateway_topic() {
+        assert_eq!(
+            subscriptions(None),
+            [
+                topics::ALL_EVENTS.to_string(),
+                topics::ALL_STATUS.to_string()
+            ]
+        );
+        let shared = subscriptions(Some("hq"));
+        assert_eq!(shared[0], format!("$share/hq/{}", topics::ALL_EVENTS));
+        assert_eq!(shared[1], format!("$share/hq/{}", topics::ALL_STATUS));
     }
 }

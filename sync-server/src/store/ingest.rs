@@ -96,111 +96,122 @@ pub enum ItemOutcome {
 }
 
 /// Stores `items` in one transaction. Nothing is visible (or acknowledged) unless all of it is.
+///
+/// Items are written in the order of their gateway ids (a stable sort: one gateway's batches
+/// keep their order), because each takes its gateway's row lock: instances of a shared head
+/// office committing overlapping groups at once then lock rows in the same order and wait for
+/// each other instead of deadlocking. Outcomes come back in the order of `items`.
 pub fn ingest(
     db: &mut Db,
     items: &[IngestItem],
     now_ms: i64,
 ) -> Result<Vec<ItemOutcome>, StoreError> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| items[a].gateway_id().cmp(items[b].gateway_id()));
     let mut tx = db.transaction()?;
-    let mut out = Vec::with_capacity(items.len());
-    for item in items {
-        match item {
-            IngestItem::Batch(b) => {
-                tx.execute(
-                    &sql::UPSERT_GATEWAY_SEEN,
-                    params![&b.gateway_id, &b.store_id, now_ms],
+    let mut out: Vec<Option<ItemOutcome>> = vec![None; items.len()];
+    for i in order {
+        out[i] = Some(ingest_one(&mut tx, &items[i], now_ms)?);
+    }
+    tx.commit()?;
+    Ok(out.into_iter().flatten().collect())
+}
+
+fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOutcome, StoreError> {
+    Ok(match item {
+        IngestItem::Batch(b) => {
+            tx.execute(
+                &sql::UPSERT_GATEWAY_SEEN,
+                params![&b.gateway_id, &b.store_id, now_ms],
+            )?;
+            let mut inserted = 0u64;
+            let mut redacted = 0u64;
+            for e in &b.events {
+                // An opted-out member's event keeps its number (no gap at head office) but
+                // nothing of what it said, and makes no visit.
+                let opted_out = match &e.presence {
+                    Some(f) => visits::opted_out(tx, f.member_id())?,
+                    None => false,
+                };
+                let (kind, body) = if opted_out {
+                    (REDACTED_KIND, "{}")
+                } else {
+                    (e.kind, e.body_json.as_str())
+                };
+                let new = tx.execute(
+                    &sql::INSERT_EVENT,
+                    params![
+                        &b.gateway_id,
+                        e.seq,
+                        &b.store_id,
+                        e.at_ms,
+                        kind,
+                        body,
+                        now_ms
+                    ],
                 )?;
-                let mut inserted = 0u64;
-                let mut redacted = 0u64;
-                for e in &b.events {
-                    // An opted-out member's event keeps its number (no gap at head office) but
-                    // nothing of what it said, and makes no visit.
-                    let opted_out = match &e.presence {
-                        Some(f) => visits::opted_out(&mut tx, f.member_id())?,
-                        None => false,
-                    };
-                    let (kind, body) = if opted_out {
-                        (REDACTED_KIND, "{}")
-                    } else {
-                        (e.kind, e.body_json.as_str())
-                    };
-                    let new = tx.execute(
-                        &sql::INSERT_EVENT,
+                inserted += new;
+                if new > 0 && opted_out {
+                    redacted += 1;
+                }
+                if new > 0
+                    && !opted_out
+                    && let Some(f) = &e.presence
+                {
+                    visits::apply(tx, &b.store_id, &b.gateway_id, f, e.at_ms)?;
+                }
+                if let Some(r) = &e.shed {
+                    tx.execute(
+                        &sql::INSERT_SHED_RANGE,
                         params![
                             &b.gateway_id,
                             e.seq,
-                            &b.store_id,
-                            e.at_ms,
-                            kind,
-                            body,
-                            now_ms
+                            r.first_seq,
+                            r.last_seq,
+                            r.count,
+                            &r.kinds_json
                         ],
                     )?;
-                    inserted += new;
-                    if new > 0 && opted_out {
-                        redacted += 1;
-                    }
-                    if new > 0
-                        && !opted_out
-                        && let Some(f) = &e.presence
-                    {
-                        visits::apply(&mut tx, &b.store_id, &b.gateway_id, f, e.at_ms)?;
-                    }
-                    if let Some(r) = &e.shed {
-                        tx.execute(
-                            &sql::INSERT_SHED_RANGE,
-                            params![
-                                &b.gateway_id,
-                                e.seq,
-                                r.first_seq,
-                                r.last_seq,
-                                r.count,
-                                &r.kinds_json
-                            ],
-                        )?;
-                    }
                 }
-                let duplicates = b.events.len() as u64 - inserted;
-                let max_seq = b.events.last().map_or(0, |e| e.seq);
-                tx.execute(
-                    &sql::ADD_BATCH_COUNTS,
-                    params![&b.gateway_id, max_seq, inserted, duplicates],
-                )?;
-                let high_water = tx
-                    .query_one(&sql::SELECT_LAST_SEQ, params![&b.gateway_id])?
-                    .u64(0)?;
-                let welcome = match &b.hello {
-                    Some(h) => Some(welcome(&mut tx, &b.gateway_id, h, now_ms)?),
-                    None => None,
-                };
-                out.push(ItemOutcome::Batch(BatchOutcome {
-                    inserted,
-                    duplicates,
-                    redacted,
-                    high_water,
-                    welcome,
-                }));
             }
-            IngestItem::Status {
-                gateway_id,
-                store_id,
-                online,
-            } => {
-                tx.execute(
-                    &sql::UPSERT_GATEWAY_SEEN,
-                    params![gateway_id, store_id, now_ms],
-                )?;
-                tx.execute(&sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
-                out.push(ItemOutcome::Status);
-            }
-            IngestItem::Bad { gateway_id } => {
-                tx.execute(&sql::ADD_BAD_PAYLOAD, params![gateway_id])?;
-                out.push(ItemOutcome::Bad);
-            }
+            let duplicates = b.events.len() as u64 - inserted;
+            let max_seq = b.events.last().map_or(0, |e| e.seq);
+            tx.execute(
+                &sql::ADD_BATCH_COUNTS,
+                params![&b.gateway_id, max_seq, inserted, duplicates],
+            )?;
+            let high_water = tx
+                .query_one(&sql::SELECT_LAST_SEQ, params![&b.gateway_id])?
+                .u64(0)?;
+            let welcome = match &b.hello {
+                Some(h) => Some(welcome(tx, &b.gateway_id, h, now_ms)?),
+                None => None,
+            };
+            ItemOutcome::Batch(BatchOutcome {
+                inserted,
+                duplicates,
+                redacted,
+                high_water,
+                welcome,
+            })
         }
-    }
-    tx.commit()?;
-    Ok(out)
+        IngestItem::Status {
+            gateway_id,
+            store_id,
+            online,
+        } => {
+            tx.execute(
+                &sql::UPSERT_GATEWAY_SEEN,
+                params![gateway_id, store_id, now_ms],
+            )?;
+            tx.execute(&sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
+            ItemOutcome::Status
+        }
+        IngestItem::Bad { gateway_id } => {
+            tx.execute(&sql::ADD_BAD_PAYLOAD, params![gateway_id])?;
+            ItemOutcome::Bad
+        }
+    })
 }
 
 /// Records the hello's boots on first mention (floor = the gateway's mark now) and answers with
@@ -331,5 +342,65 @@ mod tests {
             assert!(!gws[0].online);
             assert_eq!(gws[0].bad_payloads, 1);
         });
+    }
+
+    #[test]
+    fn outcomes_come_back_in_the_order_of_the_items() {
+        each_backend(|c| {
+            let out = ingest(
+                c,
+                &[
+                    batch("g2", &[1]),
+                    batch("g1", &[1, 2]),
+                    batch("g2", &[2, 3]),
+                ],
+                1,
+            )
+            .unwrap();
+            let marks: Vec<(u64, u64)> = out
+                .iter()
+                .map(|o| match o {
+                    ItemOutcome::Batch(b) => (b.inserted, b.high_water),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            assert_eq!(marks, [(1, 1), (2, 2), (2, 3)]);
+        });
+    }
+
+    /// Two instances of a shared head office commit groups naming the same gateways in opposite
+    /// orders, at once: without a common locking order PostgreSQL aborts one as a deadlock.
+    #[test]
+    fn concurrent_instances_with_overlapping_groups_do_not_deadlock() {
+        let schema = crate::store::testing::PgSchema::new();
+        let run = |reverse: bool| {
+            let loc = schema.location();
+            std::thread::spawn(move || {
+                let mut db = loc.connect().unwrap();
+                for round in 0..40i64 {
+                    let mut group: Vec<IngestItem> = (0..8)
+                        .map(|g| batch(&format!("g{g}"), &[round * 2 + 1 + i64::from(reverse)]))
+                        .collect();
+                    if reverse {
+                        group.reverse();
+                    }
+                    ingest(&mut db, &group, round).unwrap();
+                }
+            })
+        };
+        let (a, b) = (run(false), run(true));
+        a.join().unwrap();
+        b.join().unwrap();
+        let mut db = schema.location().connect().unwrap();
+        let gws = queries::gateways(&mut db, 10).unwrap();
+        assert_eq!(gws.len(), 8);
+        for g in gws {
+            assert_eq!(
+                (g.last_seq, g.events_received, g.gaps.len()),
+                (80, 80, 0),
+                "{}",
+                g.id
+            );
+        }
     }
 }

@@ -190,6 +190,14 @@ CREATE TABLE member_channels (
 ) WITHOUT ROWID;
 CREATE INDEX member_channels_by_channel ON member_channels(channel, member_id);
 ",
+    // 4: leases, so that work which must run once runs on one head-office instance.
+    "
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT   NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -352,6 +360,14 @@ CREATE TABLE member_channels (
 );
 CREATE INDEX member_channels_by_channel ON member_channels(channel, member_id);
 ",
+    // 4: leases, so that work which must run once runs on one head-office instance.
+    "
+CREATE TABLE leases (
+    name       TEXT PRIMARY KEY,
+    holder     TEXT   NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
+",
 ];
 
 const _: () = assert!(SQLITE.len() == POSTGRES.len());
@@ -377,12 +393,15 @@ pub fn migrate(db: &mut Db) -> Result<(), StoreError> {
             Ok(())
         }
         Backend::Postgres => {
-            db.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
             let mut tx = db.transaction()?;
+            // The lock first: two `CREATE TABLE IF NOT EXISTS` at once can both try to create
+            // the table and one fails (a unique violation in pg_type), so instances starting
+            // together must not race even on that.
             tx.execute(
                 &super::db::Sql::same("SELECT pg_advisory_xact_lock(?1)"),
                 crate::params![PG_MIGRATION_LOCK],
             )?;
+            tx.batch("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")?;
             let found = tx
                 .query_opt(
                     &super::db::Sql::same("SELECT COALESCE(MAX(version), 0) FROM schema_version"),
@@ -413,4 +432,35 @@ fn check_not_newer(found: i64) -> Result<(), StoreError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several head-office instances starting together on an empty database.
+    #[test]
+    fn instances_migrating_an_empty_postgres_at_once_all_succeed() {
+        let schema = crate::store::testing::PgSchema::new();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let loc = schema.location();
+                std::thread::spawn(move || loc.connect().map(|_| ()))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let mut db = schema.location().connect().unwrap();
+        let v = db
+            .query_opt(
+                &super::super::db::Sql::same("SELECT version FROM schema_version"),
+                &[],
+            )
+            .unwrap()
+            .unwrap()
+            .i64(0)
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+    }
 }

@@ -84,6 +84,7 @@ pub fn embedded() -> BrokerConfig {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
         url: None,
         client_id: "instore-sync".into(),
+        share_group: None,
     }
 }
 
