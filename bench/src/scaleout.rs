@@ -160,7 +160,7 @@ async fn round(args: &ScaleOutArgs, instances: usize) -> anyhow::Result<f64> {
     let mut seq = 1u64;
     while seq <= per_gateway {
         let last = (seq + args.batch as u64 - 1).min(per_gateway);
-        for gw in &gateways {
+        for (g, gw) in gateways.iter().enumerate() {
             let b = EventBatch {
                 v: SCHEMA_VERSION,
                 gateway_id: gw.clone(),
@@ -170,9 +170,14 @@ async fn round(args: &ScaleOutArgs, instances: usize) -> anyhow::Result<f64> {
                     .map(|s| Event {
                         seq: s,
                         at_ms,
-                        // What most of a busy store's outbox holds: an arrival (a visit row too).
+                        // What most of a busy store's outbox holds: an arrival (a visit row
+                        // too). One member is at one store at a time: each gateway's members
+                        // are its own, so no two gateways update one member's rows at once.
                         body: EventBody::Arrive {
-                            member_id: format!("M{:06}", 1 + s % 65_535),
+                            member_id: format!(
+                                "M{:07}",
+                                g as u64 * per_gateway + s
+                            ),
                             zone: "entrance".into(),
                             visit_id: format!("v-{s:016x}"),
                         },
