@@ -174,10 +174,7 @@ async fn round(args: &ScaleOutArgs, instances: usize) -> anyhow::Result<f64> {
                         // too). One member is at one store at a time: each gateway's members
                         // are its own, so no two gateways update one member's rows at once.
                         body: EventBody::Arrive {
-                            member_id: format!(
-                                "M{:07}",
-                                g as u64 * per_gateway + s
-                            ),
+                            member_id: format!("M{:07}", g as u64 * per_gateway + s),
                             zone: "entrance".into(),
                             visit_id: format!("v-{s:016x}"),
                         },
