@@ -1,5 +1,7 @@
 //! AltBeacon frames (Radius Networks' open specification): manufacturer data under any company id,
-//! `BE AC | beacon id (20) | reference RSSI (i8) | manufacturer reserved (1)`.
+//! `BE AC | beacon id (20) | reference RSSI (i8) | manufacturer reserved (1)`. A frame without
+//! the reserved byte is accepted (android-beacon-library parses it; the byte carries nothing an
+//! identification needs); shorter or longer frames are refused.
 //!
 //! The 20-byte beacon id is conventionally a 16-byte UUID, a 2-byte major and a 2-byte minor —
 //! many beacons send the same id as an iBeacon — so a member's `ibeacon` identifier matches an
@@ -13,7 +15,8 @@ pub struct AltBeacon {
     pub id: [u8; 20],
     /// Average RSSI at 1 m, dBm.
     pub reference_rssi: i8,
-    pub reserved: u8,
+    /// The manufacturer-reserved byte; `None` when the frame leaves it out.
+    pub reserved: Option<u8>,
 }
 
 impl AltBeacon {
@@ -36,25 +39,23 @@ impl AltBeacon {
 pub enum AltBeaconError {
     #[error("not an AltBeacon (beacon code missing)")]
     NotAltBeacon,
-    #[error("AltBeacon frame of {0} bytes, expected 24")]
+    #[error("AltBeacon frame of {0} bytes, expected 24 (or 23 without the reserved byte)")]
     Length(usize),
 }
 
 /// Decodes manufacturer data (without the company id).
 pub fn decode(data: &[u8]) -> Result<AltBeacon, AltBeaconError> {
     match data {
-        [0xBE, 0xAC, rest @ ..] => {
-            let rest: &[u8; 22] = rest
-                .try_into()
-                .map_err(|_| AltBeaconError::Length(data.len()))?;
+        [0xBE, 0xAC, rest @ ..] if rest.len() == 21 || rest.len() == 22 => {
             let mut id = [0u8; 20];
             id.copy_from_slice(&rest[..20]);
             Ok(AltBeacon {
                 id,
                 reference_rssi: rest[20] as i8,
-                reserved: rest[21],
+                reserved: rest.get(21).copied(),
             })
         }
+        [0xBE, 0xAC, ..] => Err(AltBeaconError::Length(data.len())),
         _ => Err(AltBeaconError::NotAltBeacon),
     }
 }
@@ -72,10 +73,26 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_without_its_reserved_byte_decodes_like_one_with_it() {
+        let full =
+            decode(&hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002c500").unwrap())
+                .unwrap();
+        let bare = decode(&hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002c5").unwrap())
+            .unwrap();
+        assert_eq!(
+            (bare.id, bare.reference_rssi),
+            (full.id, full.reference_rssi)
+        );
+        assert_eq!((full.reserved, bare.reserved), (Some(0), None));
+    }
+
+    #[test]
     fn malformed_frames_get_typed_errors() {
         assert_eq!(decode(&[]), Err(AltBeaconError::NotAltBeacon));
         assert_eq!(decode(&[0x02, 0x15]), Err(AltBeaconError::NotAltBeacon));
         assert_eq!(decode(&[0xBE, 0xAC, 1]), Err(AltBeaconError::Length(3)));
+        let short = hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002").unwrap();
+        assert_eq!(decode(&short), Err(AltBeaconError::Length(22)));
         assert_eq!(
             decode(&[0xBE, 0xAC].repeat(13)),
             Err(AltBeaconError::Length(26))

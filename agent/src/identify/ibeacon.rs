@@ -1,5 +1,7 @@
 //! iBeacon frames: Apple manufacturer data `02 15 | uuid(16) | major(2) | minor(2) | tx power(1)`,
-//! big-endian, 23 bytes after the company id.
+//! big-endian, 23 bytes after the company id. Longer frames are read for their first 23 bytes, as
+//! Home Assistant's ibeacon-ble does: some beacons (Jaalee) append a battery byte. Shorter ones
+//! are refused.
 
 use instore_protocol::IdentifierKey;
 
@@ -26,7 +28,7 @@ impl IBeacon {
 pub enum IBeaconError {
     #[error("not an iBeacon frame (type/length bytes {0:#04x} {1:#04x})")]
     NotIBeacon(u8, u8),
-    #[error("iBeacon frame of {0} bytes, expected 23")]
+    #[error("iBeacon frame of {0} bytes, expected at least 23")]
     Length(usize),
 }
 
@@ -35,8 +37,9 @@ pub fn decode(data: &[u8]) -> Result<IBeacon, IBeaconError> {
     match data {
         [0x02, 0x15, rest @ ..] => {
             let rest: &[u8; 21] = rest
-                .try_into()
-                .map_err(|_| IBeaconError::Length(data.len()))?;
+                .get(..21)
+                .and_then(|r| r.try_into().ok())
+                .ok_or(IBeaconError::Length(data.len()))?;
             let mut uuid = [0u8; 16];
             uuid.copy_from_slice(&rest[..16]);
             Ok(IBeacon {
@@ -73,9 +76,18 @@ mod tests {
             Err(IBeaconError::NotIBeacon(0x10, 0x05))
         );
         assert_eq!(decode(&[0x02, 0x15, 0, 0]), Err(IBeaconError::Length(4)));
-        let mut long = hex::decode("0215f7826da64fa24e988024bc5b71e0893e00010002c5").unwrap();
-        long.push(0);
-        assert_eq!(decode(&long), Err(IBeaconError::Length(24)));
+        let short = hex::decode("0215f7826da64fa24e988024bc5b71e0893e00010002").unwrap();
+        assert_eq!(decode(&short), Err(IBeaconError::Length(22)));
+    }
+
+    #[test]
+    fn a_frame_with_trailing_bytes_is_read_for_its_first_23() {
+        // Jaalee: the iBeacon frame followed by a battery byte (24 bytes after the company id).
+        let spec = hex::decode("0215f7826da64fa24e988024bc5b71e0893e00010002c5").unwrap();
+        let mut jaalee = spec.clone();
+        jaalee.push(0x64);
+        assert_eq!(decode(&jaalee), decode(&spec));
+        assert_eq!(decode(&jaalee).unwrap().tx_power, -59);
     }
 
     proptest::proptest! {

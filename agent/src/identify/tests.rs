@@ -88,6 +88,30 @@ fn a_members_ibeacon_identifies_the_member() {
     assert_eq!(who(&a, &index()).as_deref(), Some("B"));
 }
 
+/// Frames peers accept (Home Assistant's ibeacon-ble, android-beacon-library): a Jaalee iBeacon
+/// with its battery byte after the 23, an AltBeacon without its reserved byte. A frame one byte
+/// short of the spec identifies nobody.
+#[test]
+fn lenient_frames_identify_the_member_and_short_ones_nobody() {
+    let uuid =
+        instore_protocol::member::parse_uuid("f7826da6-4fa2-4e98-8024-bc5b71e0893e").unwrap();
+    let idx = index();
+    let mut jaalee = sim::ibeacon_payload(&uuid, 1, 2, -59);
+    jaalee.push(0x64);
+    let a = advert(NRPA, AddressType::Random, vec![(COMPANY_APPLE, jaalee)]);
+    assert_eq!(who(&a, &idx).as_deref(), Some("B"));
+    let bare = hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002c5").unwrap();
+    let a = advert(NRPA, AddressType::Random, vec![(0x0118, bare)]);
+    assert_eq!(who(&a, &idx).as_deref(), Some("B"));
+    let mut short = sim::ibeacon_payload(&uuid, 1, 2, -59);
+    short.pop();
+    let a = advert(NRPA, AddressType::Random, vec![(COMPANY_APPLE, short)]);
+    assert_eq!(who(&a, &idx), None);
+    let short_alt = hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002").unwrap();
+    let a = advert(NRPA, AddressType::Random, vec![(0x0118, short_alt)]);
+    assert_eq!(who(&a, &idx), None);
+}
+
 #[test]
 fn an_altbeacon_with_the_members_beacon_id_identifies_the_member() {
     let data = hex::decode("beacf7826da64fa24e988024bc5b71e0893e00010002c500").unwrap();
