@@ -32,7 +32,7 @@ use crate::{
     ingest::{Ingest, mqtt},
     metrics::MetricsHandle,
     secrets::{self, SecretSource},
-    store::{Store, StoreThread, channels, queries},
+    store::{Store, StoreThread},
 };
 
 /// Publishes waiting for ingest, at most. Larger than the broker's inflight window (200), so
@@ -200,15 +200,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     let (store, store_thread) = tokio::task::spawn_blocking(move || Store::open(&open))
         .await
         .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
-    let (heads, known_stores) = store
-        .call(|db| {
-            let mut tx = db.transaction()?;
-            let heads = channels::heads(&mut tx)?;
-            let stores = queries::stores_in(&mut tx)?;
-            tx.commit()?;
-            Ok((heads, stores))
-        })
-        .await?;
+    let (heads, known_stores) = store.call(notifier::heads_and_stores).await?;
     let fanout = FanoutSettings {
         membership: cfg.membership.clone(),
         tier_source: cfg.compute.tier_source,

@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use super::policy::MembershipConfig;
 use crate::{
     metrics::Metrics,
-    store::{Store, StoreError, channels, channels::Touched, queries},
+    store::{Db, Store, StoreError, channels, channels::Touched, queries},
 };
 
 /// How long the notifier gathers further inputs after one arrives before it publishes.
@@ -146,6 +146,16 @@ pub async fn run(
     }
 }
 
+/// What the notifier starts from, and re-reads with several instances: every channel's head and
+/// every store head office knows, read together.
+pub fn heads_and_stores(db: &mut Db) -> Result<(Touched, Vec<String>), StoreError> {
+    let mut tx = db.read_transaction()?;
+    let heads = channels::heads(&mut tx)?;
+    let stores = queries::stores_in(&mut tx)?;
+    tx.commit()?;
+    Ok((heads, stores))
+}
+
 /// With several head-office instances: feeds this instance's notifier the heads and stores
 /// in the database every `every`, so that a change committed by another instance (an import
 /// through its API, its compute pass) is announced from here too, and a retained notice this
@@ -162,15 +172,7 @@ pub async fn follow_database(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let read = store
-            .call(|db| {
-                let mut tx = db.read_transaction()?;
-                let heads = channels::heads(&mut tx)?;
-                let stores = queries::stores_in(&mut tx)?;
-                tx.commit()?;
-                Ok((heads, stores))
-            })
-            .await;
+        let read = store.call(heads_and_stores).await;
         let (heads, stores) = match read {
             Ok(x) => x,
             Err(StoreError::Closed) => return,
