@@ -245,6 +245,9 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     pub fn from_sqlite(conn: rusqlite::Connection) -> Self {
+        // rusqlite keeps 16 by default; head office runs more distinct statements than that
+        // (multi-row ones in several sizes) and re-preparing costs a parse each time.
+        conn.set_prepared_statement_cache_capacity(256);
         Self {
             inner: Inner::Sqlite(conn),
         }

@@ -1,10 +1,12 @@
 //! Storing event batches and gateway status: one transaction per group of items.
 
+use std::collections::{BTreeSet, HashSet};
+
 use instore_protocol::{BootFloor, Welcome};
 
 use super::{
-    StoreError,
-    db::{Db, Tx},
+    StoreError, bulk,
+    db::{Db, Tx, Value},
     sql, visits,
 };
 
@@ -124,64 +126,14 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                 &sql::UPSERT_GATEWAY_SEEN,
                 params![&b.gateway_id, &b.store_id, now_ms],
             )?;
-            let mut inserted = 0u64;
-            let mut redacted = 0u64;
-            for e in &b.events {
-                // An opted-out member's event keeps its number (no gap at head office) but
-                // nothing of what it said, and makes no visit.
-                let opted_out = match &e.presence {
-                    Some(f) => visits::opted_out(tx, f.member_id())?,
-                    None => false,
-                };
-                let (kind, body) = if opted_out {
-                    (REDACTED_KIND, "{}")
-                } else {
-                    (e.kind, e.body_json.as_str())
-                };
-                let new = tx.execute(
-                    &sql::INSERT_EVENT,
-                    params![
-                        &b.gateway_id,
-                        e.seq,
-                        &b.store_id,
-                        e.at_ms,
-                        kind,
-                        body,
-                        now_ms
-                    ],
-                )?;
-                inserted += new;
-                if new > 0 && opted_out {
-                    redacted += 1;
-                }
-                if new > 0
-                    && !opted_out
-                    && let Some(f) = &e.presence
-                {
-                    visits::apply(tx, &b.store_id, &b.gateway_id, f, e.at_ms)?;
-                }
-                if let Some(r) = &e.shed {
-                    tx.execute(
-                        &sql::INSERT_SHED_RANGE,
-                        params![
-                            &b.gateway_id,
-                            e.seq,
-                            r.first_seq,
-                            r.last_seq,
-                            r.count,
-                            &r.kinds_json
-                        ],
-                    )?;
-                }
-            }
+            let (inserted, redacted) = insert_events(tx, b, now_ms)?;
             let duplicates = b.events.len() as u64 - inserted;
             let max_seq = b.events.last().map_or(0, |e| e.seq);
-            tx.execute(
-                &sql::ADD_BATCH_COUNTS,
-                params![&b.gateway_id, max_seq, inserted, duplicates],
-            )?;
             let high_water = tx
-                .query_one(&sql::SELECT_LAST_SEQ, params![&b.gateway_id])?
+                .query_one(
+                    &sql::ADD_BATCH_COUNTS,
+                    params![&b.gateway_id, max_seq, inserted, duplicates],
+                )?
                 .u64(0)?;
             let welcome = match &b.hello {
                 Some(h) => Some(welcome(tx, &b.gateway_id, h, now_ms)?),
@@ -212,6 +164,87 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
             ItemOutcome::Bad
         }
     })
+}
+
+/// Writes a batch's events in a few multi-row statements ([`super::bulk`]) and applies the
+/// facts of those stored for the first time, in order. Returns (inserted, redacted).
+///
+/// An opted-out member's event keeps its number (no gap at head office) but nothing of what it
+/// said, and makes no visit.
+fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, u64), StoreError> {
+    let members: Vec<Value> = b
+        .events
+        .iter()
+        .filter_map(|e| e.presence.as_ref().map(|f| f.member_id()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(Value::from)
+        .collect();
+    let mut opted_out = HashSet::new();
+    if !members.is_empty() {
+        bulk::for_each(tx, &sql::SELECT_OPTED_OUT, &members, |r| {
+            opted_out.insert(r.string(0)?);
+            Ok(())
+        })?;
+    }
+    let is_opted_out = |e: &StoredEvent| {
+        e.presence
+            .as_ref()
+            .is_some_and(|f| opted_out.contains(f.member_id()))
+    };
+
+    let mut rows = Vec::with_capacity(b.events.len() * sql::INSERT_EVENTS.width);
+    for e in &b.events {
+        let (kind, body) = if is_opted_out(e) {
+            (REDACTED_KIND, "{}")
+        } else {
+            (e.kind, e.body_json.as_str())
+        };
+        rows.extend([
+            Value::from(&b.gateway_id),
+            Value::from(e.seq),
+            Value::from(&b.store_id),
+            Value::from(e.at_ms),
+            Value::from(kind),
+            Value::from(body),
+            Value::from(now_ms),
+        ]);
+    }
+    let mut new = HashSet::with_capacity(b.events.len());
+    bulk::for_each(tx, &sql::INSERT_EVENTS, &rows, |r| {
+        new.insert(r.i64(0)?);
+        Ok(())
+    })?;
+    let inserted = new.len() as u64;
+
+    let mut redacted = 0u64;
+    let mut facts = Vec::new();
+    for e in &b.events {
+        // `remove`: a sequence number twice in one batch is stored, and applied, once.
+        if !new.remove(&e.seq) {
+            continue;
+        }
+        if is_opted_out(e) {
+            redacted += 1;
+        } else if let Some(f) = &e.presence {
+            facts.push((f, e.at_ms));
+        }
+        if let Some(r) = &e.shed {
+            tx.execute(
+                &sql::INSERT_SHED_RANGE,
+                params![
+                    &b.gateway_id,
+                    e.seq,
+                    r.first_seq,
+                    r.last_seq,
+                    r.count,
+                    &r.kinds_json
+                ],
+            )?;
+        }
+    }
+    visits::apply_all(tx, &b.store_id, &b.gateway_id, &facts)?;
+    Ok((inserted, redacted))
 }
 
 /// Records the hello's boots on first mention (floor = the gateway's mark now) and answers with

@@ -7,6 +7,7 @@
 //! ([`db`] wraps both); the functions in its submodules take a `&mut Db` and are plain,
 //! synchronous and testable on either backend ([`testing::each_backend`]).
 
+mod bulk;
 pub mod channels;
 pub mod db;
 pub mod ingest;

@@ -2,16 +2,24 @@
 //! portable habits they follow). The schema lives in [`super::schema`]; nothing else in the
 //! crate writes SQL text.
 
-use super::db::Sql;
+use super::{bulk::Rows, db::Sql};
 
 // --- ingest ---------------------------------------------------------------------------------
 
-pub const INSERT_EVENT: Sql = Sql::same(
-    "INSERT INTO events
-    (gateway_id, seq, store_id, at_ms, type, body_json, received_at_ms)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-    ON CONFLICT DO NOTHING",
-);
+/// Many events at once; returns the sequence numbers stored for the first time.
+pub static INSERT_EVENTS: Rows = Rows {
+    head: "INSERT INTO events
+    (gateway_id, seq, store_id, at_ms, type, body_json, received_at_ms) VALUES",
+    width: 7,
+    tail: "ON CONFLICT DO NOTHING RETURNING seq",
+};
+
+/// Which of the named members head office holds without presence consent.
+pub static SELECT_OPTED_OUT: Rows = Rows {
+    head: "SELECT member_id FROM members WHERE presence = 0 AND member_id IN (VALUES",
+    width: 1,
+    tail: ")",
+};
 
 /// Creates the gateway on first sight; afterwards only its store and last-seen time move.
 pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
@@ -22,21 +30,21 @@ pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
             THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END",
 );
 
-/// Counters of one batch: `last_seq` only ever rises (it is the acks' high-water mark).
+/// Counters of one batch: `last_seq` only ever rises (it is the acks' high-water mark), and
+/// comes back.
 pub const ADD_BATCH_COUNTS: Sql = Sql::same(
     "UPDATE gateways SET
     last_seq = CASE WHEN ?2 > last_seq THEN ?2 ELSE last_seq END,
     events_received = events_received + ?3,
     duplicates_dropped = duplicates_dropped + ?4
-    WHERE id = ?1",
+    WHERE id = ?1
+    RETURNING last_seq",
 );
 
 pub const SET_GATEWAY_ONLINE: Sql = Sql::same("UPDATE gateways SET online = ?2 WHERE id = ?1");
 
 pub const ADD_BAD_PAYLOAD: Sql =
     Sql::same("UPDATE gateways SET bad_payloads = bad_payloads + 1 WHERE id = ?1");
-
-pub const SELECT_LAST_SEQ: Sql = Sql::same("SELECT last_seq FROM gateways WHERE id = ?1");
 
 /// Records a boot on first mention with the gateway's current mark as its floor.
 pub const INSERT_BOOT: Sql = Sql::same(
