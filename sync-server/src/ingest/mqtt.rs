@@ -1,10 +1,20 @@
 //! Head office's MQTT session: options, the event-loop task, subscriptions and reconnects.
 //!
 //! The event loop runs in its own task and only forwards: incoming publishes go to the ingest
-//! task over a bounded channel, and nothing here waits on the database. Acks are manual, so the
+//! task over a bounded channel, and nothing here waits on the database.
+//!
+//! The event loop must keep polling while ingest is behind. Ingest's acks and PUBACKs are
+//! requests that only a poll sends, and a poll is also what reads the broker's PUBACKs for
+//! head office's own QoS 1 acks; rumqttc stops taking requests while 100 of those are
+//! unanswered. Had the loop waited for room in the ingest channel, ingest would have waited
+//! for room in the request queue and neither would have moved again: seen with 2,000 batches
+//! published at once (head office idle, 434 KB unread in its socket). So a publish that finds
+//! the channel full waits in a local queue, bounded in practice by the broker's inflight window
+//! (head office acknowledges a message only after its commit) and in any case by
+//! [`MAX_WAITING`]. Acks are manual, so the
 //! broker redelivers whatever head office had not committed when it stopped or lost the session.
 
-use std::time::Duration;
+use std::{collections::VecDeque, time::Duration};
 
 use instore_protocol::topics;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, Publish, QoS};
@@ -18,6 +28,9 @@ const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Requests (publishes, acks, subscriptions) queued for the event loop.
 const REQUEST_CAPACITY: usize = 1024;
+/// Publishes held while the ingest channel is full. Beyond it (only a broker that ignores its
+/// own inflight window gets there) the loop waits for ingest, as a last resort against memory.
+const MAX_WAITING: usize = 8192;
 
 /// Builds the client and its event loop at `host:port`: a persistent session for a lone head
 /// office (the broker queues batches for it while it is away), a clean one for an instance of a
@@ -76,8 +89,30 @@ impl EventLoopTask {
             stop,
         } = self;
         let mut publishes = Some(publishes);
+        let mut waiting: VecDeque<Publish> = VecDeque::new();
         let mut backoff = BACKOFF_MIN;
         loop {
+            // Every event (ingest's own acks going out among them) is a chance to hand on what
+            // waits, oldest first.
+            if let Some(tx) = &publishes {
+                while let Some(p) = waiting.pop_front() {
+                    match tx.try_send(p) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(p)) => {
+                            waiting.push_front(p);
+                            break;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            publishes = None;
+                            break;
+                        }
+                    }
+                }
+            }
+            if publishes.is_none() {
+                // Not acknowledged: the broker or the gateways send them again.
+                waiting.clear();
+            }
             let event = tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = cancel.cancelled(), if publishes.is_some() => {
@@ -111,12 +146,33 @@ impl EventLoopTask {
                     metrics.mqtt_connected.set(1);
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // Bounded: when ingest is behind, this waits, and the broker's inflight
-                    // window holds further messages back. Once shutting down (`None`) a publish
-                    // is not acknowledged, so the broker redelivers it later.
-                    if let Some(tx) = &publishes
-                        && tx.send(p).await.is_err()
-                    {
+                    // Once shutting down (`None`) a publish is not acknowledged, so the broker
+                    // redelivers it later.
+                    let Some(tx) = &publishes else { continue };
+                    let mut closed = false;
+                    if !waiting.is_empty() {
+                        waiting.push_back(p);
+                    } else {
+                        match tx.try_send(p) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(p)) => waiting.push_back(p),
+                            Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
+                        }
+                    }
+                    if waiting.len() >= MAX_WAITING {
+                        tracing::warn!(
+                            waiting = waiting.len(),
+                            "the broker sends more unacknowledged messages than head office \
+                             holds: waiting for ingest"
+                        );
+                        while let Some(p) = waiting.pop_front() {
+                            if tx.send(p).await.is_err() {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if closed {
                         publishes = None;
                     }
                 }
@@ -126,6 +182,9 @@ impl EventLoopTask {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // Their acks would name packet ids of a session that is gone; the broker
+                    // (persistent session) or the gateways (their ack timeout) send them again.
+                    waiting.clear();
                     if metrics.mqtt_connected.get() == 1 {
                         metrics.mqtt_reconnects.inc();
                     }
