@@ -37,9 +37,9 @@ fn identity_key(i: u32) -> [u8; 16] {
 }
 
 /// A deterministic xorshift so the advert mix is the same on every run.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -150,7 +150,7 @@ pub(crate) fn member(i: u32, now_ms: i64) -> MemberRecord {
     r
 }
 
-fn member_advert(i: u32, r: u64, now_ms: i64) -> Advert {
+pub(crate) fn member_advert(i: u32, r: u64, now_ms: i64) -> Advert {
     let stranger_addr = {
         let a = r.to_be_bytes();
         [0x40 | (a[0] & 0x3f), a[1], a[2], a[3], a[4], a[5]]
@@ -207,7 +207,7 @@ fn member_advert(i: u32, r: u64, now_ms: i64) -> Advert {
 }
 
 /// What strangers' phones send, by `kind`.
-fn stranger_advert(device: u64, kind: u64) -> Advert {
+pub(crate) fn stranger_advert(device: u64, kind: u64) -> Advert {
     let a = device.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes();
     let address = [0x40 | (a[0] & 0x3f), a[1], a[2], a[3], a[4], a[5]];
     let (manufacturer_data, service_data) = match kind % 20 {

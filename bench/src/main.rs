@@ -25,6 +25,10 @@
 //! measures head-office ingest with one and with two instances sharing Mosquitto and PostgreSQL,
 //! and their ratio (see `scaleout.rs`).
 //!
+//! `cargo run --release -p instore-bench -- peers [--adverts N] [--core C]` runs the agent's
+//! advert decoders and TheengsDecoder (from PyPI, in a venv the command makes) on the same
+//! stream pinned to one core, and prints their ratio (see `peers.rs`).
+//!
 //! `cargo run --release -p instore-bench -- latency [--arrivals N]` measures an advert entering the
 //! agent to its clerk alert arriving at an SSE client on loopback, p50/p99 (see `latency.rs`).
 
@@ -34,6 +38,7 @@ mod cache;
 mod data;
 mod hot_path;
 mod latency;
+mod peers;
 mod scaleout;
 mod uplink;
 
@@ -78,6 +83,8 @@ enum Command {
     ScaleOut(scaleout::ScaleOutArgs),
     /// Head office's Data: purchase import rows/s, full recompute of a chain, purchase -> store.
     Data(data::DataArgs),
+    /// The agent's decoders and TheengsDecoder (PyPI, in a venv) on one stream, one core.
+    Peers(peers::PeersArgs),
     /// Advert into the agent -> alert at an SSE client on loopback: p50, p99.
     Latency {
         #[arg(long, default_value_t = 2000)]
@@ -115,6 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Uplink(args) => uplink::run(args),
         Command::Data(args) => data::run(args),
         Command::ScaleOut(args) => scaleout::run(args),
+        Command::Peers(args) => peers::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
