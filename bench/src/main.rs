@@ -29,6 +29,10 @@
 //! advert decoders and TheengsDecoder (from PyPI, in a venv the command makes) on the same
 //! stream pinned to one core, and prints their ratio (see `peers.rs`).
 //!
+//! `cargo run --release -p instore-bench -- instructions [--members N] [--adverts N] [--events N]`
+//! counts instructions per advert on the hot path and per event in head-office ingest under
+//! valgrind's callgrind, figures that repeat on a noisy machine (see `instructions.rs`).
+//!
 //! `cargo run --release -p instore-bench -- latency [--arrivals N]` measures an advert entering the
 //! agent to its clerk alert arriving at an SSE client on loopback, p50/p99 (see `latency.rs`).
 
@@ -37,6 +41,7 @@ mod ble;
 mod cache;
 mod data;
 mod hot_path;
+mod instructions;
 mod latency;
 mod peers;
 mod scaleout;
@@ -83,6 +88,8 @@ enum Command {
     ScaleOut(scaleout::ScaleOutArgs),
     /// Head office's Data: purchase import rows/s, full recompute of a chain, purchase -> store.
     Data(data::DataArgs),
+    /// Instructions per advert (hot path) and per event (ingest) under valgrind's callgrind.
+    Instructions(instructions::InstructionsArgs),
     /// The agent's decoders and TheengsDecoder (PyPI, in a venv) on one stream, one core.
     Peers(peers::PeersArgs),
     /// Advert into the agent -> alert at an SSE client on loopback: p50, p99.
@@ -123,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Command::Data(args) => data::run(args),
         Command::ScaleOut(args) => scaleout::run(args),
         Command::Peers(args) => peers::run(args),
+        Command::Instructions(args) => instructions::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
