@@ -15,6 +15,8 @@
 //!   included) and leave a tombstone at that `rev`: a later upsert at or below it is ignored. A
 //!   removal older than the record held (the member came back at a higher `rev`) is ignored.
 //! - `Keys` replaces the member's short-lived keys; each expires on its own.
+//! - A channel snapshot below the version held (head office restored from a backup) is taken as
+//!   it is: its records at their revisions, lower or not, tombstones of its members cleared.
 //! - A channel held that the response does not list is dropped (the local pseudo-channel is never
 //!   listed by head office and never dropped).
 
@@ -28,6 +30,18 @@ use instore_protocol::{
 };
 
 use super::{IndexPatch, PatchOp, Slot};
+
+/// How an upsert weighs the record it brings against the one held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Head office's stream: the highest `rev` wins; a tombstone at or above it refuses it.
+    Newer,
+    /// A local import: replaces the record, keeps the held `rev`.
+    Local,
+    /// A snapshot from a head office that went back: record and `rev` as given, tombstone
+    /// cleared.
+    AsGiven,
+}
 
 /// Members a local `members import` brings in: a channel head office can never name (not a valid
 /// channel), so its streams never remove them; only a consent withdrawal or erasure does.
@@ -186,6 +200,18 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         record: &MemberRecord,
         force: bool,
     ) -> Result<Option<Slot>, S::Error> {
+        let mode = if force { Mode::Local } else { Mode::Newer };
+        self.upsert_as(channel, rev, record, mode)
+    }
+
+    fn upsert_as(
+        &mut self,
+        channel: &str,
+        rev: u64,
+        record: &MemberRecord,
+        mode: Mode,
+    ) -> Result<Option<Slot>, S::Error> {
+        let force = mode == Mode::Local;
         if !record.consent.presence {
             self.stats.no_consent += 1;
             self.remove_total(Some(channel), &record.member_id, rev, force)?;
@@ -197,7 +223,7 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         };
         if !force {
             match self.store.tombstone(&record.member_id)? {
-                Some(t) if t >= rev => {
+                Some(t) if t >= rev && mode == Mode::Newer => {
                     self.stats.stale += 1;
                     return Ok(None);
                 }
@@ -208,7 +234,7 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         let (fixed, short) = split(keys);
         let held = self.store.find(&record.member_id)?;
         let slot = match held {
-            Some(h) if h.rev >= rev && !force => {
+            Some(h) if h.rev >= rev && mode == Mode::Newer => {
                 self.stats.stale += 1;
                 h.slot
             }
@@ -382,13 +408,29 @@ impl<'a, S: ChangeStore> Applier<'a, S> {
         version: u64,
         lines: impl Iterator<Item = Result<SnapshotLine, E>>,
     ) -> Result<Result<(), E>, S::Error> {
+        // A snapshot older than the version held: head office went back (restored from a
+        // backup). Its revisions are the truth now, lower or not; kept to the rule "highest rev
+        // wins", the gateway would hold the lost future's records and refuse every change until
+        // head office's revisions passed the ones held.
+        let held_version = self.store.channels()?.get(channel).copied().unwrap_or(0);
+        let mode = if version < held_version {
+            tracing::warn!(
+                channel,
+                version,
+                held_version,
+                "channel snapshot older than the version held: head office went back, taking its records as they are"
+            );
+            Mode::AsGiven
+        } else {
+            Mode::Newer
+        };
         self.store.begin_resync(channel)?;
         for line in lines {
             let line = match line {
                 Ok(l) => l,
                 Err(e) => return Ok(Err(e)),
             };
-            if let Some(slot) = self.upsert(channel, line.rev, &line.member, false)?
+            if let Some(slot) = self.upsert_as(channel, line.rev, &line.member, mode)?
                 && !line.keys.is_empty()
             {
                 self.store.set_keys(slot, &short_lived(&line.keys))?;

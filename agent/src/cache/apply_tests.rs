@@ -592,3 +592,49 @@ fn a_record_without_presence_consent_is_never_stored() {
     assert_eq!(stats.no_consent, 1);
     assert!(store.members.is_empty());
 }
+
+/// Head office restored from a backup answers a gateway that is ahead of it with a snapshot at
+/// a lower version and lower revisions. The gateway takes it as it is; had it kept "highest rev
+/// wins", the member would keep the lost record and refuse every change up to rev 40.
+#[test]
+fn a_snapshot_from_a_head_office_gone_back_to_a_backup_is_taken_as_it_is() {
+    let line = |rev| SnapshotLine {
+        rev,
+        member: record(1, rev),
+        keys: vec![],
+        keys_expire_ms: None,
+    };
+    let mut store = Mem::default();
+    let mut a = Applier::new(&mut store, true);
+    assert!(matches!(
+        a.snapshot("chain", 50, [Ok::<_, ()>(line(40))].into_iter()),
+        Ok(Ok(()))
+    ));
+    let Ok(_) = a.finish();
+    assert_eq!(held(&store).get("M1"), Some(&40));
+
+    let mut a = Applier::new(&mut store, true);
+    assert!(matches!(
+        a.snapshot("chain", 30, [Ok::<_, ()>(line(20))].into_iter()),
+        Ok(Ok(()))
+    ));
+    let Ok(_) = a.finish();
+    assert_eq!(held(&store).get("M1"), Some(&20), "the restored record");
+    assert_eq!(store.channels.get("chain"), Some(&30));
+
+    let mut a = Applier::new(&mut store, true);
+    let Ok(Some(_)) = a.upsert("chain", 31, &record(1, 31), false) else {
+        panic!("a change after the restore was refused")
+    };
+    assert_eq!(held(&store).get("M1"), Some(&31));
+
+    // A snapshot at or above the version held is the ordinary catch-up: older revisions lose.
+    let mut a = Applier::new(&mut store, true);
+    assert!(matches!(
+        a.snapshot("chain", 30, [Ok::<_, ()>(line(25))].into_iter()),
+        Ok(Ok(()))
+    ));
+    let Ok((_, stats)) = a.finish();
+    assert_eq!(held(&store).get("M1"), Some(&31));
+    assert_eq!(stats.stale, 1);
+}
