@@ -36,50 +36,42 @@ pub fn run(args: InstructionsArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
     let members = args.members.to_string();
-    let hot = |n: u64| -> anyhow::Result<u64> {
-        let n = n.to_string();
-        count(
-            &exe,
-            dir.path(),
-            &[
-                "hot-path",
-                "--members",
-                &members,
-                "--adverts",
-                &n,
-                "--present",
-                "200",
-            ],
-            &[
-                "instore_agent::engine::core::Core::on_sighting",
-                "instore_agent::engine::core::Core::on_tick",
-            ],
-        )
-    };
-    let a = hot(args.adverts)?;
-    let b = hot(2 * args.adverts)?;
-    let ingest = |n: u64| -> anyhow::Result<u64> {
-        let n = n.to_string();
-        count(
-            &exe,
-            dir.path(),
-            &[
-                "uplink",
-                "--ingest-events",
-                &n,
-                "--drain-events",
-                "0",
-                "--steady-s",
-                "0",
-            ],
-            &[
-                "instore_sync::store::ingest::ingest",
-                "instore_sync::ingest::decode::decode",
-            ],
-        )
-    };
-    let c = ingest(args.events)?;
-    let d = ingest(2 * args.events)?;
+    let (a, b) = at_n_and_2n(
+        &exe,
+        dir.path(),
+        &[
+            "hot-path",
+            "--members",
+            &members,
+            "--adverts",
+            N,
+            "--present",
+            "200",
+        ],
+        &[
+            "instore_agent::engine::core::Core::on_sighting",
+            "instore_agent::engine::core::Core::on_tick",
+        ],
+        args.adverts,
+    )?;
+    let (c, d) = at_n_and_2n(
+        &exe,
+        dir.path(),
+        &[
+            "uplink",
+            "--ingest-events",
+            N,
+            "--drain-events",
+            "0",
+            "--steady-s",
+            "0",
+        ],
+        &[
+            "instore_sync::store::ingest::ingest",
+            "instore_sync::ingest::decode::decode",
+        ],
+        args.events,
+    )?;
     let per_advert = b.saturating_sub(a) as f64 / args.adverts as f64;
     let per_event = d.saturating_sub(c) as f64 / args.events as f64;
     println!("instructions (callgrind, {}):", std::env::consts::ARCH);
@@ -106,6 +98,28 @@ pub fn run(args: InstructionsArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// Where [`at_n_and_2n`] puts the run's length in its arguments.
+const N: &str = "{n}";
+
+/// [`count`] with [`N`] in `args` replaced by `n`, then by `2n`.
+fn at_n_and_2n(
+    exe: &Path,
+    dir: &Path,
+    args: &[&str],
+    toggles: &[&str],
+    n: u64,
+) -> anyhow::Result<(u64, u64)> {
+    let run = |n: u64| {
+        let n = n.to_string();
+        let args: Vec<&str> = args
+            .iter()
+            .map(|&a| if a == N { n.as_str() } else { a })
+            .collect();
+        count(exe, dir, &args, toggles)
+    };
+    Ok((run(n)?, run(2 * n)?))
 }
 
 /// Instructions executed inside `toggles` by `exe args` under callgrind.

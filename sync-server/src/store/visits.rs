@@ -83,11 +83,12 @@ pub fn apply_all(
                 zones,
             } => {
                 let arrived = departed_arrival(at_ms, *dwell_s);
-                openings.add(visit_id, member_id, arrived, || zones_text(zones));
+                let zones_json = zones_text(zones);
+                openings.add(visit_id, member_id, arrived, || zones_json.clone());
                 openings.flush(tx)?;
                 tx.execute(
                     &END_VISIT,
-                    params![store_id, visit_id, at_ms, *dwell_s, zones_text(zones)],
+                    params![store_id, visit_id, at_ms, *dwell_s, zones_json],
                 )?;
             }
             PresenceFact::AlertRaised { member_id } => {
