@@ -463,7 +463,7 @@ fn ladder(
     stand_in: &mut StandIn,
     consumer: &dyn Consumer,
     args: &BleArgs,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !stand_in.scanning.load(Ordering::SeqCst) {
         if Instant::now() > deadline {
@@ -477,6 +477,7 @@ fn ladder(
     stand_in.pump(Duration::from_secs(2))?;
     let hz = clock_ticks_per_s();
     let mut ceiling = 0;
+    let mut rows = Vec::new();
     println!(
         "{name}: rate/s  sent/s  counted  lag-at-end  dropped  cpu%(of one core, while sending)  rss MiB"
     );
@@ -506,6 +507,11 @@ fn ladder(
                 ""
             }
         );
+        rows.push(
+            serde_json::json!({"rate": rate, "sent_per_s": achieved.round(),
+            "counted": counted, "dropped": dropped, "cpu_pct": (cpu * 10.0).round() / 10.0,
+            "rss_mib": (rss_mib(consumer.pid()) * 10.0).round() / 10.0, "kept_up": kept_up}),
+        );
         if !kept_up {
             break;
         }
@@ -515,7 +521,7 @@ fn ladder(
         }
     }
     println!("{name}: kept up with {ceiling} adverts/s (highest rate sent and counted)");
-    Ok(ceiling)
+    Ok(serde_json::json!({"ceiling_per_s": ceiling, "rates": rows}))
 }
 
 pub fn run(args: BleArgs) -> anyhow::Result<()> {
@@ -529,15 +535,22 @@ pub fn run(args: BleArgs) -> anyhow::Result<()> {
         args.seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    {
-        let agent = spawn_agent(dir.path(), &bus)?;
-        ladder("agent (BlueZ signals)", &mut stand_in, &agent, &args)?;
-    }
+    // The agent's process is killed at the end of this block, before btleplug's starts.
+    let agent = {
+        let child = spawn_agent(dir.path(), &bus)?;
+        ladder("agent (BlueZ signals)", &mut stand_in, &child, &args)?
+    };
+    let mut btleplug = serde_json::Value::Null;
     if args.btleplug {
         stand_in.scanning.store(false, Ordering::SeqCst);
         let b = spawn_btleplug(&bus)?;
-        ladder("btleplug events", &mut stand_in, &b, &args)?;
+        btleplug = ladder("btleplug events", &mut stand_in, &b, &args)?;
     }
+    println!(
+        "{}",
+        serde_json::json!({"bench": "ble", "devices": args.devices, "seconds": args.seconds,
+            "agent": agent, "btleplug": btleplug})
+    );
     Ok(())
 }
 

@@ -240,7 +240,14 @@ fn recompute(backend: Backend, members: u64, purchases: u64) -> anyhow::Result<(
             stats.model,
             touched.len(),
         );
-        let _ = pass;
+        println!(
+            "{}",
+            serde_json::json!({"bench": "data_recompute", "backend": backend.name(),
+                "members": members, "purchase_days": days, "pass": pass,
+                "seconds": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                "rank_s": stats.rank_ms as f64 / 1000.0, "fit_s": stats.fit_ms as f64 / 1000.0,
+                "changed": stats.changed})
+        );
     }
     // Dropped off any async thread: a PostgreSQL client owns a runtime.
     drop(db);
@@ -327,6 +334,11 @@ async fn online_async(backend: Backend, import: u64, latency: u64) -> anyhow::Re
         backend.name(),
         import as f64 / secs
     );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "data_import", "backend": backend.name(), "rows": import,
+            "rows_per_s": (import as f64 / secs).round()})
+    );
     // Let the compute stage catch up with the import before timing single purchases.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let token = "bench";
@@ -395,6 +407,12 @@ async fn online_async(backend: Backend, import: u64, latency: u64) -> anyhow::Re
             q(0.5).as_secs_f64() * 1000.0,
             q(0.95).as_secs_f64() * 1000.0,
             lat[lat.len() - 1].as_secs_f64() * 1000.0
+        );
+        println!(
+            "{}",
+            serde_json::json!({"bench": "data_latency", "backend": backend.name(),
+                "purchases": lat.len(), "p50_ms": (q(0.5).as_secs_f64() * 1000.0).round(),
+                "p95_ms": (q(0.95).as_secs_f64() * 1000.0).round()})
         );
     }
     cancel.cancel();
@@ -548,6 +566,12 @@ async fn offline(members: u64, days: u64) -> anyhow::Result<()> {
         packed as f64 / 1e6,
         packed as f64 / changes.max(1) as f64,
         snap_bytes as f64 / 1e6
+    );
+    println!(
+        "{}",
+        serde_json::json!({"bench": "data_offline", "members": members, "days": days,
+            "changes": changes, "json_bytes": plain, "zstd_bytes": packed,
+            "snapshot_bytes": snap_bytes})
     );
     cancel.cancel();
     done.await??;

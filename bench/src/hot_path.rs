@@ -358,6 +358,8 @@ pub fn run(
     core.prepare_id_tables_and_wait(0);
     let mut out = Vec::new();
     let mut outputs = 0usize;
+    let mut marker = crate::marker::Marker::new();
+    marker.start();
     let t = Instant::now();
     let mut last_tick = 0;
     for s in &sightings {
@@ -370,6 +372,7 @@ pub fn run(
         out.clear();
     }
     let secs = t.elapsed().as_secs_f64();
+    marker.stop();
     let rate = n as f64 / secs;
     let identified = metrics.identified.get();
     let stranger_share = stranger_count as f64 / n as f64;

@@ -8,6 +8,14 @@
 //! with N and 2N adverts or events, and the figure is the difference over N: the steady cost of
 //! one more, without the warm-up (first record reads, first RPA resolutions, prepared
 //! statements) that the first N also pay and that is printed beside it.
+//!
+//! `--qemu aarch64,armv7` adds the hot path on the gateway architectures: the bench cross-built
+//! in release (`bench/qemu/setup`) runs under qemu-user with `bench/qemu/insn.c`, a plugin that
+//! counts guest instructions between the two marks `hot_path` sets around its loop
+//! (`marker.rs`). That region is the loop itself (the same `on_sighting`/`on_tick` calls plus
+//! the loop's own few instructions per advert), so its figure is comparable to the host's
+//! callgrind figure but not identical in definition; it is per architecture, not per Pi: a
+//! Cortex-A53 and an A72 run the same instructions at different speeds.
 
 use std::{path::Path, process::Command};
 
@@ -24,11 +32,66 @@ pub struct InstructionsArgs {
     /// Events of the shorter head-office ingest run.
     #[arg(long, default_value_t = 20_000)]
     pub events: u64,
+    /// Gateway architectures to count the hot path on under qemu-user as well (cross-builds the
+    /// bench for each: minutes the first time).
+    #[arg(long, value_delimiter = ',')]
+    pub qemu: Vec<GatewayArch>,
+    /// Only the --qemu counts, not the host's callgrind ones.
+    #[arg(long)]
+    pub no_host: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum GatewayArch {
+    Aarch64,
+    Armv7,
+}
+
+impl GatewayArch {
+    /// As scripts/lib.sh's `cross_vars` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Aarch64 => "aarch64",
+            Self::Armv7 => "armv7",
+        }
+    }
+
+    pub fn triple(self) -> &'static str {
+        match self {
+            Self::Aarch64 => "aarch64-unknown-linux-gnu",
+            Self::Armv7 => "armv7-unknown-linux-gnueabihf",
+        }
+    }
 }
 
 const VALGRIND: &str = "valgrind";
 
 pub fn run(args: InstructionsArgs) -> anyhow::Result<()> {
+    let mut gateways = Vec::new();
+    for &arch in &args.qemu {
+        let (a, b) = under_qemu(arch, &args)?;
+        let per_advert = b.saturating_sub(a) as f64 / args.adverts as f64;
+        println!(
+            "instructions (qemu-user, {}): hot path {per_advert:>8.0} per advert (steady; the first {} average {:.0}), {} members",
+            arch.name(),
+            args.adverts,
+            a as f64 / args.adverts as f64,
+            args.members
+        );
+        gateways.push(serde_json::json!({
+            "arch": arch.name(), "members": args.members, "adverts": args.adverts,
+            "instructions": [a, b], "per_advert": per_advert.round(),
+        }));
+    }
+    if !gateways.is_empty() {
+        println!(
+            "{}",
+            serde_json::json!({"bench": "instructions_qemu", "hot_path": gateways})
+        );
+    }
+    if args.no_host {
+        return Ok(());
+    }
     let probe = Command::new(VALGRIND).arg("--version").output();
     if !probe.is_ok_and(|o| o.status.success()) {
         bail!("instructions needs valgrind on PATH (apt install valgrind)");
@@ -100,6 +163,76 @@ pub fn run(args: InstructionsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The hot path's marked region at N and 2N adverts, on `arch` under qemu-user.
+fn under_qemu(arch: GatewayArch, args: &InstructionsArgs) -> anyhow::Result<(u64, u64)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let setup = Command::new(root.join("qemu/setup"))
+        .arg(arch.name())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running bench/qemu/setup")?;
+    if !setup.status.success() {
+        bail!("bench/qemu/setup {} failed ({})", arch.name(), setup.status);
+    }
+    let said = String::from_utf8_lossy(&setup.stdout);
+    let get = |key: &str| {
+        said.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .map(str::to_string)
+            .with_context(|| format!("bench/qemu/setup printed no {key}="))
+    };
+    let (qemu, sysroot, plugin, bin) = (get("qemu")?, get("sysroot")?, get("plugin")?, get("bin")?);
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("insn.txt");
+    let members = args.members.to_string();
+    let run = |n: u64| -> anyhow::Result<u64> {
+        let status = Command::new(&qemu)
+            .arg("-L")
+            .arg(&sysroot)
+            .arg("-plugin")
+            .arg(format!("{plugin},outfile={}", out.display()))
+            .arg(&bin)
+            .args(["hot-path", "--members", &members, "--present", "200"])
+            .arg("--adverts")
+            .arg(n.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running the {} bench under {qemu}", arch.name()))?;
+        if !status.success() {
+            bail!(
+                "the {} hot path under {qemu} failed ({status})",
+                arch.name()
+            );
+        }
+        let text = std::fs::read_to_string(&out)
+            .with_context(|| format!("the plugin wrote no {}", out.display()))?;
+        parse_plugin(&text)
+    };
+    Ok((run(args.adverts)?, run(2 * args.adverts)?))
+}
+
+/// The plugin's "marked <n> total <n> marks <n>": the marked count, when exactly one region was.
+fn parse_plugin(text: &str) -> anyhow::Result<u64> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let at = words
+            .iter()
+            .position(|w| *w == name)
+            .with_context(|| format!("no {name} in the plugin's output {text:?}"))?;
+        let value = words
+            .get(at + 1)
+            .with_context(|| format!("{name} without a value in {text:?}"))?;
+        value
+            .parse()
+            .with_context(|| format!("{name} {value:?} is not a count"))
+    };
+    match field("marks")? {
+        1 => Ok(field("marked")?),
+        0 => bail!("the plugin saw no marked region: is the bench built with marker.rs?"),
+        n => bail!("the plugin saw {n} marked regions where the hot path has one"),
+    }
+}
+
 /// Where [`at_n_and_2n`] puts the run's length in its arguments.
 const N: &str = "{n}";
 
@@ -159,4 +292,21 @@ fn count(exe: &Path, dir: &Path, args: &[&str], toggles: &[&str]) -> anyhow::Res
         bail!("callgrind counted nothing inside {toggles:?}: were the functions renamed?");
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_plugin;
+
+    #[test]
+    fn the_plugin_line_gives_the_marked_count_of_one_region_only() {
+        assert_eq!(
+            parse_plugin("marked 6000031 total 6087807 marks 1\n").ok(),
+            Some(6_000_031)
+        );
+        assert!(parse_plugin("marked 0 total 6087807 marks 0\n").is_err());
+        assert!(parse_plugin("marked 5 total 9 marks 2\n").is_err());
+        assert!(parse_plugin("total 9 marks 1").is_err());
+        assert!(parse_plugin("marked x total 9 marks 1").is_err());
+    }
 }

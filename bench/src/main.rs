@@ -35,7 +35,15 @@
 //!
 //! `cargo run --release -p instore-bench -- latency [--arrivals N]` measures an advert entering the
 //! agent to its clerk alert arriving at an SSE client on loopback, p50/p99 (see `latency.rs`).
+//!
+//! `cargo run --release -p instore-bench -- sizes [--cross aarch64,armv7]` builds the release
+//! binaries and prints their stripped sizes (see `sizes.rs`).
+//!
+//! `cargo run --release -p instore-bench -- all [--quick] [--only S,..] [--markdown BENCHMARKS.md]`
+//! runs every one of them, each in its own process, and writes the figures with the machine, load
+//! and time as JSON and as a table (see `all.rs`).
 
+mod all;
 #[cfg(target_os = "linux")]
 mod ble;
 mod cache;
@@ -43,8 +51,10 @@ mod data;
 mod hot_path;
 mod instructions;
 mod latency;
+mod marker;
 mod peers;
 mod scaleout;
+mod sizes;
 mod uplink;
 
 use clap::{Parser, Subcommand};
@@ -99,6 +109,10 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         warmup: usize,
     },
+    /// Release binaries' sizes, stripped, for the host and the gateways.
+    Sizes(sizes::SizesArgs),
+    /// Every benchmark, one process each: a table on stdout, the run as JSON.
+    All(all::AllArgs),
     /// End-to-end ceiling of the BLE path on a BlueZ stand-in; the agent's CPU share per rate.
     #[cfg(target_os = "linux")]
     Ble(ble::BleArgs),
@@ -131,6 +145,8 @@ fn main() -> anyhow::Result<()> {
         Command::ScaleOut(args) => scaleout::run(args),
         Command::Peers(args) => peers::run(args),
         Command::Instructions(args) => instructions::run(args),
+        Command::Sizes(args) => sizes::run(args),
+        Command::All(args) => all::run(args),
         Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
