@@ -19,7 +19,7 @@ use instore_protocol::EventBody;
 mod support;
 
 use support::{
-    hq::{GATEWAY, HeadOffice, WAIT},
+    hq::{GATEWAY, Hq, WAIT, embedded, events_of},
     sync::{SyncTask, spawn_sync},
 };
 
@@ -42,11 +42,11 @@ async fn append(outbox: &Outbox, numbers: std::ops::RangeInclusive<u64>) {
     }
 }
 
-fn start_uplink(hq: &HeadOffice, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> SyncTask {
+fn start_uplink(hq: &Hq, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> SyncTask {
     let cache = MemberCache::open(&dir.join("members.db")).unwrap();
     let cfg = SyncConfig {
         enabled: true,
-        broker: hq.mqtt.clone(),
+        broker: hq.mqtt_url(),
         hq_url: format!("http://{}", hq.http),
         batch_max_events: 4,
         batch_max_age_ms: 10,
@@ -81,7 +81,7 @@ fn copy_files(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_created_after() {
-    let hq = HeadOffice::start().await;
+    let hq = Hq::start(embedded()).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let snapshot: PathBuf = dir.path().join("snapshot");
@@ -101,7 +101,7 @@ async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_cr
     uplink.stop(WAIT).await;
     outbox.close().await;
     assert_eq!(
-        hq.events().await,
+        events_of(&hq, GATEWAY).await,
         (1..=20).map(|n| (n, n)).collect::<Vec<_>>()
     );
 
@@ -123,7 +123,7 @@ async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_cr
     uplink.stop(WAIT).await;
     outbox.close().await;
 
-    let held = hq.events().await;
+    let held = events_of(&hq, GATEWAY).await;
     // No acknowledged number was reused: 1..=20 still hold the events first stored under them.
     assert_eq!(held[..20], (1..=20).map(|n| (n, n)).collect::<Vec<_>>()[..]);
     // Every event created after the restart arrived, once, above head office's mark, in order.
@@ -133,7 +133,7 @@ async fn a_rolled_back_outbox_reuses_no_acknowledged_number_and_loses_nothing_cr
     // 21..=30 certainly collided; live events appended before the welcome moved with them.
     let renumbered = metrics.outbox_renumbered.get();
     assert!((10..=20).contains(&renumbered), "{renumbered}");
-    let gateways = hq.get("/api/gateways").await;
+    let gateways = hq.get_json("/api/gateways").await;
     assert_eq!(gateways[0]["events_received"], 40);
     // Only the snapshot's own 1..=5 (the same events) were dropped as duplicates.
     assert_eq!(gateways[0]["duplicates_dropped"], 5);

@@ -7,7 +7,7 @@ mod support;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
 
@@ -19,12 +19,10 @@ use instore_agent::{
 };
 use instore_protocol::EventBody;
 use support::{
-    hq::{HeadOffice, WAIT},
+    hq::{Hq, WAIT, events_of},
     net::free_port,
     sync::{SyncTask, spawn_sync},
 };
-
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -106,58 +104,31 @@ fn make_certificates(dir: &Path) {
     }
 }
 
+/// Debian's Mosquitto with a plain listener (head office) and a TLS one that requires a client
+/// certificate (the gateways).
 struct Mosquitto {
-    child: Child,
     plain: u16,
     tls: u16,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    _broker: instore_testkit::mosquitto::Mosquitto,
 }
 
 async fn start_mosquitto(dir: &Path) -> Mosquitto {
-    let (plain, tls) = (free_port(), free_port());
-    let conf = dir.join("mosquitto.conf");
-    // `user root`: started as root, mosquitto would otherwise switch to its own user, who cannot
-    // read the test's private temp dir (ignored when not started as root).
+    let tls = free_port();
     let d = dir.display();
-    std::fs::write(
-        &conf,
-        format!(
-            "per_listener_settings false\nallow_anonymous true\npersistence false\n\
-             user root\n\
-             listener {plain} 127.0.0.1\n\
-             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+    let broker = instore_testkit::mosquitto::Mosquitto::start_with(
+        dir,
+        &format!(
+            "listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
              keyfile {d}/server.key\nrequire_certificate true\n"
         ),
     )
-    .unwrap();
-    let child = Command::new(MOSQUITTO)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("Debian's mosquitto must be installed at /usr/sbin/mosquitto");
-    let m = Mosquitto { child, plain, tls };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    for port in [plain, tls] {
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    .await;
+    instore_testkit::net::wait_tcp(tls, "mosquitto's TLS listener").await;
+    Mosquitto {
+        plain: broker.port,
+        tls,
+        _broker: broker,
     }
-    m
 }
 
 struct Gateway {
@@ -168,7 +139,7 @@ struct Gateway {
 }
 
 fn start_gateway(
-    hq: &HeadOffice,
+    hq: &Hq,
     id: &str,
     tls_port: u16,
     cert: Option<(PathBuf, PathBuf)>,
@@ -223,7 +194,7 @@ async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refu
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
     let broker = start_mosquitto(certs.path()).await;
-    let hq = HeadOffice::start_with(instore_sync::BrokerConfig {
+    let hq = Hq::start(instore_sync::BrokerConfig {
         listen: None,
         url: Some(format!("mqtt://127.0.0.1:{}", broker.plain)),
         client_id: "instore-sync".into(),
@@ -243,10 +214,10 @@ async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refu
         ca.clone(),
     );
     good.outbox.append(events(30)).await.unwrap();
-    hq.wait_for("/api/gateways", |v| v[0]["last_seq"] == 30)
+    hq.wait_for(|v| v[0]["last_seq"] == 30, "/api/gateways")
         .await;
     assert_eq!(
-        hq.events_of("gw-1").await,
+        events_of(&hq, "gw-1").await,
         (1..=30).map(|n| (n, n)).collect::<Vec<_>>()
     );
 
@@ -266,7 +237,7 @@ async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refu
         5,
         "its events wait in the outbox"
     );
-    let gateways = hq.get("/api/gateways").await;
+    let gateways = hq.get_json("/api/gateways").await;
     assert_eq!(gateways.as_array().unwrap().len(), 1, "{gateways}");
     // Refused, counted, still running: it stops cleanly when asked.
     refused.stop().await;

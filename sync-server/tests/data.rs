@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Read;
 
-use common::{ADMIN, FakeGateway, Hq, SECRET, WAIT, embedded};
+use common::{ADMIN, FakeGateway, Hq, SECRET, WAIT, both_backends, embedded};
 use instore_protocol::{
     Event, EventBody,
     changes::{ChangeOp, ChangesResponse, RemoveReason, SnapshotHeader, SnapshotLine},

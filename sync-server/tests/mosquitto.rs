@@ -4,69 +4,18 @@
 
 mod common;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
-
-use common::{ADMIN, FakeGateway, Hq, free_port, ranges};
+use common::{ADMIN, FakeGateway, Hq, ranges};
 use instore_protocol::{MembersNotice, topics};
 use instore_sync::BrokerConfig;
-
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
-/// Kills the broker even when the test panics.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use instore_testkit::mosquitto::Mosquitto;
 
 async fn start_mosquitto() -> Mosquitto {
     start_mosquitto_with("").await
 }
 
-/// Mosquitto with `extra` lines of configuration.
+/// Mosquitto with `extra` lines of configuration, in a temporary folder of its own.
 async fn start_mosquitto_with(extra: &str) -> Mosquitto {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}"),
-    )
-    .unwrap();
-    let child = Command::new(MOSQUITTO)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("Debian's mosquitto must be installed at /usr/sbin/mosquitto");
-    let m = Mosquitto {
-        child,
-        port,
-        _dir: dir,
-    };
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "mosquitto did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    m
+    Mosquitto::temp(extra).await
 }
 
 #[tokio::test]

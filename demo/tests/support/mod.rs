@@ -1,119 +1,20 @@
-//! Helpers for the end-to-end tests: real binaries as child processes on loopback.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Helpers for the end-to-end tests: real binaries as child processes on loopback. What every
+//! crate's tests share (ports, waiting, child processes, Mosquitto) is `instore_testkit`'s;
+//! head office as a process, agent configs and a TCP proxy that cuts links are the demo's own.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-/// The workspace's built binaries (nextest and `cargo test --workspace` build them all).
-pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run the workspace's tests",
-        path.display()
-    );
-    path
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process killed (SIGKILL) when dropped; its stderr goes to a log file kept in the
-/// test's folder for post-mortems.
-pub struct Proc {
-    pub child: Child,
-    pub log: PathBuf,
-}
-
-impl Proc {
-    pub fn spawn(bin: &Path, args: &[&str], log: PathBuf) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let child = Command::new(bin)
-            .args(args)
-            // INSTORE_TEST_RUST_LOG: more detail in the kept logs when chasing a failure.
-            .env(
-                "RUST_LOG",
-                std::env::var("INSTORE_TEST_RUST_LOG")
-                    .unwrap_or_else(|_| "info,rumqttd=off".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Self { child, log }
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{sig} failed");
-    }
-
-    /// Waits for exit; None if still running after `timeout`.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Polls `f` until it returns Some, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+pub use instore_testkit::{
+    http::scrape,
+    mosquitto::{MOSQUITTO, Mosquitto},
+    net::{free_port, wait_tcp},
+    process::{Proc, workspace_bin as bin},
+    wait::eventually_some as eventually,
+};
 
 /// Which broker head office (and the agents) use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,96 +277,10 @@ reconnect_max_ms = {rmax}
     }
 }
 
-/// GETs a Prometheus text page (empty when unreachable).
-pub async fn scrape(url: &str) -> String {
-    match reqwest::get(url).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// The value of the sample named exactly `series` (name plus labels, e.g.
-/// `instore_sync_bad_payloads_total{reason="malformed"}`) in Prometheus text; 0 when absent,
-/// as an unused counter family has no samples yet.
+/// The value of the sample named exactly `series` in Prometheus text; 0 when absent, as an
+/// unused counter family has no samples yet.
 pub fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let rest = l.strip_prefix(series)?;
-            let v = rest.strip_prefix(' ')?;
-            v.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0.0)
-}
-
-/// Waits until something accepts TCP connections on `127.0.0.1:port`.
-pub async fn wait_tcp(port: u16, what: &str) {
-    eventually(what, Duration::from_secs(30), || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
-}
-
-/// Debian's Mosquitto on a free port with its own config file, killed when dropped. Default
-/// limits (1,000 queued messages per offline client) and no persistence, as packaged: a restart
-/// forgets every session, which is what the agent and head office must survive.
-pub struct Mosquitto {
-    proc: Option<Proc>,
-    pub port: u16,
-    conf: PathBuf,
-    log: PathBuf,
-}
-
-pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
-impl Mosquitto {
-    pub async fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
-        let mut m = Mosquitto {
-            proc: None,
-            port,
-            conf,
-            log: dir.join("mosquitto.log"),
-        };
-        m.start_again().await;
-        m
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// SIGKILL: the broker vanishes with every session and queued message.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.signal("KILL");
-            p.wait_exit(Duration::from_secs(5))
-                .expect("mosquitto killed");
-        }
-    }
-
-    /// Starts the broker again on the same port.
-    pub async fn start_again(&mut self) {
-        assert!(
-            Path::new(MOSQUITTO).exists(),
-            "Debian's mosquitto must be installed at {MOSQUITTO}"
-        );
-        self.proc = Some(Proc::spawn(
-            Path::new(MOSQUITTO),
-            &["-c", self.conf.to_str().unwrap()],
-            self.log.clone(),
-        ));
-        wait_tcp(self.port, "mosquitto to listen").await;
-    }
+    instore_testkit::http::metric_value(text, series).unwrap_or(0.0)
 }
 
 /// A TCP proxy the test controls, standing in for the store's internet link: it forwards both
