@@ -7,24 +7,28 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    /// Syntax and type errors; toml's message carries the line, column and key.
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{path}: key `{key}` (line {line}): {reason}")]
-    Invalid {
-        path: String,
-        key: String,
-        line: usize,
-        reason: String,
-    },
-}
+pub use instore_daemon::config::{ConfigError, first_line_of_key as line_of_key};
+use instore_daemon::config::{TopLevel, resolve, resolve_opt};
+
+/// The config's top-level keys, tables included, for errors about a missing one.
+const TOP: TopLevel = TopLevel {
+    keys: &[
+        "store_id",
+        "gateway_id",
+        "data_dir",
+        "http",
+        "sources",
+        "sync",
+        "outbox",
+        "record",
+        "react",
+        "presence",
+        "alerts",
+    ],
+    tables: &[
+        "http", "sync", "outbox", "record", "react", "presence", "alerts",
+    ],
+};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -472,51 +476,28 @@ impl AgentConfig {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved against
     /// the file's folder, so a unit file and a shell see the same config.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        let mut cfg = Self::parse(&text, &display)?;
+        let text = instore_daemon::config::read(path)?;
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(std::path::Path::new("."));
-        if cfg.data_dir.is_relative() {
-            cfg.data_dir = base.join(&cfg.data_dir);
-        }
-        if let Some(rules) = &cfg.react.rules
-            && rules.is_relative()
-        {
-            cfg.react.rules = Some(base.join(rules));
-        }
+        resolve(base, &mut cfg.data_dir);
+        resolve_opt(base, &mut cfg.react.rules);
         for s in &mut cfg.sources {
-            if let Some(p) = &s.path
-                && p.is_relative()
-            {
-                s.path = Some(base.join(p));
-            }
+            resolve_opt(base, &mut s.path);
         }
-        if let Some(p) = &cfg.record.path
-            && p.is_relative()
-        {
-            cfg.record.path = Some(base.join(p));
-        }
+        resolve_opt(base, &mut cfg.record.path);
         for p in [
             &mut cfg.sync.ca_file,
             &mut cfg.sync.client_cert,
             &mut cfg.sync.client_key,
         ] {
-            if let Some(rel) = p.as_ref().filter(|p| p.is_relative()) {
-                *p = Some(base.join(rel));
-            }
+            resolve_opt(base, p);
         }
         Ok(cfg)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        })?;
+        let cfg: AgentConfig = instore_daemon::config::parse(text, origin, TOP)?;
         cfg.validate(text, origin)?;
         Ok(cfg)
     }
@@ -711,17 +692,6 @@ impl AgentConfig {
         }
         Ok(())
     }
-}
-
-/// The 1-based line where `key` is first assigned, or 0 when it is absent (a missing key).
-pub fn line_of_key(text: &str, key: &str) -> usize {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map_or(0, |i| i + 1)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! `GET /metrics` in the Prometheus text format.
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -114,351 +113,85 @@ impl Metrics {
     pub fn new() -> (Self, Registry) {
         let m = Self::default();
         let mut r = Registry::with_prefix("instore_agent");
-        r.register(
-            "adverts",
-            "BLE/sim adverts received from sources",
-            m.adverts.clone(),
-        );
-        r.register(
-            "adverts_dropped",
-            "Adverts dropped because the engine was behind (source channel full)",
-            m.adverts_dropped.clone(),
-        );
-        r.register(
-            "ble_adverts_coalesced",
-            "BLE adverts replaced by a newer one from the same device while the engine was behind",
-            m.ble_adverts_coalesced.clone(),
-        );
-        r.register(
-            "ble_signals_malformed",
-            "BlueZ D-Bus signals whose body could not be decoded (skipped)",
-            m.ble_signals_malformed.clone(),
-        );
-        r.register(
-            "ble_signals_overflow",
-            "BlueZ D-Bus signals dropped because the BLE source's decode queue was full",
-            m.ble_signals_overflow.clone(),
-        );
-        r.register(
-            "ble_devices",
-            "Devices in the BLE sources' device tables",
-            m.ble_devices.clone(),
-        );
-        r.register(
-            "ble_devices_evicted",
-            "Devices evicted from a BLE device table by its cap (storm of new addresses)",
-            m.ble_devices_evicted.clone(),
-        );
-        r.register(
-            "ble_reconnects",
-            "BLE scanning sessions re-opened after the adapter, bluetoothd or D-Bus went away",
-            m.ble_reconnects.clone(),
-        );
-        r.register(
-            "ble_watchdog_restarts",
-            "BLE scans restarted because no advert arrived within the watchdog period",
-            m.ble_watchdog_restarts.clone(),
-        );
-        r.register(
-            "replay_malformed",
-            "Replay records (NDJSON lines, btsnoop packets) malformed and skipped",
-            m.replay_malformed.clone(),
-        );
-        r.register(
-            "identified",
-            "Adverts matched to a member",
-            m.identified.clone(),
-        );
-        r.register(
-            "strangers",
-            "Adverts not matched to any member",
-            m.strangers.clone(),
-        );
-        r.register(
-            "rpa_cache_hits",
-            "Resolvable private addresses answered from the RPA cache (member or stranger)",
-            m.rpa_cache_hits.clone(),
-        );
-        r.register(
-            "rpa_resolutions",
-            "New resolvable private addresses tried against every IRK (RPA cache misses)",
-            m.rpa_resolutions.clone(),
-        );
-        r.register(
-            "rpa_resolved",
-            "New resolvable private addresses that resolved to a member",
-            m.rpa_resolved.clone(),
-        );
-        r.register(
-            "rpa_aes_blocks",
-            "AES blocks spent resolving resolvable private addresses",
-            m.rpa_aes_blocks.clone(),
-        );
-        r.register(
-            "id_table_builds",
-            "Per-window rotating-ID/Eddystone-EID tables built (off the engine task)",
-            m.id_table_builds.clone(),
-        );
-        r.register(
-            "id_table_build_us",
-            "Microseconds spent building per-window ID tables (divide by id_table_builds)",
-            m.id_table_build_us.clone(),
-        );
-        r.register(
-            "id_table_inline_builds",
-            "Per-window ID tables built on the engine task because no builder thread could start",
-            m.id_table_inline_builds.clone(),
-        );
-        r.register(
-            "id_table_late",
-            "Window changes where the new window's ID table was not ready yet",
-            m.id_table_late.clone(),
-        );
-        r.register(
-            "presence_events",
-            "Presence events emitted, by kind",
-            m.presence_events.clone(),
-        );
-        r.register(
-            "members_present",
-            "Members present now",
-            m.members_present.clone(),
-        );
-        r.register(
-            "members_cached",
-            "Consenting members in the cache index",
-            m.members_cached.clone(),
-        );
-        r.register(
-            "member_record_reads",
-            "Matched members' records read from members.db (record cache misses)",
-            m.member_record_reads.clone(),
-        );
-        r.register(
-            "member_record_failures",
-            "Matched slots whose record could not be read (gone or unreadable)",
-            m.member_record_failures.clone(),
-        );
-        r.register(
-            "member_snapshots_applied",
-            "Channel snapshots (or legacy store snapshots) applied",
-            m.member_snapshots_applied.clone(),
-        );
-        r.register(
-            "member_snapshot_failures",
-            "Snapshot downloads or applies that failed, by reason",
-            m.member_snapshot_failures.clone(),
-        );
-        r.register(
-            "member_snapshot_bytes",
-            "Snapshot bytes downloaded (resumed downloads count only what was fetched)",
-            m.member_snapshot_bytes.clone(),
-        );
-        r.register(
-            "member_snapshot_members",
-            "Members applied from snapshots",
-            m.member_snapshot_members.clone(),
-        );
-        r.register(
-            "member_change_responses",
-            "Change responses applied (one transaction each)",
-            m.member_change_responses.clone(),
-        );
+        instore_daemon::register!(r, m, {
+            adverts: "BLE/sim adverts received from sources",
+            adverts_dropped: "Adverts dropped because the engine was behind (source channel full)",
+            ble_adverts_coalesced: "BLE adverts replaced by a newer one from the same device while the engine was behind",
+            ble_signals_malformed: "BlueZ D-Bus signals whose body could not be decoded (skipped)",
+            ble_signals_overflow: "BlueZ D-Bus signals dropped because the BLE source's decode queue was full",
+            ble_devices: "Devices in the BLE sources' device tables",
+            ble_devices_evicted: "Devices evicted from a BLE device table by its cap (storm of new addresses)",
+            ble_reconnects: "BLE scanning sessions re-opened after the adapter, bluetoothd or D-Bus went away",
+            ble_watchdog_restarts: "BLE scans restarted because no advert arrived within the watchdog period",
+            replay_malformed: "Replay records (NDJSON lines, btsnoop packets) malformed and skipped",
+            identified: "Adverts matched to a member",
+            strangers: "Adverts not matched to any member",
+            rpa_cache_hits: "Resolvable private addresses answered from the RPA cache (member or stranger)",
+            rpa_resolutions: "New resolvable private addresses tried against every IRK (RPA cache misses)",
+            rpa_resolved: "New resolvable private addresses that resolved to a member",
+            rpa_aes_blocks: "AES blocks spent resolving resolvable private addresses",
+            id_table_builds: "Per-window rotating-ID/Eddystone-EID tables built (off the engine task)",
+            id_table_build_us: "Microseconds spent building per-window ID tables (divide by id_table_builds)",
+            id_table_inline_builds: "Per-window ID tables built on the engine task because no builder thread could start",
+            id_table_late: "Window changes where the new window's ID table was not ready yet",
+            presence_events: "Presence events emitted, by kind",
+            members_present: "Members present now",
+            members_cached: "Consenting members in the cache index",
+            member_record_reads: "Matched members' records read from members.db (record cache misses)",
+            member_record_failures: "Matched slots whose record could not be read (gone or unreadable)",
+            member_snapshots_applied: "Channel snapshots (or legacy store snapshots) applied",
+            member_snapshot_failures: "Snapshot downloads or applies that failed, by reason",
+            member_snapshot_bytes: "Snapshot bytes downloaded (resumed downloads count only what was fetched)",
+            member_snapshot_members: "Members applied from snapshots",
+            member_change_responses: "Change responses applied (one transaction each)",
+        });
         r.register(
             "member_change_bytes",
             "Bytes of change responses received, as sent on the wire (zstd when compressed)",
             m.change_bytes_received.clone(),
         );
-        r.register(
-            "member_changes_applied",
-            "Member changes applied from change responses",
-            m.member_changes_applied.clone(),
-        );
-        r.register(
-            "member_change_gaps",
-            "Channel entries ignored and asked again, by kind (gap, malformed)",
-            m.member_change_gaps.clone(),
-        );
-        r.register(
-            "member_change_failures",
-            "Change requests that failed, by reason (http, status, decode, cache)",
-            m.member_change_failures.clone(),
-        );
-        r.register(
-            "qr_lookups",
-            "Head-office lookups of scanned codes of members not held here, by result",
-            m.qr_lookups.clone(),
-        );
-        r.register(
-            "alerts_raised",
-            "Clerk alerts raised",
-            m.alerts_raised.clone(),
-        );
-        r.register(
-            "alerts_suppressed",
-            "Alerts a rule matched but a cooldown or limit suppressed",
-            m.alerts_suppressed.clone(),
-        );
-        r.register(
-            "reactions_held",
-            "Matching rules held back, by reason (cooldown, quiet_hours, rate_limit)",
-            m.reactions_held.clone(),
-        );
-        r.register(
-            "reaction_actions",
-            "MQTT and webhook reaction actions, by kind and result",
-            m.reaction_actions.clone(),
-        );
-        r.register("rules_loaded", "Rules in force", m.rules_loaded.clone());
-        r.register(
-            "rules_reloads",
-            "Successful rules reloads (SIGHUP or file change)",
-            m.rules_reloads.clone(),
-        );
-        r.register(
-            "rules_reload_failures",
-            "Rules reloads refused (bad file); the previous rules stay in force",
-            m.rules_reload_failures.clone(),
-        );
-        r.register("qr_scans", "QR codes read by scanners", m.qr_scans.clone());
-        r.register(
-            "qr_rejected",
-            "QR codes that identified no member, by error",
-            m.qr_rejected.clone(),
-        );
-        r.register(
-            "qr_lines_dropped",
-            "Scanner lines dropped: too long, not text, or the engine was behind",
-            m.qr_lines_dropped.clone(),
-        );
-        r.register(
-            "sse_clients",
-            "Connected alert-stream clients",
-            m.sse_clients.clone(),
-        );
-        r.register(
-            "outbox_appended",
-            "Events written to the outbox",
-            m.outbox_appended.clone(),
-        );
-        r.register(
-            "outbox_depth",
-            "Events in the outbox not yet acknowledged",
-            m.outbox_depth.clone(),
-        );
-        r.register(
-            "outbox_oldest_age_seconds",
-            "Age of the oldest unacknowledged event",
-            m.outbox_oldest_age_seconds.clone(),
-        );
-        r.register(
-            "outbox_commits",
-            "Outbox write transactions (fsync points)",
-            m.outbox_commits.clone(),
-        );
-        r.register(
-            "events_sent",
-            "Events published to the broker (including re-sends)",
-            m.events_sent.clone(),
-        );
-        r.register(
-            "events_acked",
-            "Events acknowledged by head office",
-            m.events_acked.clone(),
-        );
-        r.register(
-            "batches_sent",
-            "Event batches published",
-            m.batches_sent.clone(),
-        );
-        r.register(
-            "mqtt_connected",
-            "1 while connected to the broker",
-            m.mqtt_connected.clone(),
-        );
-        r.register(
-            "mqtt_reconnects",
-            "Broker connection attempts after the first",
-            m.mqtt_reconnects.clone(),
-        );
-        r.register(
-            "mqtt_bad_payloads",
-            "MQTT payloads refused as malformed",
-            m.mqtt_bad_payloads.clone(),
-        );
-        r.register(
-            "outbox_bytes",
-            "Bytes the outbox holds against its quota (event bodies plus a per-row overhead)",
-            m.outbox_bytes.clone(),
-        );
-        r.register(
-            "outbox_quota_bytes",
-            "The outbox byte quota ([outbox] max_bytes)",
-            m.outbox_quota_bytes.clone(),
-        );
-        r.register(
-            "outbox_shed_events",
-            "Events shed because the outbox was over its byte quota",
-            m.outbox_shed_events.clone(),
-        );
-        r.register(
-            "outbox_shed_ranges",
-            "Sheddings (each reported to head office as one events_shed event)",
-            m.outbox_shed_ranges.clone(),
-        );
-        r.register(
-            "outbox_renumbered",
-            "Unsent events renumbered above head office's mark after an outbox rollback",
-            m.outbox_renumbered.clone(),
-        );
-        r.register(
-            "batches_inflight",
-            "Batches published and not yet acknowledged by head office",
-            m.batches_inflight.clone(),
-        );
-        r.register(
-            "mqtt_connect_failures",
-            "Broker connection attempts that failed (refused, TLS, timeout) or connections lost",
-            m.mqtt_connect_failures.clone(),
-        );
-        r.register(
-            "http_unauthorized",
-            "HTTP requests refused for a missing or wrong token",
-            m.http_unauthorized.clone(),
-        );
-        r.register(
-            "alert_steps",
-            "Alert lifecycle steps recorded (taken, outcome, dismissed, expired)",
-            m.alert_steps.clone(),
-        );
-        r.register(
-            "alert_steps_refused",
-            "Alert lifecycle steps refused (already taken or closed, unknown alert)",
-            m.alert_steps_refused.clone(),
-        );
-        r.register(
-            "alert_store_errors",
-            "Alert states not saved to alerts.db (the outbox has the step; a restart replays it)",
-            m.alert_store_errors.clone(),
-        );
-        r.register(
-            "pairing_attempts",
-            "Tablet pairing code redemptions by result (ok, bad_code, rate_limited)",
-            m.pairing_attempts.clone(),
-        );
-        r.register(
-            "tablets_paired",
-            "Paired tablets with a valid token",
-            m.tablets_paired.clone(),
-        );
+        instore_daemon::register!(r, m, {
+            member_changes_applied: "Member changes applied from change responses",
+            member_change_gaps: "Channel entries ignored and asked again, by kind (gap, malformed)",
+            member_change_failures: "Change requests that failed, by reason (http, status, decode, cache)",
+            qr_lookups: "Head-office lookups of scanned codes of members not held here, by result",
+            alerts_raised: "Clerk alerts raised",
+            alerts_suppressed: "Alerts a rule matched but a cooldown or limit suppressed",
+            reactions_held: "Matching rules held back, by reason (cooldown, quiet_hours, rate_limit)",
+            reaction_actions: "MQTT and webhook reaction actions, by kind and result",
+            rules_loaded: "Rules in force",
+            rules_reloads: "Successful rules reloads (SIGHUP or file change)",
+            rules_reload_failures: "Rules reloads refused (bad file); the previous rules stay in force",
+            qr_scans: "QR codes read by scanners",
+            qr_rejected: "QR codes that identified no member, by error",
+            qr_lines_dropped: "Scanner lines dropped: too long, not text, or the engine was behind",
+            sse_clients: "Connected alert-stream clients",
+            outbox_appended: "Events written to the outbox",
+            outbox_depth: "Events in the outbox not yet acknowledged",
+            outbox_oldest_age_seconds: "Age of the oldest unacknowledged event",
+            outbox_commits: "Outbox write transactions (fsync points)",
+            events_sent: "Events published to the broker (including re-sends)",
+            events_acked: "Events acknowledged by head office",
+            batches_sent: "Event batches published",
+            mqtt_connected: "1 while connected to the broker",
+            mqtt_reconnects: "Broker connection attempts after the first",
+            mqtt_bad_payloads: "MQTT payloads refused as malformed",
+            outbox_bytes: "Bytes the outbox holds against its quota (event bodies plus a per-row overhead)",
+            outbox_quota_bytes: "The outbox byte quota ([outbox] max_bytes)",
+            outbox_shed_events: "Events shed because the outbox was over its byte quota",
+            outbox_shed_ranges: "Sheddings (each reported to head office as one events_shed event)",
+            outbox_renumbered: "Unsent events renumbered above head office's mark after an outbox rollback",
+            batches_inflight: "Batches published and not yet acknowledged by head office",
+            mqtt_connect_failures: "Broker connection attempts that failed (refused, TLS, timeout) or connections lost",
+            http_unauthorized: "HTTP requests refused for a missing or wrong token",
+            alert_steps: "Alert lifecycle steps recorded (taken, outcome, dismissed, expired)",
+            alert_steps_refused: "Alert lifecycle steps refused (already taken or closed, unknown alert)",
+            alert_store_errors: "Alert states not saved to alerts.db (the outbox has the step; a restart replays it)",
+            pairing_attempts: "Tablet pairing code redemptions by result (ok, bad_code, rate_limited)",
+            tablets_paired: "Paired tablets with a valid token",
+        });
         (m, r)
     }
 }
 
-/// Renders a registry in the Prometheus text format.
-pub fn render(registry: &Registry) -> String {
-    let mut out = String::new();
-    // Writing into a String cannot fail.
-    let _ = encode(&mut out, registry);
-    out
-}
+pub use instore_daemon::metrics::render;

@@ -20,33 +20,31 @@ pub const MAX_SHARE_GROUP_LEN: usize = 64;
 /// Shortest accepted `[auth] gateway_secret`: gateway tokens are only as strong as this secret.
 pub const MIN_SECRET_LEN: usize = 16;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    /// Syntax and type errors; toml's message carries the line, column and key.
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    /// A required key that is not there, named in full (`http.listen`).
-    #[error("{path}: key `{key}` {reason}")]
-    Missing {
-        path: String,
-        key: String,
-        reason: String,
-    },
-    /// A value that parses but makes no sense. `line` is 0 when the key is absent from the text
-    /// (or the config was built in code).
-    #[error("{path}: key `{key}` (line {line}): {reason}")]
-    Invalid {
-        path: String,
-        key: String,
-        line: usize,
-        reason: String,
-    },
-}
+use instore_daemon::config::TopLevel;
+pub use instore_daemon::config::{ConfigError, line_of_key};
+
+/// The config's top-level keys, tables included, for errors about a missing one.
+const TOP: TopLevel = TopLevel {
+    keys: &[
+        "data_dir",
+        "http",
+        "api",
+        "auth",
+        "broker",
+        "database",
+        "compute",
+        "membership",
+    ],
+    tables: &[
+        "http",
+        "api",
+        "auth",
+        "broker",
+        "database",
+        "compute",
+        "membership",
+    ],
+};
 
 /// The whole head-office configuration (`instore-sync run --config FILE`).
 #[derive(Debug, Clone, Deserialize)]
@@ -190,22 +188,16 @@ impl HqConfig {
     /// Reads, parses and validates a config file. Relative paths inside it are resolved against
     /// the file's folder, so a unit file and a shell see the same config.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        let mut cfg = Self::parse(&text, &display)?;
+        let text = instore_daemon::config::read(path)?;
+        let mut cfg = Self::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.data_dir.is_relative() {
-            cfg.data_dir = base.join(&cfg.data_dir);
-        }
+        instore_daemon::config::resolve(base, &mut cfg.data_dir);
         Ok(cfg)
     }
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let cfg: HqConfig = toml::from_str(text).map_err(|e| parse_error(text, origin, &e))?;
+        let cfg: HqConfig = instore_daemon::config::parse(text, origin, TOP)?;
         cfg.check().map_err(|(table, key, reason)| {
             let full = qualified(table, &key);
             // `compute.pyramid.top5` sits in `[compute.pyramid]` as `top5`.
@@ -347,101 +339,11 @@ impl HqConfig {
     }
 }
 
-/// toml reports a missing key as "missing field `listen`" at the span of the table that lacks it
-/// (line 1 for a top-level key, however long the file): an operator needs the key's full name.
-fn parse_error(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
-    let message = e.message();
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.strip_suffix('`'));
-    let Some(field) = missing else {
-        return ConfigError::Parse {
-            path: origin.to_string(),
-            message: e.to_string(),
-        };
-    };
-    // The span starts at the header of the table that lacks the key. A top-level key's span is
-    // the whole document, which may start with a table header too, so top-level names are
-    // recognised by name (no table has a key of the same name).
-    let top_level = TOP_LEVEL_KEYS.contains(&field);
-    let table = e.span().filter(|_| !top_level).and_then(|span| {
-        let start = text.get(..span.start)?;
-        let line = text[start.len()..].lines().next()?.trim();
-        let name = line.strip_prefix('[')?.split(']').next()?.trim();
-        (!name.is_empty()).then(|| name.to_string())
-    });
-    let (key, line) = match &table {
-        Some(t) => (
-            format!("{t}.{field}"),
-            line_of_key(text, None, &format!("[{t}]")),
-        ),
-        None => (field.to_string(), 0),
-    };
-    let reason = if line > 0 {
-        format!("missing (required in the table that starts at line {line})")
-    } else if table.is_none() && is_table_name(field) {
-        format!("missing: add a `[{field}]` table")
-    } else {
-        "missing".to_string()
-    };
-    ConfigError::Missing {
-        path: origin.to_string(),
-        key,
-        reason,
-    }
-}
-
-/// The config's top-level keys, tables included.
-const TOP_LEVEL_KEYS: &[&str] = &[
-    "data_dir",
-    "http",
-    "api",
-    "auth",
-    "broker",
-    "database",
-    "compute",
-    "membership",
-];
-
-fn is_table_name(field: &str) -> bool {
-    field != "data_dir" && TOP_LEVEL_KEYS.contains(&field)
-}
-
 fn qualified(table: Option<&str>, key: &str) -> String {
     match table {
         Some(t) => format!("{t}.{key}"),
         None => key.to_string(),
     }
-}
-
-/// The 1-based line where `key` is assigned inside `[table]` (or at the top level when `table` is
-/// `None`), or where a `[table]`-style `key` header sits; 0 when absent (a missing key).
-///
-/// Unlike a plain text search this knows which table a line belongs to: `listen` appears under
-/// both `[http]` and `[broker]`.
-pub fn line_of_key(text: &str, table: Option<&str>, key: &str) -> usize {
-    let mut current: Option<String> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if let Some(header) = line.strip_prefix('[') {
-            if line == key {
-                return i + 1;
-            }
-            let name = header.split(']').next().unwrap_or("").trim();
-            current = Some(name.to_string());
-            continue;
-        }
-        if current.as_deref() != table {
-            continue;
-        }
-        if line
-            .strip_prefix(key)
-            .is_some_and(|rest| rest.trim_start().starts_with('='))
-        {
-            return i + 1;
-        }
-    }
-    0
 }
 
 #[cfg(test)]

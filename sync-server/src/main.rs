@@ -71,14 +71,8 @@ enum MembersCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rumqttd logs every connection at info.
-                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // rumqttd logs every connection at info.
+    instore_daemon::logging::init("info,rumqttd=warn");
     match cli.command {
         Command::CheckConfig { file } => match HqConfig::load(&file) {
             Ok(_) => {

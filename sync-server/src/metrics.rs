@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
@@ -79,183 +78,45 @@ impl MetricsHandle {
              without [broker] share_group",
             m.lease_held.clone(),
         );
-        r.register(
-            "lease_acquired",
-            "Times this instance took the once-only work's lease",
-            m.lease_acquired.clone(),
-        );
-        r.register(
-            "lease_lost",
-            "Times this instance lost the lease it held (not renewed in time, or taken over)",
-            m.lease_lost.clone(),
-        );
-        r.register(
-            "events_received",
-            "Events stored for the first time",
-            m.events_received.clone(),
-        );
-        r.register(
-            "duplicates_dropped",
-            "Events received again (already stored) and dropped",
-            m.duplicates_dropped.clone(),
-        );
-        r.register("batches", "Event batches ingested", m.batches.clone());
-        r.register(
-            "bad_payloads",
-            "MQTT payloads refused (malformed, too large, wrong gateway...), by reason",
-            m.bad_payloads.clone(),
-        );
-        r.register(
-            "status_messages",
-            "Gateway status messages applied",
-            m.status_messages.clone(),
-        );
-        r.register(
-            "ingest_commits",
-            "SQLite transactions committed by ingest",
-            m.ingest_commits.clone(),
-        );
-        r.register(
-            "ingest_commit_failures",
-            "Ingest transactions that failed (the batches are not acknowledged)",
-            m.ingest_commit_failures.clone(),
-        );
-        r.register(
-            "acks_sent",
-            "Acks published to gateways",
-            m.acks_sent.clone(),
-        );
-        r.register(
-            "members_notices_sent",
-            "Retained member-set notices published to stores",
-            m.members_notices_sent.clone(),
-        );
-        r.register(
-            "member_imports",
-            "Member imports that changed the member set",
-            m.member_imports.clone(),
-        );
-        r.register(
-            "mqtt_connected",
-            "1 while connected to the broker and subscribed",
-            m.mqtt_connected.clone(),
-        );
-        r.register(
-            "mqtt_reconnects",
-            "Broker connection losses",
-            m.mqtt_reconnects.clone(),
-        );
-        r.register(
-            "gateways_online",
-            "Gateways whose last status was online",
-            m.gateways_online.clone(),
-        );
-        r.register(
-            "gateways_known",
-            "Gateways ever seen",
-            m.gateways_known.clone(),
-        );
-        r.register("members", "Members in the member set", m.members.clone());
-        r.register(
-            "member_set_version",
-            "Current member-set version",
-            m.member_set_version.clone(),
-        );
-        r.register(
-            "http_unauthorized",
-            "HTTP requests refused for a missing or wrong token",
-            m.http_unauthorized.clone(),
-        );
-        r.register(
-            "events_missing",
-            "Sequence numbers below gateways' last ones not held and not reported shed (gaps)",
-            m.events_missing.clone(),
-        );
-        r.register(
-            "events_shed",
-            "Events gateways reported shed over their outbox quota",
-            m.events_shed.clone(),
-        );
-        r.register(
-            "hellos",
-            "Gateway hellos answered (one per gateway connection)",
-            m.hellos.clone(),
-        );
-        r.register(
-            "ingest_retries",
-            "Ingest commits retried after a failure (ingest pauses, the broker holds messages)",
-            m.ingest_retries.clone(),
-        );
-        r.register(
-            "ingest_abandoned",
-            "Messages released unstored after repeated commit failures (the gateway re-sends)",
-            m.ingest_abandoned.clone(),
-        );
-        r.register(
-            "events_redacted",
-            "Events of members without presence consent stored without their content",
-            m.events_redacted.clone(),
-        );
-        r.register(
-            "purchases_imported",
-            "Purchases stored for the first time",
-            m.purchases_imported.clone(),
-        );
-        r.register(
-            "purchases_duplicate",
-            "Purchases received again (same purchase_id) and ignored",
-            m.purchases_duplicate.clone(),
-        );
-        r.register(
-            "purchases_refused",
-            "Purchase lines refused (malformed, wrong currency, ...)",
-            m.purchases_refused.clone(),
-        );
-        r.register(
-            "members_recomputed",
-            "Members recomputed incrementally after a purchase, visit or import",
-            m.members_recomputed.clone(),
-        );
-        r.register(
-            "compute_full_runs",
-            "Full recomputes (cut points, BG/NBD fit, every member)",
-            m.compute_full_runs.clone(),
-        );
-        r.register(
-            "compute_failures",
-            "Compute passes that failed (retried)",
-            m.compute_failures.clone(),
-        );
-        r.register(
-            "change_requests",
-            "Change-stream requests from gateways",
-            m.change_requests.clone(),
-        );
-        r.register(
-            "changes_served",
-            "Channel changes sent to gateways",
-            m.changes_served.clone(),
-        );
-        r.register(
-            "change_bytes_served",
-            "Bytes of change responses sent to gateways, as sent (compressed when asked)",
-            m.change_bytes_served.clone(),
-        );
-        r.register(
-            "snapshots_served",
-            "Channel snapshot downloads (whole or ranges)",
-            m.snapshots_served.clone(),
-        );
-        r.register(
-            "snapshot_bytes_served",
-            "Bytes of channel snapshots sent",
-            m.snapshot_bytes_served.clone(),
-        );
-        r.register(
-            "member_lookups",
-            "Member-code lookups from gateways for members they do not hold, by result",
-            m.member_lookups.clone(),
-        );
+        instore_daemon::register!(r, m, {
+            lease_acquired: "Times this instance took the once-only work's lease",
+            lease_lost: "Times this instance lost the lease it held (not renewed in time, or taken over)",
+            events_received: "Events stored for the first time",
+            duplicates_dropped: "Events received again (already stored) and dropped",
+            batches: "Event batches ingested",
+            bad_payloads: "MQTT payloads refused (malformed, too large, wrong gateway...), by reason",
+            status_messages: "Gateway status messages applied",
+            ingest_commits: "SQLite transactions committed by ingest",
+            ingest_commit_failures: "Ingest transactions that failed (the batches are not acknowledged)",
+            acks_sent: "Acks published to gateways",
+            members_notices_sent: "Retained member-set notices published to stores",
+            member_imports: "Member imports that changed the member set",
+            mqtt_connected: "1 while connected to the broker and subscribed",
+            mqtt_reconnects: "Broker connection losses",
+            gateways_online: "Gateways whose last status was online",
+            gateways_known: "Gateways ever seen",
+            members: "Members in the member set",
+            member_set_version: "Current member-set version",
+            http_unauthorized: "HTTP requests refused for a missing or wrong token",
+            events_missing: "Sequence numbers below gateways' last ones not held and not reported shed (gaps)",
+            events_shed: "Events gateways reported shed over their outbox quota",
+            hellos: "Gateway hellos answered (one per gateway connection)",
+            ingest_retries: "Ingest commits retried after a failure (ingest pauses, the broker holds messages)",
+            ingest_abandoned: "Messages released unstored after repeated commit failures (the gateway re-sends)",
+            events_redacted: "Events of members without presence consent stored without their content",
+            purchases_imported: "Purchases stored for the first time",
+            purchases_duplicate: "Purchases received again (same purchase_id) and ignored",
+            purchases_refused: "Purchase lines refused (malformed, wrong currency, ...)",
+            members_recomputed: "Members recomputed incrementally after a purchase, visit or import",
+            compute_full_runs: "Full recomputes (cut points, BG/NBD fit, every member)",
+            compute_failures: "Compute passes that failed (retried)",
+            change_requests: "Change-stream requests from gateways",
+            changes_served: "Channel changes sent to gateways",
+            change_bytes_served: "Bytes of change responses sent to gateways, as sent (compressed when asked)",
+            snapshots_served: "Channel snapshot downloads (whole or ranges)",
+            snapshot_bytes_served: "Bytes of channel snapshots sent",
+            member_lookups: "Member-code lookups from gateways for members they do not hold, by result",
+        });
         Self {
             metrics: m,
             registry: Arc::new(r),
@@ -264,12 +125,7 @@ impl MetricsHandle {
 
     /// Renders every metric in the Prometheus text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail; an error here would only truncate the output.
-        if encode(&mut out, &self.registry).is_err() {
-            tracing::warn!("metrics encoding failed");
-        }
-        out
+        instore_daemon::metrics::render(&self.registry)
     }
 }
 
