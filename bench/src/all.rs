@@ -557,6 +557,16 @@ mod tests {
     }
 
     #[test]
+    fn benchmarks_md_has_the_section_a_run_replaces() {
+        let doc = include_str!("../../BENCHMARKS.md");
+        let (a, b) = (doc.find(SECTION_START), doc.find(SECTION_END));
+        assert!(
+            a.is_some() && b.is_some() && a < b,
+            "BENCHMARKS.md lost its markers"
+        );
+    }
+
+    #[test]
     fn the_table_names_machine_load_date_and_failures() {
         let report = json!({
             "quick": false, "started": "2026-12-02T21:40:00Z",
