@@ -492,6 +492,56 @@ async fn malformed_acks_are_counted_and_ignored() {
     stop(&gw).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_ack_deletes_no_unsent_event_and_cannot_push_the_numbering_out_of_reach() {
+    // Head office stores but never answers: what the gateway sent stays in flight, the rest
+    // unsent (3 batches of 25 in flight at most).
+    let (broker, hq, hq_client) = head_office(usize::MAX).await;
+    let http = start_http(Arc::new(SnapshotServer::default())).await;
+    let gw = start_gateway(broker, http);
+    gw.outbox.append(arrivals(1, 200)).await.unwrap();
+    eventually("75 events at head office", Duration::from_secs(10), || async {
+        hq.stored().len() == 75
+    })
+    .await;
+    let refused = |reason: &'static str| gw.metrics.acks_refused.get_or_create(&vec![("reason", reason)]).get();
+    let forge = |ack: serde_json::Value| {
+        let c = hq_client.clone();
+        async move {
+            c.publish(topics::ack(GATEWAY), QoS::AtLeastOnce, false, ack.to_string())
+                .await
+                .unwrap();
+        }
+    };
+    // Every number, with a plausible mark: only what was sent may go (a forged ack for sent
+    // events is the authentication issue's to stop), the unsent 125 stay.
+    forge(serde_json::json!({"v": 1, "gateway_id": GATEWAY,
+        "ranges": [{"first": 1, "last": 10_000}], "high_water": 75}))
+    .await;
+    eventually(
+        "the 75 sent deleted, the unsent part refused",
+        Duration::from_secs(5),
+        || async { refused("unsent") == 1 && gw.outbox.depth().await.unwrap() == 125 },
+    )
+    .await;
+    // And it stays so: nothing else deletes the unsent 125 (head office never answers).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.outbox.depth().await.unwrap(), 125);
+    // A mark just below the old limit would have left the gateway unable to number events (and
+    // to start again): refused, and the next event is numbered as before.
+    forge(serde_json::json!({"v": 1, "gateway_id": GATEWAY, "ranges": [],
+        "high_water": (1u64 << 62) - 1}))
+    .await;
+    eventually("the mark refused", Duration::from_secs(5), || async {
+        refused("high_water") == 1
+    })
+    .await;
+    let next = gw.outbox.append(arrivals(201, 201)).await.unwrap();
+    assert_eq!(next[0].seq, 201);
+    assert_eq!(gw.outbox.stats().await.unwrap().high_water, 75);
+    stop(&gw).await;
+}
+
 /// A TCP proxy between the gateway and the broker whose connections the test can cut, like a 4G
 /// link dropping.
 struct Proxy {

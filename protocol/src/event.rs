@@ -281,6 +281,18 @@ pub struct SeqRange {
     pub last: u64,
 }
 
+/// The highest sequence number a gateway ever issues: far beyond any real outbox (a million events
+/// a day for ten billion years), and far enough below `i64::MAX` that head office's signed
+/// columns and any arithmetic near a mark never overflow.
+pub const SEQ_LIMIT: u64 = 1 << 62;
+
+/// The furthest a gateway's numbers may jump ahead of what head office holds for it, and a
+/// high-water mark ahead of what a gateway has issued. A real jump is a rolled-back outbox
+/// catching up (at most the events it lost); anything beyond this is a forged or corrupt message,
+/// which would otherwise push the numbering towards [`SEQ_LIMIT`] until the gateway could not
+/// number events any more.
+pub const MAX_SEQ_JUMP: u64 = 1 << 32;
+
 /// Head office → gateway, sent only after the events are committed at head office.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ack {

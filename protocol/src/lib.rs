@@ -17,8 +17,8 @@ pub mod topics;
 
 pub use event::{
     Ack, AlertOutcomeKind, AlertPriority, BootFloor, Event, EventBatch, EventBody, GatewayStatus,
-    Hello, MAX_HELLO_BOOTS, MemberSnapshot, MembersNotice, ScannerState, SeqRange, ShedClass,
-    Welcome,
+    Hello, MAX_HELLO_BOOTS, MAX_SEQ_JUMP, MemberSnapshot, MembersNotice, SEQ_LIMIT, ScannerState,
+    SeqRange, ShedClass, Welcome,
 };
 pub use member::{Consent, Identifier, IdentifierKey, MemberError, MemberRecord, parse_ndjson};
 

@@ -17,6 +17,7 @@ pub type ReasonLabel = Vec<(&'static str, &'static str)>;
 pub struct Metrics {
     pub events_received: Counter,
     pub duplicates_dropped: Counter,
+    pub seq_jumps_refused: Counter,
     pub batches: Counter,
     pub bad_payloads: Family<ReasonLabel, Counter>,
     pub status_messages: Counter,
@@ -83,6 +84,7 @@ impl MetricsHandle {
             lease_lost: "Times this instance lost the lease it held (not renewed in time, or taken over)",
             events_received: "Events stored for the first time",
             duplicates_dropped: "Events received again (already stored) and dropped",
+            seq_jumps_refused: "Events not stored: numbered more than 2^32 beyond their gateway's last (forged or corrupt)",
             batches: "Event batches ingested",
             bad_payloads: "MQTT payloads refused (malformed, too large, wrong gateway...), by reason",
             status_messages: "Gateway status messages applied",

@@ -76,6 +76,26 @@ async fn a_resent_batch_is_counted_as_duplicates_and_still_acknowledged() {
 }
 
 #[tokio::test]
+async fn a_batch_numbered_far_beyond_the_gateways_last_does_not_move_its_mark() {
+    let hq = Hq::start(embedded()).await;
+    let mut gw = FakeGateway::connect(&hq, "gw-1", "store-1").await;
+    gw.send(&[1, 2]).await;
+    assert_eq!(gw.next_ack().await.high_water, 2);
+    // Reproduced: a batch numbered near 2^62 made head office relay that mark in every ack, and
+    // a gateway taking it could not number events any more.
+    gw.send(&[3, 1 << 61]).await;
+    let ack = gw.next_ack().await;
+    assert_eq!(ranges(&ack), [(3, 3)], "the refused event is not acknowledged");
+    assert_eq!(ack.high_water, 3);
+    let m = hq.metrics().await;
+    assert_eq!(metric(&m, "instore_sync_seq_jumps_refused_total"), 1.0);
+    let gws = hq.get_json("/api/gateways").await;
+    assert_eq!(gws[0]["last_seq"], 3);
+    assert_eq!(gws[0]["events_received"], 3);
+    hq.stop().await;
+}
+
+#[tokio::test]
 async fn truncated_oversized_and_mismatched_payloads_are_counted_and_ingest_carries_on() {
     let hq = Hq::start(embedded()).await;
     let mut gw = FakeGateway::connect(&hq, "gw-1", "store-1").await;

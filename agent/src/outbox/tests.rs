@@ -193,6 +193,41 @@ async fn an_absurd_high_water_mark_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_mark_too_far_ahead_to_keep_numbering_is_refused_and_a_catch_up_is_taken() {
+    use instore_protocol::{MAX_SEQ_JUMP, SEQ_LIMIT};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.db");
+    let (outbox, _) = open(&path);
+    outbox.append(vec![footfall(1), footfall(2)]).await.unwrap();
+    // Just below the old limit: a gateway that took it could number only a few more events, and
+    // would not start again once past it.
+    for mark in [SEQ_LIMIT - 1, SEQ_LIMIT - MAX_SEQ_JUMP, 3 + MAX_SEQ_JUMP + 1] {
+        assert!(
+            matches!(
+                outbox.acknowledge(vec![range(1, 2)], mark).await,
+                Err(OutboxError::HighWaterOutOfRange(m)) if m == mark
+            ),
+            "{mark}"
+        );
+        assert!(matches!(
+            outbox.reconcile(mark, Vec::new()).await,
+            Err(OutboxError::HighWaterOutOfRange(_))
+        ));
+    }
+    assert_eq!(outbox.depth().await.unwrap(), 2, "a refused ack deletes nothing");
+    assert_eq!(seqs(&outbox.append(vec![footfall(3)]).await.unwrap()), [3]);
+    // Head office ahead by what a rolled-back card lost is taken, up to the bound.
+    outbox.set_high_water(3 + MAX_SEQ_JUMP).await.unwrap();
+    assert_eq!(
+        seqs(&outbox.append(vec![footfall(4)]).await.unwrap()),
+        [4 + MAX_SEQ_JUMP]
+    );
+    outbox.close().await;
+    let (outbox, _) = open(&path);
+    assert_eq!(outbox.stats().await.unwrap().high_water, 3 + MAX_SEQ_JUMP);
+}
+
+#[tokio::test]
 async fn an_oversized_event_is_refused_without_spoiling_its_neighbours() {
     let dir = tempfile::tempdir().unwrap();
     let (outbox, _) = open(&dir.path().join("outbox.db"));

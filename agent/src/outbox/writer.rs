@@ -6,7 +6,9 @@
 
 use std::{collections::BTreeSet, path::Path, sync::Arc, time::Duration};
 
-use instore_protocol::{BootFloor, Event, EventBody, MAX_HELLO_BOOTS, SeqRange, ShedClass};
+use instore_protocol::{
+    BootFloor, Event, EventBody, MAX_HELLO_BOOTS, MAX_SEQ_JUMP, SEQ_LIMIT, SeqRange, ShedClass,
+};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
@@ -67,10 +69,6 @@ const META_HIGH_WATER: &str = "hq_high_water";
 const NEVER_SHED: i64 = 3;
 /// Shed candidates read per query.
 const SHED_CHUNK: i64 = 4096;
-
-/// Sequence numbers live in SQLite's signed 64-bit integers. A high-water mark above this (a
-/// buggy or hostile ack) is refused rather than allowed to exhaust the number space.
-const SEQ_LIMIT: u64 = 1 << 62;
 
 /// Commands taken from the queue per round, at most: bounds one group commit's size.
 const DRAIN_MAX: usize = 512;
@@ -203,6 +201,14 @@ impl Writer {
     /// has acknowledged.
     fn next_issue(&self) -> u64 {
         self.next_seq.max(self.high_water + 1)
+    }
+
+    /// Whether head office's mark (or a boot's floor) is one this outbox may take: at most
+    /// [`MAX_SEQ_JUMP`] beyond the numbers it issues (a rolled-back file catches up by the events
+    /// it lost, never by billions), and leaving that much room below [`SEQ_LIMIT`]. A forged or
+    /// corrupt ack beyond either would push the numbering to where it could not go on.
+    fn takes_mark(&self, mark: u64) -> bool {
+        mark <= SEQ_LIMIT - MAX_SEQ_JUMP && mark <= self.next_issue().saturating_add(MAX_SEQ_JUMP)
     }
 
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Command>, appended: watch::Sender<u64>) {
@@ -512,7 +518,7 @@ impl Writer {
     }
 
     fn reconcile(&mut self, high_water: u64, floors: &[BootFloor]) -> Result<u64, OutboxError> {
-        if high_water > SEQ_LIMIT || floors.iter().any(|f| f.floor > SEQ_LIMIT) {
+        if !self.takes_mark(high_water) || floors.iter().any(|f| !self.takes_mark(f.floor)) {
             return Err(OutboxError::HighWaterOutOfRange(high_water));
         }
         let err = sql(&self.path);
@@ -662,7 +668,7 @@ impl Writer {
     }
 
     fn acknowledge(&mut self, ranges: &[SeqRange], high_water: u64) -> Result<u64, OutboxError> {
-        if high_water > SEQ_LIMIT {
+        if !self.takes_mark(high_water) {
             return Err(OutboxError::HighWaterOutOfRange(high_water));
         }
         let raise = high_water > self.high_water;

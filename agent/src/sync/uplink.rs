@@ -70,6 +70,9 @@ pub(super) struct Uplink {
     inflight: Inflight,
     /// Highest sequence number published in this epoch; the next batch starts above it.
     sent_upto: u64,
+    /// Highest sequence number this process has published, in any epoch: an ack beyond it names
+    /// events head office cannot hold from us, and those are not deleted.
+    ever_sent: u64,
     /// The outbox's boot, named in hellos; head office's answer must name it too.
     boot: u64,
     /// Head office answered this epoch's hello and the outbox is reconciled: batches may go.
@@ -100,6 +103,7 @@ impl Uplink {
             max_inflight: cfg.max_inflight_batches.max(1),
             inflight: Inflight::default(),
             sent_upto: 0,
+            ever_sent: 0,
             boot: 0,
             welcomed: false,
             hello_sent: None,
@@ -272,6 +276,7 @@ impl Uplink {
             }
             let (first_seq, last_seq) = (seqs[0], seqs[seqs.len() - 1]);
             self.sent_upto = last_seq;
+            self.ever_sent = self.ever_sent.max(last_seq);
             self.inflight.push(seqs, Instant::now());
             self.metrics
                 .batches_inflight
@@ -313,10 +318,10 @@ impl Uplink {
                     welcomed_now = true;
                 }
                 Err(OutboxError::HighWaterOutOfRange(high_water)) => {
-                    self.metrics.mqtt_bad_payloads.inc();
+                    self.refused("high_water");
                     warn!(
                         high_water,
-                        "sync: ignoring a hello answer with an impossible mark"
+                        "sync: ignoring a hello answer with a mark too far ahead to keep numbering"
                     );
                     return false;
                 }
@@ -327,11 +332,16 @@ impl Uplink {
                 }
             }
         }
-        match self
-            .outbox
-            .acknowledge(ack.ranges.clone(), ack.high_water)
-            .await
-        {
+        let (ranges, unsent) = clip_to_sent(&ack.ranges, self.ever_sent);
+        if unsent > 0 {
+            self.refused("unsent");
+            warn!(
+                unsent,
+                sent_upto = self.ever_sent,
+                "sync: an ack names events this gateway has not sent; keeping them"
+            );
+        }
+        match self.outbox.acknowledge(ranges.clone(), ack.high_water).await {
             Ok(deleted) => {
                 self.metrics.events_acked.inc_by(deleted);
                 debug!(
@@ -341,10 +351,10 @@ impl Uplink {
                 );
             }
             Err(OutboxError::HighWaterOutOfRange(high_water)) => {
-                self.metrics.mqtt_bad_payloads.inc();
+                self.refused("high_water");
                 warn!(
                     high_water,
-                    "sync: ignoring an ack with an impossible high-water mark"
+                    "sync: ignoring an ack with a high-water mark too far ahead to keep numbering"
                 );
                 return welcomed_now;
             }
@@ -354,12 +364,40 @@ impl Uplink {
                 return welcomed_now;
             }
         }
-        self.inflight.acknowledge(&ack.ranges);
+        self.inflight.acknowledge(&ranges);
         self.metrics
             .batches_inflight
             .set(self.inflight.len() as i64);
         welcomed_now
     }
+
+    fn refused(&self, reason: &'static str) {
+        self.metrics
+            .acks_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+}
+
+/// `ranges` cut to the numbers at or below `sent`, and how many numbers were cut off (saturating:
+/// a forged range may span the whole number space). Inverted ranges are dropped.
+fn clip_to_sent(ranges: &[SeqRange], sent: u64) -> (Vec<SeqRange>, u64) {
+    let mut kept = Vec::with_capacity(ranges.len());
+    let mut cut = 0u64;
+    for r in ranges.iter().filter(|r| r.first <= r.last) {
+        if r.first > sent {
+            cut = cut.saturating_add((r.last - r.first).saturating_add(1));
+        } else if r.last > sent {
+            cut = cut.saturating_add(r.last - sent);
+            kept.push(SeqRange {
+                first: r.first,
+                last: sent,
+            });
+        } else {
+            kept.push(*r);
+        }
+    }
+    (kept, cut)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -456,6 +494,24 @@ mod tests {
     use instore_protocol::EventBody;
 
     use super::*;
+
+    fn r(first: u64, last: u64) -> SeqRange {
+        SeqRange { first, last }
+    }
+
+    #[test]
+    fn an_ack_is_cut_to_what_was_sent() {
+        assert_eq!(
+            clip_to_sent(&[r(1, 3), r(5, 9), r(11, 12)], 7),
+            (vec![r(1, 3), r(5, 7)], 4)
+        );
+        assert_eq!(clip_to_sent(&[r(1, 3)], 3), (vec![r(1, 3)], 0));
+        // Nothing sent yet (a fresh process): nothing may be deleted.
+        assert_eq!(clip_to_sent(&[r(1, 3)], 0), (vec![], 3));
+        assert_eq!(clip_to_sent(&[r(0, u64::MAX)], 0), (vec![r(0, 0)], u64::MAX));
+        assert_eq!(clip_to_sent(&[r(1, u64::MAX)], 0), (vec![], u64::MAX));
+        assert_eq!(clip_to_sent(&[r(5, 2)], 10), (vec![], 0));
+    }
 
     fn event(seq: u64, message_len: usize) -> Event {
         Event {

@@ -122,6 +122,16 @@ impl Ingest {
                     if o.welcome.is_some() {
                         self.metrics.hellos.inc();
                     }
+                    if o.refused > 0 {
+                        self.metrics.seq_jumps_refused.inc_by(o.refused);
+                        tracing::warn!(
+                            gateway = %b.gateway_id,
+                            refused = o.refused,
+                            above = o.seq_bound,
+                            "ingest: events numbered too far beyond the gateway's last were not \
+                             stored (forged or corrupt batch)"
+                        );
+                    }
                     tracing::debug!(
                         gateway = %b.gateway_id,
                         events = b.events.len(),
@@ -133,7 +143,12 @@ impl Ingest {
                     let ack = Ack {
                         v: SCHEMA_VERSION,
                         gateway_id: b.gateway_id.clone(),
-                        ranges: contiguous_ranges(b.events.iter().map(|e| e.seq.max(0) as u64)),
+                        ranges: contiguous_ranges(
+                            b.events
+                                .iter()
+                                .filter(|e| e.seq <= o.seq_bound)
+                                .map(|e| e.seq.max(0) as u64),
+                        ),
                         high_water: o.high_water,
                         hello: o.welcome.clone(),
                     };

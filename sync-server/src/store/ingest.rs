@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use instore_protocol::{BootFloor, Welcome};
+use instore_protocol::{BootFloor, MAX_SEQ_JUMP, SEQ_LIMIT, Welcome};
 
 use super::{
     StoreError, bulk,
@@ -88,6 +88,12 @@ pub struct BatchOutcome {
     pub high_water: u64,
     /// The answer to the batch's hello, if it had one.
     pub welcome: Option<Welcome>,
+    /// Events not stored (nor to be acknowledged) because their numbers jumped more than
+    /// [`MAX_SEQ_JUMP`] beyond the gateway's last: a forged or corrupt batch, which would
+    /// otherwise raise the high-water mark every ack carries out of the gateway's reach.
+    pub refused: u64,
+    /// The highest number the batch could have stored: its refused events lie above.
+    pub seq_bound: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,10 +128,23 @@ pub fn ingest(
 fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOutcome, StoreError> {
     Ok(match item {
         IngestItem::Batch(b) => {
-            tx.execute(
-                &sql::UPSERT_GATEWAY_SEEN,
-                params![&b.gateway_id, &b.store_id, now_ms],
-            )?;
+            let last_seq = tx
+                .query_one(
+                    &sql::UPSERT_GATEWAY_SEEN_LAST_SEQ,
+                    params![&b.gateway_id, &b.store_id, now_ms],
+                )?
+                .i64(0)?;
+            let seq_bound = seq_bound(last_seq);
+            let kept;
+            let (b, refused) = if b.events.iter().all(|e| e.seq <= seq_bound) {
+                (b, 0)
+            } else {
+                let mut k = b.clone();
+                k.events.retain(|e| e.seq <= seq_bound);
+                let refused = (b.events.len() - k.events.len()) as u64;
+                kept = k;
+                (&kept, refused)
+            };
             let (inserted, redacted) = insert_events(tx, b, now_ms)?;
             let duplicates = b.events.len() as u64 - inserted;
             let max_seq = b.events.last().map_or(0, |e| e.seq);
@@ -145,6 +164,8 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                 redacted,
                 high_water,
                 welcome,
+                refused,
+                seq_bound,
             })
         }
         IngestItem::Status {
@@ -164,6 +185,15 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
             ItemOutcome::Bad
         }
     })
+}
+
+/// The highest sequence number a batch may store for a gateway whose last is `last_seq`.
+fn seq_bound(last_seq: i64) -> i64 {
+    let bound = u64::try_from(last_seq.max(0))
+        .unwrap_or(0)
+        .saturating_add(MAX_SEQ_JUMP)
+        .min(SEQ_LIMIT);
+    i64::try_from(bound).unwrap_or(i64::MAX)
 }
 
 /// Writes a batch's events in a few multi-row statements ([`super::bulk`]) and applies the
@@ -310,6 +340,8 @@ mod tests {
                     redacted: 0,
                     high_water: 3,
                     welcome: None,
+                    refused: 0,
+                    seq_bound: MAX_SEQ_JUMP as i64,
                 })]
             );
             let again = ingest(c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
@@ -321,6 +353,8 @@ mod tests {
                     redacted: 0,
                     high_water: 4,
                     welcome: None,
+                    refused: 0,
+                    seq_bound: 3 + MAX_SEQ_JUMP as i64,
                 })]
             );
             let old = ingest(c, &[batch("g1", &[1])], 12).unwrap();
@@ -332,6 +366,8 @@ mod tests {
                     redacted: 0,
                     high_water: 4,
                     welcome: None,
+                    refused: 0,
+                    seq_bound: 4 + MAX_SEQ_JUMP as i64,
                 })]
             );
             let gws = queries::gateways(c, 10).unwrap();
@@ -339,6 +375,36 @@ mod tests {
             assert_eq!(gws[0].duplicates_dropped, 3);
             // Only status messages move `online`: a batch may be a redelivery from long ago.
             assert!(!gws[0].online);
+        });
+    }
+
+    #[test]
+    fn numbers_jumping_too_far_are_refused_and_the_mark_stays_in_reach() {
+        let j = MAX_SEQ_JUMP as i64;
+        each_backend(|c| {
+            ingest(c, &[batch("g1", &[1, 2])], 1).unwrap();
+            // A forged batch: one plausible number, one that would raise the mark towards 2^62.
+            let out = ingest(c, &[batch("g1", &[3, 1 << 61])], 2).unwrap();
+            let [ItemOutcome::Batch(o)] = out.as_slice() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((o.inserted, o.refused, o.high_water), (1, 1, 3));
+            assert_eq!(o.seq_bound, 2 + j);
+            // Right at the bound is taken (a rolled-back gateway catching up), one beyond is not.
+            let out = ingest(c, &[batch("g1", &[3 + j, 4 + 2 * j])], 3).unwrap();
+            let [ItemOutcome::Batch(o)] = out.as_slice() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((o.inserted, o.refused, o.high_water), (1, 1, (3 + j) as u64));
+            let gws = queries::gateways(c, 10).unwrap();
+            assert_eq!(gws[0].last_seq, 3 + j);
+            assert_eq!(gws[0].events_received, 4, "refused events are not counted as received");
+            // A new gateway may start anywhere below the bound, not above it.
+            let out = ingest(c, &[batch("g2", &[j + 1])], 4).unwrap();
+            let [ItemOutcome::Batch(o)] = out.as_slice() else {
+                panic!("{out:?}")
+            };
+            assert_eq!((o.inserted, o.refused, o.high_water), (0, 1, 0));
         });
     }
 

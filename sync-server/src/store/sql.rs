@@ -30,6 +30,17 @@ pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
             THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END",
 );
 
+/// [`UPSERT_GATEWAY_SEEN`] for a batch: the gateway's `last_seq` before the batch, in the same
+/// round trip, to bound how far the batch's numbers may jump.
+pub const UPSERT_GATEWAY_SEEN_LAST_SEQ: Sql = Sql::same(
+    "INSERT INTO gateways (id, store, last_seen_ms)
+    VALUES (?1, ?2, ?3)
+    ON CONFLICT(id) DO UPDATE SET store = excluded.store,
+        last_seen_ms = CASE WHEN excluded.last_seen_ms > gateways.last_seen_ms
+            THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END
+    RETURNING last_seq",
+);
+
 /// Counters of one batch: `last_seq` only ever rises (it is the acks' high-water mark), and
 /// comes back.
 pub const ADD_BATCH_COUNTS: Sql = Sql::same(
