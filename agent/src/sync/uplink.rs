@@ -335,11 +335,21 @@ impl Uplink {
         let (ranges, unsent) = clip_to_sent(&ack.ranges, self.ever_sent);
         if unsent > 0 {
             self.refused("unsent");
-            warn!(
-                unsent,
-                sent_upto = self.ever_sent,
-                "sync: an ack names events this gateway has not sent; keeping them"
-            );
+            // The MQTT session outlives the process: right after a start, acks of the previous
+            // run's batches are expected. Beyond what a running uplink sent, an ack is forged
+            // or confused. Either way the events stay and are sent (again).
+            if self.ever_sent == 0 {
+                info!(
+                    unsent,
+                    "sync: an ack from before this start names events not sent yet; keeping them"
+                );
+            } else {
+                warn!(
+                    unsent,
+                    sent_upto = self.ever_sent,
+                    "sync: an ack names events this gateway has not sent; keeping them"
+                );
+            }
         }
         match self.outbox.acknowledge(ranges.clone(), ack.high_water).await {
             Ok(deleted) => {
