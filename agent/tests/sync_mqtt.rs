@@ -500,17 +500,29 @@ async fn a_forged_ack_deletes_no_unsent_event_and_cannot_push_the_numbering_out_
     let http = start_http(Arc::new(SnapshotServer::default())).await;
     let gw = start_gateway(broker, http);
     gw.outbox.append(arrivals(1, 200)).await.unwrap();
-    eventually("75 events at head office", Duration::from_secs(10), || async {
-        hq.stored().len() == 75
-    })
+    eventually(
+        "75 events at head office",
+        Duration::from_secs(10),
+        || async { hq.stored().len() == 75 },
+    )
     .await;
-    let refused = |reason: &'static str| gw.metrics.acks_refused.get_or_create(&vec![("reason", reason)]).get();
+    let refused = |reason: &'static str| {
+        gw.metrics
+            .acks_refused
+            .get_or_create(&vec![("reason", reason)])
+            .get()
+    };
     let forge = |ack: serde_json::Value| {
         let c = hq_client.clone();
         async move {
-            c.publish(topics::ack(GATEWAY), QoS::AtLeastOnce, false, ack.to_string())
-                .await
-                .unwrap();
+            c.publish(
+                topics::ack(GATEWAY),
+                QoS::AtLeastOnce,
+                false,
+                ack.to_string(),
+            )
+            .await
+            .unwrap();
         }
     };
     // Every number, with a plausible mark: only what was sent may go (a forged ack for sent
@@ -529,8 +541,10 @@ async fn a_forged_ack_deletes_no_unsent_event_and_cannot_push_the_numbering_out_
     assert_eq!(gw.outbox.depth().await.unwrap(), 125);
     // A mark just below the old limit would have left the gateway unable to number events (and
     // to start again): refused, and the next event is numbered as before.
-    forge(serde_json::json!({"v": 1, "gateway_id": GATEWAY, "ranges": [],
-        "high_water": (1u64 << 62) - 1}))
+    forge(
+        serde_json::json!({"v": 1, "gateway_id": GATEWAY, "ranges": [],
+        "high_water": (1u64 << 62) - 1}),
+    )
     .await;
     eventually("the mark refused", Duration::from_secs(5), || async {
         refused("high_water") == 1

@@ -85,7 +85,11 @@ async fn a_batch_numbered_far_beyond_the_gateways_last_does_not_move_its_mark() 
     // a gateway taking it could not number events any more.
     gw.send(&[3, 1 << 61]).await;
     let ack = gw.next_ack().await;
-    assert_eq!(ranges(&ack), [(3, 3)], "the refused event is not acknowledged");
+    assert_eq!(
+        ranges(&ack),
+        [(3, 3)],
+        "the refused event is not acknowledged"
+    );
     assert_eq!(ack.high_water, 3);
     let m = hq.metrics().await;
     assert_eq!(metric(&m, "instore_sync_seq_jumps_refused_total"), 1.0);

@@ -201,7 +201,11 @@ async fn a_mark_too_far_ahead_to_keep_numbering_is_refused_and_a_catch_up_is_tak
     outbox.append(vec![footfall(1), footfall(2)]).await.unwrap();
     // Just below the old limit: a gateway that took it could number only a few more events, and
     // would not start again once past it.
-    for mark in [SEQ_LIMIT - 1, SEQ_LIMIT - MAX_SEQ_JUMP, 3 + MAX_SEQ_JUMP + 1] {
+    for mark in [
+        SEQ_LIMIT - 1,
+        SEQ_LIMIT - MAX_SEQ_JUMP,
+        3 + MAX_SEQ_JUMP + 1,
+    ] {
         assert!(
             matches!(
                 outbox.acknowledge(vec![range(1, 2)], mark).await,
@@ -214,7 +218,11 @@ async fn a_mark_too_far_ahead_to_keep_numbering_is_refused_and_a_catch_up_is_tak
             Err(OutboxError::HighWaterOutOfRange(_))
         ));
     }
-    assert_eq!(outbox.depth().await.unwrap(), 2, "a refused ack deletes nothing");
+    assert_eq!(
+        outbox.depth().await.unwrap(),
+        2,
+        "a refused ack deletes nothing"
+    );
     assert_eq!(seqs(&outbox.append(vec![footfall(3)]).await.unwrap()), [3]);
     // Head office ahead by what a rolled-back card lost is taken, up to the bound.
     outbox.set_high_water(3 + MAX_SEQ_JUMP).await.unwrap();

@@ -351,7 +351,11 @@ impl Uplink {
                 );
             }
         }
-        match self.outbox.acknowledge(ranges.clone(), ack.high_water).await {
+        match self
+            .outbox
+            .acknowledge(ranges.clone(), ack.high_water)
+            .await
+        {
             Ok(deleted) => {
                 self.metrics.events_acked.inc_by(deleted);
                 debug!(
@@ -518,7 +522,10 @@ mod tests {
         assert_eq!(clip_to_sent(&[r(1, 3)], 3), (vec![r(1, 3)], 0));
         // Nothing sent yet (a fresh process): nothing may be deleted.
         assert_eq!(clip_to_sent(&[r(1, 3)], 0), (vec![], 3));
-        assert_eq!(clip_to_sent(&[r(0, u64::MAX)], 0), (vec![r(0, 0)], u64::MAX));
+        assert_eq!(
+            clip_to_sent(&[r(0, u64::MAX)], 0),
+            (vec![r(0, 0)], u64::MAX)
+        );
         assert_eq!(clip_to_sent(&[r(1, u64::MAX)], 0), (vec![], u64::MAX));
         assert_eq!(clip_to_sent(&[r(5, 2)], 10), (vec![], 0));
     }

@@ -395,10 +395,16 @@ mod tests {
             let [ItemOutcome::Batch(o)] = out.as_slice() else {
                 panic!("{out:?}")
             };
-            assert_eq!((o.inserted, o.refused, o.high_water), (1, 1, (3 + j) as u64));
+            assert_eq!(
+                (o.inserted, o.refused, o.high_water),
+                (1, 1, (3 + j) as u64)
+            );
             let gws = queries::gateways(c, 10).unwrap();
-            assert_eq!(gws[0].last_seq, 3 + j);
-            assert_eq!(gws[0].events_received, 4, "refused events are not counted as received");
+            assert_eq!(gws[0].last_seq, (3 + j) as u64);
+            assert_eq!(
+                gws[0].events_received, 4,
+                "refused events are not counted as received"
+            );
             // A new gateway may start anywhere below the bound, not above it.
             let out = ingest(c, &[batch("g2", &[j + 1])], 4).unwrap();
             let [ItemOutcome::Batch(o)] = out.as_slice() else {
