@@ -86,6 +86,35 @@ pub struct HttpConfig {
     /// listen address, with the LAN interface's address for `0.0.0.0`.
     #[serde(default)]
     pub public_url: Option<String>,
+    /// Who may read `/metrics`, which shows members present and identifications as they happen.
+    #[serde(default)]
+    pub metrics: MetricsAccess,
+    /// Days a paired tablet's token lives from pairing or from its last renewal's first use.
+    #[serde(default = "default_tablet_token_days")]
+    pub tablet_token_days: u32,
+}
+
+/// `[http] metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Requests from this host, and from elsewhere with the admin token as a bearer.
+    #[default]
+    Local,
+    /// The admin token as a bearer, from anywhere (this host included).
+    Token,
+    /// Anyone who can reach the listen address.
+    Open,
+}
+
+fn default_tablet_token_days() -> u32 {
+    90
+}
+
+impl HttpConfig {
+    pub fn tablet_token_ttl(&self) -> Duration {
+        Duration::from_secs(u64::from(self.tablet_token_days) * 86_400)
+    }
 }
 
 impl Default for HttpConfig {
@@ -94,6 +123,8 @@ impl Default for HttpConfig {
             listen: default_listen(),
             admin_token: String::new(),
             public_url: None,
+            metrics: MetricsAccess::default(),
+            tablet_token_days: default_tablet_token_days(),
         }
     }
 }
@@ -510,6 +541,18 @@ impl AgentConfig {
             reason,
         };
         use instore_protocol::topics::valid_id;
+        if !(1..=3650).contains(&self.http.tablet_token_days) {
+            return Err(invalid(
+                "tablet_token_days",
+                "must be between 1 and 3650".into(),
+            ));
+        }
+        if self.http.metrics == MetricsAccess::Token && self.http.admin_token.is_empty() {
+            return Err(invalid(
+                "metrics",
+                "\"token\" needs an admin_token; nobody could read the metrics".into(),
+            ));
+        }
         if !valid_id(&self.store_id) {
             return Err(invalid(
                 "store_id",
@@ -721,6 +764,33 @@ mod tests {
         );
         let err = AgentConfig::parse(&text, "a.toml").unwrap_err().to_string();
         assert!(err.contains("`broker`") && err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn http_access_keys_default_to_the_safe_side_and_are_checked() {
+        let c = AgentConfig::parse(MINIMAL, "a.toml").unwrap();
+        assert_eq!(c.http.metrics, MetricsAccess::Local);
+        assert_eq!(c.http.tablet_token_ttl(), Duration::from_secs(90 * 86_400));
+        let open = AgentConfig::parse(
+            &format!("{MINIMAL}[http]\nmetrics = \"open\"\ntablet_token_days = 7\n"),
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(open.http.metrics, MetricsAccess::Open);
+        assert_eq!(open.http.tablet_token_days, 7);
+        for (extra, key, line) in [
+            ("[http]\ntablet_token_days = 0\n", "tablet_token_days", 5),
+            ("[http]\nmetrics = \"token\"\n", "metrics", 5),
+            ("[http]\nmetrics = \"lan\"\n", "metrics", 5),
+        ] {
+            let err = AgentConfig::parse(&format!("{MINIMAL}{extra}"), "a.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(key) && err.contains(&format!("line {line}")),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -219,13 +219,17 @@ fn tablets(cfg: &AgentConfig, command: TabletsCommand) -> anyhow::Result<()> {
     match command {
         TabletsCommand::List => {
             let list = rt.block_on(client.list())?;
-            println!("{:<12} {:<24} {:<20} LAST SEEN", "ID", "LABEL", "PAIRED");
+            println!(
+                "{:<12} {:<24} {:<20} {:<20} LAST SEEN",
+                "ID", "LABEL", "PAIRED", "TOKEN EXPIRES"
+            );
             for t in list {
                 println!(
-                    "{:<12} {:<24} {:<20} {}",
+                    "{:<12} {:<24} {:<20} {:<20} {}",
                     t.id,
                     t.label,
                     fmt_ms(Some(t.created_ms)),
+                    fmt_ms(Some(t.expires_ms)),
                     fmt_ms(t.last_seen_ms)
                 );
             }

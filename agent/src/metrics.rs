@@ -95,12 +95,14 @@ pub struct Metrics {
     pub mqtt_connect_failures: Counter,
     // web
     pub http_unauthorized: Counter,
+    pub http_refused_remote: Family<KindLabel, Counter>,
     // alert lifecycle and tablet pairing
     pub alert_steps: Family<KindLabel, Counter>,
     pub alert_steps_refused: Family<KindLabel, Counter>,
     pub alert_store_errors: Counter,
     pub pairing_attempts: Family<KindLabel, Counter>,
     pub tablets_paired: Gauge,
+    pub tablet_tokens: Family<KindLabel, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -186,11 +188,13 @@ impl Metrics {
             batches_inflight: "Batches published and not yet acknowledged by head office",
             mqtt_connect_failures: "Broker connection attempts that failed (refused, TLS, timeout) or connections lost",
             http_unauthorized: "HTTP requests refused for a missing or wrong token",
+            http_refused_remote: "HTTP requests refused because they came from another host, by route (admin: the admin API answers on loopback only; metrics: see [http] metrics)",
             alert_steps: "Alert lifecycle steps recorded (taken, outcome, dismissed, expired)",
             alert_steps_refused: "Alert lifecycle steps refused (already taken or closed, unknown alert)",
             alert_store_errors: "Alert states not saved to alerts.db (the outbox has the step; a restart replays it)",
             pairing_attempts: "Tablet pairing code redemptions by result (ok, bad_code, rate_limited)",
             tablets_paired: "Paired tablets with a valid token",
+            tablet_tokens: "Tablet token events by kind (renewed: a new token handed out; switched: first used, the old one retired; expired)",
         });
         (m, r)
     }

@@ -206,6 +206,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     let tablets = crate::pairing::Tablets::open(
         &tablets_db(&cfg.data_dir),
         &crate::pairing::url_base(http_addr, cfg.http.public_url.as_deref()),
+        cfg.http.tablet_token_ttl(),
         metrics.clone(),
     )?;
     tracker.spawn(crate::pairing::run_flush(tablets.clone(), cancel.clone()));
@@ -235,6 +236,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         presence: presence_rx,
         metrics: metrics.clone(),
         registry: Arc::new(registry),
+        metrics_access: cfg.http.metrics,
     };
     {
         let cancel = cancel.clone();

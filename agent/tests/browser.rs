@@ -2,8 +2,8 @@
 //! The clerk app in a real browser (Debian's chromium, headless, through chromedriver) against
 //! the real `instore-agent` process with a simulated crowd of members: pairing with
 //! `pair-tablet`, a live alert without reload, take and outcome, an agent restart the page rides
-//! out and catches up after, an unpaired browser that sees no member data, and a revocation that
-//! locks the tablet out at once.
+//! out and catches up after (renewing its token on the way, as it nears expiry), an unpaired
+//! browser that sees no member data, and a revocation that locks the tablet out at once.
 //!
 //! Screenshots land in `$CARGO_TARGET_DIR/instore-test/screenshots/` (default `target/`).
 
@@ -22,7 +22,7 @@ use support::{
     http::get_json,
     net::free_port,
     process::{AgentProcess, cli, import_members, run_command, write_agent_config},
-    wait::eventually,
+    wait::{eventually, eventually_some},
 };
 
 const ADMIN: &str = "browser-test-admin";
@@ -84,6 +84,13 @@ mean_dwell_s = 20.0
     std::fs::write(&file, members).unwrap();
     import_members(&cfg, &file);
     cfg
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
 }
 
 struct Agent(AgentProcess);
@@ -352,6 +359,16 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
     )
     .await;
     shot(&client, "05-offline").await;
+    // While it is down, the tablet's token comes within an hour of expiring: past half its life,
+    // so the page must renew it when it reconnects, and switch to the new one.
+    let soon = now_ms() + 3_600_000;
+    let conn = rusqlite::Connection::open(dir.path().join("data/tablets.db")).unwrap();
+    assert_eq!(
+        conn.execute("UPDATE tablets SET expires_ms = ?1", [soon])
+            .unwrap(),
+        1
+    );
+    drop(conn);
     let before: HashSet<String> = card_ids(&client).await.into_iter().collect();
     let agent = Agent::start(&cfg, port, &log).await;
     wait_js(
@@ -375,6 +392,23 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
         json!(true)
     );
     shot(&client, "06-caught-up-after-restart").await;
+    // Renewed and switched: the token now runs a full lifetime again, and the page never knew
+    // the token (it is an HttpOnly cookie the renewal replaced).
+    let renewed = eventually_some(
+        "the page renews the token and uses the new one",
+        WAIT,
+        || async {
+            let list: Value = get_json(&format!("{base}/api/admin/tablets"), ADMIN).await;
+            let expires = list[0]["expires_ms"].as_i64()?;
+            (expires > now_ms() + 80 * 86_400_000).then_some(expires)
+        },
+    )
+    .await;
+    assert!(renewed > soon);
+    assert_eq!(
+        js(&client, "return window.__notReloaded === true;").await,
+        json!(true)
+    );
 
     // Revoked: the open stream is closed, the page falls back to the pairing instructions and
     // drops the member data it showed; the API refuses the cookie from now on.

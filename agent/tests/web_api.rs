@@ -9,9 +9,10 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use instore_agent::{
     alerts::{Alert, AlertHub, Lifecycle, MemberCard},
+    config::MetricsAccess,
     metrics::Metrics,
     outbox::Outbox,
-    pairing::Tablets,
+    pairing::{DEFAULT_TOKEN_TTL, Tablets},
     presence::PresentMember,
     web::{self, WebState},
 };
@@ -37,6 +38,32 @@ struct Server {
 }
 
 async fn start(admin_token: &str) -> Server {
+    start_with(admin_token, MetricsAccess::Local).await
+}
+
+/// This machine's address toward the LAN (the route a UDP "connect" picks; nothing is sent).
+/// A client bound to it and connecting to 127.0.0.1 arrives with a peer address that is neither
+/// loopback nor the server's own address: to the server it is another host on the LAN.
+fn lan_ip() -> std::net::IpAddr {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    sock.connect("192.0.2.1:9").unwrap();
+    let ip = sock.local_addr().unwrap().ip();
+    assert!(
+        !ip.is_loopback() && !ip.is_unspecified(),
+        "these tests need a non-loopback IPv4 address to play a LAN client"
+    );
+    ip
+}
+
+/// A client that looks to the server like another host on the LAN (see [`lan_ip`]).
+fn lan_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(lan_ip())
+        .build()
+        .unwrap()
+}
+
+async fn start_with(admin_token: &str, metrics_access: MetricsAccess) -> Server {
     let (metrics, registry) = Metrics::new();
     let hub = AlertHub::new(16);
     let (presence, presence_rx) = watch::channel(Arc::new(Vec::new()));
@@ -45,6 +72,7 @@ async fn start(admin_token: &str) -> Server {
     let tablets = Tablets::open(
         &dir.path().join("tablets.db"),
         "http://tablets.example",
+        DEFAULT_TOKEN_TTL,
         metrics.clone(),
     )
     .unwrap();
@@ -58,6 +86,7 @@ async fn start(admin_token: &str) -> Server {
         presence: presence_rx,
         metrics: metrics.clone(),
         registry: Arc::new(registry),
+        metrics_access,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -124,7 +153,22 @@ enum As<'a> {
 impl Server {
     /// `method path` on the server, sent as `who`; any transport failure fails the test.
     async fn call(&self, method: Method, path: &str, who: As<'_>) -> reqwest::Response {
-        let req = client().request(method, format!("{}{path}", self.base));
+        self.call_with(client(), method, path, who).await
+    }
+
+    /// [`Server::call`] from another host on the LAN.
+    async fn call_lan(&self, method: Method, path: &str, who: As<'_>) -> reqwest::Response {
+        self.call_with(lan_client(), method, path, who).await
+    }
+
+    async fn call_with(
+        &self,
+        client: reqwest::Client,
+        method: Method,
+        path: &str,
+        who: As<'_>,
+    ) -> reqwest::Response {
+        let req = client.request(method, format!("{}{path}", self.base));
         let req = match who {
             As::Nobody => req,
             As::Bearer(t) => req.bearer_auth(t),
@@ -238,22 +282,28 @@ async fn an_empty_admin_token_refuses_even_an_empty_bearer() {
 }
 
 #[tokio::test]
-async fn member_data_is_served_with_a_bearer_token_or_a_token_query() {
+async fn member_data_is_served_with_a_bearer_token_and_a_query_token_only_on_the_stream() {
     let s = start(TOKEN).await;
     let bearer = s
         .call(Method::GET, "/api/presence", As::Bearer(TOKEN))
         .await;
     assert_eq!(bearer.status(), 200);
     assert_eq!(bearer.headers()["cache-control"], "no-store");
-    let query = s
+    // The right token in a URL is ignored where a browser can send a header or cookie.
+    for path in ["/api/alerts", "/api/presence", "/api/me"] {
+        let query = s
+            .call(Method::GET, &format!("{path}?token={TOKEN}"), As::Nobody)
+            .await;
+        assert_eq!(query.status(), 401, "{path}");
+    }
+    let stream = s
         .call(
             Method::GET,
-            &format!("/api/alerts?token={TOKEN}"),
+            &format!("/api/alerts/stream?token={TOKEN}"),
             As::Nobody,
         )
         .await;
-    assert_eq!(query.status(), 200);
-    assert_eq!(query.text().await.unwrap(), "[]");
+    assert_eq!(stream.status(), 200);
 }
 
 #[tokio::test]
@@ -299,7 +349,7 @@ async fn recent_alerts_are_listed_oldest_first_up_to_the_limit() {
 }
 
 #[tokio::test]
-async fn health_and_metrics_need_no_token() {
+async fn health_needs_no_token_nor_do_metrics_from_this_host() {
     let s = start(TOKEN).await;
     let health: serde_json::Value = s
         .call(Method::GET, "/healthz", As::Nobody)
@@ -326,6 +376,147 @@ async fn health_and_metrics_need_no_token() {
             .unwrap()
             .contains("instore_agent_sse_clients")
     );
+}
+
+#[tokio::test]
+async fn from_the_lan_metrics_need_the_admin_token_and_the_admin_api_is_refused() {
+    let s = start_with(TOKEN, MetricsAccess::Local).await;
+    let anon = s.call_lan(Method::GET, "/metrics", As::Nobody).await;
+    assert_eq!(anon.status(), 401);
+    assert!(!anon.text().await.unwrap().contains("instore_agent"));
+    let scraper = s.call_lan(Method::GET, "/metrics", As::Bearer(TOKEN)).await;
+    assert_eq!(scraper.status(), 200);
+    // A tablet token is not a scrape credential.
+    let (_, tablet, _) = pair(&s, "till 1").await;
+    let by_tablet = s
+        .call_lan(Method::GET, "/metrics", As::Bearer(&tablet))
+        .await;
+    assert_eq!(by_tablet.status(), 401);
+    // The admin API answers on the gateway only, even to the right token.
+    for (method, path) in [
+        (Method::GET, "/api/admin/tablets"),
+        (Method::POST, "/api/admin/pairings"),
+        (Method::DELETE, "/api/admin/tablets/t-1"),
+    ] {
+        let resp = s.call_lan(method.clone(), path, As::Bearer(TOKEN)).await;
+        assert_eq!(resp.status(), 403, "{path}");
+        assert!(resp.text().await.unwrap().contains("gateway itself"));
+    }
+    assert_eq!(s.tablets.list().len(), 1, "nothing revoked from the LAN");
+    let local = s
+        .call(Method::GET, "/api/admin/tablets", As::Bearer(TOKEN))
+        .await;
+    assert_eq!(local.status(), 200);
+    // The rest of the API still serves the LAN: that is where the tablets are.
+    let alerts = s
+        .call_lan(Method::GET, "/api/alerts", As::Cookie(&tablet))
+        .await;
+    assert_eq!(alerts.status(), 200);
+    let refused = |route: &'static str| {
+        s.metrics
+            .http_refused_remote
+            .get_or_create(&vec![("route", route)])
+            .get()
+    };
+    assert_eq!((refused("metrics"), refused("admin")), (2, 3));
+}
+
+#[tokio::test]
+async fn metrics_can_require_the_token_everywhere_or_be_open() {
+    let token_only = start_with(TOKEN, MetricsAccess::Token).await;
+    let local_anon = token_only.call(Method::GET, "/metrics", As::Nobody).await;
+    assert_eq!(local_anon.status(), 401);
+    let local_token = token_only
+        .call(Method::GET, "/metrics", As::Bearer(TOKEN))
+        .await;
+    assert_eq!(local_token.status(), 200);
+    let open = start_with(TOKEN, MetricsAccess::Open).await;
+    let lan_anon = open.call_lan(Method::GET, "/metrics", As::Nobody).await;
+    assert_eq!(lan_anon.status(), 200);
+}
+
+#[tokio::test]
+async fn a_guessing_client_on_the_lan_does_not_lock_out_a_tablet_pairing_elsewhere() {
+    let s = start_with(TOKEN, MetricsAccess::Local).await;
+    let guess = || async {
+        lan_client()
+            .post(format!("{}/api/pair", s.base))
+            .json(&serde_json::json!({ "code": "AAAA-AAAA" }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    for _ in 0..12 {
+        guess().await;
+    }
+    assert_eq!(guess().await, 429);
+    // Another client (here: the loopback address) pairs with its code at once.
+    let (_, token, _) = pair(&s, "till 4").await;
+    assert_eq!(
+        s.call(Method::GET, "/api/me", As::Bearer(&token))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_tablet_renews_its_token_and_the_old_one_dies_at_the_new_ones_first_use() {
+    let s = start(TOKEN).await;
+    let (id, old, _) = pair(&s, "till 5").await;
+    let me: serde_json::Value = s
+        .call(Method::GET, "/api/me", As::Cookie(&old))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let expires = me["token_expires_at_ms"].as_i64().unwrap();
+    let renew_after = me["renew_after_ms"].as_i64().unwrap();
+    let ttl = i64::try_from(DEFAULT_TOKEN_TTL.as_millis()).unwrap();
+    assert_eq!(expires - renew_after, ttl / 2);
+    assert_eq!(me["renew_due"], false);
+    let resp = s
+        .call(Method::POST, "/api/tablet/renew", As::Cookie(&old))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let new = body["token"].as_str().unwrap().to_owned();
+    assert_eq!(body["tablet_id"], id.as_str());
+    assert!(
+        cookie.starts_with(&format!("instore_tablet={new};")),
+        "{cookie}"
+    );
+    let status = |t: String| {
+        let s = &s;
+        async move {
+            s.call(Method::GET, "/api/alerts", As::Cookie(&t))
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        status(old.clone()).await,
+        200,
+        "old token until the new is used"
+    );
+    assert_eq!(status(new.clone()).await, 200);
+    assert_eq!(status(old.clone()).await, 401);
+    assert_eq!(status(new.clone()).await, 200);
+    // The manager is not a tablet and has no token to renew.
+    let admin = s
+        .call(Method::POST, "/api/tablet/renew", As::Bearer(TOKEN))
+        .await;
+    assert_eq!(admin.status(), 400);
+    let counted = |kind: &'static str| {
+        s.metrics
+            .tablet_tokens
+            .get_or_create(&vec![("kind", kind)])
+            .get()
+    };
+    assert_eq!((counted("renewed"), counted("switched")), (1, 1));
 }
 
 #[tokio::test]

@@ -20,7 +20,9 @@ pub use event::{
     Hello, MAX_HELLO_BOOTS, MAX_SEQ_JUMP, MemberSnapshot, MembersNotice, SEQ_LIMIT, ScannerState,
     SeqRange, ShedClass, Welcome,
 };
-pub use member::{Consent, Identifier, IdentifierKey, MemberError, MemberRecord, parse_ndjson};
+pub use member::{
+    Consent, Identifier, IdentifierKey, MemberError, MemberLines, MemberRecord, parse_ndjson,
+};
 
 /// Version of every JSON payload in this crate. A receiver refuses payloads with a newer major.
 pub const SCHEMA_VERSION: u32 = 1;

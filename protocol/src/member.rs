@@ -328,29 +328,47 @@ impl MemberRecord {
 /// Parses NDJSON member records. Blank lines are ignored; a line that fails to parse or validate,
 /// or that claims an identifier an earlier line already holds, is reported and skipped.
 pub fn parse_ndjson(text: &str) -> (Vec<MemberRecord>, Vec<LineError>) {
+    let mut lines = MemberLines::default();
     let mut members = Vec::new();
     let mut errors = Vec::new();
-    let mut owners: HashMap<IdentifierKey, String> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
+        match lines.parse(i + 1, line) {
+            Some(Ok(m)) => members.push(m),
+            Some(Err(e)) => errors.push(e),
+            None => {}
         }
+    }
+    (members, errors)
+}
+
+/// [`parse_ndjson`] one line at a time, for imports read as a stream: it remembers which member
+/// holds each identifier so far, so a later line claiming one is refused as in a whole file.
+#[derive(Debug, Default)]
+pub struct MemberLines {
+    owners: HashMap<IdentifierKey, String>,
+}
+
+impl MemberLines {
+    /// Line `line_no` of the file: `None` if blank, else the record or why it was refused.
+    pub fn parse(&mut self, line_no: usize, line: &str) -> Option<Result<MemberRecord, LineError>> {
+        if line.trim().is_empty() {
+            return None;
+        }
+        let refused = |error| {
+            Some(Err(LineError {
+                line: line_no,
+                error,
+            }))
+        };
         let result = serde_json::from_str::<MemberRecord>(line)
             .map_err(|e| MemberError::Json(e.to_string()))
             .and_then(|m| m.validate().map(|keys| (m, keys)));
         let (member, keys) = match result {
             Ok(ok) => ok,
-            Err(error) => {
-                errors.push(LineError {
-                    line: line_no,
-                    error,
-                });
-                continue;
-            }
+            Err(error) => return refused(error),
         };
         let clash = keys.iter().enumerate().find_map(|(index, k)| {
-            owners
+            self.owners
                 .get(k)
                 .filter(|other| **other != member.member_id)
                 .map(|other| MemberError::DuplicateIdentifier {
@@ -359,18 +377,13 @@ pub fn parse_ndjson(text: &str) -> (Vec<MemberRecord>, Vec<LineError>) {
                 })
         });
         if let Some(error) = clash {
-            errors.push(LineError {
-                line: line_no,
-                error,
-            });
-            continue;
+            return refused(error);
         }
         for k in keys {
-            owners.insert(k, member.member_id.clone());
+            self.owners.insert(k, member.member_id.clone());
         }
-        members.push(member);
+        Some(Ok(member))
     }
-    (members, errors)
 }
 
 fn valid_birthday(s: &str) -> bool {

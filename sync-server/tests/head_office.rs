@@ -196,6 +196,7 @@ async fn the_api_refuses_missing_tokens_with_401_and_bad_requests_with_400() {
     assert_eq!(r.status(), 400);
     let r = hq.get("/api/events?gateway=a/b").await;
     assert_eq!(r.status(), 400);
+    // A line that is not text is skipped with its reason, like any other bad line.
     let r = client
         .post(hq.url("/api/members"))
         .bearer_auth(ADMIN)
@@ -203,9 +204,15 @@ async fn the_api_refuses_missing_tokens_with_401_and_bad_requests_with_400() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400);
+    assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("UTF-8"));
+    assert_eq!(body["imported"], 0);
+    assert!(
+        body["skipped"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8")
+    );
     let r = client
         .post(hq.url("/api/members"))
         .body(MEMBERS)
@@ -213,6 +220,103 @@ async fn the_api_refuses_missing_tokens_with_401_and_bad_requests_with_400() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    hq.stop().await;
+}
+
+/// Sends a request head announcing a 1 GiB body and only a few bytes of it: the answer must come
+/// at once, from the head alone.
+async fn answer_to_a_huge_announced_body(hq: &Hq, path: &str, token: Option<&str>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = hq
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/x-ndjson\r\n\
+         Content-Length: 1073741824\r\n\r\n{{\"member_id\":"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(common::WAIT, tcp.read(&mut buf))
+        .await
+        .expect("no answer while the body was still to come")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn an_unauthenticated_import_is_refused_before_its_body_is_read() {
+    let hq = Hq::start(embedded()).await;
+    for path in ["/api/members", "/api/purchases"] {
+        for token in [None, Some("wrong")] {
+            let answer = answer_to_a_huge_announced_body(&hq, path, token).await;
+            assert!(answer.starts_with("HTTP/1.1 401"), "{path}: {answer}");
+        }
+    }
+    let m = hq.metrics().await;
+    assert_eq!(metric(&m, "instore_sync_http_unauthorized_total"), 4.0);
+    hq.stop().await;
+}
+
+#[tokio::test]
+async fn a_streamed_member_import_keeps_identifier_clashes_across_batches_and_caps_its_listing() {
+    let hq = Hq::start(embedded()).await;
+    let mac = |i: u32| {
+        format!(
+            "C0:00:00:{:02X}:{:02X}:{:02X}",
+            i >> 16,
+            (i >> 8) & 0xff,
+            i & 0xff
+        )
+    };
+    let member = |id: &str, i: u32| {
+        format!(
+            r#"{{"member_id":"{id}","display_name":"N","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"mac","address":"{}"}}]}}"#,
+            mac(i)
+        )
+    };
+    let mut lines: Vec<String> = (0..2_500).map(|i| member(&format!("M{i}"), i)).collect();
+    // Line 2,501 claims M0's address: M0 came in the first batch, this line in the second.
+    lines.push(member("X1", 0));
+    lines.extend((0..1_005).map(|i| format!("not json {i}")));
+    lines.push(member("M-last", 9_999));
+    let text = lines.join("\n");
+    // Sent in small pieces, so lines straddle the chunks as they would over a slow link.
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = text
+        .as_bytes()
+        .chunks(7_001)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let r = reqwest::Client::new()
+        .post(hq.url("/api/members"))
+        .bearer_auth(ADMIN)
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(pieces)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["imported"], 2_501);
+    assert_eq!(report["skipped_total"], 1_006);
+    let listed = report["skipped"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        1_000,
+        "the listing is capped, the count is not"
+    );
+    assert_eq!(listed[0]["line"], 2_501);
+    assert!(
+        listed[0]["error"].as_str().unwrap().contains("M0"),
+        "{}",
+        listed[0]
+    );
+    assert_eq!(listed[1]["line"], 2_502);
+    let last = hq.get_json("/api/members/M-last").await;
+    assert_eq!(last["member_id"], "M-last");
+    assert_eq!(hq.get("/api/members/X1").await.status(), 404);
     hq.stop().await;
 }
 

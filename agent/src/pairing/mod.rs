@@ -1,16 +1,24 @@
 //! Tablet pairing: which clerk tablets may see member data.
 //!
 //! In: requests for a one-time pairing code (the admin API, used by `instore-agent pair-tablet`),
-//! code redemptions from tablets (`POST /api/pair`), revocations (`tablets revoke`). Out: a
-//! long-lived random token per tablet — kept only as its SHA-256 in `data_dir/tablets.db` and in
-//! memory — and a [`TokenCheck`] the web server asks on every request. Revoking a tablet takes
-//! effect at once: its token stops matching and its open alert streams are ended through the
-//! tablet's session token.
+//! code redemptions from tablets (`POST /api/pair`), token renewals (`POST /api/tablet/renew`),
+//! revocations (`tablets revoke`). Out: a random token per tablet — kept only as its SHA-256 in
+//! `data_dir/tablets.db` and in memory — and a [`TokenCheck`] the web server asks on every
+//! request. Revoking a tablet takes effect at once: its token stops matching and its open alert
+//! streams are ended through the tablet's session token.
+//!
+//! Tokens expire (`[http] tablet_token_days`, 90 by default). A tablet renews its own token: the
+//! renewal hands out a new one and keeps the old one working until the new one is first
+//! presented, so a renewal answer lost on the way never locks a tablet out; from that first use
+//! on the old token is dead and the new one runs a full lifetime. The clerk page renews once half
+//! the lifetime has gone. An expired tablet's streams end within [`FLUSH_EVERY`].
 //!
 //! Codes live in memory only (they are short-lived and single-use: an agent restart voids them).
-//! Failed redemptions are rate-limited for the whole agent: guessing a 40-bit code at
-//! [`MAX_FAILURES_PER_MINUTE`] is hopeless, at the cost that a flood of bad guesses can delay a
-//! genuine pairing by a minute.
+//! Failed redemptions are rate-limited per client (an IPv4 address or an IPv6 /64) at
+//! [`MAX_FAILURES_PER_MINUTE`], so one misbehaving device cannot lock out the store's other
+//! tablets, and for all clients together at [`MAX_FAILURES_PER_MINUTE_ALL`], so many addresses
+//! cannot multiply the guesses: at 100 a minute, a 40-bit code outlives its ten minutes with odds
+//! of about one in a billion.
 
 pub mod client;
 pub mod qr;
@@ -36,8 +44,15 @@ use crate::{
 };
 use store::{Row, TabletStore};
 
-/// Failed code redemptions allowed per minute, for the whole agent.
+/// Failed code redemptions allowed per minute from one client.
 pub const MAX_FAILURES_PER_MINUTE: u32 = 10;
+/// Failed code redemptions allowed per minute from all clients together.
+pub const MAX_FAILURES_PER_MINUTE_ALL: u32 = 100;
+/// Clients whose failures are tracked one by one, at most; beyond, a new client's failures count
+/// toward the all-clients limit only (the map cannot be grown without bound by spoofed sources).
+const MAX_CLIENTS: usize = 4096;
+/// A tablet token's lifetime unless `[http] tablet_token_days` says otherwise.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(90 * 86_400);
 /// Unredeemed codes kept at most; the oldest is dropped beyond.
 const MAX_CODES: usize = 64;
 /// Code alphabet: no 0/O, 1/I/L, so a code read aloud or typed survives.
@@ -52,6 +67,8 @@ pub enum PairingError {
     BadCode,
     #[error("too many wrong pairing codes; try again in a minute")]
     RateLimited,
+    #[error("this tablet is not paired (any more)")]
+    NotPaired,
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("tablet store task failed: {0}")]
@@ -76,6 +93,25 @@ pub struct Paired {
     pub label: String,
     /// Shown once; only its digest is stored.
     pub token: String,
+    pub expires_at_ms: i64,
+}
+
+/// What a tablet receives when it renews its token.
+#[derive(Debug, Clone, Serialize)]
+pub struct Renewed {
+    pub tablet_id: String,
+    /// Replaces the old token from its first use on.
+    pub token: String,
+    /// When the new token expires if it is first used now.
+    pub expires_at_ms: i64,
+}
+
+/// A tablet token's expiry, for the clerk page.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Expiry {
+    pub expires_at_ms: i64,
+    /// From then on the page should renew.
+    pub renew_after_ms: i64,
 }
 
 /// A row of `tablets list`.
@@ -85,13 +121,14 @@ pub struct TabletInfo {
     pub label: String,
     pub created_ms: i64,
     pub last_seen_ms: Option<i64>,
+    #[serde(default)]
+    pub expires_ms: i64,
 }
 
 struct Tablet {
     id: String,
     label: String,
     created_ms: i64,
-    digest: [u8; 32],
     last_seen_ms: AtomicI64,
     flushed_ms: AtomicI64,
     /// Cancelled on revocation: ends this tablet's open streams.
@@ -101,6 +138,18 @@ struct Tablet {
 struct Code {
     label: String,
     expires_at_ms: i64,
+}
+
+/// A renewed token's first use, to be saved: tablet id, its digest, the new expiry.
+type Switched = (String, [u8; 32], i64);
+
+/// A paired tablet's credentials, changed under the state lock.
+struct Entry {
+    tablet: Arc<Tablet>,
+    digest: [u8; 32],
+    /// A renewed token not presented yet.
+    next: Option<[u8; 32]>,
+    expires_ms: i64,
 }
 
 /// Failures in a fixed one-minute window.
@@ -117,22 +166,72 @@ impl Limiter {
             self.failures = 0;
         }
     }
-    fn limited(&mut self, now_ms: i64) -> bool {
+    fn limited(&mut self, now_ms: i64, max: u32) -> bool {
         self.roll(now_ms);
-        self.failures >= MAX_FAILURES_PER_MINUTE
+        self.failures >= max
     }
     fn fail(&mut self, now_ms: i64) {
         self.roll(now_ms);
         self.failures += 1;
     }
+    fn current(&self, now_ms: i64) -> bool {
+        now_ms - self.window_start_ms < 60_000
+    }
+}
+
+/// Who is guessing, as the rate limit sees it: IPv6 clients by their /64 (one host can pick any
+/// address in it), IPv4-mapped addresses as IPv4, and `None` when the peer is unknown.
+type ClientKey = Option<IpAddr>;
+
+fn client_key(ip: Option<IpAddr>) -> ClientKey {
+    ip.map(|ip| match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    })
+}
+
+/// The per-client and all-clients failure windows.
+#[derive(Debug, Default)]
+struct Limiters {
+    all: Limiter,
+    clients: HashMap<ClientKey, Limiter>,
+}
+
+impl Limiters {
+    fn limited(&mut self, client: ClientKey, now_ms: i64) -> bool {
+        self.all.limited(now_ms, MAX_FAILURES_PER_MINUTE_ALL)
+            || self
+                .clients
+                .get_mut(&client)
+                .is_some_and(|l| l.limited(now_ms, MAX_FAILURES_PER_MINUTE))
+    }
+
+    fn fail(&mut self, client: ClientKey, now_ms: i64) {
+        self.all.fail(now_ms);
+        if !self.clients.contains_key(&client) && self.clients.len() >= MAX_CLIENTS {
+            self.clients.retain(|_, l| l.current(now_ms));
+            if self.clients.len() >= MAX_CLIENTS {
+                return;
+            }
+        }
+        self.clients.entry(client).or_default().fail(now_ms);
+    }
 }
 
 #[derive(Default)]
 struct State {
-    by_digest: HashMap<[u8; 32], Arc<Tablet>>,
-    by_id: HashMap<String, Arc<Tablet>>,
+    /// Current and renewed tokens' digests, to tablet ids.
+    by_digest: HashMap<[u8; 32], String>,
+    by_id: HashMap<String, Entry>,
     codes: HashMap<String, Code>,
-    limiter: Limiter,
+    limits: Limiters,
+    /// Renewed tokens presented since the last flush.
+    switched: Vec<Switched>,
 }
 
 struct Inner {
@@ -140,6 +239,7 @@ struct Inner {
     state: Mutex<State>,
     metrics: Metrics,
     url_base: String,
+    token_ttl_ms: i64,
 }
 
 /// Cloneable handle on the paired tablets.
@@ -169,24 +269,62 @@ fn new_code() -> String {
         .collect()
 }
 
+fn ttl_ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
 impl Tablets {
     /// Loads the paired tablets from `path`. `url_base` is how tablets reach this agent
-    /// (`http://192.168.1.20:8080`), for pairing URLs.
-    pub fn open(path: &Path, url_base: &str, metrics: Metrics) -> Result<Self, PairingError> {
+    /// (`http://192.168.1.20:8080`), for pairing URLs; tokens live `token_ttl` from pairing or
+    /// from their renewal's first use.
+    pub fn open(
+        path: &Path,
+        url_base: &str,
+        token_ttl: Duration,
+        metrics: Metrics,
+    ) -> Result<Self, PairingError> {
         let store = TabletStore::open(path)?;
+        let token_ttl_ms = ttl_ms(token_ttl).max(1);
+        let now = crate::now_ms();
+        let mut rows = store.valid()?;
+        if rows.iter().any(|r| r.expires_ms.is_none()) {
+            let expires = now.saturating_add(token_ttl_ms);
+            let n = store.set_missing_expiry(expires)?;
+            tracing::info!(
+                tablets = n,
+                "tablets paired before token expiry get a full lifetime"
+            );
+            for r in rows.iter_mut().filter(|r| r.expires_ms.is_none()) {
+                r.expires_ms = Some(expires);
+            }
+        }
         let mut state = State::default();
-        for row in store.valid()? {
-            let t = Arc::new(Tablet {
+        for row in rows {
+            let expires_ms = row.expires_ms.unwrap_or(now);
+            if expires_ms <= now {
+                continue;
+            }
+            let tablet = Arc::new(Tablet {
                 last_seen_ms: AtomicI64::new(row.last_seen_ms.unwrap_or(0)),
                 flushed_ms: AtomicI64::new(row.last_seen_ms.unwrap_or(0)),
-                id: row.id,
+                id: row.id.clone(),
                 label: row.label,
                 created_ms: row.created_ms,
-                digest: row.digest,
                 session: CancellationToken::new(),
             });
-            state.by_digest.insert(t.digest, t.clone());
-            state.by_id.insert(t.id.clone(), t);
+            state.by_digest.insert(row.digest, row.id.clone());
+            if let Some(next) = row.next_digest {
+                state.by_digest.insert(next, row.id.clone());
+            }
+            state.by_id.insert(
+                row.id,
+                Entry {
+                    tablet,
+                    digest: row.digest,
+                    next: row.next_digest,
+                    expires_ms,
+                },
+            );
         }
         metrics.tablets_paired.set(state.by_id.len() as i64);
         Ok(Self {
@@ -195,6 +333,7 @@ impl Tablets {
                 state: Mutex::new(state),
                 metrics,
                 url_base: url_base.trim_end_matches('/').to_owned(),
+                token_ttl_ms,
             }),
         })
     }
@@ -244,14 +383,23 @@ impl Tablets {
             .inc();
     }
 
+    fn count_token(&self, kind: &'static str) {
+        self.inner
+            .metrics
+            .tablet_tokens
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
+    }
+
     /// Exchanges a code for a token: once, before it expires, unless too many wrong codes came
-    /// in the last minute.
-    pub async fn redeem(&self, code: &str) -> Result<Paired, PairingError> {
+    /// in the last minute from `client` (the peer's address; `None` when unknown) or from all.
+    pub async fn redeem(&self, code: &str, client: Option<IpAddr>) -> Result<Paired, PairingError> {
         let now = crate::now_ms();
         let code = normalize_code(code);
+        let client = client_key(client);
         let label = {
             let mut st = self.lock();
-            if st.limiter.limited(now) {
+            if st.limits.limited(client, now) {
                 drop(st);
                 self.count("rate_limited");
                 tracing::warn!("pairing attempt refused: rate limited");
@@ -260,7 +408,7 @@ impl Tablets {
             match st.codes.remove(&code) {
                 Some(c) if c.expires_at_ms > now => c.label,
                 _ => {
-                    st.limiter.fail(now);
+                    st.limits.fail(client, now);
                     drop(st);
                     self.count("bad_code");
                     tracing::info!("pairing attempt refused: bad code");
@@ -270,12 +418,15 @@ impl Tablets {
         };
         let token = hex::encode(rand::random::<[u8; 32]>());
         let digest = *TokenDigest::of(&token).as_bytes();
+        let expires_ms = now.saturating_add(self.inner.token_ttl_ms);
         let row = Row {
             id: format!("t-{}", hex::encode(rand::random::<[u8; 4]>())),
             label,
             digest,
             created_ms: now,
             last_seen_ms: None,
+            expires_ms: Some(expires_ms),
+            next_digest: None,
         };
         let store = self.inner.store.clone();
         let insert = row.clone();
@@ -286,14 +437,21 @@ impl Tablets {
             id: row.id.clone(),
             label: row.label.clone(),
             created_ms: now,
-            digest,
             last_seen_ms: AtomicI64::new(now),
             flushed_ms: AtomicI64::new(0),
             session: CancellationToken::new(),
         });
         let mut st = self.lock();
-        st.by_digest.insert(digest, tablet.clone());
-        st.by_id.insert(tablet.id.clone(), tablet);
+        st.by_digest.insert(digest, row.id.clone());
+        st.by_id.insert(
+            row.id.clone(),
+            Entry {
+                tablet,
+                digest,
+                next: None,
+                expires_ms,
+            },
+        );
         self.inner.metrics.tablets_paired.set(st.by_id.len() as i64);
         drop(st);
         self.count("ok");
@@ -302,7 +460,88 @@ impl Tablets {
             tablet_id: row.id,
             label: row.label,
             token,
+            expires_at_ms: expires_ms,
         })
+    }
+
+    /// A new token for tablet `id` (which must be paired and unexpired). The current token keeps
+    /// working until the new one is first presented; a second renewal before that replaces the
+    /// first one's token.
+    pub async fn renew(&self, id: &str) -> Result<Renewed, PairingError> {
+        let now = crate::now_ms();
+        if self
+            .lock()
+            .by_id
+            .get(id)
+            .is_none_or(|e| e.expires_ms <= now)
+        {
+            return Err(PairingError::NotPaired);
+        }
+        let token = hex::encode(rand::random::<[u8; 32]>());
+        let digest = *TokenDigest::of(&token).as_bytes();
+        let store = self.inner.store.clone();
+        let owned = id.to_owned();
+        // On disk before the tablet can hold it: a restart must still know the new token.
+        let stored = tokio::task::spawn_blocking(move || store.set_next(&owned, &digest))
+            .await
+            .map_err(|e| PairingError::Task(e.to_string()))??;
+        let mut st = self.lock();
+        let State {
+            by_digest, by_id, ..
+        } = &mut *st;
+        let Some(entry) = by_id.get_mut(id).filter(|_| stored) else {
+            return Err(PairingError::NotPaired);
+        };
+        if let Some(previous) = entry.next.replace(digest) {
+            by_digest.remove(&previous);
+        }
+        by_digest.insert(digest, id.to_owned());
+        drop(st);
+        self.count_token("renewed");
+        tracing::info!(tablet = %id, "tablet token renewed");
+        Ok(Renewed {
+            tablet_id: id.to_owned(),
+            token,
+            expires_at_ms: now.saturating_add(self.inner.token_ttl_ms),
+        })
+    }
+
+    /// When tablet `id`'s token expires and when it should be renewed.
+    pub fn expiry(&self, id: &str) -> Option<Expiry> {
+        let st = self.lock();
+        let e = st.by_id.get(id)?;
+        Some(Expiry {
+            expires_at_ms: e.expires_ms,
+            renew_after_ms: e.expires_ms - self.inner.token_ttl_ms / 2,
+        })
+    }
+
+    /// Forgets tablets whose token expired and ends their streams. Returns how many.
+    pub fn expire_due(&self) -> usize {
+        let now = crate::now_ms();
+        let mut st = self.lock();
+        let due: Vec<String> = st
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.expires_ms <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &due {
+            if let Some(e) = st.by_id.remove(id) {
+                st.by_digest.remove(&e.digest);
+                if let Some(next) = e.next {
+                    st.by_digest.remove(&next);
+                }
+                e.tablet.session.cancel();
+                tracing::info!(tablet = %id, label = %e.tablet.label, "tablet token expired");
+            }
+        }
+        self.inner.metrics.tablets_paired.set(st.by_id.len() as i64);
+        drop(st);
+        for _ in &due {
+            self.count_token("expired");
+        }
+        due.len()
     }
 
     /// Revokes a tablet at once: its token stops matching and its open streams end. Returns
@@ -315,9 +554,12 @@ impl Tablets {
             .map_err(|e| PairingError::Task(e.to_string()))??;
         let mut st = self.lock();
         let removed = st.by_id.remove(id);
-        if let Some(t) = &removed {
-            st.by_digest.remove(&t.digest);
-            t.session.cancel();
+        if let Some(e) = &removed {
+            st.by_digest.remove(&e.digest);
+            if let Some(next) = e.next {
+                st.by_digest.remove(&next);
+            }
+            e.tablet.session.cancel();
         }
         self.inner.metrics.tablets_paired.set(st.by_id.len() as i64);
         drop(st);
@@ -333,13 +575,15 @@ impl Tablets {
         let mut list: Vec<TabletInfo> = st
             .by_id
             .values()
-            .map(|t| {
+            .map(|e| {
+                let t = &e.tablet;
                 let seen = t.last_seen_ms.load(Ordering::Relaxed);
                 TabletInfo {
                     id: t.id.clone(),
                     label: t.label.clone(),
                     created_ms: t.created_ms,
                     last_seen_ms: (seen > 0).then_some(seen),
+                    expires_ms: e.expires_ms,
                 }
             })
             .collect();
@@ -348,27 +592,50 @@ impl Tablets {
     }
 
     pub fn label(&self, id: &str) -> Option<String> {
-        self.lock().by_id.get(id).map(|t| t.label.clone())
+        self.lock().by_id.get(id).map(|e| e.tablet.label.clone())
     }
 
-    /// Cancelled when the tablet is revoked; `None` if it is not paired (any more).
+    /// Cancelled when the tablet is revoked or expires; `None` if it is not paired (any more).
     pub fn session(&self, id: &str) -> Option<CancellationToken> {
-        self.lock().by_id.get(id).map(|t| t.session.clone())
+        self.lock().by_id.get(id).map(|e| e.tablet.session.clone())
     }
 
-    /// Writes changed `last_seen` times to disk.
+    /// Writes changed `last_seen` times and switched tokens to disk.
     pub async fn flush_last_seen(&self) {
-        let seen: Vec<(String, i64)> = {
-            let st = self.lock();
-            st.by_id
+        let (seen, switched): (Vec<(String, i64)>, Vec<Switched>) = {
+            let mut st = self.lock();
+            let seen = st
+                .by_id
                 .values()
-                .filter_map(|t| {
+                .filter_map(|e| {
+                    let t = &e.tablet;
                     let seen = t.last_seen_ms.load(Ordering::Relaxed);
                     (seen > t.flushed_ms.swap(seen, Ordering::Relaxed))
                         .then(|| (t.id.clone(), seen))
                 })
-                .collect()
+                .collect();
+            (seen, std::mem::take(&mut st.switched))
         };
+        if !switched.is_empty() {
+            let store = self.inner.store.clone();
+            let batch = switched.clone();
+            let failed = match tokio::task::spawn_blocking(move || store.switch(&batch)).await {
+                Ok(Ok(())) => false,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "switched tablet tokens not saved; retried");
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "tablet token task failed; retried");
+                    true
+                }
+            };
+            if failed {
+                // Until saved, a restart would take the old tokens again (the new ones switch
+                // again on their next use): harmless, but retried so it does not last.
+                self.lock().switched.extend(switched);
+            }
+        }
         if seen.is_empty() {
             return;
         }
@@ -385,22 +652,50 @@ impl TokenCheck for Tablets {
     fn check(&self, token: &str) -> Option<Principal> {
         // A map lookup by digest: timing can at most reveal a prefix of a SHA-256 the attacker
         // cannot invert, never of the token.
-        let digest = TokenDigest::of(token);
-        let st = self.lock();
-        let t = st.by_digest.get(digest.as_bytes())?;
-        t.last_seen_ms.store(crate::now_ms(), Ordering::Relaxed);
-        Some(Principal::Tablet(t.id.clone()))
+        let digest = *TokenDigest::of(token).as_bytes();
+        let now = crate::now_ms();
+        let mut st = self.lock();
+        let State {
+            by_digest,
+            by_id,
+            switched,
+            ..
+        } = &mut *st;
+        let id = by_digest.get(&digest)?.clone();
+        let entry = by_id.get_mut(&id)?;
+        if entry.expires_ms <= now {
+            return None;
+        }
+        if entry.next == Some(digest) {
+            // The renewed token's first use: from now on it alone works, for a full lifetime.
+            let old = std::mem::replace(&mut entry.digest, digest);
+            entry.next = None;
+            entry.expires_ms = now.saturating_add(self.inner.token_ttl_ms);
+            by_digest.remove(&old);
+            switched.push((id.clone(), digest, entry.expires_ms));
+            entry.tablet.last_seen_ms.store(now, Ordering::Relaxed);
+            drop(st);
+            self.count_token("switched");
+            tracing::info!(tablet = %id, "tablet switched to its renewed token");
+            return Some(Principal::Tablet(id));
+        }
+        entry.tablet.last_seen_ms.store(now, Ordering::Relaxed);
+        Some(Principal::Tablet(id))
     }
 }
 
-/// Saves `last_seen` times every 30 s and once more on shutdown.
+/// Saves `last_seen` times and switched tokens every 30 s and once more on shutdown, and
+/// forgets expired tablets.
 pub async fn run_flush(tablets: Tablets, cancel: CancellationToken) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            _ = tick.tick() => tablets.flush_last_seen().await,
+            _ = tick.tick() => {
+                tablets.expire_due();
+                tablets.flush_last_seen().await;
+            }
         }
     }
     tablets.flush_last_seen().await;
@@ -434,12 +729,21 @@ mod tests {
     use super::*;
 
     fn tablets(dir: &Path) -> Tablets {
+        tablets_ttl(dir, DEFAULT_TOKEN_TTL)
+    }
+
+    fn tablets_ttl(dir: &Path, ttl: Duration) -> Tablets {
         Tablets::open(
             &dir.join("tablets.db"),
             "http://10.0.0.5:8080",
+            ttl,
             Metrics::default(),
         )
         .unwrap()
+    }
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
     }
 
     #[tokio::test]
@@ -449,10 +753,10 @@ mod tests {
         let issued = t.issue_code("till 2", Duration::from_secs(600));
         assert!(issued.url.starts_with("http://10.0.0.5:8080/pair?code="));
         // Typed with a dash and in lower case, it still works.
-        let paired = t.redeem(&issued.code.to_lowercase()).await.unwrap();
+        let paired = t.redeem(&issued.code.to_lowercase(), None).await.unwrap();
         assert_eq!(paired.label, "till 2");
         assert!(matches!(
-            t.redeem(&issued.code).await,
+            t.redeem(&issued.code, None).await,
             Err(PairingError::BadCode)
         ));
         assert_eq!(
@@ -477,7 +781,7 @@ mod tests {
         let t = tablets(dir.path());
         let issued = t.issue_code("x", Duration::ZERO);
         assert!(matches!(
-            t.redeem(&issued.code).await,
+            t.redeem(&issued.code, None).await,
             Err(PairingError::BadCode)
         ));
     }
@@ -487,7 +791,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let t = tablets(dir.path());
         let issued = t.issue_code("x", Duration::from_secs(60));
-        let paired = t.redeem(&issued.code).await.unwrap();
+        let paired = t.redeem(&issued.code, None).await.unwrap();
         let session = t.session(&paired.tablet_id).unwrap();
         assert!(t.revoke(&paired.tablet_id).await.unwrap());
         assert!(session.is_cancelled());
@@ -500,18 +804,27 @@ mod tests {
     async fn wrong_codes_are_rate_limited_even_before_a_right_one() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Metrics::default();
-        let t = Tablets::open(&dir.path().join("t.db"), "http://x", metrics.clone()).unwrap();
+        let t = Tablets::open(
+            &dir.path().join("t.db"),
+            "http://x",
+            DEFAULT_TOKEN_TTL,
+            metrics.clone(),
+        )
+        .unwrap();
         let issued = t.issue_code("x", Duration::from_secs(60));
+        let guesser = ip("192.168.1.66");
         for _ in 0..MAX_FAILURES_PER_MINUTE {
             assert!(matches!(
-                t.redeem("WRONG").await,
+                t.redeem("WRONG", guesser).await,
                 Err(PairingError::BadCode)
             ));
         }
         assert!(matches!(
-            t.redeem(&issued.code).await,
+            t.redeem(&issued.code, guesser).await,
             Err(PairingError::RateLimited)
         ));
+        // The code was not spent by the refused attempt: another tablet still pairs with it.
+        assert!(t.redeem(&issued.code, ip("192.168.1.20")).await.is_ok());
         let bad = metrics
             .pairing_attempts
             .get_or_create(&vec![("result", "bad_code")])
@@ -525,8 +838,170 @@ mod tests {
         for _ in 0..MAX_FAILURES_PER_MINUTE {
             l.fail(1_000);
         }
-        assert!(l.limited(30_000));
-        assert!(!l.limited(61_001));
+        assert!(l.limited(30_000, MAX_FAILURES_PER_MINUTE));
+        assert!(!l.limited(61_001, MAX_FAILURES_PER_MINUTE));
+    }
+
+    #[tokio::test]
+    async fn one_guessing_client_does_not_lock_out_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tablets(dir.path());
+        for _ in 0..MAX_FAILURES_PER_MINUTE + 5 {
+            let _ = t.redeem("WRONG", ip("10.0.0.66")).await;
+        }
+        assert!(matches!(
+            t.redeem("WRONG", ip("10.0.0.66")).await,
+            Err(PairingError::RateLimited)
+        ));
+        let issued = t.issue_code("till 1", Duration::from_secs(60));
+        let paired = t.redeem(&issued.code, ip("10.0.0.21")).await.unwrap();
+        assert_eq!(paired.label, "till 1");
+    }
+
+    #[tokio::test]
+    async fn many_addresses_together_hit_the_all_clients_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tablets(dir.path());
+        for i in 0..MAX_FAILURES_PER_MINUTE_ALL {
+            let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(matches!(
+                t.redeem("WRONG", Some(addr)).await,
+                Err(PairingError::BadCode)
+            ));
+        }
+        let issued = t.issue_code("x", Duration::from_secs(60));
+        assert!(matches!(
+            t.redeem(&issued.code, ip("10.9.9.9")).await,
+            Err(PairingError::RateLimited)
+        ));
+    }
+
+    #[test]
+    fn an_ipv6_client_is_its_64_and_a_mapped_ipv4_is_the_ipv4() {
+        assert_eq!(
+            client_key(ip("2001:db8:1:2:aaaa::1")),
+            client_key(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_key(ip("2001:db8:1:2::1")),
+            client_key(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(ip("::ffff:10.0.0.7")), ip("10.0.0.7"));
+        assert_eq!(client_key(None), None);
+    }
+
+    #[test]
+    fn the_client_table_is_bounded_and_makes_room_from_stale_windows() {
+        let mut l = Limiters::default();
+        for i in 0..MAX_CLIENTS as u32 {
+            l.fail(Some(IpAddr::V4(Ipv4Addr::from(i))), 1_000);
+        }
+        assert_eq!(l.clients.len(), MAX_CLIENTS);
+        // Full of current windows: a new client is counted in the total only.
+        l.fail(ip("203.0.113.1"), 2_000);
+        assert_eq!(l.clients.len(), MAX_CLIENTS);
+        assert!(!l.clients.contains_key(&ip("203.0.113.1")));
+        // A minute on, the stale windows make room.
+        l.fail(ip("203.0.113.1"), 70_000);
+        assert_eq!(l.clients.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_renewed_token_replaces_the_old_one_from_its_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tablets(dir.path());
+        let issued = t.issue_code("till 3", Duration::from_secs(60));
+        let paired = t.redeem(&issued.code, None).await.unwrap();
+        let me = Some(Principal::Tablet(paired.tablet_id.clone()));
+        let first = t.renew(&paired.tablet_id).await.unwrap();
+        // The answer may be lost: a second renewal replaces the first one's token.
+        let renewed = t.renew(&paired.tablet_id).await.unwrap();
+        assert_ne!(renewed.token, paired.token);
+        assert_eq!(t.check(&first.token), None);
+        // Until the new token is used, the old one still works.
+        assert_eq!(t.check(&paired.token), me);
+        assert_eq!(t.check(&renewed.token), me);
+        assert_eq!(t.check(&paired.token), None);
+        assert_eq!(t.check(&renewed.token), me);
+        // Saved by the flush: a restart takes the new token only.
+        t.flush_last_seen().await;
+        drop(t);
+        let again = tablets(dir.path());
+        assert_eq!(again.check(&paired.token), None);
+        assert_eq!(again.check(&renewed.token), me);
+        assert!(matches!(
+            again.renew("t-unknown").await,
+            Err(PairingError::NotPaired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_renewal_survives_a_restart_before_its_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tablets(dir.path());
+        let issued = t.issue_code("x", Duration::from_secs(60));
+        let paired = t.redeem(&issued.code, None).await.unwrap();
+        let renewed = t.renew(&paired.tablet_id).await.unwrap();
+        drop(t);
+        let again = tablets(dir.path());
+        let me = Some(Principal::Tablet(paired.tablet_id.clone()));
+        assert_eq!(again.check(&paired.token), me);
+        assert_eq!(again.check(&renewed.token), me);
+        assert_eq!(again.check(&paired.token), None);
+    }
+
+    #[tokio::test]
+    async fn an_expired_token_is_refused_its_streams_end_and_a_restart_keeps_it_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tablets_ttl(dir.path(), Duration::from_millis(300));
+        let issued = t.issue_code("x", Duration::from_secs(60));
+        let paired = t.redeem(&issued.code, None).await.unwrap();
+        let session = t.session(&paired.tablet_id).unwrap();
+        let expiry = t.expiry(&paired.tablet_id).unwrap();
+        assert_eq!(expiry.expires_at_ms, paired.expires_at_ms);
+        assert_eq!(expiry.renew_after_ms, paired.expires_at_ms - 150);
+        assert!(t.check(&paired.token).is_some());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(t.check(&paired.token), None);
+        assert!(matches!(
+            t.renew(&paired.tablet_id).await,
+            Err(PairingError::NotPaired)
+        ));
+        assert_eq!(t.expire_due(), 1);
+        assert!(session.is_cancelled());
+        assert!(t.list().is_empty());
+        drop(t);
+        assert!(tablets(dir.path()).list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn tablets_paired_before_expiry_existed_get_a_full_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tablets.db");
+        let token = "old-token";
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tablets (id TEXT PRIMARY KEY, label TEXT NOT NULL,
+                 token_sha256 BLOB NOT NULL UNIQUE, created_ms INTEGER NOT NULL,
+                 last_seen_ms INTEGER, revoked_ms INTEGER);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO tablets VALUES ('t-old', 'till 9', ?1, 1000, NULL, NULL)",
+                [&TokenDigest::of(token).as_bytes()[..]],
+            )
+            .unwrap();
+        }
+        let before = crate::now_ms();
+        let t = tablets(dir.path());
+        assert_eq!(t.check(token), Some(Principal::Tablet("t-old".into())));
+        let expires = t.expiry("t-old").unwrap().expires_at_ms;
+        assert!(expires >= before + ttl_ms(DEFAULT_TOKEN_TTL));
+        drop(t);
+        // Written down, so the next start does not extend it again.
+        let again = tablets(dir.path());
+        assert_eq!(again.expiry("t-old").unwrap().expires_at_ms, expires);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //!
 //! A request carries its token in `Authorization: Bearer …`, in the `instore_tablet` cookie a
 //! paired tablet's browser got when it paired (HttpOnly, SameSite=Strict: page scripts never see
-//! it, other sites cannot send it), or in a `?token=` query parameter (scripts, old pages). An
+//! it, other sites cannot send it), or — on the alert stream only, because a browser's
+//! `EventSource` cannot set headers — in a `?token=` query parameter. Elsewhere a query token is
+//! ignored: URLs end up in proxy logs, browser history and `Referer` headers. An
 //! [`Authorizer`] asks each of its [`TokenCheck`]s in turn: the admin token from the config, and
 //! the paired tablets ([`crate::pairing::Tablets`]).
 
@@ -155,18 +157,29 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The token a request presents: the bearer header first, then the tablet cookie, else the
-/// `token` query parameter.
+/// The one route that takes a `?token=` (an `EventSource` cannot send a header).
+pub(crate) const QUERY_TOKEN_PATH: &str = "/api/alerts/stream";
+
+/// The bearer token of an `Authorization` header, if that is what it holds.
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The token a request presents: the bearer header first, then the tablet cookie, else — on
+/// [`QUERY_TOKEN_PATH`] only — the `token` query parameter.
 pub(crate) fn presented_token(headers: &HeaderMap, uri: &axum::http::Uri) -> Option<String> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_owned());
+    if headers.contains_key(header::AUTHORIZATION) {
+        return bearer_token(headers);
     }
     if let Some(token) = cookie_token(headers) {
         return Some(token);
+    }
+    if uri.path() != QUERY_TOKEN_PATH {
+        return None;
     }
     // A malformed query string is treated as no token, which is then refused.
     Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
@@ -242,8 +255,22 @@ mod tests {
     }
 
     #[test]
+    fn a_query_token_counts_on_the_alert_stream_only() {
+        let headers = HeaderMap::new();
+        for path in [
+            "/api/presence",
+            "/api/alerts",
+            "/api/admin/tablets",
+            "/api/me",
+        ] {
+            let uri: axum::http::Uri = format!("{path}?token=q").parse().unwrap();
+            assert_eq!(presented_token(&headers, &uri), None, "{path}");
+        }
+    }
+
+    #[test]
     fn the_token_comes_from_the_bearer_header_before_the_query() {
-        let uri: axum::http::Uri = "/api/presence?token=q".parse().unwrap();
+        let uri: axum::http::Uri = "/api/alerts/stream?token=q".parse().unwrap();
         let mut headers = HeaderMap::new();
         assert_eq!(presented_token(&headers, &uri).as_deref(), Some("q"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer h"));
@@ -254,7 +281,7 @@ mod tests {
 
     #[test]
     fn the_tablet_cookie_is_found_among_others_and_beats_the_query() {
-        let uri: axum::http::Uri = "/api/alerts?token=q".parse().unwrap();
+        let uri: axum::http::Uri = "/api/alerts/stream?token=q".parse().unwrap();
         let mut headers = HeaderMap::new();
         headers.insert(
             header::COOKIE,

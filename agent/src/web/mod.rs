@@ -8,24 +8,31 @@
 //! about alerts or tokens itself.
 //!
 //! Routes:
-//! - `GET /healthz`, `GET /metrics` — open, for monitoring.
+//! - `GET /healthz` — open, for monitoring.
+//! - `GET /metrics` — as `[http] metrics` says: by default from this host, or from elsewhere
+//!   with the admin token as a bearer (it shows members present as they come and go).
 //! - `GET /` — the clerk page; `GET /pair?code=…` — the pairing page. Static HTML with no data.
-//! - `POST /api/pair` `{code}` — open but rate-limited: a pairing code for a tablet token (also
-//!   set as an HttpOnly cookie).
+//! - `POST /api/pair` `{code}` — open but rate-limited per client: a pairing code for a tablet
+//!   token (also set as an HttpOnly cookie).
 //! - `GET /api/me`, `GET /api/presence`, `GET /api/alerts?limit=N`, `GET /api/alerts/stream`,
 //!   `POST /api/alerts/{id}/take`, `…/outcome` `{outcome}`, `…/dismiss` — a paired tablet or the
-//!   admin token (see [`auth`]).
+//!   admin token (see [`auth`]); `POST /api/tablet/renew` — a paired tablet, for a new token.
 //! - `POST /api/admin/pairings`, `GET /api/admin/tablets`, `DELETE /api/admin/tablets/{id}` — the
-//!   admin token only (the `pair-tablet` and `tablets` commands).
+//!   admin token, from this host only (the `pair-tablet` and `tablets` commands run on the
+//!   gateway; a token leaked on the LAN cannot pair tablets or revoke them).
 
 pub mod auth;
 mod sse;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{
     Extension, Json, Router,
-    extract::{Path, Query, State},
+    extract::{ConnectInfo, FromRequestParts, Path, Query, State},
     http::{HeaderValue, StatusCode, header},
     middleware,
     response::{Html, IntoResponse, Response},
@@ -38,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     alerts::{Action, Actor, Lifecycle, LifecycleError, StepError, Update},
+    config::MetricsAccess,
     pairing::{PairingError, Tablets},
     presence::PresentMember,
 };
@@ -58,6 +66,8 @@ pub struct WebState {
     pub presence: watch::Receiver<Arc<Vec<PresentMember>>>,
     pub metrics: crate::metrics::Metrics,
     pub registry: Arc<prometheus_client::registry::Registry>,
+    /// `[http] metrics`.
+    pub metrics_access: MetricsAccess,
 }
 
 impl std::fmt::Debug for WebState {
@@ -126,7 +136,9 @@ pub async fn serve_with(
     }
     tracing::info!(%addr, "http listening");
     let app = router_with(state, auth, cancel.clone());
-    axum::serve(listener, app)
+    // The peer address decides who may use the admin API and read metrics, and whose wrong
+    // pairing codes count against whom.
+    axum::serve(listener, app.into_make_service_with_connect_info::<Conn>())
         .with_graceful_shutdown(cancel.cancelled_owned())
         .await?;
     tracing::info!("http stopped");
@@ -141,7 +153,8 @@ pub fn router(state: WebState) -> Router {
     router_with(state, auth, CancellationToken::new())
 }
 
-/// The routes, authorizing with `auth`; alert streams end when `shutdown` fires.
+/// The routes, authorizing with `auth`; alert streams end when `shutdown` fires. Served without
+/// the peer's address (no `ConnectInfo`), every request counts as coming from another host.
 pub fn router_with(state: WebState, auth: Authorizer, shutdown: CancellationToken) -> Router {
     let app = AppState {
         web: state,
@@ -156,14 +169,23 @@ pub fn router_with(state: WebState, auth: Authorizer, shutdown: CancellationToke
         .route("/api/alerts/{id}/take", post(take))
         .route("/api/alerts/{id}/outcome", post(outcome))
         .route("/api/alerts/{id}/dismiss", post(dismiss))
-        .route("/api/admin/pairings", post(issue_code))
-        .route("/api/admin/tablets", get(list_tablets))
-        .route("/api/admin/tablets/{id}", delete(revoke_tablet))
+        .route("/api/tablet/renew", post(renew))
         // route_layer: unknown /api paths are a 404, not a 401.
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,
         ));
+    let admin = Router::new()
+        .route("/api/admin/pairings", post(issue_code))
+        .route("/api/admin/tablets", get(list_tablets))
+        .route("/api/admin/tablets/{id}", delete(revoke_tablet))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            auth::require_token,
+        ))
+        // The outer layer runs first: a request from the LAN is refused before its token is
+        // even looked at, so the admin API offers nothing to guess against.
+        .route_layer(middleware::from_fn_with_state(app.clone(), local_only));
     Router::new()
         .route("/", get(clerk_page))
         .route("/pair", get(pair_page))
@@ -171,6 +193,7 @@ pub fn router_with(state: WebState, auth: Authorizer, shutdown: CancellationToke
         .route("/metrics", get(metrics))
         .route("/api/pair", post(redeem))
         .merge(api)
+        .merge(admin)
         .fallback(not_found)
         // Member data and tokens must not linger in a browser or proxy cache.
         .layer(middleware::map_response(no_store))
@@ -197,7 +220,115 @@ async fn healthz(State(state): State<AppState>) -> Response {
     .into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+/// A connection's two ends, recorded by [`serve`] for every request on it.
+#[derive(Debug, Clone, Copy)]
+pub struct Conn {
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for Conn
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Self {
+            peer: *stream.remote_addr(),
+            local: stream.io().local_addr().ok(),
+        }
+    }
+}
+
+/// Where a request came from, when the server was started with it ([`serve`] is).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    ip: Option<IpAddr>,
+    local_ip: Option<IpAddr>,
+}
+
+impl Peer {
+    fn of(extensions: &axum::http::Extensions) -> Self {
+        let conn = extensions.get::<ConnectInfo<Conn>>().map(|c| c.0);
+        Self {
+            ip: conn.map(|c| c.peer.ip().to_canonical()),
+            local_ip: conn.and_then(|c| c.local).map(|a| a.ip().to_canonical()),
+        }
+    }
+
+    /// This host: a loopback peer (also IPv4-mapped, on a dual-stack listener), or one whose
+    /// address is the one it reached us on — a command on the gateway talking to an agent that
+    /// listens on the LAN address only.
+    pub(crate) fn is_local(self) -> bool {
+        self.ip
+            .is_some_and(|ip| ip.is_loopback() || Some(ip) == self.local_ip)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.extensions))
+    }
+}
+
+fn refused_remote(state: &AppState, route: &'static str) {
+    state
+        .web
+        .metrics
+        .http_refused_remote
+        .get_or_create(&vec![("route", route)])
+        .inc();
+}
+
+/// Middleware for the admin API: this host only.
+async fn local_only(
+    State(state): State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if Peer::of(req.extensions()).is_local() {
+        return next.run(req).await;
+    }
+    refused_remote(&state, "admin");
+    tracing::info!(
+        path = req.uri().path(),
+        "admin API request from another host refused"
+    );
+    error(
+        StatusCode::FORBIDDEN,
+        "the admin API answers on the gateway itself only (run the command there)",
+    )
+}
+
+/// Whether the request carries the admin token as a bearer.
+fn bearer_is_admin(state: &AppState, headers: &axum::http::HeaderMap) -> bool {
+    auth::bearer_token(headers)
+        .and_then(|t| state.auth.authorize(&t))
+        .is_some_and(|p| p == Principal::Admin)
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    peer: Peer,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let allowed = match state.web.metrics_access {
+        MetricsAccess::Open => true,
+        MetricsAccess::Local => peer.is_local() || bearer_is_admin(&state, &headers),
+        MetricsAccess::Token => bearer_is_admin(&state, &headers),
+    };
+    if !allowed {
+        if state.web.metrics_access == MetricsAccess::Local && !peer.is_local() {
+            refused_remote(&state, "metrics");
+        } else {
+            state.web.metrics.http_unauthorized.inc();
+        }
+        return auth::unauthorized();
+    }
     let body = crate::metrics::render(&state.web.registry);
     (
         [(
@@ -229,13 +360,50 @@ fn actor(state: &AppState, principal: &Principal) -> Option<Actor> {
 }
 
 async fn me(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
-    match actor(&state, &p) {
-        Some(a) => Json(serde_json::json!({
-            "id": a.id, "label": a.label, "admin": a.admin, "store_id": state.web.store_id,
-        }))
-        .into_response(),
-        None => auth::unauthorized(),
+    let Some(a) = actor(&state, &p) else {
+        return auth::unauthorized();
+    };
+    let expiry = match &p {
+        Principal::Tablet(id) => state.web.tablets.as_ref().and_then(|t| t.expiry(id)),
+        _ => None,
+    };
+    Json(serde_json::json!({
+        "id": a.id, "label": a.label, "admin": a.admin, "store_id": state.web.store_id,
+        "token_expires_at_ms": expiry.map(|e| e.expires_at_ms),
+        "renew_after_ms": expiry.map(|e| e.renew_after_ms),
+        // Decided here, by this clock: a tablet's own clock may be off by days.
+        "renew_due": expiry.is_some_and(|e| crate::now_ms() >= e.renew_after_ms),
+    }))
+    .into_response()
+}
+
+/// `POST /api/tablet/renew`: a new token for the calling tablet, also set as its cookie. The
+/// old token works until the new one is first used.
+async fn renew(State(state): State<AppState>, Extension(p): Extension<Principal>) -> Response {
+    let Principal::Tablet(id) = &p else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "only a paired tablet renews its token",
+        );
+    };
+    let Some(tablets) = &state.web.tablets else {
+        return error(StatusCode::NOT_FOUND, "pairing is not enabled");
+    };
+    match tablets.renew(id).await {
+        Ok(renewed) => with_tablet_cookie(Json(&renewed).into_response(), &renewed.token),
+        Err(PairingError::NotPaired) => auth::unauthorized(),
+        Err(e) => {
+            tracing::error!(error = %e, "token renewal failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "renewal failed")
+        }
     }
+}
+
+fn with_tablet_cookie(mut resp: Response, token: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&auth::tablet_cookie(token)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 async fn presence(State(state): State<AppState>) -> Response {
@@ -331,6 +499,7 @@ struct RedeemBody {
 
 async fn redeem(
     State(state): State<AppState>,
+    peer: Peer,
     body: Result<Json<RedeemBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Some(tablets) = &state.web.tablets else {
@@ -339,15 +508,8 @@ async fn redeem(
     let Ok(Json(body)) = body else {
         return error(StatusCode::BAD_REQUEST, "body must be {\"code\": \"…\"}");
     };
-    match tablets.redeem(&body.code).await {
-        Ok(paired) => {
-            let cookie = auth::tablet_cookie(&paired.token);
-            let mut resp = Json(&paired).into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                resp.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            resp
-        }
+    match tablets.redeem(&body.code, peer.ip).await {
+        Ok(paired) => with_tablet_cookie(Json(&paired).into_response(), &paired.token),
         Err(e @ PairingError::BadCode) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(e @ PairingError::RateLimited) => {
             let mut resp = error(StatusCode::TOO_MANY_REQUESTS, &e.to_string());
@@ -476,4 +638,32 @@ async fn pair_page() -> Response {
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: &str, local: &str) -> Peer {
+        let mut ext = axum::http::Extensions::new();
+        ext.insert(ConnectInfo(Conn {
+            peer: SocketAddr::new(ip.parse().unwrap(), 50_000),
+            local: Some(SocketAddr::new(local.parse().unwrap(), 8080)),
+        }));
+        Peer::of(&ext)
+    }
+
+    #[test]
+    fn this_host_is_loopback_or_the_address_it_was_reached_on() {
+        assert!(peer("127.0.0.1", "127.0.0.1").is_local());
+        assert!(peer("::1", "::1").is_local());
+        assert!(peer("::ffff:127.0.0.1", "::ffff:127.0.0.1").is_local());
+        // `instore-agent pair-tablet` against an agent listening on its LAN address only.
+        assert!(peer("192.168.1.20", "192.168.1.20").is_local());
+        assert!(peer("::ffff:192.168.1.20", "192.168.1.20").is_local());
+        assert!(!peer("192.168.1.21", "192.168.1.20").is_local());
+        assert!(!peer("192.168.1.21", "127.0.0.1").is_local());
+        // Served without connection info (a router in a test): never local.
+        assert!(!Peer::of(&axum::http::Extensions::new()).is_local());
+    }
 }

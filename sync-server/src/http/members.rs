@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{ApiError, AppState, MAX_IMPORT_BYTES, require_admin};
+use super::{ApiError, AppState, ndjson::NdjsonBody, require_admin};
 use crate::{
     compute::{Level, PyramidRow, run::compute_one},
     fanout::gateway_form,
@@ -17,36 +17,28 @@ use crate::{
     store::db::Sql,
 };
 
-/// `POST /api/members`: the token is checked before a byte of the body is read.
+/// `POST /api/members`: the token is checked before a byte of the body is read, and the body
+/// is then read as a stream and stored batch by batch, so its size is not limited by memory.
 pub(super) async fn import(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let body = axum::body::to_bytes(body, MAX_IMPORT_BYTES)
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "body unreadable or over {MAX_IMPORT_BYTES} bytes (send the file in parts): {e}"
-                ),
-            )
-        })?;
-    let text = std::str::from_utf8(&body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "body is not UTF-8 (byte {}): expected NDJSON member records",
-                e.valid_up_to()
-            ),
-        )
-    })?;
-    let report = ingest::members::import(&state.store, text).await?;
+    let mut body = NdjsonBody::new(body);
+    let mut import = ingest::members::MemberImport::begin(&state.store).await?;
+    loop {
+        let batch = body.next_batch(ingest::members::CHUNK).await?;
+        if batch.is_empty() {
+            break;
+        }
+        import.add(&state.store, batch).await?;
+    }
+    let report = import.finish();
+    tracing::debug!(lines = body.lines_read(), "member import body read");
     tracing::info!(
         imported = report.imported,
-        skipped = report.skipped.len(),
+        skipped = report.skipped_total,
         version = report.version,
         "members imported"
     );

@@ -7,6 +7,7 @@
 pub mod auth;
 mod changes;
 mod members;
+mod ndjson;
 mod purchases;
 
 use std::sync::Arc;
@@ -29,9 +30,6 @@ use crate::{
     store::{Store, StoreError, queries},
 };
 
-/// Largest member import accepted in one request. Imports are upserts, so a bigger member file
-/// is sent in parts.
-pub const MAX_IMPORT_BYTES: usize = 64 * 1024 * 1024;
 /// Gap ranges listed per gateway in `/api/gateways`, at most.
 const MAX_GAPS: usize = 100;
 const DEFAULT_EVENTS_LIMIT: u32 = 100;
