@@ -34,6 +34,7 @@ const TOP: TopLevel = TopLevel {
         "database",
         "compute",
         "membership",
+        "privacy",
     ],
     tables: &[
         "http",
@@ -43,6 +44,7 @@ const TOP: TopLevel = TopLevel {
         "database",
         "compute",
         "membership",
+        "privacy",
     ],
 };
 
@@ -67,6 +69,31 @@ pub struct HqConfig {
     /// Which stores hold which members.
     #[serde(default)]
     pub membership: crate::fanout::MembershipConfig,
+    /// How long head office keeps what gateways send.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+}
+
+/// `[privacy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Events (arrivals, alerts, ...) older than this many days are deleted; 0 keeps them
+    /// forever. Visits, purchases and computed fields are kept: the 12-month figures need them.
+    #[serde(default = "default_events_days")]
+    pub events_days: u32,
+}
+
+fn default_events_days() -> u32 {
+    400
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            events_days: default_events_days(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -374,13 +401,24 @@ listen = "127.0.0.1:1883"
         ));
         // The documented [membership] is the built-in default.
         assert_eq!(cfg.membership, crate::fanout::MembershipConfig::default());
+        assert_eq!(
+            cfg.privacy.events_days,
+            PrivacyConfig::default().events_days
+        );
     }
 
     #[test]
-    fn a_minimal_config_gets_the_default_client_id() {
+    fn a_minimal_config_gets_the_default_client_id_and_retention() {
         let cfg = HqConfig::parse(VALID, "t").unwrap();
         assert_eq!(cfg.broker.client_id, "instore-sync");
         assert_eq!(cfg.http.listen.port(), 8090);
+        assert_eq!(cfg.privacy.events_days, 400);
+        let keep = HqConfig::parse(&format!("{VALID}[privacy]\nevents_days = 0\n"), "t").unwrap();
+        assert_eq!(keep.privacy.events_days, 0);
+        let err = HqConfig::parse(&format!("{VALID}[privacy]\nevents_dayz = 3\n"), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("events_dayz"), "{err}");
     }
 
     #[test]

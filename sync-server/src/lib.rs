@@ -22,6 +22,7 @@ pub mod fanout;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod privacy;
 pub mod runtime;
 pub mod secrets;
 pub mod store;

@@ -284,6 +284,13 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         lease.clone(),
         cancel.clone(),
     ));
+    tokio::spawn(crate::privacy::retention::run(
+        store.clone(),
+        cfg.privacy.events_days,
+        metrics.metrics.clone(),
+        lease.clone(),
+        cancel.clone(),
+    ));
     if shared {
         tokio::spawn(notifier::follow_database(
             store.clone(),

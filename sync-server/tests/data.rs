@@ -7,10 +7,10 @@ mod common;
 
 use std::io::Read;
 
-use common::{ADMIN, FakeGateway, Hq, SECRET, WAIT, both_backends, embedded};
+use common::{ADMIN, FakeGateway, Hq, WAIT, both_backends, changes, embedded, gateway_token};
 use instore_protocol::{
     Event, EventBody,
-    changes::{ChangeOp, ChangesResponse, RemoveReason, SnapshotHeader, SnapshotLine},
+    changes::{ChangeOp, RemoveReason, SnapshotHeader, SnapshotLine},
 };
 use sha2::{Digest, Sha256};
 
@@ -31,23 +31,6 @@ fn purchase(id: &str, member: &str, amount: i64, at: &str) -> String {
 fn today_at(hour: u32) -> String {
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
     format!("{}T{:02}:00:00Z", now.date(), hour.min(now.hour() as u32))
-}
-
-fn gateway_token(store: &str, gw: &str) -> String {
-    instore_protocol::token::gateway_token(SECRET.as_bytes(), store, gw).unwrap()
-}
-
-async fn changes(hq: &Hq, store: &str, since: &str) -> ChangesResponse {
-    let r = reqwest::Client::new()
-        // A cursor's characters (letters, digits, `:`, `=`, `,`, `-`, `_`) need no escaping.
-        .get(hq.url(&format!("/api/stores/{store}/changes?since={since}")))
-        .bearer_auth(gateway_token(store, "gw-1"))
-        .header("X-Instore-Gateway", "gw-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    r.json().await.unwrap()
 }
 
 async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {

@@ -59,6 +59,7 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
         database: Default::default(),
         compute: Default::default(),
         membership: Default::default(),
+        privacy: Default::default(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Members: NDJSON import, one member's computed fields, the pyramid.
+//! Members: NDJSON import, one member's computed fields, erasure, the pyramid.
 
 use axum::{
     Json,
@@ -48,6 +48,43 @@ pub(super) async fn import(
         state.poke.notify_one();
     }
     Ok(Json(report).into_response())
+}
+
+/// `DELETE /api/members/{id}`: erases the member at head office and at every store (see
+/// [`crate::privacy::erase`]). Idempotent: erasing again reports `already_erased`.
+pub(super) async fn erase(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    if id.is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "not a member id"));
+    }
+    let (erased, touched) = state
+        .store
+        .call(move |db| crate::privacy::erase::erase(db, &id, now_ms()))
+        .await?;
+    state.metrics.metrics.members_erased.inc();
+    // Member ids are pseudonyms, but an erasure is logged without one all the same.
+    tracing::info!(
+        had_record = erased.had_record,
+        channels = erased.channels,
+        events = erased.events_anonymised,
+        visits = erased.visits_anonymised,
+        purchases = erased.purchases_anonymised,
+        "member erased"
+    );
+    if !touched.is_empty()
+        && state
+            .notices
+            .send(crate::fanout::notifier::NoticeInput::Heads(touched))
+            .await
+            .is_err()
+    {
+        tracing::warn!("notifier gone: stores learn of the erasure on their next poll");
+    }
+    Ok(Json(erased).into_response())
 }
 
 /// `GET /api/members/{id}`: what head office computes of a member, as of now.

@@ -61,7 +61,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(events))
         .route("/api/rules/report", get(rules_report))
         .route("/api/members", post(members::import))
-        .route("/api/members/{id}", get(members::member))
+        .route(
+            "/api/members/{id}",
+            get(members::member).delete(members::erase),
+        )
         .route("/api/pyramid", get(members::pyramid))
         .route("/api/purchases", post(purchases::import))
         .route("/api/stores/{store}/changes", get(changes::changes))

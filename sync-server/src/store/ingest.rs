@@ -216,6 +216,7 @@ fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, 
             opted_out.insert(r.string(0)?);
             Ok(())
         })?;
+        opted_out.extend(erased_among(tx, &members)?);
     }
     let is_opted_out = |e: &StoredEvent| {
         e.presence
@@ -275,6 +276,41 @@ fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, 
     }
     visits::apply_all(tx, &b.store_id, &b.gateway_id, &facts)?;
     Ok((inserted, redacted))
+}
+
+/// Of `members` (text values), those erased and not imported again since: a gateway that had not
+/// yet heard of an erasure may still send their events.
+fn erased_among(tx: &mut Tx<'_>, members: &[Value]) -> Result<Vec<String>, StoreError> {
+    let by_hash: std::collections::HashMap<String, &str> = members
+        .iter()
+        .filter_map(|v| match v {
+            Value::Text(id) => Some((crate::privacy::member_hash(id), id.as_str())),
+            _ => None,
+        })
+        .collect();
+    let hashes: Vec<Value> = by_hash.keys().map(Value::from).collect();
+    let mut erased = Vec::new();
+    bulk::for_each(tx, &sql::SELECT_ERASED, &hashes, |r| {
+        if let Some(id) = by_hash.get(r.str(0)?) {
+            erased.push(Value::from(*id));
+        }
+        Ok(())
+    })?;
+    if erased.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut held = HashSet::new();
+    bulk::for_each(tx, &sql::SELECT_HELD, &erased, |r| {
+        held.insert(r.string(0)?);
+        Ok(())
+    })?;
+    Ok(erased
+        .into_iter()
+        .filter_map(|v| match v {
+            Value::Text(id) if !held.contains(&id) => Some(id),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Records the hello's boots on first mention (floor = the gateway's mark now) and answers with

@@ -30,6 +30,9 @@ pub struct GatewayRow {
     pub duplicates_dropped: u64,
     pub bad_payloads: u64,
     pub last_seen_ms: i64,
+    /// Events numbered up to this one were deleted as past their retention age (0: none): no
+    /// gaps are reported at or below it.
+    pub retained_from: u64,
     /// Missing ranges below `last_seq`, lowest first, at most the requested number. Numbers
     /// the gateway reported as shed are not gaps.
     pub gaps: Vec<GapRange>,
@@ -90,6 +93,7 @@ pub fn gateways(db: &mut Db, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreEr
                 duplicates_dropped: r.u64(5)?,
                 bad_payloads: r.u64(6)?,
                 last_seen_ms: r.i64(7)?,
+                retained_from: r.u64(8)?,
                 gaps: Vec::new(),
                 shed: Vec::new(),
             })
@@ -112,33 +116,41 @@ pub fn gateways(db: &mut Db, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreEr
         // otherwise something else is lost in it too and its gaps stay listed.
         let mut explained = Vec::new();
         for r in &row.shed {
+            // Only the part above what retention deleted can be missing.
+            let first = r.first.max(row.retained_from + 1);
+            let last = r.last.min(row.last_seq);
+            if first > last {
+                explained.push((r.first, r.last));
+                continue;
+            }
             let held = tx
-                .query_one(
-                    &sql::COUNT_STORED_IN_RANGE,
-                    params![&row.id, r.first, r.last.min(row.last_seq)],
-                )?
+                .query_one(&sql::COUNT_STORED_IN_RANGE, params![&row.id, first, last])?
                 .u64(0)?;
-            let span = r.last.min(row.last_seq).saturating_sub(r.first) + 1;
+            let span = last - first + 1;
             if span.saturating_sub(held) <= r.count {
                 explained.push((r.first, r.last));
             }
         }
         // Streamed: explained gaps do not count towards `max_gaps`, so no LIMIT in SQL.
         let mut gaps = Vec::new();
-        tx.for_each(&sql::SELECT_GAPS, params![&row.id], |r| {
-            if gaps.len() < max_gaps {
-                let gap = GapRange {
-                    first: r.u64(0)?,
-                    last: r.u64(1)?,
-                };
-                for piece in unexplained(gap, &explained) {
-                    if gaps.len() < max_gaps {
-                        gaps.push(piece);
+        tx.for_each(
+            &sql::SELECT_GAPS,
+            params![&row.id, row.retained_from],
+            |r| {
+                if gaps.len() < max_gaps {
+                    let gap = GapRange {
+                        first: r.u64(0)?,
+                        last: r.u64(1)?,
+                    };
+                    for piece in unexplained(gap, &explained) {
+                        if gaps.len() < max_gaps {
+                            gaps.push(piece);
+                        }
                     }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         row.gaps = gaps;
     }
     tx.commit()?;

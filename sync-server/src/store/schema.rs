@@ -198,6 +198,16 @@ CREATE TABLE leases (
     expires_ms BIGINT NOT NULL
 );
 ",
+    // 5: erased members, by the SHA-256 of their id only, so that events a gateway sends after
+    // the erasure are stored without their content; what retention deleted, per gateway.
+    "
+CREATE TABLE erased_members (
+    member_hash  TEXT   PRIMARY KEY,
+    erased_at_ms BIGINT NOT NULL
+);
+-- Events numbered up to this were deleted by retention: no gaps below it.
+ALTER TABLE gateways ADD COLUMN retained_from INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -367,6 +377,15 @@ CREATE TABLE leases (
     holder     TEXT   NOT NULL,
     expires_ms BIGINT NOT NULL
 );
+",
+    // 5: erased members, by the SHA-256 of their id only, so that events a gateway sends after
+    // the erasure are stored without their content; what retention deleted, per gateway.
+    "
+CREATE TABLE erased_members (
+    member_hash  TEXT   PRIMARY KEY,
+    erased_at_ms BIGINT NOT NULL
+);
+ALTER TABLE gateways ADD COLUMN retained_from BIGINT NOT NULL DEFAULT 0;
 ",
 ];
 

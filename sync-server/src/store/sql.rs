@@ -21,6 +21,20 @@ pub static SELECT_OPTED_OUT: Rows = Rows {
     tail: ")",
 };
 
+/// Which of the named members (by the SHA-256 of their id) head office erased.
+pub static SELECT_ERASED: Rows = Rows {
+    head: "SELECT member_hash FROM erased_members WHERE member_hash IN (VALUES",
+    width: 1,
+    tail: ")",
+};
+
+/// Which of the named members head office holds (an erased member imported again is back).
+pub static SELECT_HELD: Rows = Rows {
+    head: "SELECT member_id FROM members WHERE member_id IN (VALUES",
+    width: 1,
+    tail: ")",
+};
+
 /// Creates the gateway on first sight; afterwards only its store and last-seen time move.
 pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
     "INSERT INTO gateways (id, store, last_seen_ms)
@@ -78,15 +92,16 @@ pub const INSERT_SHED_RANGE: Sql = Sql::same(
 
 pub const SELECT_GATEWAYS: Sql = Sql::same(
     "SELECT id, store, online, last_seq, events_received,
-    duplicates_dropped, bad_payloads, last_seen_ms FROM gateways ORDER BY id",
+    duplicates_dropped, bad_payloads, last_seen_ms, retained_from FROM gateways ORDER BY id",
 );
 
-/// Missing sequence numbers below the highest stored one, as inclusive ranges. `LAG` with a
-/// default of 0 makes a batch that never arrived at the start (seq 1..) count as a gap too.
+/// Missing sequence numbers below the highest stored one, as inclusive ranges, above `?2`
+/// (what retention deleted). `LAG` defaulting to `?2` makes a batch that never arrived at the
+/// start (seq 1.., or just above the retained mark) count as a gap too.
 pub const SELECT_GAPS: Sql = Sql::same(
     "SELECT prev + 1, seq - 1 FROM (
-        SELECT seq, LAG(seq, 1, CAST(0 AS BIGINT)) OVER (ORDER BY seq) AS prev
-        FROM events WHERE gateway_id = ?1
+        SELECT seq, LAG(seq, 1, CAST(?2 AS BIGINT)) OVER (ORDER BY seq) AS prev
+        FROM events WHERE gateway_id = ?1 AND seq > ?2
     ) AS numbered WHERE seq > prev + 1 ORDER BY seq",
 );
 

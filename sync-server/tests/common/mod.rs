@@ -173,3 +173,26 @@ impl FakeGateway {
 pub fn ranges(ack: &Ack) -> Vec<(u64, u64)> {
     ack.ranges.iter().map(|r| (r.first, r.last)).collect()
 }
+
+/// The token of gateway `gw` of `store` under the tests' fleet secret.
+pub fn gateway_token(store: &str, gw: &str) -> String {
+    instore_protocol::token::gateway_token(SECRET.as_bytes(), store, gw).unwrap()
+}
+
+/// `store`'s change stream since `since`, as gateway `gw-1` pulls it.
+pub async fn changes(
+    hq: &Hq,
+    store: &str,
+    since: &str,
+) -> instore_protocol::changes::ChangesResponse {
+    let r = reqwest::Client::new()
+        // A cursor's characters (letters, digits, `:`, `=`, `,`, `-`, `_`) need no escaping.
+        .get(hq.url(&format!("/api/stores/{store}/changes?since={since}")))
+        .bearer_auth(gateway_token(store, "gw-1"))
+        .header("X-Instore-Gateway", "gw-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    r.json().await.unwrap()
+}
