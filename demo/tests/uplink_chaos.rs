@@ -529,38 +529,6 @@ async fn mosquitto_a_rolled_back_outbox_reuses_no_acknowledged_number() {
 
 // --- garbage on head office's topics -------------------------------------------------------
 
-async fn publish_raw(broker: &str, topic: &str, payloads: Vec<Vec<u8>>) {
-    let (host, port) = broker
-        .strip_prefix("mqtt://")
-        .unwrap()
-        .rsplit_once(':')
-        .unwrap();
-    let mut opts = rumqttc::MqttOptions::new("chaos-vandal", host, port.parse().unwrap());
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
-    let n = payloads.len();
-    for p in payloads {
-        client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, false, p)
-            .await
-            .unwrap();
-    }
-    let mut acked = 0;
-    tokio::time::timeout(WAIT, async {
-        while acked < n {
-            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
-                eventloop.poll().await.unwrap()
-            {
-                acked += 1;
-            }
-        }
-    })
-    .await
-    .expect("the broker took the garbage");
-    client.disconnect().await.unwrap();
-    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
-}
-
 async fn garbage_is_refused_counted_and_ingest_goes_on(kind: BrokerKind) {
     let rig = Rig::new(kind, "gw-garbage").await;
     let agent = rig.start_agent().await;
@@ -595,6 +563,7 @@ async fn garbage_is_refused_counted_and_ingest_goes_on(kind: BrokerKind) {
     foreign.gateway_id = "gw-someone-else".into();
     publish_raw(
         &rig.hq.mqtt,
+        false,
         &instore_protocol::topics::events(rig.gateway()),
         vec![
             full[..full.len() / 2].to_vec(),

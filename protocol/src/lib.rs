@@ -5,6 +5,7 @@
 //! the snapshot the stores download) and gateway tokens. Agent and sync-server convert these into
 //! their own domain types at the edge. This crate does no I/O and depends on serde and little else.
 
+pub mod auth;
 pub mod changes;
 pub mod eddystone_eid;
 pub mod event;

@@ -128,6 +128,11 @@ pub struct AuthConfig {
     /// ([`crate::secrets`]).
     #[serde(default)]
     pub gateway_secret: Option<String>,
+    /// Refuse MQTT messages that are not sealed ([`instore_protocol::auth`]). Off by default so
+    /// that gateways of an older release keep working; a gateway that has sealed once is held
+    /// to it either way. Turn on once every gateway runs a release that seals.
+    #[serde(default)]
+    pub require_sealed: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

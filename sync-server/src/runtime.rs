@@ -190,6 +190,8 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             cfg.data_dir.display()
         ),
     }
+    let message_auth =
+        crate::ingest::decode::MessageAuth::new(gateway_secret.as_bytes(), cfg.auth.require_sealed);
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| crate::store::StoreError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -272,6 +274,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             client: client.clone(),
             metrics: metrics.metrics.clone(),
             notices: notice_tx.clone(),
+            auth: message_auth.clone(),
         }
         .run(publish_rx),
     );
@@ -320,12 +323,14 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         Notices::new(cfg.membership.clone(), heads, known_stores),
         client.clone(),
         metrics.metrics.clone(),
+        message_auth.clone(),
     ));
     let app = http::router(AppState {
         store,
         metrics,
         admin_token: Arc::from(cfg.api.token.as_str()),
         gateway_secret: Arc::from(gateway_secret.as_str()),
+        message_auth,
         notices: notice_tx,
         fanout: Arc::new(fanout),
         compute: Arc::new(cfg.compute.clone()),

@@ -54,6 +54,7 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
         },
         auth: AuthConfig {
             gateway_secret: Some(SECRET.into()),
+            require_sealed: false,
         },
         broker,
         database: Default::default(),

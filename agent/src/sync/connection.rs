@@ -7,13 +7,17 @@
 
 use std::time::Duration;
 
-use instore_protocol::{Ack, MembersNotice, SCHEMA_VERSION, topics};
+use instore_protocol::{
+    Ack, MembersNotice, SCHEMA_VERSION,
+    auth::{self, MessageKey, Opened},
+    topics,
+};
 use rumqttc::{AsyncClient, Event, EventLoop, Outgoing, Packet, Publish, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backoff, Link, downlink::Notice};
+use super::{Backoff, Link, Sealer, downlink::Notice};
 use crate::metrics::Metrics;
 
 /// How long shutdown may take to say goodbye to the broker.
@@ -31,6 +35,12 @@ pub(super) struct Connection {
     pub acks: mpsc::Sender<Ack>,
     pub notices: watch::Sender<Notice>,
     pub metrics: Metrics,
+    /// This gateway's key: acks are checked with it.
+    pub sealer: Sealer,
+    /// Head office has sealed an ack: from then on a plain one is a forgery and refused.
+    pub hq_seals: bool,
+    /// The store's notice key, once the downlink has it.
+    pub notice_key: watch::Receiver<Option<MessageKey>>,
 }
 
 impl Connection {
@@ -137,9 +147,83 @@ impl Connection {
         }
     }
 
-    fn route(&self, p: &Publish, ack_topic: &str, members_topic: &str) {
+    fn refuse(&self, what: &'static str, reason: &'static str, bytes: usize) {
+        self.metrics
+            .mqtt_auth_refused
+            .get_or_create(&vec![("kind", what), ("reason", reason)])
+            .inc();
+        warn!(
+            what,
+            reason, bytes, "sync: refused a message that is not head office's"
+        );
+    }
+
+    /// Whether an ack may be taken as head office's. Sealed ones must verify; plain ones are
+    /// taken from a head office that never sealed (an older release) and refused once it has.
+    fn admit_ack(&mut self, opened: &Opened<'_>, topic: &str, bytes: usize) -> bool {
+        match (opened.is_sealed(), self.sealer.key()) {
+            (true, Some(key)) if !opened.verify(key, topic) => {
+                self.refuse("ack", "bad_mac", bytes);
+                false
+            }
+            (true, Some(_)) => {
+                if !self.hq_seals {
+                    info!("sync: head office seals its acks; plain ones are refused from now on");
+                    self.hq_seals = true;
+                }
+                true
+            }
+            // No token, so no key to check with: as before sealing existed.
+            (true, None) => true,
+            (false, _) if self.hq_seals => {
+                self.refuse("ack", "unsigned", bytes);
+                false
+            }
+            (false, _) => true,
+        }
+    }
+
+    /// Whether a notice may be taken as head office's: sealed under the store's notice key
+    /// once that is known; plain only from a head office that hands out no key.
+    fn admit_notice(&self, opened: &Opened<'_>, topic: &str, bytes: usize) -> bool {
+        let key = self.notice_key.borrow().clone();
+        match (opened.is_sealed(), key) {
+            (true, Some(key)) if !opened.verify(&key, topic) => {
+                self.refuse("notice", "bad_mac", bytes);
+                false
+            }
+            (true, Some(_)) => true,
+            (true, None) => {
+                // Cannot be checked yet; the downlink's first pull (at start) catches up anyway.
+                debug!("sync: members notice before its key is known; ignored");
+                false
+            }
+            (false, Some(_)) => {
+                self.refuse("notice", "unsigned", bytes);
+                false
+            }
+            (false, None) => true,
+        }
+    }
+
+    fn route(&mut self, p: &Publish, ack_topic: &str, members_topic: &str) {
+        let opened = match auth::open(&p.payload) {
+            Ok(o) => o,
+            Err(_) => {
+                let what = if p.topic == ack_topic {
+                    "ack"
+                } else {
+                    "notice"
+                };
+                self.refuse(what, "bad_mac", p.payload.len());
+                return;
+            }
+        };
         if p.topic == ack_topic {
-            match Ack::decode(&p.payload) {
+            if !self.admit_ack(&opened, &p.topic, p.payload.len()) {
+                return;
+            }
+            match Ack::decode(opened.message()) {
                 Ok(ack) if ack.gateway_id == self.gateway_id => {
                     if self.acks.try_send(ack).is_err() {
                         // The uplink is behind; its ack timeout re-sends, head office de-dups.
@@ -156,7 +240,10 @@ impl Connection {
                 }
             }
         } else if p.topic == members_topic {
-            match instore_protocol::decode::<MembersNotice>(&p.payload) {
+            if !self.admit_notice(&opened, &p.topic, p.payload.len()) {
+                return;
+            }
+            match instore_protocol::decode::<MembersNotice>(opened.message()) {
                 Ok(n) if n.v <= SCHEMA_VERSION && n.store_id == self.store_id => {
                     debug!(version = n.version, "sync: members notice");
                     // Retained, so every reconnect brings it again: only a change wakes the downlink.

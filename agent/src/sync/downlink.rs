@@ -15,6 +15,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use instore_protocol::auth::MessageKey;
 use instore_protocol::{
     MemberSnapshot, SCHEMA_VERSION,
     changes::{ChangesResponse, Cursor, Heads},
@@ -169,6 +170,9 @@ pub(super) struct Downlink {
     pub metrics: Metrics,
     pub backoff: Backoff,
     pub poll: Duration,
+    /// Where the store's notice key goes once head office hands it over (with every change
+    /// response), for the connection task to check notices with.
+    pub notice_key: watch::Sender<Option<MessageKey>>,
 }
 
 impl Downlink {
@@ -392,6 +396,20 @@ impl Downlink {
             reqwest::StatusCode::OK => {}
             reqwest::StatusCode::NOT_FOUND => return Ok(None),
             s => return Err(DownlinkError::Status(s)),
+        }
+        if let Some(key) = response
+            .headers()
+            .get(instore_protocol::auth::NOTICE_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(MessageKey::from_hex)
+        {
+            self.notice_key.send_if_modified(|held| {
+                let new = held.as_ref() != Some(&key);
+                if new {
+                    *held = Some(key);
+                }
+                new
+            });
         }
         let zstd = response
             .headers()

@@ -117,6 +117,8 @@ pub fn spawn(
         snapshot_dir,
         lookups,
     } = ctx;
+    let sealer = Sealer::for_token(&cfg.token);
+    let status_topic = topics::status(&gateway_id);
     let status = |online| {
         serde_json::to_vec(&GatewayStatus {
             v: SCHEMA_VERSION,
@@ -124,8 +126,10 @@ pub fn spawn(
             store_id: store_id.clone(),
             online,
         })
+        .map(|json| sealer.seal(&status_topic, json))
     };
     let online = status(true)?;
+    // The last will too: sealed now, published by the broker whenever the link drops.
     let offline = status(false)?;
 
     let options = mqtt_options(&cfg, &gateway_id, offline.clone())?;
@@ -137,6 +141,7 @@ pub fn spawn(
     let (link_tx, link_rx) = watch::channel(Link::default());
     let (acks_tx, acks_rx) = mpsc::channel(256);
     let (notice_tx, notice_rx) = watch::channel(downlink::Notice::default());
+    let (notice_key_tx, notice_key_rx) = watch::channel(None);
 
     let conn = connection::Connection {
         client: client.clone(),
@@ -150,12 +155,15 @@ pub fn spawn(
         acks: acks_tx,
         notices: notice_tx,
         metrics: metrics.clone(),
+        sealer: sealer.clone(),
+        hq_seals: false,
+        notice_key: notice_key_rx,
     };
     tracker.spawn(conn.run(cancel.clone()));
 
     let up = uplink::Uplink::new(
         client,
-        topics::events(&gateway_id),
+        sealer,
         gateway_id.clone(),
         store_id.clone(),
         &cfg,
@@ -189,9 +197,34 @@ pub fn spawn(
         metrics,
         backoff: Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
         poll: Duration::from_secs(cfg.changes_poll_s),
+        notice_key: notice_key_tx,
     };
     tracker.spawn(down.run(notice_rx, cancel));
     Ok(())
+}
+
+/// Seals what this gateway publishes under its key ([`instore_protocol::auth`]), and checks
+/// head office's acks with the same key. Without a token (a gateway not enrolled) it seals
+/// nothing and can check nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Sealer(Option<instore_protocol::auth::MessageKey>);
+
+impl Sealer {
+    pub(crate) fn for_token(token: &str) -> Self {
+        Self((!token.is_empty()).then(|| instore_protocol::auth::MessageKey::for_gateway(token)))
+    }
+
+    /// `json` sealed for `topic`, or as it is without a key.
+    pub(crate) fn seal(&self, topic: &str, json: Vec<u8>) -> Vec<u8> {
+        match &self.0 {
+            Some(key) => instore_protocol::auth::seal(key, topic, &json).unwrap_or(json),
+            None => json,
+        }
+    }
+
+    pub(crate) fn key(&self) -> Option<&instore_protocol::auth::MessageKey> {
+        self.0.as_ref()
+    }
 }
 
 fn mqtt_options(

@@ -43,7 +43,7 @@ const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 /// How often the outbox gauges (depth, oldest age) are refreshed when nothing else happens.
 const GAUGE_TICK: Duration = Duration::from_secs(5);
 /// Batches stay strictly below the protocol's payload limit.
-const MAX_BATCH_BYTES: usize = MAX_PAYLOAD_BYTES - 1;
+const MAX_BATCH_BYTES: usize = MAX_PAYLOAD_BYTES - 1 - instore_protocol::auth::SEAL_OVERHEAD;
 
 #[derive(Debug, thiserror::Error)]
 enum UplinkError {
@@ -60,6 +60,8 @@ enum UplinkError {
 pub(super) struct Uplink {
     client: AsyncClient,
     topic: String,
+    /// Seals every batch (and hello) under this gateway's key.
+    sealer: super::Sealer,
     gateway_id: String,
     store_id: String,
     outbox: Outbox,
@@ -84,7 +86,7 @@ pub(super) struct Uplink {
 impl Uplink {
     pub(super) fn new(
         client: AsyncClient,
-        topic: String,
+        sealer: super::Sealer,
         gateway_id: String,
         store_id: String,
         cfg: &SyncConfig,
@@ -93,7 +95,8 @@ impl Uplink {
     ) -> Self {
         Uplink {
             client,
-            topic,
+            sealer,
+            topic: instore_protocol::topics::events(&gateway_id),
             gateway_id,
             store_id,
             outbox,
@@ -131,7 +134,7 @@ impl Uplink {
             }),
             events: Vec::new(),
         };
-        let payload = serde_json::to_vec(&batch)?;
+        let payload = self.sealer.seal(&self.topic, serde_json::to_vec(&batch)?);
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(UplinkError::Cancelled),
@@ -268,6 +271,7 @@ impl Uplink {
             let (payload, taken) =
                 encode_batch(&self.gateway_id, &self.store_id, &events, MAX_BATCH_BYTES)?;
             let seqs: Vec<u64> = events[..taken].iter().map(|e| e.seq).collect();
+            let payload = self.sealer.seal(&self.topic, payload);
             let bytes = payload.len();
             tokio::select! {
                 biased;

@@ -419,3 +419,38 @@ priority = "normal"
 message = "{display_name} ({tier}) arrived at the {zone}"
 cooldown_s = 3600
 "#;
+
+/// Publishes `payloads` on `topic` at QoS 1 (retained if asked) as an anonymous client of
+/// `broker` (`mqtt://host:port`) would, and waits until the broker took them all.
+pub async fn publish_raw(broker: &str, retain: bool, topic: &str, payloads: Vec<Vec<u8>>) {
+    let (host, port) = broker
+        .strip_prefix("mqtt://")
+        .unwrap()
+        .rsplit_once(':')
+        .unwrap();
+    let id = format!("vandal-{}", free_port());
+    let mut opts = rumqttc::MqttOptions::new(id, host, port.parse().unwrap());
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
+    let n = payloads.len();
+    for p in payloads {
+        client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, p)
+            .await
+            .unwrap();
+    }
+    let mut acked = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while acked < n {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) =
+                eventloop.poll().await.unwrap()
+            {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("the broker took the payloads");
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+}

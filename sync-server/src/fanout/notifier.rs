@@ -15,6 +15,8 @@ use std::{
 };
 
 use instore_protocol::{MembersNotice, SCHEMA_VERSION, changes::Heads, topics};
+
+use crate::ingest::decode::MessageAuth;
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 
@@ -129,20 +131,21 @@ pub async fn run(
     mut state: Notices,
     client: AsyncClient,
     metrics: Metrics,
+    auth: MessageAuth,
 ) {
     let first: Vec<NoticeInput> = state
         .known_stores()
         .into_iter()
         .map(NoticeInput::StoreSeen)
         .collect();
-    publish(&client, &metrics, state.apply(first)).await;
+    publish(&client, &metrics, &auth, state.apply(first)).await;
     while let Some(input) = inputs.recv().await {
         let mut batch = vec![input];
         let deadline = tokio::time::Instant::now() + GATHER;
         while let Ok(Some(i)) = tokio::time::timeout_at(deadline, inputs.recv()).await {
             batch.push(i);
         }
-        publish(&client, &metrics, state.apply(batch)).await;
+        publish(&client, &metrics, &auth, state.apply(batch)).await;
     }
 }
 
@@ -193,24 +196,29 @@ pub async fn follow_database(
     }
 }
 
-async fn publish(client: &AsyncClient, metrics: &Metrics, notices: Vec<MembersNotice>) {
+/// Publishes each notice retained, sealed under its store's notice key.
+async fn publish(
+    client: &AsyncClient,
+    metrics: &Metrics,
+    auth: &MessageAuth,
+    notices: Vec<MembersNotice>,
+) {
     for notice in notices {
-        let payload = match serde_json::to_vec(&notice) {
+        let topic = topics::members(&notice.store_id);
+        let sealed = serde_json::to_vec(&notice)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                instore_protocol::auth::seal(&auth.store_key(&notice.store_id), &topic, &json)
+                    .map_err(|e| e.to_string())
+            });
+        let payload = match sealed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a members notice");
                 continue;
             }
         };
-        match client
-            .publish(
-                topics::members(&notice.store_id),
-                QoS::AtLeastOnce,
-                true,
-                payload,
-            )
-            .await
-        {
+        match client.publish(topic, QoS::AtLeastOnce, true, payload).await {
             Ok(()) => {
                 metrics.members_notices_sent.inc();
                 tracing::debug!(store = %notice.store_id, version = notice.version, "members notice published");

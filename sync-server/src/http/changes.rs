@@ -153,6 +153,12 @@ pub(super) async fn changes(
     if let Some(e) = encoding {
         r.headers_mut().insert(header::CONTENT_ENCODING, e);
     }
+    // The caller may read this store: it may also check the store's notices.
+    if let Ok(v) = HeaderValue::from_str(&state.message_auth.store_key(&response.store_id).to_hex())
+    {
+        r.headers_mut()
+            .insert(instore_protocol::auth::NOTICE_KEY_HEADER, v);
+    }
     Ok(r)
 }
 

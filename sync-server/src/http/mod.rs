@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: MetricsHandle,
     pub admin_token: Arc<str>,
     pub gateway_secret: Arc<str>,
+    /// Store notice keys, handed to a store's gateways with their change responses.
+    pub message_auth: crate::ingest::decode::MessageAuth,
     pub notices: mpsc::Sender<NoticeInput>,
     pub fanout: Arc<FanoutSettings>,
     pub compute: Arc<ComputeConfig>,

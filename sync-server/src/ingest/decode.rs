@@ -1,5 +1,14 @@
 //! Turning an MQTT message into something to store, or a reason to refuse it. Pure: no I/O.
+//!
+//! A sealed message ([`instore_protocol::auth`]) must verify under the key of the gateway *and
+//! store* it names, which head office derives from its secret: a gateway can speak only for
+//! itself and only for the store its token was minted for. A plain message is let through to
+//! the store stage, which refuses it from a gateway that has sealed before, or refused here
+//! under `[auth] require_sealed`.
 
+use std::sync::Arc;
+
+use instore_protocol::auth::{MessageKey, Opened};
 use instore_protocol::{
     DecodeError, EventBatch, GatewayStatus, SCHEMA_VERSION, SeqRange,
     topics::{GatewayTopic, parse_gateway_topic, valid_id},
@@ -18,6 +27,10 @@ pub enum BadReason {
     Invalid,
     GatewayMismatch,
     UnknownTopic,
+    /// Sealed, but the MAC is malformed or not the gateway's.
+    BadMac,
+    /// Plain, where only sealed messages are accepted.
+    Unsigned,
 }
 
 impl BadReason {
@@ -29,6 +42,78 @@ impl BadReason {
             BadReason::Invalid => "invalid",
             BadReason::GatewayMismatch => "gateway_mismatch",
             BadReason::UnknownTopic => "unknown_topic",
+            BadReason::BadMac => "bad_mac",
+            BadReason::Unsigned => "unsigned",
+        }
+    }
+}
+
+/// What head office checks seals with: its gateway secret, and whether plain messages are
+/// refused outright.
+#[derive(Clone)]
+pub struct MessageAuth {
+    secret: Arc<[u8]>,
+    pub require_sealed: bool,
+}
+
+impl std::fmt::Debug for MessageAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageAuth")
+            .field("require_sealed", &self.require_sealed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MessageAuth {
+    pub fn new(secret: &[u8], require_sealed: bool) -> Self {
+        Self {
+            secret: Arc::from(secret),
+            require_sealed,
+        }
+    }
+
+    /// The key of `gateway_id` of `store_id` (its messages and head office's acks to it);
+    /// `None` for ids no token can be minted for.
+    pub fn gateway_key(&self, store_id: &str, gateway_id: &str) -> Option<MessageKey> {
+        instore_protocol::token::gateway_token(&self.secret, store_id, gateway_id)
+            .map(|t| MessageKey::for_gateway(&t))
+    }
+
+    /// The key of head office's notices to `store_id`.
+    pub fn store_key(&self, store_id: &str) -> MessageKey {
+        MessageKey::for_store(&self.secret, store_id)
+    }
+
+    /// `None` if `opened` may be taken as the gateway's (`signed` tells which way), else why
+    /// not.
+    fn check(
+        &self,
+        opened: &Opened<'_>,
+        topic: &str,
+        store_id: &str,
+        gateway_id: &str,
+    ) -> Result<bool, Decoded> {
+        if !opened.is_sealed() {
+            if self.require_sealed {
+                return Err(bad(
+                    Some(gateway_id),
+                    BadReason::Unsigned,
+                    "plain message ([auth] require_sealed)",
+                ));
+            }
+            return Ok(false);
+        }
+        let Some(key) = self.gateway_key(store_id, gateway_id) else {
+            return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id"));
+        };
+        if opened.verify(&key, topic) {
+            Ok(true)
+        } else {
+            Err(bad(
+                Some(gateway_id),
+                BadReason::BadMac,
+                "MAC is not this gateway's for this store",
+            ))
         }
     }
 }
@@ -37,7 +122,8 @@ impl BadReason {
 #[derive(Debug, Clone)]
 pub enum Decoded {
     Batch(IngestBatch),
-    Status(GatewayStatus),
+    /// A status and whether it was sealed.
+    Status(GatewayStatus, bool),
     /// Refused. `gateway_id` is the topic's gateway when the topic parsed. `detail` never quotes
     /// the payload: it may be anything a hostile or broken client sent.
     Bad {
@@ -74,13 +160,45 @@ fn from_decode_error(gw: &str, e: &DecodeError) -> Decoded {
     }
 }
 
-/// Decodes a message by its topic. Never panics, whatever the bytes.
-pub fn decode(topic: &str, payload: &[u8]) -> Decoded {
-    match parse_gateway_topic(topic) {
-        Some(GatewayTopic::Events(gw)) => decode_batch(&gw, payload),
-        Some(GatewayTopic::Status(gw)) => decode_status(&gw, payload),
-        Some(GatewayTopic::Ack(gw)) => bad(Some(&gw), BadReason::UnknownTopic, "ack topic"),
-        None => bad(None, BadReason::UnknownTopic, "not a gateway topic"),
+/// Decodes a message by its topic and checks its seal. Never panics, whatever the bytes.
+pub fn decode(topic: &str, payload: &[u8], auth: &MessageAuth) -> Decoded {
+    let (gw, is_batch) = match parse_gateway_topic(topic) {
+        Some(GatewayTopic::Events(gw)) => (gw, true),
+        Some(GatewayTopic::Status(gw)) => (gw, false),
+        Some(GatewayTopic::Ack(gw)) => {
+            return bad(Some(&gw), BadReason::UnknownTopic, "ack topic");
+        }
+        None => return bad(None, BadReason::UnknownTopic, "not a gateway topic"),
+    };
+    if payload.len() > instore_protocol::MAX_PAYLOAD_BYTES {
+        return bad(
+            Some(&gw),
+            BadReason::TooLarge,
+            format!("{} bytes", payload.len()),
+        );
+    }
+    let opened = match instore_protocol::auth::open(payload) {
+        Ok(o) => o,
+        Err(e) => return bad(Some(&gw), BadReason::BadMac, e.to_string()),
+    };
+    let decoded = if is_batch {
+        decode_batch(&gw, opened.message())
+    } else {
+        decode_status(&gw, opened.message())
+    };
+    match decoded {
+        Decoded::Batch(mut b) => match auth.check(&opened, topic, &b.store_id, &gw) {
+            Ok(signed) => {
+                b.signed = signed;
+                Decoded::Batch(b)
+            }
+            Err(refused) => refused,
+        },
+        Decoded::Status(s, _) => match auth.check(&opened, topic, &s.store_id, &gw) {
+            Ok(signed) => Decoded::Status(s, signed),
+            Err(refused) => refused,
+        },
+        refused @ Decoded::Bad { .. } => refused,
     }
 }
 
@@ -162,6 +280,7 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
         store_id: batch.store_id,
         hello,
         events,
+        signed: false,
     })
 }
 
@@ -187,7 +306,7 @@ fn decode_status(gw: &str, payload: &[u8]) -> Decoded {
             "status gateway_id differs from its topic",
         );
     }
-    Decoded::Status(status)
+    Decoded::Status(status, false)
 }
 
 /// The contiguous runs of a rising list of sequence numbers, as ack ranges.
@@ -206,6 +325,25 @@ pub fn contiguous_ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<SeqRange> {
 mod tests {
     use super::*;
     use instore_protocol::topics;
+
+    const SECRET: &[u8] = b"0123456789abcdef-secret";
+
+    fn auth() -> MessageAuth {
+        MessageAuth::new(SECRET, false)
+    }
+
+    fn decode(topic: &str, payload: &[u8]) -> Decoded {
+        super::decode(topic, payload, &auth())
+    }
+
+    /// `message` sealed by gateway `gw` of store `store`, as its agent would.
+    fn sealed(topic: &str, store: &str, gw: &str, message: &str) -> Vec<u8> {
+        let compact =
+            serde_json::to_vec(&serde_json::from_str::<serde_json::Value>(message).unwrap())
+                .unwrap();
+        let key = auth().gateway_key(store, gw).unwrap();
+        instore_protocol::auth::seal(&key, topic, &compact).unwrap()
+    }
 
     const BATCH: &str = r#"{"v":1,"gateway_id":"g1","store_id":"s1","events":[
         {"seq":1,"at_ms":5,"type":"footfall","interval_s":60,"unique_devices":3},
@@ -258,12 +396,82 @@ mod tests {
         let s = br#"{"v":1,"gateway_id":"g1","store_id":"s1","online":true}"#;
         assert!(matches!(
             decode(&topics::status("g1"), s),
-            Decoded::Status(_)
+            Decoded::Status(_, false)
         ));
         assert!(matches!(
             decode(&topics::status("g9"), s),
             Decoded::Bad {
                 reason: BadReason::GatewayMismatch,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_sealed_batch_verifies_for_its_own_gateway_and_store_only() {
+        let topic = topics::events("g1");
+        let good = sealed(&topic, "s1", "g1", BATCH);
+        let Decoded::Batch(b) = decode(&topic, &good) else {
+            panic!("refused")
+        };
+        assert!(b.signed);
+        assert_eq!(b.events.len(), 2);
+        // Sealed by another gateway's key (or for another store), or moved to another topic.
+        for (payload, on) in [
+            (sealed(&topic, "s1", "g2", BATCH), topic.clone()),
+            (sealed(&topic, "s2", "g1", BATCH), topic.clone()),
+            (
+                sealed(&topics::status("g1"), "s1", "g1", BATCH),
+                topic.clone(),
+            ),
+        ] {
+            assert!(
+                matches!(
+                    decode(&on, &payload),
+                    Decoded::Bad {
+                        reason: BadReason::BadMac,
+                        ..
+                    }
+                ),
+                "{}",
+                String::from_utf8_lossy(&payload)
+            );
+        }
+        // The store named inside is what the MAC binds: a gateway cannot claim another store.
+        let claims_s2 = BATCH.replace("\"s1\"", "\"s2\"");
+        let forged = sealed(&topic, "s1", "g1", &claims_s2);
+        assert!(matches!(
+            decode(&topic, &forged),
+            Decoded::Bad {
+                reason: BadReason::BadMac,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_sealed_status_is_marked_and_plain_ones_are_refused_when_required() {
+        let topic = topics::status("g1");
+        let msg = r#"{"v":1,"gateway_id":"g1","store_id":"s1","online":true}"#;
+        assert!(matches!(
+            decode(&topic, &sealed(&topic, "s1", "g1", msg)),
+            Decoded::Status(_, true)
+        ));
+        let strict = MessageAuth::new(SECRET, true);
+        assert!(matches!(
+            super::decode(&topic, msg.as_bytes(), &strict),
+            Decoded::Bad {
+                reason: BadReason::Unsigned,
+                ..
+            }
+        ));
+        let mut broken = sealed(&topic, "s1", "g1", msg);
+        let n = broken.len();
+        broken[n - 4] = b'X';
+        assert!(matches!(
+            decode(&topic, &broken),
+            Decoded::Bad {
+                reason: BadReason::BadMac,
                 ..
             }
         ));

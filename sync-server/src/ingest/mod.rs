@@ -50,6 +50,8 @@ pub struct Ingest {
     pub client: AsyncClient,
     pub metrics: Metrics,
     pub notices: mpsc::Sender<NoticeInput>,
+    /// Checks seals on what gateways send and seals the acks.
+    pub auth: decode::MessageAuth,
 }
 
 impl Ingest {
@@ -73,7 +75,7 @@ impl Ingest {
     async fn handle_group(&self, group: Vec<Publish>) {
         let decoded: Vec<Decoded> = group
             .iter()
-            .map(|p| decode::decode(&p.topic, &p.payload))
+            .map(|p| decode::decode(&p.topic, &p.payload, &self.auth))
             .collect();
         let mut items = Vec::with_capacity(decoded.len());
         let mut stores = BTreeSet::new();
@@ -83,12 +85,13 @@ impl Ingest {
                     stores.insert(b.store_id.clone());
                     items.push(IngestItem::Batch(b.clone()));
                 }
-                Decoded::Status(s) => {
+                Decoded::Status(s, signed) => {
                     stores.insert(s.store_id.clone());
                     items.push(IngestItem::Status {
                         gateway_id: s.gateway_id.clone(),
                         store_id: s.store_id.clone(),
                         online: s.online,
+                        signed: *signed,
                     });
                 }
                 Decoded::Bad {
@@ -152,8 +155,15 @@ impl Ingest {
                         high_water: o.high_water,
                         hello: o.welcome.clone(),
                     };
-                    self.publish_ack(&ack).await;
+                    self.publish_ack(&ack, &b.store_id).await;
                 }
+                (item, Some(ItemOutcome::Unsigned)) => bad_payload(
+                    &self.metrics,
+                    Some(item.gateway_id()),
+                    BadReason::Unsigned,
+                    "plain message from a gateway that seals its messages",
+                    0,
+                ),
                 (
                     IngestItem::Status {
                         gateway_id, online, ..
@@ -236,8 +246,19 @@ impl Ingest {
         None
     }
 
-    async fn publish_ack(&self, ack: &Ack) {
-        let payload = match serde_json::to_vec(ack) {
+    /// Publishes `ack`, sealed under the key of its gateway of `store_id`.
+    async fn publish_ack(&self, ack: &Ack, store_id: &str) {
+        let topic = topics::ack(&ack.gateway_id);
+        let sealed = serde_json::to_vec(ack)
+            .map_err(|e| e.to_string())
+            .and_then(|json| {
+                let key = self
+                    .auth
+                    .gateway_key(store_id, &ack.gateway_id)
+                    .ok_or_else(|| "no key for these ids".to_string())?;
+                instore_protocol::auth::seal(&key, &topic, &json).map_err(|e| e.to_string())
+            });
+        let payload = match sealed {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode an ack");
@@ -246,12 +267,7 @@ impl Ingest {
         };
         match self
             .client
-            .publish(
-                topics::ack(&ack.gateway_id),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
         {
             Ok(()) => {

@@ -51,6 +51,8 @@ pub struct IngestBatch {
     pub store_id: String,
     pub hello: Option<HelloItem>,
     pub events: Vec<StoredEvent>,
+    /// Arrived sealed, and its MAC verified under the gateway's key.
+    pub signed: bool,
 }
 
 /// One thing ingest learned from the broker.
@@ -61,6 +63,7 @@ pub enum IngestItem {
         gateway_id: String,
         store_id: String,
         online: bool,
+        signed: bool,
     },
     /// A refused payload on this gateway's topic: counted against it if the gateway is known.
     Bad {
@@ -101,6 +104,9 @@ pub enum ItemOutcome {
     Batch(BatchOutcome),
     Status,
     Bad,
+    /// A plain (unsealed) message from a gateway that seals its messages: a forgery, or a
+    /// downgrade. Nothing about the gateway changed.
+    Unsigned,
 }
 
 /// Stores `items` in one transaction. Nothing is visible (or acknowledged) unless all of it is.
@@ -125,8 +131,34 @@ pub fn ingest(
     Ok(out.into_iter().flatten().collect())
 }
 
+/// Whether `gateway_id` may send this message: a sealed one always; a plain one only while it
+/// never sent a sealed one (see [`mark_sealing`]).
+fn admit(tx: &mut Tx<'_>, gateway_id: &str, signed: bool) -> Result<bool, StoreError> {
+    if signed {
+        return Ok(true);
+    }
+    let signs = tx
+        .query_opt(&sql::SELECT_GATEWAY_SIGNS, params![gateway_id])?
+        .map(|r| r.bool(0))
+        .transpose()?
+        .unwrap_or(false);
+    Ok(!signs)
+}
+
+/// After a sealed message's row writes: its gateway's plain messages are refused from now on.
+fn mark_sealing(tx: &mut Tx<'_>, gateway_id: &str, signed: bool) -> Result<(), StoreError> {
+    if signed {
+        tx.execute(&sql::SET_GATEWAY_SIGNS, params![gateway_id])?;
+    }
+    Ok(())
+}
+
 fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOutcome, StoreError> {
     Ok(match item {
+        IngestItem::Batch(b) if !admit(tx, &b.gateway_id, b.signed)? => ItemOutcome::Unsigned,
+        IngestItem::Status {
+            gateway_id, signed, ..
+        } if !admit(tx, gateway_id, *signed)? => ItemOutcome::Unsigned,
         IngestItem::Batch(b) => {
             let last_seq = tx
                 .query_one(
@@ -154,6 +186,7 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                     params![&b.gateway_id, max_seq, inserted, duplicates],
                 )?
                 .u64(0)?;
+            mark_sealing(tx, &b.gateway_id, b.signed)?;
             let welcome = match &b.hello {
                 Some(h) => Some(welcome(tx, &b.gateway_id, h, now_ms)?),
                 None => None,
@@ -172,11 +205,13 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
             gateway_id,
             store_id,
             online,
+            signed,
         } => {
             tx.execute(
                 &sql::UPSERT_GATEWAY_SEEN,
                 params![gateway_id, store_id, now_ms],
             )?;
+            mark_sealing(tx, gateway_id, *signed)?;
             tx.execute(&sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
             ItemOutcome::Status
         }
@@ -361,7 +396,50 @@ mod tests {
                 })
                 .collect(),
             hello: None,
+            signed: false,
         })
+    }
+
+    fn sealed(mut item: IngestItem) -> IngestItem {
+        match &mut item {
+            IngestItem::Batch(b) => b.signed = true,
+            IngestItem::Status { signed, .. } => *signed = true,
+            IngestItem::Bad { .. } => {}
+        }
+        item
+    }
+
+    fn status(gw: &str, store: &str, online: bool) -> IngestItem {
+        IngestItem::Status {
+            gateway_id: gw.into(),
+            store_id: store.into(),
+            online,
+            signed: false,
+        }
+    }
+
+    #[test]
+    fn once_a_gateway_seals_its_plain_messages_change_nothing() {
+        each_backend(|c| {
+            // A gateway of an older release, plain: accepted as before.
+            let o = ingest(c, &[batch("old", &[1]), status("old", "s1", true)], 10).unwrap();
+            assert!(matches!(o[0], ItemOutcome::Batch(_)));
+            assert!(matches!(o[1], ItemOutcome::Status));
+            // A gateway that seals; then plain messages in its name: a forgery or a downgrade.
+            let o = ingest(
+                c,
+                &[sealed(batch("g1", &[1])), sealed(status("g1", "s1", true))],
+                20,
+            )
+            .unwrap();
+            assert!(matches!(o[0], ItemOutcome::Batch(_)));
+            let o = ingest(c, &[batch("g1", &[2, 3]), status("g1", "s9", false)], 30).unwrap();
+            assert_eq!(o, [ItemOutcome::Unsigned, ItemOutcome::Unsigned]);
+            let gws = queries::gateways(c, 10).unwrap();
+            let g1 = gws.iter().find(|g| g.id == "g1").unwrap();
+            assert_eq!((g1.store.as_str(), g1.online, g1.last_seq), ("s1", true, 1));
+            assert_eq!(g1.events_received, 1);
+        });
     }
 
     #[test]
@@ -469,6 +547,7 @@ mod tests {
                     gateway_id: "g1".into(),
                     store_id: "s1".into(),
                     online: false,
+                    signed: false,
                 },
                 IngestItem::Bad {
                     gateway_id: "g1".into(),

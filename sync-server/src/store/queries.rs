@@ -33,6 +33,8 @@ pub struct GatewayRow {
     /// Events numbered up to this one were deleted as past their retention age (0: none): no
     /// gaps are reported at or below it.
     pub retained_from: u64,
+    /// The gateway seals its messages: plain ones in its name are refused.
+    pub sealed: bool,
     /// Missing ranges below `last_seq`, lowest first, at most the requested number. Numbers
     /// the gateway reported as shed are not gaps.
     pub gaps: Vec<GapRange>,
@@ -94,6 +96,7 @@ pub fn gateways(db: &mut Db, max_gaps: usize) -> Result<Vec<GatewayRow>, StoreEr
                 bad_payloads: r.u64(6)?,
                 last_seen_ms: r.i64(7)?,
                 retained_from: r.u64(8)?,
+                sealed: r.bool(9)?,
                 gaps: Vec::new(),
                 shed: Vec::new(),
             })

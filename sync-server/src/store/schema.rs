@@ -199,7 +199,8 @@ CREATE TABLE leases (
 );
 ",
     // 5: erased members, by the SHA-256 of their id only, so that events a gateway sends after
-    // the erasure are stored without their content; what retention deleted, per gateway.
+    // the erasure are stored without their content; what retention deleted, per gateway; which
+    // gateways seal their messages.
     "
 CREATE TABLE erased_members (
     member_hash  TEXT   PRIMARY KEY,
@@ -207,6 +208,8 @@ CREATE TABLE erased_members (
 );
 -- Events numbered up to this were deleted by retention: no gaps below it.
 ALTER TABLE gateways ADD COLUMN retained_from INTEGER NOT NULL DEFAULT 0;
+-- 1 once the gateway has sent a sealed message: from then on its plain ones are refused.
+ALTER TABLE gateways ADD COLUMN signs INTEGER NOT NULL DEFAULT 0;
 ",
 ];
 
@@ -379,13 +382,15 @@ CREATE TABLE leases (
 );
 ",
     // 5: erased members, by the SHA-256 of their id only, so that events a gateway sends after
-    // the erasure are stored without their content; what retention deleted, per gateway.
+    // the erasure are stored without their content; what retention deleted, per gateway; which
+    // gateways seal their messages.
     "
 CREATE TABLE erased_members (
     member_hash  TEXT   PRIMARY KEY,
     erased_at_ms BIGINT NOT NULL
 );
 ALTER TABLE gateways ADD COLUMN retained_from BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE gateways ADD COLUMN signs BIGINT NOT NULL DEFAULT 0;
 ",
 ];
 

@@ -35,6 +35,12 @@ pub static SELECT_HELD: Rows = Rows {
     tail: ")",
 };
 
+/// Whether the gateway has sealed a message before (no row: never seen).
+pub const SELECT_GATEWAY_SIGNS: Sql = Sql::same("SELECT signs FROM gateways WHERE id = ?1");
+
+pub const SET_GATEWAY_SIGNS: Sql =
+    Sql::same("UPDATE gateways SET signs = 1 WHERE id = ?1 AND signs = 0");
+
 /// Creates the gateway on first sight; afterwards only its store and last-seen time move.
 pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
     "INSERT INTO gateways (id, store, last_seen_ms)
@@ -92,7 +98,7 @@ pub const INSERT_SHED_RANGE: Sql = Sql::same(
 
 pub const SELECT_GATEWAYS: Sql = Sql::same(
     "SELECT id, store, online, last_seq, events_received,
-    duplicates_dropped, bad_payloads, last_seen_ms, retained_from FROM gateways ORDER BY id",
+    duplicates_dropped, bad_payloads, last_seen_ms, retained_from, signs FROM gateways ORDER BY id",
 );
 
 /// Missing sequence numbers below the highest stored one, as inclusive ranges, above `?2`

@@ -246,6 +246,7 @@ mod tests {
             store_id: "s1".into(),
             hello: None,
             events,
+            signed: false,
         })
     }
     type VisitRow = (String, String, i64, Option<i64>, Option<i64>, String, i64);
