@@ -4,7 +4,7 @@
 //! enrolment decides are written, everything else keeps the agent's defaults.
 
 use anyhow::{Context, Result, bail};
-use instore_protocol::{token::gateway_token, topics::valid_id};
+use instore_protocol::topics::valid_id;
 use serde::Serialize;
 
 /// Where a packaged agent keeps its state: systemd's `StateDirectory=instore`.
@@ -64,9 +64,37 @@ struct React {
 }
 
 impl GatewayEnrolment {
-    /// Validates the enrolment and builds the config, minting the gateway token from head
-    /// office's secret (used as its bytes, exactly as head office verifies it).
-    pub fn agent_config(&self, secret: &str, admin_token: String) -> Result<AgentToml> {
+    /// Validates the enrolment and builds the config with the gateway's `token` (minted from
+    /// head office's secret, or handed out by head office for an enrolment code).
+    pub fn agent_config(&self, token: String, admin_token: String) -> Result<AgentToml> {
+        self.check()?;
+        Ok(AgentToml {
+            store_id: self.store_id.clone(),
+            gateway_id: self.gateway_id.clone(),
+            data_dir: DATA_DIR.into(),
+            http: Http {
+                listen: HTTP_LISTEN.into(),
+                admin_token,
+            },
+            sources: vec![Source {
+                kind: "ble",
+                adapter: self.adapter.clone(),
+                zone: self.zone.clone(),
+            }],
+            sync: Sync {
+                enabled: true,
+                broker: self.broker.clone(),
+                hq_url: self.hq_url.clone(),
+                token,
+            },
+            react: React {
+                rules: RULES_PATH.into(),
+            },
+        })
+    }
+
+    /// The ids, URLs, zone and adapter are usable.
+    pub fn check(&self) -> Result<()> {
         for (what, id) in [("store", &self.store_id), ("gateway", &self.gateway_id)] {
             if !valid_id(id) {
                 bail!(
@@ -93,32 +121,7 @@ impl GatewayEnrolment {
         if self.adapter.trim().is_empty() {
             bail!("the BLE adapter must not be empty (e.g. hci0)");
         }
-        // The ids were checked above, so `None` cannot happen; stay total rather than unwrap.
-        let token = gateway_token(secret.as_bytes(), &self.store_id, &self.gateway_id)
-            .context("minting the gateway token")?;
-        Ok(AgentToml {
-            store_id: self.store_id.clone(),
-            gateway_id: self.gateway_id.clone(),
-            data_dir: DATA_DIR.into(),
-            http: Http {
-                listen: HTTP_LISTEN.into(),
-                admin_token,
-            },
-            sources: vec![Source {
-                kind: "ble",
-                adapter: self.adapter.clone(),
-                zone: self.zone.clone(),
-            }],
-            sync: Sync {
-                enabled: true,
-                broker: self.broker.clone(),
-                hq_url: self.hq_url.clone(),
-                token,
-            },
-            react: React {
-                rules: RULES_PATH.into(),
-            },
-        })
+        Ok(())
     }
 }
 

@@ -1,14 +1,18 @@
 //! `instore-provision`: the fleet tool a field technician or head-office IT runs to enrol gateways.
 //!
-//! In: command-line arguments and head office's gateway secret file. Out: a new gateway secret
-//! (`secret`), or a complete agent config for one gateway with its token minted (`gateway`).
-//! Files it writes hold secrets, so they are created with mode 0600 and never overwritten without
-//! `--force`. It talks to no network and no running service.
+//! In: command-line arguments, and head office's gateway secret file or its HTTP API. Out: a new
+//! gateway secret (`secret`); a complete agent config for one gateway, with its token minted from
+//! the secret (`gateway`, for whoever holds the secret) or handed out by head office for a
+//! one-time code (`enrol`, for a technician, who never holds the secret); codes, and the registry
+//! listed, revoked and rotated (`enrolment`, `gateways`, with the admin token). Files it writes
+//! hold secrets, so they are created with mode 0600 and never overwritten without `--force`.
+//! A plaintext broker or head-office URL to another machine is refused unless `--insecure`.
 //!
 //! Exit codes: 0 success; 1 bad input or I/O error (the message says which); 2 bad usage (clap).
 
 mod agent_config;
 mod files;
+mod hq;
 
 use std::path::PathBuf;
 
@@ -45,6 +49,79 @@ enum Command {
     },
     /// Enrol a gateway: mint its token and write its agent config (mode 0600).
     Gateway(GatewayArgs),
+    /// Ask head office for a one-time enrolment code for one gateway (admin token).
+    Enrolment(EnrolmentArgs),
+    /// Enrol this gateway with a code from `enrolment`: head office hands out its token; write
+    /// its agent config (mode 0600).
+    Enrol(EnrolArgs),
+    /// Head office's gateway registry (admin token): list, revoke, rotate.
+    Gateways(GatewaysArgs),
+}
+
+#[derive(clap::Args)]
+struct EnrolmentArgs {
+    /// Head office HTTP base URL.
+    #[arg(long)]
+    hq_url: String,
+    /// Head office's admin token (`[api] token`).
+    #[arg(long, env = "INSTORE_HQ_TOKEN")]
+    token: String,
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    gateway: String,
+    /// How long the code stays valid, in hours (at most a week).
+    #[arg(long, default_value_t = 24)]
+    hours: u64,
+    /// Allow a plaintext head-office URL to another machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::Args)]
+struct EnrolArgs {
+    /// Head office HTTP base URL: http://... or https://...
+    #[arg(long)]
+    hq_url: String,
+    /// The one-time code from `instore-provision enrolment` (dashes and case do not matter).
+    #[arg(long)]
+    code: String,
+    /// MQTT broker the gateway syncs through: mqtt://host:port or mqtts://host:port.
+    #[arg(long)]
+    broker: String,
+    #[arg(long, default_value = "entrance")]
+    zone: String,
+    #[arg(long, default_value = "hci0")]
+    adapter: String,
+    #[arg(long, default_value = "agent.toml")]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    /// Allow plaintext broker and head-office URLs to another machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::Args)]
+struct GatewaysArgs {
+    #[arg(long)]
+    hq_url: String,
+    #[arg(long, env = "INSTORE_HQ_TOKEN")]
+    token: String,
+    #[arg(long)]
+    insecure: bool,
+    #[command(subcommand)]
+    action: GatewaysAction,
+}
+
+#[derive(Subcommand)]
+enum GatewaysAction {
+    /// Every registered gateway: id, store, generation, enrolled, revoked.
+    List,
+    /// Refuse the gateway from now on, on HTTP and MQTT.
+    Revoke { gateway: String },
+    /// Void the gateway's token and print its next one (to install on the gateway).
+    Rotate { gateway: String },
 }
 
 #[derive(clap::Args)]
@@ -84,6 +161,9 @@ struct GatewayArgs {
     /// Replace an existing file.
     #[arg(long)]
     force: bool,
+    /// Allow plaintext broker and head-office URLs to another machine.
+    #[arg(long)]
+    insecure: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -91,6 +171,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Secret { out, force } => secret(out, force),
         Command::Gateway(args) => gateway(args),
+        Command::Enrolment(args) => enrolment(args),
+        Command::Enrol(args) => enrol(args),
+        Command::Gateways(args) => gateways(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -137,6 +220,8 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
         (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
     };
+    hq::check_transport("broker", &args.broker, args.insecure)?;
+    hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
     let secret = files::read_secret(&secret_file)?;
     check_secret_len(&secret)?;
     let enrolment = GatewayEnrolment {
@@ -147,7 +232,15 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         zone: args.zone,
         adapter: args.adapter,
     };
-    let config = enrolment.agent_config(&secret, random_hex()?)?;
+    enrolment.check()?;
+    // The ids were checked, so `None` cannot happen; stay total rather than unwrap.
+    let token = instore_protocol::token::gateway_token(
+        secret.as_bytes(),
+        &enrolment.store_id,
+        &enrolment.gateway_id,
+    )
+    .context("minting the gateway token")?;
+    let config = enrolment.agent_config(token, random_hex()?)?;
     let text = config.to_toml()?;
     files::write_private(&args.out, text.as_bytes(), args.force)?;
     eprintln!(
@@ -157,6 +250,107 @@ fn gateway(args: GatewayArgs) -> Result<()> {
         enrolment.store_id,
         args.out.display()
     );
+    Ok(())
+}
+
+fn enrolment(args: EnrolmentArgs) -> Result<()> {
+    hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
+    let issued = hq::issue_code(
+        &args.hq_url,
+        &args.token,
+        &args.store,
+        &args.gateway,
+        args.hours.saturating_mul(3600),
+    )?;
+    let code = issued["code"]
+        .as_str()
+        .context("no code in head office's answer")?;
+    println!("{code}");
+    eprintln!(
+        "one-time code for gateway {} of store {}; on the gateway run:\n  instore-provision enrol \
+         --hq-url {} --code {code} --broker mqtts://BROKER:8883",
+        args.gateway, args.store, args.hq_url
+    );
+    Ok(())
+}
+
+fn enrol(args: EnrolArgs) -> Result<()> {
+    hq::check_transport("broker", &args.broker, args.insecure)?;
+    hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
+    // Checked before the code is spent: a typo in the broker URL must not cost the code.
+    let probe = GatewayEnrolment {
+        store_id: "probe".into(),
+        gateway_id: "probe".into(),
+        broker: args.broker.clone(),
+        hq_url: args.hq_url.clone(),
+        zone: args.zone.clone(),
+        adapter: args.adapter.clone(),
+    };
+    probe.check()?;
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            args.out.display()
+        );
+    }
+    let enrolled = hq::redeem(&args.hq_url, &args.code)?;
+    let field = |k: &str| {
+        enrolled[k]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("no {k} in head office's answer"))
+    };
+    let enrolment = GatewayEnrolment {
+        store_id: field("store_id")?,
+        gateway_id: field("gateway_id")?,
+        ..probe
+    };
+    let config = enrolment.agent_config(field("token")?, random_hex()?)?;
+    files::write_private(&args.out, config.to_toml()?.as_bytes(), args.force)?;
+    eprintln!(
+        "enrolled gateway {} of store {}; wrote its agent config to {} (mode 0600)",
+        enrolment.gateway_id,
+        enrolment.store_id,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn gateways(args: GatewaysArgs) -> Result<()> {
+    hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
+    match args.action {
+        GatewaysAction::List => {
+            let list = hq::list(&args.hq_url, &args.token)?;
+            println!("{:<24} {:<24} {:>4}  REVOKED", "GATEWAY", "STORE", "GEN");
+            for g in list.as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!(
+                    "{:<24} {:<24} {:>4}  {}",
+                    g["gateway_id"].as_str().unwrap_or("?"),
+                    g["store_id"].as_str().unwrap_or("?"),
+                    g["generation"].as_u64().unwrap_or(0),
+                    if g["revoked_ms"].is_null() {
+                        "no"
+                    } else {
+                        "yes"
+                    }
+                );
+            }
+        }
+        GatewaysAction::Revoke { gateway } => {
+            hq::revoke(&args.hq_url, &args.token, &gateway)?;
+            eprintln!("revoked {gateway}: refused from now on");
+        }
+        GatewaysAction::Rotate { gateway } => {
+            let rotated = hq::rotate(&args.hq_url, &args.token, &gateway)?;
+            let token = rotated["token"]
+                .as_str()
+                .context("no token in the answer")?;
+            println!("{token}");
+            eprintln!(
+                "{gateway}: the old token is void; put this one in its [sync] token and restart it"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -23,6 +23,7 @@ pub mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod privacy;
+pub mod registry;
 pub mod runtime;
 pub mod secrets;
 pub mod store;

@@ -190,8 +190,9 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             cfg.data_dir.display()
         ),
     }
+    let registry = crate::registry::Registry::new(gateway_secret.as_bytes());
     let message_auth =
-        crate::ingest::decode::MessageAuth::new(gateway_secret.as_bytes(), cfg.auth.require_sealed);
+        crate::ingest::decode::MessageAuth::new(registry.clone(), cfg.auth.require_sealed);
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| crate::store::StoreError::DataDir {
         path: cfg.data_dir.clone(),
         source,
@@ -203,6 +204,8 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         .await
         .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
     let (heads, known_stores) = store.call(notifier::heads_and_stores).await?;
+    // Before ingest and HTTP start: a revoked gateway is refused from the first message on.
+    registry.replace_all(store.call(crate::registry::db::load_all).await?);
     let fanout = FanoutSettings {
         membership: cfg.membership.clone(),
         tier_source: cfg.compute.tier_source,
@@ -295,6 +298,11 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         cancel.clone(),
     ));
     if shared {
+        tokio::spawn(crate::registry::follow(
+            store.clone(),
+            registry.clone(),
+            cancel.clone(),
+        ));
         tokio::spawn(notifier::follow_database(
             store.clone(),
             notice_tx.clone(),
@@ -329,7 +337,8 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         store,
         metrics,
         admin_token: Arc::from(cfg.api.token.as_str()),
-        gateway_secret: Arc::from(gateway_secret.as_str()),
+        registry,
+        enrol_limiter: Default::default(),
         message_auth,
         notices: notice_tx,
         fanout: Arc::new(fanout),

@@ -29,8 +29,14 @@ pub fn is_admin(headers: &HeaderMap, admin_token: &str) -> bool {
     bearer(headers).is_some_and(|t| constant_time_eq(t.as_bytes(), admin_token.as_bytes()))
 }
 
-/// True when the request carries the admin token, or a gateway token of a gateway in `store`.
-pub fn may_read_store(headers: &HeaderMap, admin_token: &str, secret: &str, store: &str) -> bool {
+/// True when the request carries the admin token, or the current token of a gateway of `store`
+/// that is not revoked ([`crate::registry::Registry::verify`]).
+pub fn may_read_store(
+    headers: &HeaderMap,
+    admin_token: &str,
+    registry: &crate::registry::Registry,
+    store: &str,
+) -> bool {
     if is_admin(headers, admin_token) {
         return true;
     }
@@ -40,7 +46,7 @@ pub fn may_read_store(headers: &HeaderMap, admin_token: &str, secret: &str, stor
     let Some(gateway) = headers.get(GATEWAY_HEADER).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    instore_protocol::token::verify_gateway_token(secret.as_bytes(), store, gateway, token)
+    registry.verify(store, gateway, token)
 }
 
 #[cfg(test)]
@@ -57,17 +63,17 @@ mod tests {
 
     #[test]
     fn a_gateway_token_opens_only_its_own_store() {
-        let secret = "0123456789abcdef";
-        let t = instore_protocol::token::gateway_token(secret.as_bytes(), "s1", "g1").unwrap();
+        let secret = crate::registry::Registry::new(b"0123456789abcdef");
+        let t = instore_protocol::token::gateway_token(b"0123456789abcdef", "s1", "g1").unwrap();
         let h = headers(&[
             ("authorization", &format!("Bearer {t}")),
             (GATEWAY_HEADER, "g1"),
         ]);
-        assert!(may_read_store(&h, "admin", secret, "s1"));
-        assert!(!may_read_store(&h, "admin", secret, "s2"));
+        assert!(may_read_store(&h, "admin", &secret, "s1"));
+        assert!(!may_read_store(&h, "admin", &secret, "s2"));
         let h = headers(&[("authorization", &format!("Bearer {t}"))]);
         assert!(
-            !may_read_store(&h, "admin", secret, "s1"),
+            !may_read_store(&h, "admin", &secret, "s1"),
             "the gateway header is required"
         );
     }
@@ -76,7 +82,8 @@ mod tests {
     fn the_admin_token_opens_everything_and_a_near_miss_nothing() {
         let h = headers(&[("authorization", "Bearer admin")]);
         assert!(is_admin(&h, "admin"));
-        assert!(may_read_store(&h, "admin", "0123456789abcdef", "any"));
+        let registry = crate::registry::Registry::new(b"0123456789abcdef");
+        assert!(may_read_store(&h, "admin", &registry, "any"));
         let h = headers(&[("authorization", "Bearer admiN")]);
         assert!(!is_admin(&h, "admin"));
         assert!(!is_admin(&HeaderMap::new(), "admin"));

@@ -39,7 +39,7 @@ fn store_scope(state: &AppState, headers: &HeaderMap, store: &str) -> Result<(),
             "store is not a valid id",
         ));
     }
-    if !auth::may_read_store(headers, &state.admin_token, &state.gateway_secret, store) {
+    if !auth::may_read_store(headers, &state.admin_token, &state.registry, store) {
         return Err(ApiError::unauthorized(state));
     }
     Ok(())

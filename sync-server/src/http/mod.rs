@@ -9,6 +9,7 @@ mod changes;
 mod members;
 mod ndjson;
 mod purchases;
+pub mod registry;
 
 use std::sync::Arc;
 
@@ -41,7 +42,10 @@ pub struct AppState {
     pub store: Store,
     pub metrics: MetricsHandle,
     pub admin_token: Arc<str>,
-    pub gateway_secret: Arc<str>,
+    /// Which gateways may speak for which store (tokens, revocations, enrolment).
+    pub registry: crate::registry::Registry,
+    /// Wrong enrolment codes, for everyone together.
+    pub enrol_limiter: registry::SharedLimiter,
     /// Store notice keys, handed to a store's gateways with their change responses.
     pub message_auth: crate::ingest::decode::MessageAuth,
     pub notices: mpsc::Sender<NoticeInput>,
@@ -60,6 +64,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/gateways", get(gateways))
+        .route("/api/gateways/enrolments", post(registry::issue))
+        .route("/api/gateways/registry", get(registry::list))
+        .route("/api/gateways/{id}/revoke", post(registry::revoke))
+        .route("/api/gateways/{id}/rotate", post(registry::rotate))
+        .route("/api/enrol", post(registry::redeem))
         .route("/api/events", get(events))
         .route("/api/rules/report", get(rules_report))
         .route("/api/members", post(members::import))

@@ -6,8 +6,6 @@
 //! the store stage, which refuses it from a gateway that has sealed before, or refused here
 //! under `[auth] require_sealed`.
 
-use std::sync::Arc;
-
 use instore_protocol::auth::{MessageKey, Opened};
 use instore_protocol::{
     DecodeError, EventBatch, GatewayStatus, SCHEMA_VERSION, SeqRange,
@@ -16,7 +14,10 @@ use instore_protocol::{
 
 use instore_protocol::EventBody;
 
-use crate::store::{HelloItem, IngestBatch, ShedReport, StoredEvent};
+use crate::{
+    registry::{Registry, Status},
+    store::{HelloItem, IngestBatch, ShedReport, StoredEvent},
+};
 
 /// Why a payload was refused; the label of the `bad_payloads` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,10 @@ pub enum BadReason {
     BadMac,
     /// Plain, where only sealed messages are accepted.
     Unsigned,
+    /// From a gateway the registry revoked.
+    Revoked,
+    /// Naming another store than the one the gateway is registered in.
+    WrongStore,
 }
 
 impl BadReason {
@@ -44,15 +49,17 @@ impl BadReason {
             BadReason::UnknownTopic => "unknown_topic",
             BadReason::BadMac => "bad_mac",
             BadReason::Unsigned => "unsigned",
+            BadReason::Revoked => "revoked",
+            BadReason::WrongStore => "wrong_store",
         }
     }
 }
 
-/// What head office checks seals with: its gateway secret, and whether plain messages are
-/// refused outright.
+/// What head office checks seals with: the gateway registry (keys derive from its secret), and
+/// whether plain messages are refused outright.
 #[derive(Clone)]
 pub struct MessageAuth {
-    secret: Arc<[u8]>,
+    registry: Registry,
     pub require_sealed: bool,
 }
 
@@ -65,23 +72,23 @@ impl std::fmt::Debug for MessageAuth {
 }
 
 impl MessageAuth {
-    pub fn new(secret: &[u8], require_sealed: bool) -> Self {
+    pub fn new(registry: Registry, require_sealed: bool) -> Self {
         Self {
-            secret: Arc::from(secret),
+            registry,
             require_sealed,
         }
     }
 
     /// The key of `gateway_id` of `store_id` (its messages and head office's acks to it);
-    /// `None` for ids no token can be minted for.
+    /// `None` for a revoked gateway, another store than its own, or ids no token can be minted
+    /// for.
     pub fn gateway_key(&self, store_id: &str, gateway_id: &str) -> Option<MessageKey> {
-        instore_protocol::token::gateway_token(&self.secret, store_id, gateway_id)
-            .map(|t| MessageKey::for_gateway(&t))
+        self.registry.gateway_key(store_id, gateway_id)
     }
 
     /// The key of head office's notices to `store_id`.
     pub fn store_key(&self, store_id: &str) -> MessageKey {
-        MessageKey::for_store(&self.secret, store_id)
+        self.registry.store_key(store_id)
     }
 
     /// `None` if `opened` may be taken as the gateway's (`signed` tells which way), else why
@@ -93,18 +100,35 @@ impl MessageAuth {
         store_id: &str,
         gateway_id: &str,
     ) -> Result<bool, Decoded> {
-        if !opened.is_sealed() {
-            if self.require_sealed {
+        let key = match self.registry.status(store_id, gateway_id) {
+            Status::Revoked => {
+                return Err(bad(Some(gateway_id), BadReason::Revoked, "gateway revoked"));
+            }
+            Status::WrongStore => {
                 return Err(bad(
                     Some(gateway_id),
-                    BadReason::Unsigned,
-                    "plain message ([auth] require_sealed)",
+                    BadReason::WrongStore,
+                    "not the store the gateway is registered in",
                 ));
             }
-            return Ok(false);
-        }
-        let Some(key) = self.gateway_key(store_id, gateway_id) else {
-            return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id"));
+            Status::Invalid => return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id")),
+            status @ (Status::Active(_) | Status::Legacy(_)) => {
+                if !opened.is_sealed() {
+                    // A registered gateway runs a release that seals: plain is a forgery.
+                    if self.require_sealed || matches!(status, Status::Active(_)) {
+                        return Err(bad(
+                            Some(gateway_id),
+                            BadReason::Unsigned,
+                            "plain message from a gateway that must seal",
+                        ));
+                    }
+                    return Ok(false);
+                }
+                match status.token() {
+                    Some(t) => MessageKey::for_gateway(t),
+                    None => return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id")),
+                }
+            }
         };
         if opened.verify(&key, topic) {
             Ok(true)
@@ -329,7 +353,7 @@ mod tests {
     const SECRET: &[u8] = b"0123456789abcdef-secret";
 
     fn auth() -> MessageAuth {
-        MessageAuth::new(SECRET, false)
+        MessageAuth::new(Registry::new(SECRET), false)
     }
 
     fn decode(topic: &str, payload: &[u8]) -> Decoded {
@@ -457,7 +481,7 @@ mod tests {
             decode(&topic, &sealed(&topic, "s1", "g1", msg)),
             Decoded::Status(_, true)
         ));
-        let strict = MessageAuth::new(SECRET, true);
+        let strict = MessageAuth::new(Registry::new(SECRET), true);
         assert!(matches!(
             super::decode(&topic, msg.as_bytes(), &strict),
             Decoded::Bad {

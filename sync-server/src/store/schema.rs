@@ -211,6 +211,22 @@ ALTER TABLE gateways ADD COLUMN retained_from INTEGER NOT NULL DEFAULT 0;
 -- 1 once the gateway has sent a sealed message: from then on its plain ones are refused.
 ALTER TABLE gateways ADD COLUMN signs INTEGER NOT NULL DEFAULT 0;
 ",
+    // 6: the gateway registry (see `registry/`) and one-time enrolment codes, by hash.
+    "
+CREATE TABLE gateway_registry (
+    gateway_id  TEXT PRIMARY KEY,
+    store_id    TEXT    NOT NULL,
+    generation  INTEGER NOT NULL,
+    enrolled_ms INTEGER NOT NULL,
+    revoked_ms  INTEGER
+);
+CREATE TABLE enrolment_codes (
+    code_hash  TEXT PRIMARY KEY,
+    gateway_id TEXT    NOT NULL,
+    store_id   TEXT    NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -391,6 +407,22 @@ CREATE TABLE erased_members (
 );
 ALTER TABLE gateways ADD COLUMN retained_from BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE gateways ADD COLUMN signs BIGINT NOT NULL DEFAULT 0;
+",
+    // 6: the gateway registry (see `registry/`) and one-time enrolment codes, by hash.
+    "
+CREATE TABLE gateway_registry (
+    gateway_id  TEXT PRIMARY KEY,
+    store_id    TEXT    NOT NULL,
+    generation  BIGINT NOT NULL,
+    enrolled_ms BIGINT NOT NULL,
+    revoked_ms  BIGINT
+);
+CREATE TABLE enrolment_codes (
+    code_hash  TEXT PRIMARY KEY,
+    gateway_id TEXT    NOT NULL,
+    store_id   TEXT    NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 ",
 ];
 

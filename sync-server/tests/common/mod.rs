@@ -103,6 +103,15 @@ impl FakeGateway {
         }
     }
 
+    /// Sends a batch of `seqs` sealed under `token`'s key, as an agent holding it would.
+    pub async fn send_sealed(&self, seqs: &[u64], token: &str) {
+        let topic = topics::events(&self.id);
+        let json = serde_json::to_vec(&self.batch(seqs)).unwrap();
+        let key = instore_protocol::auth::MessageKey::for_gateway(token);
+        self.publish_raw(instore_protocol::auth::seal(&key, &topic, &json).unwrap())
+            .await;
+    }
+
     pub async fn publish_raw(&self, payload: Vec<u8>) {
         self.client
             .publish(topics::events(&self.id), QoS::AtLeastOnce, false, payload)
