@@ -199,6 +199,8 @@ async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refu
         url: Some(format!("mqtt://127.0.0.1:{}", broker.plain)),
         client_id: "instore-sync".into(),
         share_group: None,
+        username: None,
+        password: None,
     })
     .await;
     let ca = certs.path().join("ca.pem");

@@ -13,6 +13,7 @@
 mod agent_config;
 mod files;
 mod hq;
+mod mosquitto;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,37 @@ enum Command {
     Enrol(EnrolArgs),
     /// Head office's gateway registry (admin token): list, revoke, rotate.
     Gateways(GatewaysArgs),
+    /// Mosquitto files for production: a password per gateway (its token), ACLs per gateway
+    /// and for head office, anonymous clients off.
+    Mosquitto(MosquittoArgs),
+}
+
+#[derive(clap::Args)]
+struct MosquittoArgs {
+    /// The gateways: `store,gateway[,generation]` per line (`#` comments). Generation 0 for
+    /// gateways enrolled with the secret, the registry's (`gateways list`) for the others.
+    #[arg(long)]
+    gateways: PathBuf,
+    /// Head office's gateway secret file.
+    #[arg(
+        long,
+        required_unless_present = "hq_data_dir",
+        conflicts_with = "hq_data_dir"
+    )]
+    secret_file: Option<PathBuf>,
+    /// Head office's `data_dir`, to read the secret it generated there.
+    #[arg(long)]
+    hq_data_dir: Option<PathBuf>,
+    /// Head office's MQTT user (its `[broker] username`).
+    #[arg(long, default_value = "instore-sync")]
+    hq_user: String,
+    /// Where to write `passwd`, `acl`, `instore.conf` and `hq_password` (head office's
+    /// `[broker] password`, generated once and reused when the files are written again).
+    #[arg(long)]
+    out_dir: PathBuf,
+    /// Replace existing `passwd`, `acl` and `instore.conf`.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(clap::Args)]
@@ -174,6 +206,7 @@ fn main() -> std::process::ExitCode {
         Command::Enrolment(args) => enrolment(args),
         Command::Enrol(args) => enrol(args),
         Command::Gateways(args) => gateways(args),
+        Command::Mosquitto(args) => mosquitto_files(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -351,6 +384,69 @@ fn gateways(args: GatewaysArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn mosquitto_files(args: MosquittoArgs) -> Result<()> {
+    let secret_file = match (&args.secret_file, &args.hq_data_dir) {
+        (Some(file), _) => file.clone(),
+        (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
+        (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
+    };
+    let secret = files::read_secret(&secret_file)?;
+    check_secret_len(&secret)?;
+    let list = std::fs::read_to_string(&args.gateways)
+        .with_context(|| format!("reading {}", args.gateways.display()))?;
+    let gateways = mosquitto::parse_gateways(&list)?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("creating {}", args.out_dir.display()))?;
+    let hq_password_path = args.out_dir.join("hq_password");
+    let hq_password = if hq_password_path.exists() {
+        files::read_secret(&hq_password_path)?
+    } else {
+        let p = random_hex()?;
+        files::write_private(&hq_password_path, p.as_bytes(), false)?;
+        p
+    };
+    let dir = std::fs::canonicalize(&args.out_dir)
+        .with_context(|| format!("resolving {}", args.out_dir.display()))?;
+    let mut salt_err = None;
+    let out = mosquitto::files(
+        &secret,
+        &gateways,
+        &args.hq_user,
+        &hq_password,
+        &dir.display().to_string(),
+        || {
+            let mut s = [0u8; 12];
+            if let Err(e) = OsRng.try_fill_bytes(&mut s) {
+                salt_err = Some(e);
+            }
+            s
+        },
+    )?;
+    if let Some(e) = salt_err {
+        bail!("reading the operating system's random number generator: {e}");
+    }
+    files::write_private(
+        &args.out_dir.join("passwd"),
+        out.passwd.as_bytes(),
+        args.force,
+    )?;
+    files::write_private(&args.out_dir.join("acl"), out.acl.as_bytes(), args.force)?;
+    files::write_private(
+        &args.out_dir.join("instore.conf"),
+        out.conf.as_bytes(),
+        args.force,
+    )?;
+    eprintln!(
+        "wrote passwd, acl and instore.conf for {} gateways to {}; head office connects as {} \
+         with the password in {} ([broker] username and password)",
+        gateways.len(),
+        dir.display(),
+        args.hq_user,
+        hq_password_path.display()
+    );
     Ok(())
 }
 

@@ -155,6 +155,13 @@ pub struct BrokerConfig {
     /// secret for every instance). See `sync-server/SCALE-OUT.md`.
     #[serde(default)]
     pub share_group: Option<String>,
+    /// User name head office presents to an external broker that authenticates clients
+    /// (`instore-provision mosquitto` makes it `instore-sync`). Unset: none.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password (`instore-provision mosquitto` writes it to `hq_password`).
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 fn default_client_id() -> String {
@@ -285,6 +292,9 @@ impl HqConfig {
                 "client_id".into(),
                 "must be 1-23 characters".into(),
             ));
+        }
+        if self.broker.password.is_some() && self.broker.username.is_none() {
+            return Err((Some("broker"), "password".into(), "needs a username".into()));
         }
         if let Some((key, reason)) = self.cluster_problem() {
             return Err((Some(key.0), key.1.into(), reason));
@@ -420,6 +430,21 @@ listen = "127.0.0.1:1883"
         assert_eq!(cfg.privacy.events_days, 400);
         let keep = HqConfig::parse(&format!("{VALID}[privacy]\nevents_days = 0\n"), "t").unwrap();
         assert_eq!(keep.privacy.events_days, 0);
+        let creds = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "listen = \"127.0.0.1:1883\"\nusername = \"hq\"\npassword = \"pw\"",
+        );
+        let c = HqConfig::parse(&creds, "t").unwrap();
+        assert_eq!(c.broker.username.as_deref(), Some("hq"));
+        let no_user = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "listen = \"127.0.0.1:1883\"\npassword = \"pw\"",
+        );
+        let err = HqConfig::parse(&no_user, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("password") && err.contains("username"),
+            "{err}"
+        );
         let err = HqConfig::parse(&format!("{VALID}[privacy]\nevents_dayz = 3\n"), "t")
             .unwrap_err()
             .to_string();

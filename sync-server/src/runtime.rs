@@ -254,7 +254,12 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         metrics.metrics.lease_held.set(1);
         (LeaseHandle::always(), None)
     };
-    let (client, eventloop) = mqtt::connect(&client_id, &mqtt_host, mqtt_port, shared);
+    let credentials = cfg
+        .broker
+        .username
+        .as_deref()
+        .map(|u| (u, cfg.broker.password.as_deref().unwrap_or("")));
+    let (client, eventloop) = mqtt::connect(&client_id, &mqtt_host, mqtt_port, shared, credentials);
     let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
     let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
     let stop_mqtt = CancellationToken::new();

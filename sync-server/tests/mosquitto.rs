@@ -26,6 +26,8 @@ async fn head_office_ingests_and_acknowledges_through_mosquitto() {
         url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
         client_id: "instore-sync".into(),
         share_group: None,
+        username: None,
+        password: None,
     })
     .await;
     let h = hq.get_json("/healthz").await;
@@ -89,6 +91,8 @@ async fn a_burst_of_two_thousand_batches_is_all_stored_and_acknowledged() {
             url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
             client_id: "instore-sync".into(),
             share_group: Some("burst".into()),
+            username: None,
+            password: None,
         },
         common::Backend::Postgres,
         |_| {},

@@ -71,6 +71,8 @@ pub fn embedded() -> BrokerConfig {
         url: None,
         client_id: "instore-sync".into(),
         share_group: None,
+        username: None,
+        password: None,
     }
 }
 

@@ -39,12 +39,22 @@ const MAX_WAITING: usize = 8192;
 /// batches would wait for a dead instance instead of going to a live one; with a clean session
 /// the broker sends everything to the instances that are up, and what a dead instance had in
 /// flight comes again from the gateways' outboxes.
-pub fn connect(client_id: &str, host: &str, port: u16, shared: bool) -> (AsyncClient, EventLoop) {
+/// `credentials`: the user name and password a broker that authenticates clients expects.
+pub fn connect(
+    client_id: &str,
+    host: &str,
+    port: u16,
+    shared: bool,
+    credentials: Option<(&str, &str)>,
+) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(client_id, host, port);
     opts.set_keep_alive(KEEP_ALIVE)
         .set_clean_session(shared)
         .set_manual_acks(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
     AsyncClient::new(opts, REQUEST_CAPACITY)
 }
 
