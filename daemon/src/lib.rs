@@ -4,5 +4,6 @@
 //! once with their help text (`metrics`). Wire formats live in the protocol crate, not here.
 
 pub mod config;
+pub mod limit;
 pub mod logging;
 pub mod metrics;

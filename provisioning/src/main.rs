@@ -248,15 +248,9 @@ fn secret(out: Option<PathBuf>, force: bool) -> Result<()> {
 const HQ_SECRET_FILE: &str = "gateway_secret";
 
 fn gateway(args: GatewayArgs) -> Result<()> {
-    let secret_file = match (&args.secret_file, &args.hq_data_dir) {
-        (Some(file), _) => file.clone(),
-        (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
-        (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
-    };
     hq::check_transport("broker", &args.broker, args.insecure)?;
     hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
-    let secret = files::read_secret(&secret_file)?;
-    check_secret_len(&secret)?;
+    let secret = fleet_secret(args.secret_file.as_deref(), args.hq_data_dir.as_deref())?;
     let enrolment = GatewayEnrolment {
         store_id: args.store,
         gateway_id: args.gateway,
@@ -388,13 +382,7 @@ fn gateways(args: GatewaysArgs) -> Result<()> {
 }
 
 fn mosquitto_files(args: MosquittoArgs) -> Result<()> {
-    let secret_file = match (&args.secret_file, &args.hq_data_dir) {
-        (Some(file), _) => file.clone(),
-        (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
-        (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
-    };
-    let secret = files::read_secret(&secret_file)?;
-    check_secret_len(&secret)?;
+    let secret = fleet_secret(args.secret_file.as_deref(), args.hq_data_dir.as_deref())?;
     let list = std::fs::read_to_string(&args.gateways)
         .with_context(|| format!("reading {}", args.gateways.display()))?;
     let gateways = mosquitto::parse_gateways(&list)?;
@@ -448,6 +436,22 @@ fn mosquitto_files(args: MosquittoArgs) -> Result<()> {
         hq_password_path.display()
     );
     Ok(())
+}
+
+/// Head office's gateway secret, from `--secret-file` or the file head office generated in its
+/// `--hq-data-dir`, checked for length.
+fn fleet_secret(
+    secret_file: Option<&std::path::Path>,
+    hq_data_dir: Option<&std::path::Path>,
+) -> Result<String> {
+    let path = match (secret_file, hq_data_dir) {
+        (Some(file), _) => file.to_path_buf(),
+        (None, Some(dir)) => dir.join(HQ_SECRET_FILE),
+        (None, None) => bail!("pass --secret-file FILE or --hq-data-dir DIR"),
+    };
+    let secret = files::read_secret(&path)?;
+    check_secret_len(&secret)?;
+    Ok(secret)
 }
 
 /// Refuses a secret too short to protect gateway tokens. Head office refuses the same

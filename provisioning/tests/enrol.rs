@@ -27,18 +27,6 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).trim().to_owned()
 }
 
-async fn pull(hq: &Hq, store: &str, gateway: &str, token: &str) -> u16 {
-    reqwest::Client::new()
-        .get(hq.url(&format!("/api/stores/{store}/changes")))
-        .bearer_auth(token)
-        .header("X-Instore-Gateway", gateway)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_becomes_a_working_config_and_rotation_and_revocation_apply_at_once() {
     let hq = Hq::start(embedded()).await;
@@ -84,7 +72,7 @@ async fn a_code_becomes_a_working_config_and_rotation_and_revocation_apply_at_on
     assert_eq!(cfg["store_id"].as_str(), Some("s1"));
     assert_eq!(cfg["gateway_id"].as_str(), Some("g1"));
     let token = cfg["sync"]["token"].as_str().unwrap().to_owned();
-    assert_eq!(pull(&hq, "s1", "g1", &token).await, 200);
+    assert_eq!(hq.pull_status("s1", "g1", &token).await, 200);
     // The code is spent.
     let again = provision(
         dir.path(),
@@ -118,15 +106,15 @@ async fn a_code_becomes_a_working_config_and_rotation_and_revocation_apply_at_on
     .await;
     assert!(rotated.status.success(), "{}", text(&rotated.stderr));
     let new = text(&rotated.stdout);
-    assert_eq!(pull(&hq, "s1", "g1", &token).await, 401);
-    assert_eq!(pull(&hq, "s1", "g1", &new).await, 200);
+    assert_eq!(hq.pull_status("s1", "g1", &token).await, 401);
+    assert_eq!(hq.pull_status("s1", "g1", &new).await, 200);
     let revoked = provision(
         dir.path(),
         &[&["gateways"][..], &admin, &["revoke", "g1"]].concat(),
     )
     .await;
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
-    assert_eq!(pull(&hq, "s1", "g1", &new).await, 401);
+    assert_eq!(hq.pull_status("s1", "g1", &new).await, 401);
     hq.stop().await;
 }
 

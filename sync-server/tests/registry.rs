@@ -42,19 +42,6 @@ async fn enrol(hq: &Hq, store: &str, gateway: &str) -> serde_json::Value {
     enrolled
 }
 
-/// The status of a change pull by `gateway` of `store` with `token`.
-async fn pull(hq: &Hq, store: &str, gateway: &str, token: &str) -> u16 {
-    reqwest::Client::new()
-        .get(hq.url(&format!("/api/stores/{store}/changes")))
-        .bearer_auth(token)
-        .header("X-Instore-Gateway", gateway)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test]
 async fn a_code_enrols_a_gateway_for_its_store_only_and_rotation_voids_the_old_token() {
     let hq = Hq::start(embedded()).await;
@@ -71,14 +58,17 @@ async fn a_code_enrols_a_gateway_for_its_store_only_and_rotation_voids_the_old_t
     assert_eq!(enrolled["store_id"], "s1");
     assert_eq!(enrolled["generation"], 1);
     let token = enrolled["token"].as_str().unwrap().to_owned();
-    assert_eq!(pull(&hq, "s1", "g1", &token).await, 200);
+    assert_eq!(hq.pull_status("s1", "g1", &token).await, 200);
     assert_eq!(
-        pull(&hq, "s2", "g1", &token).await,
+        hq.pull_status("s2", "g1", &token).await,
         401,
         "bound to its store"
     );
     // The secret-minted token of before the registry no longer opens anything for g1.
-    assert_eq!(pull(&hq, "s1", "g1", &gateway_token("s1", "g1")).await, 401);
+    assert_eq!(
+        hq.pull_status("s1", "g1", &gateway_token("s1", "g1")).await,
+        401
+    );
 
     let rotated: serde_json::Value = post(
         &hq,
@@ -93,11 +83,11 @@ async fn a_code_enrols_a_gateway_for_its_store_only_and_rotation_voids_the_old_t
     assert_eq!(rotated["generation"], 2);
     let new = rotated["token"].as_str().unwrap();
     assert_eq!(
-        pull(&hq, "s1", "g1", &token).await,
+        hq.pull_status("s1", "g1", &token).await,
         401,
         "the old token is void"
     );
-    assert_eq!(pull(&hq, "s1", "g1", new).await, 200);
+    assert_eq!(hq.pull_status("s1", "g1", new).await, 200);
     let list = hq.get_json("/api/gateways/registry").await;
     assert_eq!(list[0]["gateway_id"], "g1");
     assert!(
@@ -125,15 +115,10 @@ async fn a_revoked_gateway_is_refused_at_once_on_http_and_mid_stream_on_mqtt() {
         .unwrap_or(0.0)
     };
     let refused = async |reason: &str| {
-        let deadline = tokio::time::Instant::now() + common::WAIT;
-        loop {
-            let m = hq.metrics().await;
-            if bad(&m, reason) >= 1.0 {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no {reason}:\n{m}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        instore_testkit::wait::eventually_some(reason, common::WAIT, || async {
+            (bad(&hq.metrics().await, reason) >= 1.0).then_some(())
+        })
+        .await
     };
     // A registered gateway seals: a plain batch in its name is a forgery.
     gw.send(&[4]).await;
@@ -147,7 +132,7 @@ async fn a_revoked_gateway_is_refused_at_once_on_http_and_mid_stream_on_mqtt() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(pull(&hq, "s1", "g1", &token).await, 401);
+    assert_eq!(hq.pull_status("s1", "g1", &token).await, 401);
     gw.send_sealed(&[5, 6], &token).await;
     refused("revoked").await;
     let events = hq.get_json("/api/events?gateway=g1").await;
@@ -175,7 +160,8 @@ async fn a_revoked_gateway_is_refused_at_once_on_http_and_mid_stream_on_mqtt() {
     .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
-        pull(&hq, "s1", "old", &gateway_token("s1", "old")).await,
+        hq.pull_status("s1", "old", &gateway_token("s1", "old"))
+            .await,
         401
     );
     let r = post(

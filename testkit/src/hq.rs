@@ -183,6 +183,20 @@ impl Hq {
     }
 
     /// `/metrics` as text.
+    /// The HTTP status of a change pull by `gateway` of `store` presenting `token`: how a test
+    /// asks whether head office takes a gateway credential.
+    pub async fn pull_status(&self, store: &str, gateway: &str, token: &str) -> u16 {
+        reqwest::Client::new()
+            .get(self.url(&format!("/api/stores/{store}/changes")))
+            .bearer_auth(token)
+            .header("X-Instore-Gateway", gateway)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))
             .await

@@ -35,6 +35,7 @@ use std::{
     time::Duration,
 };
 
+use instore_daemon::limit::Window as Limiter;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -150,33 +151,6 @@ struct Entry {
     /// A renewed token not presented yet.
     next: Option<[u8; 32]>,
     expires_ms: i64,
-}
-
-/// Failures in a fixed one-minute window.
-#[derive(Debug, Default)]
-struct Limiter {
-    window_start_ms: i64,
-    failures: u32,
-}
-
-impl Limiter {
-    fn roll(&mut self, now_ms: i64) {
-        if now_ms - self.window_start_ms >= 60_000 {
-            self.window_start_ms = now_ms;
-            self.failures = 0;
-        }
-    }
-    fn limited(&mut self, now_ms: i64, max: u32) -> bool {
-        self.roll(now_ms);
-        self.failures >= max
-    }
-    fn fail(&mut self, now_ms: i64) {
-        self.roll(now_ms);
-        self.failures += 1;
-    }
-    fn current(&self, now_ms: i64) -> bool {
-        now_ms - self.window_start_ms < 60_000
-    }
 }
 
 /// Who is guessing, as the rate limit sees it: IPv6 clients by their /64 (one host can pick any

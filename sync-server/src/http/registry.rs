@@ -31,28 +31,8 @@ const CODE_LEN: usize = 12;
 /// tries 43,200 of 2^59 codes.
 pub const MAX_ENROL_FAILURES_PER_MINUTE: u32 = 30;
 
-/// Wrong enrolment codes in a fixed one-minute window.
-#[derive(Debug, Default)]
-pub struct EnrolLimiter {
-    window_start_ms: i64,
-    failures: u32,
-}
-
-impl EnrolLimiter {
-    fn limited(&mut self, now_ms: i64) -> bool {
-        if now_ms - self.window_start_ms >= 60_000 {
-            self.window_start_ms = now_ms;
-            self.failures = 0;
-        }
-        self.failures >= MAX_ENROL_FAILURES_PER_MINUTE
-    }
-
-    fn fail(&mut self) {
-        self.failures += 1;
-    }
-}
-
-pub type SharedLimiter = Arc<Mutex<EnrolLimiter>>;
+/// Wrong enrolment codes, from everyone together.
+pub type SharedLimiter = Arc<Mutex<instore_daemon::limit::Window>>;
 
 fn new_code() -> String {
     let raw: String = (0..CODE_LEN)
@@ -148,7 +128,7 @@ pub(super) async fn redeem(
         .enrol_limiter
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .limited(now);
+        .limited(now, MAX_ENROL_FAILURES_PER_MINUTE);
     if limited {
         state
             .metrics
@@ -168,7 +148,7 @@ pub(super) async fn redeem(
             .enrol_limiter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .fail();
+            .fail(now);
         state
             .metrics
             .metrics

@@ -131,41 +131,23 @@ pub fn ingest(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Whether `gateway_id` may send this message: a sealed one always; a plain one only while it
-/// never sent a sealed one (see [`mark_sealing`]).
-fn admit(tx: &mut Tx<'_>, gateway_id: &str, signed: bool) -> Result<bool, StoreError> {
-    if signed {
-        return Ok(true);
-    }
-    let signs = tx
-        .query_opt(&sql::SELECT_GATEWAY_SIGNS, params![gateway_id])?
-        .map(|r| r.bool(0))
-        .transpose()?
-        .unwrap_or(false);
-    Ok(!signs)
-}
-
-/// After a sealed message's row writes: its gateway's plain messages are refused from now on.
-fn mark_sealing(tx: &mut Tx<'_>, gateway_id: &str, signed: bool) -> Result<(), StoreError> {
-    if signed {
-        tx.execute(&sql::SET_GATEWAY_SIGNS, params![gateway_id])?;
-    }
-    Ok(())
+/// Whether a message may be stored, given what the gateway's upsert returned: a sealed one
+/// always; a plain one only from a gateway that has never sealed.
+fn admitted(signed: bool, row_signs: bool) -> bool {
+    signed || !row_signs
 }
 
 fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOutcome, StoreError> {
     Ok(match item {
-        IngestItem::Batch(b) if !admit(tx, &b.gateway_id, b.signed)? => ItemOutcome::Unsigned,
-        IngestItem::Status {
-            gateway_id, signed, ..
-        } if !admit(tx, gateway_id, *signed)? => ItemOutcome::Unsigned,
         IngestItem::Batch(b) => {
-            let last_seq = tx
-                .query_one(
-                    &sql::UPSERT_GATEWAY_SEEN_LAST_SEQ,
-                    params![&b.gateway_id, &b.store_id, now_ms],
-                )?
-                .i64(0)?;
+            let row = tx.query_one(
+                &sql::UPSERT_GATEWAY_SEEN_LAST_SEQ,
+                params![&b.gateway_id, &b.store_id, now_ms, i64::from(b.signed)],
+            )?;
+            if !admitted(b.signed, row.bool(0)?) {
+                return Ok(ItemOutcome::Unsigned);
+            }
+            let last_seq = row.i64(1)?;
             let seq_bound = seq_bound(last_seq);
             let kept;
             let (b, refused) = if b.events.iter().all(|e| e.seq <= seq_bound) {
@@ -186,7 +168,6 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                     params![&b.gateway_id, max_seq, inserted, duplicates],
                 )?
                 .u64(0)?;
-            mark_sealing(tx, &b.gateway_id, b.signed)?;
             let welcome = match &b.hello {
                 Some(h) => Some(welcome(tx, &b.gateway_id, h, now_ms)?),
                 None => None,
@@ -207,11 +188,13 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
             online,
             signed,
         } => {
-            tx.execute(
+            let row = tx.query_one(
                 &sql::UPSERT_GATEWAY_SEEN,
-                params![gateway_id, store_id, now_ms],
+                params![gateway_id, store_id, now_ms, i64::from(*signed)],
             )?;
-            mark_sealing(tx, gateway_id, *signed)?;
+            if !admitted(*signed, row.bool(0)?) {
+                return Ok(ItemOutcome::Unsigned);
+            }
             tx.execute(&sql::SET_GATEWAY_ONLINE, params![gateway_id, *online])?;
             ItemOutcome::Status
         }

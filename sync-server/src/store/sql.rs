@@ -35,30 +35,38 @@ pub static SELECT_HELD: Rows = Rows {
     tail: ")",
 };
 
-/// Whether the gateway has sealed a message before (no row: never seen).
-pub const SELECT_GATEWAY_SIGNS: Sql = Sql::same("SELECT signs FROM gateways WHERE id = ?1");
-
-pub const SET_GATEWAY_SIGNS: Sql =
-    Sql::same("UPDATE gateways SET signs = 1 WHERE id = ?1 AND signs = 0");
-
-/// Creates the gateway on first sight; afterwards only its store and last-seen time move.
+/// Creates the gateway on first sight; afterwards only its store and last-seen time move, and
+/// `signs` once it sends a sealed message (`?4` = 1). A plain message (`?4` = 0) from a gateway
+/// that has sealed before moves nothing, and the returned `signs` = 1 tells the caller to refuse
+/// it: one round trip decides and records.
 pub const UPSERT_GATEWAY_SEEN: Sql = Sql::same(
-    "INSERT INTO gateways (id, store, last_seen_ms)
-    VALUES (?1, ?2, ?3)
-    ON CONFLICT(id) DO UPDATE SET store = excluded.store,
-        last_seen_ms = CASE WHEN excluded.last_seen_ms > gateways.last_seen_ms
-            THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END",
+    "INSERT INTO gateways (id, store, last_seen_ms, signs)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT(id) DO UPDATE SET
+        store = CASE WHEN gateways.signs = 1 AND excluded.signs = 0
+            THEN gateways.store ELSE excluded.store END,
+        last_seen_ms = CASE WHEN gateways.signs = 1 AND excluded.signs = 0
+            THEN gateways.last_seen_ms
+            WHEN excluded.last_seen_ms > gateways.last_seen_ms
+            THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END,
+        signs = CASE WHEN excluded.signs = 1 THEN 1 ELSE gateways.signs END
+    RETURNING signs",
 );
 
-/// [`UPSERT_GATEWAY_SEEN`] for a batch: the gateway's `last_seq` before the batch, in the same
-/// round trip, to bound how far the batch's numbers may jump.
+/// [`UPSERT_GATEWAY_SEEN`] for a batch: also the gateway's `last_seq` before the batch, in the
+/// same round trip, to bound how far the batch's numbers may jump.
 pub const UPSERT_GATEWAY_SEEN_LAST_SEQ: Sql = Sql::same(
-    "INSERT INTO gateways (id, store, last_seen_ms)
-    VALUES (?1, ?2, ?3)
-    ON CONFLICT(id) DO UPDATE SET store = excluded.store,
-        last_seen_ms = CASE WHEN excluded.last_seen_ms > gateways.last_seen_ms
-            THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END
-    RETURNING last_seq",
+    "INSERT INTO gateways (id, store, last_seen_ms, signs)
+    VALUES (?1, ?2, ?3, ?4)
+    ON CONFLICT(id) DO UPDATE SET
+        store = CASE WHEN gateways.signs = 1 AND excluded.signs = 0
+            THEN gateways.store ELSE excluded.store END,
+        last_seen_ms = CASE WHEN gateways.signs = 1 AND excluded.signs = 0
+            THEN gateways.last_seen_ms
+            WHEN excluded.last_seen_ms > gateways.last_seen_ms
+            THEN excluded.last_seen_ms ELSE gateways.last_seen_ms END,
+        signs = CASE WHEN excluded.signs = 1 THEN 1 ELSE gateways.signs END
+    RETURNING signs, last_seq",
 );
 
 /// Counters of one batch: `last_seq` only ever rises (it is the acks' high-water mark), and
