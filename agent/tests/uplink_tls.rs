@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The uplink over TLS with a client certificate, against Debian's Mosquitto started by the test
-//! with `require_certificate true` (certificates made with the `openssl` command line) and the
-//! real head office on Mosquitto's plain loopback listener.
+//! with `require_certificate true` and a password file without anonymous access (certificates
+//! made with the `openssl` command line, passwords with `mosquitto_passwd`), and the real head
+//! office on the same TLS listener (`mqtts://`) with its certificate and credentials.
 
 mod support;
 
@@ -104,28 +105,46 @@ fn make_certificates(dir: &Path) {
     }
 }
 
-/// Debian's Mosquitto with a plain listener (head office) and a TLS one that requires a client
-/// certificate (the gateways).
+/// Debian's Mosquitto with a TLS listener that requires a client certificate and a password
+/// (`users`: user name and password each).
 struct Mosquitto {
-    plain: u16,
     tls: u16,
     _broker: instore_testkit::mosquitto::Mosquitto,
 }
 
-async fn start_mosquitto(dir: &Path) -> Mosquitto {
+async fn start_mosquitto(dir: &Path, users: &[(&str, &str)]) -> Mosquitto {
     let tls = free_port();
+    let passwd = dir.join("passwd");
+    for (i, (user, password)) in users.iter().enumerate() {
+        let create = if i == 0 { "-c" } else { "" };
+        let mut args = vec!["-b"];
+        if !create.is_empty() {
+            args.push(create);
+        }
+        args.extend([passwd.to_str().unwrap(), user, password]);
+        let out = Command::new("mosquitto_passwd")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let d = dir.display();
+    // The later `allow_anonymous` overrides the harness's: every client must log in.
     let broker = instore_testkit::mosquitto::Mosquitto::start_with(
         dir,
         &format!(
-            "listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
+            "allow_anonymous false\npassword_file {d}/passwd\n\
+             listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\n\
              keyfile {d}/server.key\nrequire_certificate true\n"
         ),
     )
     .await;
     instore_testkit::net::wait_tcp(tls, "mosquitto's TLS listener").await;
     Mosquitto {
-        plain: broker.port,
         tls,
         _broker: broker,
     }
@@ -145,6 +164,8 @@ fn start_gateway(
     cert: Option<(PathBuf, PathBuf)>,
     ca: PathBuf,
 ) -> Gateway {
+    let token =
+        instore_protocol::token::gateway_token(support::hq::SECRET.as_bytes(), "s-1", id).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::default();
     let outbox = Outbox::open(&dir.path().join("outbox.db"), metrics.clone()).unwrap();
@@ -160,6 +181,7 @@ fn start_gateway(
         ca_file: Some(ca),
         client_cert,
         client_key,
+        token,
         ..SyncConfig::default()
     };
     let sync = spawn_sync("s-1", id, cfg, &outbox, &cache, &metrics);
@@ -193,17 +215,31 @@ fn events(n: u64) -> Vec<NewEvent> {
 async fn with_a_client_certificate_events_arrive_and_without_one_the_broker_refuses_the_gateway() {
     let certs = tempfile::tempdir().unwrap();
     make_certificates(certs.path());
-    let broker = start_mosquitto(certs.path()).await;
-    let hq = Hq::start(instore_sync::BrokerConfig {
-        listen: None,
-        url: Some(format!("mqtt://127.0.0.1:{}", broker.plain)),
-        client_id: "instore-sync".into(),
-        share_group: None,
-        username: None,
-        password: None,
-    })
+    let t1 = instore_protocol::token::gateway_token(support::hq::SECRET.as_bytes(), "s-1", "gw-1")
+        .unwrap();
+    let t2 = instore_protocol::token::gateway_token(support::hq::SECRET.as_bytes(), "s-1", "gw-2")
+        .unwrap();
+    let broker = start_mosquitto(
+        certs.path(),
+        &[
+            ("instore-sync", "hq-broker-pw"),
+            ("gw-1", &t1),
+            ("gw-2", &t2),
+        ],
+    )
     .await;
     let ca = certs.path().join("ca.pem");
+    let hq = Hq::start(instore_sync::BrokerConfig {
+        url: Some(format!("mqtts://127.0.0.1:{}", broker.tls)),
+        username: Some("instore-sync".into()),
+        password: Some("hq-broker-pw".into()),
+        ca_file: Some(ca.clone()),
+        client_cert: Some(certs.path().join("client.pem")),
+        client_key: Some(certs.path().join("client.key")),
+        ..instore_sync::BrokerConfig::default()
+    })
+    .await;
+    assert_eq!(hq.get_json("/healthz").await["broker"], "external");
 
     let good = start_gateway(
         &hq,

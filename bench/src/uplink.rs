@@ -91,10 +91,18 @@ async fn start_hq(dir: &Path) -> anyhow::Result<HqHandle> {
     })
 }
 
+/// The broker login of `gateway` (head office's embedded broker refuses anonymous clients); the
+/// client ids above name the store, which head office has not learnt yet.
+fn login_token(gateway: &str) -> anyhow::Result<String> {
+    instore_protocol::token::gateway_token(SECRET.as_bytes(), STORE, gateway)
+        .context("minting the gateway token")
+}
+
 /// Follows head office's acks to `gateway`: the watch holds the highest `high_water` seen.
 async fn ack_watch(mqtt: &str, gateway: &str) -> anyhow::Result<watch::Receiver<u64>> {
     let (host, port) = host_port(mqtt)?;
-    let mut opts = MqttOptions::new(format!("bench-acks-{gateway}"), host, port);
+    let mut opts = MqttOptions::new(format!("{gateway}:{STORE}:bench-acks"), host, port);
+    opts.set_credentials(gateway, login_token(gateway)?);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_keep_alive(Duration::from_secs(30));
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
@@ -224,7 +232,8 @@ async fn ingest(hq: &HqHandle, n: u64, batch: usize) -> anyhow::Result<()> {
         seq = last + 1;
     }
     let (host, port) = host_port(&hq.mqtt)?;
-    let mut opts = MqttOptions::new("bench-publisher", host, port);
+    let mut opts = MqttOptions::new(format!("{gateway}:{STORE}:bench-publisher"), host, port);
+    opts.set_credentials(gateway, login_token(gateway)?);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_inflight(100);
     opts.set_keep_alive(Duration::from_secs(30));

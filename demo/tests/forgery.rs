@@ -93,14 +93,47 @@ async fn forgery_changes_nothing(kind: BrokerKind) {
     };
     let m0 = hq.metrics().await;
 
-    // As the gateway: a plain batch, and one sealed under another gateway's key (a stolen
-    // neighbour's); a plain status moving the gateway to another store.
+    // The embedded broker lets in only gateways with their token and head office: not an
+    // anonymous client, not a wrong password, not a real token under another gateway's client
+    // id (a session takeover). Mosquitto here runs without authentication.
+    if kind == BrokerKind::Embedded {
+        let gw_token =
+            instore_protocol::token::gateway_token(hq.secret.as_bytes(), STORE, GATEWAY).unwrap();
+        assert!(!broker_accepts(&hq.mqtt, "anonymous-probe", None).await);
+        assert!(!broker_accepts(&hq.mqtt, GATEWAY, Some((GATEWAY, "0000"))).await);
+        assert!(!broker_accepts(&hq.mqtt, "gw-n", Some((GATEWAY, &gw_token))).await);
+        let hq_name = "instore-sync";
+        assert!(!broker_accepts(&hq.mqtt, hq_name, Some((hq_name, "guess"))).await);
+        let m = hq.metrics().await;
+        let refused = |reason: &str| {
+            metric(
+                &m,
+                &format!("instore_sync_mqtt_logins_refused_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        assert!(refused("bad_password") >= 1.0, "{m}");
+        assert!(refused("client_id") >= 1.0, "{m}");
+        assert!(refused("unknown_gateway") >= 1.0, "{m}");
+        // The real agent stayed connected through all that: its events still arrive.
+        let before = hq.gateway(GATEWAY).await.unwrap()["last_seq"].as_u64();
+        eventually("the agent still delivering", WAIT, || async {
+            hq.gateway(GATEWAY)
+                .await
+                .filter(|g| g["last_seq"].as_u64() > before)
+        })
+        .await;
+    }
+
+    // Logged in as another gateway of the store (a stolen neighbour), as this gateway: a plain
+    // batch, and one sealed under the neighbour's own key; a plain status moving the gateway to
+    // another store.
     let neighbour = instore_protocol::token::gateway_token(hq.secret.as_bytes(), STORE, "gw-n")
         .map(|t| MessageKey::for_gateway(&t))
         .unwrap();
     let events_topic = topics::events(GATEWAY);
     publish_raw(
-        &hq.mqtt,
+        &hq,
+        ("gw-n", STORE),
         false,
         &events_topic,
         vec![
@@ -116,7 +149,14 @@ async fn forgery_changes_nothing(kind: BrokerKind) {
         online: false,
     })
     .unwrap();
-    publish_raw(&hq.mqtt, true, &topics::status(GATEWAY), vec![moved]).await;
+    publish_raw(
+        &hq,
+        ("gw-n", STORE),
+        true,
+        &topics::status(GATEWAY),
+        vec![moved],
+    )
+    .await;
     eventually("the forgeries counted at head office", WAIT, || async {
         let m = hq.metrics().await;
         (bad(&m, "unsigned") >= bad(&m0, "unsigned") + 2.0
@@ -137,7 +177,8 @@ async fn forgery_changes_nothing(kind: BrokerKind) {
     .to_string()
     .into_bytes();
     publish_raw(
-        &hq.mqtt,
+        &hq,
+        ("gw-n", STORE),
         false,
         &ack_topic,
         vec![ack.clone(), seal(&neighbour, &ack_topic, &ack).unwrap()],
@@ -146,7 +187,14 @@ async fn forgery_changes_nothing(kind: BrokerKind) {
     let notice = serde_json::json!({"v": 1, "store_id": STORE, "version": u64::MAX})
         .to_string()
         .into_bytes();
-    publish_raw(&hq.mqtt, true, &topics::members(STORE), vec![notice]).await;
+    publish_raw(
+        &hq,
+        ("gw-n", STORE),
+        true,
+        &topics::members(STORE),
+        vec![notice],
+    )
+    .await;
     let refused = |kind: &str, reason: &str| {
         format!("instore_agent_mqtt_auth_refused_total{{kind=\"{kind}\",reason=\"{reason}\"}}")
     };

@@ -562,7 +562,8 @@ async fn garbage_is_refused_counted_and_ingest_goes_on(kind: BrokerKind) {
     let mut foreign = batch.clone();
     foreign.gateway_id = "gw-someone-else".into();
     publish_raw(
-        &rig.hq.mqtt,
+        &rig.hq,
+        ("gw-someone-else", "store-c"),
         false,
         &instore_protocol::topics::events(rig.gateway()),
         vec![

@@ -162,10 +162,44 @@ pub struct BrokerConfig {
     /// Its password (`instore-provision mosquitto` writes it to `hq_password`).
     #[serde(default)]
     pub password: Option<String>,
+    /// PEM CA certificates an `mqtts://` broker's certificate must chain to. Unset: the
+    /// operating system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for brokers that authenticate head office by certificate;
+    /// needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// Let clients without credentials connect to the embedded broker. Off: only gateways with
+    /// their token (user name = gateway id) and head office itself may connect. For a chain
+    /// whose gateways predate tokens, until each has one.
+    #[serde(default)]
+    pub allow_anonymous: bool,
 }
 
 fn default_client_id() -> String {
     DEFAULT_CLIENT_ID.to_string()
+}
+
+/// Neither `listen` nor `url` set: what a config builds on (it must then set one of them).
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            url: None,
+            client_id: default_client_id(),
+            share_group: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            allow_anonymous: false,
+        }
+    }
 }
 
 /// Where head office's MQTT client connects, derived from [`BrokerConfig`].
@@ -174,16 +208,53 @@ pub enum BrokerEndpoint {
     /// Start rumqttd in-process on this address, then connect to it.
     Embedded(SocketAddr),
     /// An external broker.
-    External { host: String, port: u16 },
+    External(MqttUrl),
+}
+
+/// An external broker's address: `mqtt://host[:port]` or `mqtts://host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://`: TLS, port 8883 by default.
+    pub tls: bool,
 }
 
 impl BrokerConfig {
+    /// TLS keys that cannot apply: `(key, reason)`.
+    fn tls_problem(&self) -> Option<(&'static str, &'static str)> {
+        let tls = self
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("mqtts://"));
+        let tls_keys = self.ca_file.is_some() || self.client_cert.is_some();
+        if tls_keys && !tls {
+            let key = if self.ca_file.is_some() {
+                "ca_file"
+            } else {
+                "client_cert"
+            };
+            return Some((key, "needs an mqtts:// url"));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Some(("client_cert", "client_cert and client_key go together"));
+        }
+        if self.allow_anonymous && self.listen.is_none() {
+            return Some((
+                "allow_anonymous",
+                "applies to the embedded broker (`listen`) only; an external broker has its own \
+                 settings",
+            ));
+        }
+        None
+    }
+
     /// Resolves `listen` / `url` into an endpoint; the error names the key at fault.
     pub fn endpoint(&self) -> Result<BrokerEndpoint, (&'static str, String)> {
         match (&self.listen, &self.url) {
             (Some(addr), None) => Ok(BrokerEndpoint::Embedded(*addr)),
             (None, Some(url)) => parse_mqtt_url(url)
-                .map(|(host, port)| BrokerEndpoint::External { host, port })
+                .map(BrokerEndpoint::External)
                 .map_err(|reason| ("url", reason)),
             (Some(_), Some(_)) => Err((
                 "listen",
@@ -197,30 +268,41 @@ impl BrokerConfig {
     }
 }
 
-/// Parses `mqtt://host[:port]` (port 1883 by default). TLS (`mqtts://`) is not supported yet.
-pub fn parse_mqtt_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| {
-        format!("{url:?} must start with mqtt:// (mqtts:// is not supported yet)")
-    })?;
+/// Parses `mqtt://host[:port]` (port 1883 by default) or `mqtts://host[:port]` (8883).
+pub fn parse_mqtt_url(url: &str) -> Result<MqttUrl, String> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtt://") {
+        (r, false)
+    } else if let Some(r) = url.strip_prefix("mqtts://") {
+        (r, true)
+    } else {
+        return Err(format!("{url:?} must start with mqtt:// or mqtts://"));
+    };
+    let default_port = if tls { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     if rest.is_empty() || rest.contains('/') || rest.contains('@') {
-        return Err(format!("{url:?} must be mqtt://host:port"));
+        return Err(format!(
+            "{url:?} must be mqtt://host:port (credentials go in username and password)"
+        ));
     }
     let (host, port) = match rest.rsplit_once(':') {
         // A bracketed IPv6 literal without a port, e.g. mqtt://[::1]
-        Some((_, p)) if p.ends_with(']') => (rest, 1883),
+        Some((_, p)) if p.ends_with(']') => (rest, default_port),
         Some((h, p)) => (
             h,
             p.parse::<u16>()
                 .map_err(|_| format!("{url:?}: port {p:?} is not a number 0-65535"))?,
         ),
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("{url:?} has no host"));
     }
-    Ok((host.to_string(), port))
+    Ok(MqttUrl {
+        host: host.to_string(),
+        port,
+        tls,
+    })
 }
 
 impl HqConfig {
@@ -231,6 +313,16 @@ impl HqConfig {
         let mut cfg = Self::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         instore_daemon::config::resolve(base, &mut cfg.data_dir);
+        for file in [
+            &mut cfg.broker.ca_file,
+            &mut cfg.broker.client_cert,
+            &mut cfg.broker.client_key,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            instore_daemon::config::resolve(base, file);
+        }
         Ok(cfg)
     }
 
@@ -295,6 +387,9 @@ impl HqConfig {
         }
         if self.broker.password.is_some() && self.broker.username.is_none() {
             return Err((Some("broker"), "password".into(), "needs a username".into()));
+        }
+        if let Some((key, reason)) = self.broker.tls_problem() {
+            return Err((Some("broker"), key.into(), reason.into()));
         }
         if let Some((key, reason)) = self.cluster_problem() {
             return Err((Some(key.0), key.1.into(), reason));
@@ -469,11 +564,50 @@ listen = "127.0.0.1:1883"
         let cfg = HqConfig::parse(&text, "t").unwrap();
         assert_eq!(
             cfg.broker.endpoint(),
-            Ok(BrokerEndpoint::External {
+            Ok(BrokerEndpoint::External(MqttUrl {
                 host: "mq.example".into(),
-                port: 1884
-            })
+                port: 1884,
+                tls: false,
+            }))
         );
+        let tls = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "url = \"mqtts://mq.example\"\nca_file = \"ca.pem\"",
+        );
+        let cfg = HqConfig::parse(&tls, "t").unwrap();
+        assert_eq!(
+            cfg.broker.endpoint(),
+            Ok(BrokerEndpoint::External(MqttUrl {
+                host: "mq.example".into(),
+                port: 8883,
+                tls: true,
+            }))
+        );
+    }
+
+    #[test]
+    fn tls_keys_without_mqtts_or_a_lone_client_cert_are_refused() {
+        let plain = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "url = \"mqtt://mq.example\"\nca_file = \"ca.pem\"",
+        );
+        let err = HqConfig::parse(&plain, "t").unwrap_err().to_string();
+        assert!(
+            err.contains("broker.ca_file") && err.contains("mqtts"),
+            "{err}"
+        );
+        let lone = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "url = \"mqtts://mq.example\"\nclient_cert = \"c.pem\"",
+        );
+        let err = HqConfig::parse(&lone, "t").unwrap_err().to_string();
+        assert!(err.contains("client_key"), "{err}");
+        let anon = VALID.replace(
+            "listen = \"127.0.0.1:1883\"",
+            "url = \"mqtt://mq.example\"\nallow_anonymous = true",
+        );
+        let err = HqConfig::parse(&anon, "t").unwrap_err().to_string();
+        assert!(err.contains("allow_anonymous"), "{err}");
     }
 
     #[test]
@@ -627,10 +761,13 @@ listen = "127.0.0.1:1883"
 
     #[test]
     fn mqtt_urls_parse_with_a_default_port() {
-        assert_eq!(parse_mqtt_url("mqtt://h"), Ok(("h".into(), 1883)));
-        assert_eq!(parse_mqtt_url("mqtt://h:9/"), Ok(("h".into(), 9)));
-        assert_eq!(parse_mqtt_url("mqtt://[::1]:7"), Ok(("::1".into(), 7)));
-        assert!(parse_mqtt_url("mqtts://h").is_err());
+        let hp = |u: &str| parse_mqtt_url(u).map(|m| (m.host, m.port, m.tls));
+        assert_eq!(hp("mqtt://h"), Ok(("h".into(), 1883, false)));
+        assert_eq!(hp("mqtt://h:9/"), Ok(("h".into(), 9, false)));
+        assert_eq!(hp("mqtt://[::1]:7"), Ok(("::1".into(), 7, false)));
+        assert_eq!(hp("mqtts://h"), Ok(("h".into(), 8883, true)));
+        assert!(parse_mqtt_url("tcp://h").is_err());
+        assert!(parse_mqtt_url("mqtts://u:p@h").is_err());
         assert!(parse_mqtt_url("mqtt://h:x").is_err());
         assert!(parse_mqtt_url("mqtt://").is_err());
     }

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub members_erased: Counter,
     pub enrolments: Family<ReasonLabel, Counter>,
     pub gateways_revoked: Counter,
+    pub mqtt_logins_refused: Family<ReasonLabel, Counter>,
     pub purchases_imported: Counter,
     pub purchases_duplicate: Counter,
     pub purchases_refused: Counter,
@@ -114,6 +115,8 @@ impl MetricsHandle {
             members_erased: "Members erased (DELETE /api/members/{id})",
             enrolments: "Enrolment code redemptions by result (ok, bad_code, rate_limited)",
             gateways_revoked: "Gateways revoked in the registry",
+            mqtt_logins_refused: "Logins the embedded broker refused, by reason (bad_password, \
+                revoked, unknown_gateway, client_id, rate_limited)",
             purchases_imported: "Purchases stored for the first time",
             purchases_duplicate: "Purchases received again (same purchase_id) and ignored",
             purchases_refused: "Purchase lines refused (malformed, wrong currency, ...)",

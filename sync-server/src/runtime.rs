@@ -22,7 +22,7 @@ use crate::{
         lease::{self, LeaseHandle, LeaseTask},
     },
     compute::run::{ComputeSettings, Runner},
-    config::{BrokerEndpoint, HqConfig},
+    config::{BrokerEndpoint, DEFAULT_CLIENT_ID, HqConfig},
     fanout::{
         FanoutSettings, keys,
         notifier::{self, Notices},
@@ -166,6 +166,10 @@ pub async fn run(cfg: HqConfig, cancel: CancellationToken) -> Result<(), Error> 
     start(cfg, cancel).await?.wait().await
 }
 
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Starts every part of head office and returns once the broker (if embedded) and HTTP accept
 /// connections. The MQTT session connects in the background (see `/healthz`).
 pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffice, Error> {
@@ -211,9 +215,35 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         tier_source: cfg.compute.tier_source,
     };
 
+    // Gateways heard from before: the stores their broker logins are checked against.
+    for (gateway, store_id) in store.call(crate::registry::db::seen_gateways).await? {
+        registry.learn(&gateway, &store_id);
+    }
+    let metrics = MetricsHandle::new();
+    let identity = broker::Identity {
+        user: cfg
+            .broker
+            .username
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CLIENT_ID.to_string()),
+        // The embedded broker lives in this process: a password of this run does.
+        password: match &cfg.broker.password {
+            Some(p) => p.clone(),
+            None => secrets::random_hex()?,
+        },
+    };
+    let mut tls = None;
     let (broker_addr, mqtt_host, mqtt_port) = match endpoint {
         BrokerEndpoint::Embedded(addr) => {
-            let b = broker::start(addr).await?;
+            let logins = (!cfg.broker.allow_anonymous).then(|| {
+                broker::login::Logins::new(
+                    registry.clone(),
+                    &identity.user,
+                    &identity.password,
+                    metrics.metrics.mqtt_logins_refused.clone(),
+                )
+            });
+            let b = broker::start(addr, logins, &identity).await?;
             let a = b.addr();
             // A broker on every interface is reached on loopback from here.
             let ip = if a.ip().is_unspecified() {
@@ -223,7 +253,26 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
             };
             (Some(a), ip.to_string(), a.port())
         }
-        BrokerEndpoint::External { host, port } => (None, host, port),
+        BrokerEndpoint::External(url) => {
+            if url.tls {
+                let config = instore_daemon::tls::client_config(instore_daemon::tls::TlsFiles {
+                    ca_file: cfg.broker.ca_file.as_deref(),
+                    client_cert: cfg.broker.client_cert.as_deref(),
+                    client_key: cfg.broker.client_key.as_deref(),
+                })
+                .map_err(|e| Error::Task(format!("[broker] TLS: {e}")))?;
+                tls = Some(rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(
+                    config,
+                )));
+            } else if !is_loopback_host(&url.host) {
+                tracing::warn!(
+                    host = %url.host,
+                    "head office's broker link is plaintext (mqtt://) to another machine: gateway \
+                     batches and acks cross the network unencrypted; use mqtts://"
+                );
+            }
+            (None, url.host, url.port)
+        }
     };
 
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -234,7 +283,6 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         })?;
     let http_addr = listener.local_addr().map_err(Error::Http)?;
 
-    let metrics = MetricsHandle::new();
     let client_id = cluster::client_id(&cfg)?;
     let shared = cfg.broker.share_group.is_some();
     // The lease is released only after compute has stopped (see `wait`): its own token.
@@ -254,12 +302,25 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         metrics.metrics.lease_held.set(1);
         (LeaseHandle::always(), None)
     };
-    let credentials = cfg
-        .broker
-        .username
-        .as_deref()
-        .map(|u| (u, cfg.broker.password.as_deref().unwrap_or("")));
-    let (client, eventloop) = mqtt::connect(&client_id, &mqtt_host, mqtt_port, shared, credentials);
+    // On the embedded broker head office always logs in; on another, as configured.
+    let credentials = if broker_addr.is_some() {
+        Some((identity.user.as_str(), identity.password.as_str()))
+    } else {
+        cfg.broker
+            .username
+            .as_deref()
+            .map(|u| (u, cfg.broker.password.as_deref().unwrap_or("")))
+    };
+    let (client, eventloop) = mqtt::connect(
+        &mqtt::Endpoint {
+            client_id: &client_id,
+            host: &mqtt_host,
+            port: mqtt_port,
+            tls,
+        },
+        shared,
+        credentials,
+    );
     let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
     let (notice_tx, notice_rx) = mpsc::channel(NOTICE_QUEUE);
     let stop_mqtt = CancellationToken::new();

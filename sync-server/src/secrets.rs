@@ -133,7 +133,7 @@ fn create(path: &Path, secret: &str) -> Result<bool, SecretError> {
     Ok(created)
 }
 
-fn random_hex() -> Result<String, SecretError> {
+pub(crate) fn random_hex() -> Result<String, SecretError> {
     let mut bytes = [0u8; SECRET_BYTES];
     OsRng
         .try_fill_bytes(&mut bytes)

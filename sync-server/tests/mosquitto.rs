@@ -24,10 +24,7 @@ async fn head_office_ingests_and_acknowledges_through_mosquitto() {
     let hq = Hq::start(BrokerConfig {
         listen: None,
         url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
-        client_id: "instore-sync".into(),
-        share_group: None,
-        username: None,
-        password: None,
+        ..BrokerConfig::default()
     })
     .await;
     let h = hq.get_json("/healthz").await;
@@ -89,10 +86,8 @@ async fn a_burst_of_two_thousand_batches_is_all_stored_and_acknowledged() {
         BrokerConfig {
             listen: None,
             url: Some(format!("mqtt://127.0.0.1:{}", mosquitto.port)),
-            client_id: "instore-sync".into(),
             share_group: Some("burst".into()),
-            username: None,
-            password: None,
+            ..BrokerConfig::default()
         },
         common::Backend::Postgres,
         |_| {},

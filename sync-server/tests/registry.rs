@@ -104,7 +104,7 @@ async fn a_revoked_gateway_is_refused_at_once_on_http_and_mid_stream_on_mqtt() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut gw = FakeGateway::connect(&hq, "g1", "s1").await;
+    let mut gw = FakeGateway::connect_enrolled(&hq, "g1", "s1", &token).await;
     gw.send_sealed(&[1, 2, 3], &token).await;
     assert_eq!(gw.next_ack().await.high_water, 3);
     let bad = |m: &str, reason: &str| {
@@ -146,6 +146,27 @@ async fn a_revoked_gateway_is_refused_at_once_on_http_and_mid_stream_on_mqtt() {
         seqs,
         [1, 2, 3],
         "nothing after the revocation, nothing plain"
+    );
+    // Still connected (the embedded broker checks logins at CONNECT), but it cannot log in
+    // again, and the generation-0 token of before its enrolment does not get it in either.
+    let m0 = hq.metrics().await;
+    let logins_refused = |m: &str, reason: &str| {
+        instore_testkit::http::metric_value(
+            m,
+            &format!("instore_sync_mqtt_logins_refused_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    for password in [token.clone(), gateway_token("s1", "g1")] {
+        let mut opts = rumqttc::MqttOptions::new("g1:s1:again", &hq.mqtt_host, hq.mqtt_port);
+        opts.set_credentials("g1", password);
+        let (_c, mut ev) = rumqttc::AsyncClient::new(opts, 4);
+        let first = tokio::time::timeout(common::WAIT, ev.poll()).await.unwrap();
+        assert!(first.is_err(), "{first:?}");
+    }
+    assert_eq!(
+        logins_refused(&hq.metrics().await, "revoked"),
+        logins_refused(&m0, "revoked") + 2.0
     );
     // A gateway of before the registry can be revoked too, by the store it was seen in.
     let mut legacy = FakeGateway::connect(&hq, "old", "s1").await;

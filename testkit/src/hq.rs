@@ -69,10 +69,7 @@ pub fn embedded() -> BrokerConfig {
     BrokerConfig {
         listen: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
         url: None,
-        client_id: "instore-sync".into(),
-        share_group: None,
-        username: None,
-        password: None,
+        ..BrokerConfig::default()
     }
 }
 
@@ -114,7 +111,8 @@ impl Hq {
         let office = instore_sync::start(cfg, cancel.clone()).await.unwrap();
         let http = office.http_addr();
         let url = office.mqtt_url();
-        let (host, port) = instore_sync::config::parse_mqtt_url(&url).unwrap();
+        let instore_sync::config::MqttUrl { host, port, .. } =
+            instore_sync::config::parse_mqtt_url(&url).unwrap();
         let done = tokio::spawn(office.wait());
         let hq = Hq {
             http,

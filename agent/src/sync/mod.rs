@@ -278,73 +278,22 @@ fn mqtt_options(
     Ok(options)
 }
 
-/// rustls via the aws-lc-rs provider that rumqttc and reqwest already pull in: trust roots from
-/// `ca_file` or else the operating system; a client certificate when `client_cert` is set.
+/// TLS for `mqtts://` ([`instore_daemon::tls`]): trust roots from `ca_file` or else the
+/// operating system; a client certificate when `client_cert` is set.
 fn tls_config(cfg: &SyncConfig) -> Result<TlsConfiguration, SyncError> {
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-    let url = &cfg.broker;
-    let file_err = |key: &'static str, path: &std::path::Path| {
-        let path = path.display().to_string();
-        move |e: rustls::pki_types::pem::Error| SyncError::TlsFile {
-            key,
-            path,
-            reason: e.to_string(),
-        }
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &cfg.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .map_err(file_err("ca_file", ca))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(file_err("ca_file", ca))?;
-        let (added, _ignored) = roots.add_parsable_certificates(certs);
-        if added == 0 {
-            return Err(SyncError::TlsFile {
-                key: "ca_file",
-                path: ca.display().to_string(),
-                reason: "no usable CA certificate in the file".into(),
-            });
-        }
-    } else {
-        let found = rustls_native_certs::load_native_certs();
-        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            let reason = found
-                .errors
-                .first()
-                .map_or_else(|| "no certificates found".to_string(), ToString::to_string);
-            return Err(SyncError::TlsRoots {
-                url: url.to_string(),
-                reason,
-            });
-        }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| SyncError::TlsRoots {
-        url: url.to_string(),
-        reason: e.to_string(),
-    })?
-    .with_root_certificates(roots);
-    let config = match (&cfg.client_cert, &cfg.client_key) {
-        (Some(cert), Some(key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .map_err(file_err("client_cert", cert))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(file_err("client_cert", cert))?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(file_err("client_key", key))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| SyncError::TlsFile {
-                    key: "client_cert",
-                    path: cert.display().to_string(),
-                    reason: e.to_string(),
-                })?
-        }
-        _ => builder.with_no_client_auth(),
-    };
+    use instore_daemon::tls::{TlsError, TlsFiles, client_config};
+    let config = client_config(TlsFiles {
+        ca_file: cfg.ca_file.as_deref(),
+        client_cert: cfg.client_cert.as_deref(),
+        client_key: cfg.client_key.as_deref(),
+    })
+    .map_err(|e| match e {
+        TlsError::File { key, path, reason } => SyncError::TlsFile { key, path, reason },
+        TlsError::Roots { reason } => SyncError::TlsRoots {
+            url: cfg.broker.clone(),
+            reason,
+        },
+    })?;
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-pub use instore_testkit::hq::{ADMIN, Hq, embedded};
+pub use instore_testkit::hq::{ADMIN, Hq, SECRET, embedded};
 
 pub const GATEWAY: &str = "gw-1";
 pub const WAIT: Duration = Duration::from_secs(20);

@@ -420,16 +420,33 @@ message = "{display_name} ({tier}) arrived at the {zone}"
 cooldown_s = 3600
 "#;
 
-/// Publishes `payloads` on `topic` at QoS 1 (retained if asked) as an anonymous client of
-/// `broker` (`mqtt://host:port`) would, and waits until the broker took them all.
-pub async fn publish_raw(broker: &str, retain: bool, topic: &str, payloads: Vec<Vec<u8>>) {
+fn host_port(broker: &str) -> (String, u16) {
     let (host, port) = broker
         .strip_prefix("mqtt://")
         .unwrap()
         .rsplit_once(':')
         .unwrap();
-    let id = format!("vandal-{}", free_port());
-    let mut opts = rumqttc::MqttOptions::new(id, host, port.parse().unwrap());
+    (host.to_string(), port.parse().unwrap())
+}
+
+/// Publishes `payloads` on `topic` at QoS 1 (retained if asked) on `hq`'s broker, logged in as
+/// gateway `as_gateway.0` of store `as_gateway.1` (its token from head office's secret: a stolen
+/// gateway; brokers without authentication ignore the login), and waits until the broker took
+/// them all.
+pub async fn publish_raw(
+    hq: &Hq,
+    as_gateway: (&str, &str),
+    retain: bool,
+    topic: &str,
+    payloads: Vec<Vec<u8>>,
+) {
+    let (host, port) = host_port(&hq.mqtt);
+    let (gateway, store) = as_gateway;
+    let id = format!("{gateway}:{store}:vandal{}", free_port());
+    let mut opts = rumqttc::MqttOptions::new(id, host, port);
+    let token =
+        instore_protocol::token::gateway_token(hq.secret.as_bytes(), store, gateway).unwrap();
+    opts.set_credentials(gateway, token);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 16);
     let n = payloads.len();
@@ -453,4 +470,27 @@ pub async fn publish_raw(broker: &str, retain: bool, topic: &str, payloads: Vec<
     .expect("the broker took the payloads");
     client.disconnect().await.unwrap();
     let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+}
+
+/// Whether the broker at `broker` answers a CONNECT with this login (`None`: anonymous) with
+/// a CONNACK that accepts it; `false` when it refuses or drops the connection.
+pub async fn broker_accepts(broker: &str, client_id: &str, login: Option<(&str, &str)>) -> bool {
+    let (host, port) = host_port(broker);
+    let mut opts = rumqttc::MqttOptions::new(client_id, host, port);
+    if let Some((user, password)) = login {
+        opts.set_credentials(user, password);
+    }
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 4);
+    let first = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+        .await
+        .expect("the broker answers within 10 s");
+    matches!(
+        first,
+        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(
+            rumqttc::ConnAck {
+                code: rumqttc::ConnectReturnCode::Success,
+                ..
+            }
+        )))
+    )
 }

@@ -40,14 +40,24 @@ const MAX_WAITING: usize = 8192;
 /// the broker sends everything to the instances that are up, and what a dead instance had in
 /// flight comes again from the gateways' outboxes.
 /// `credentials`: the user name and password a broker that authenticates clients expects.
+/// Where head office's session connects.
+pub struct Endpoint<'a> {
+    pub client_id: &'a str,
+    pub host: &'a str,
+    pub port: u16,
+    /// `mqtts://`: the TLS configuration.
+    pub tls: Option<rumqttc::TlsConfiguration>,
+}
+
 pub fn connect(
-    client_id: &str,
-    host: &str,
-    port: u16,
+    endpoint: &Endpoint<'_>,
     shared: bool,
     credentials: Option<(&str, &str)>,
 ) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(client_id, host, port);
+    let mut opts = MqttOptions::new(endpoint.client_id, endpoint.host, endpoint.port);
+    if let Some(tls) = &endpoint.tls {
+        opts.set_transport(rumqttc::Transport::Tls(tls.clone()));
+    }
     opts.set_keep_alive(KEEP_ALIVE)
         .set_clean_session(shared)
         .set_manual_acks(true)

@@ -79,6 +79,19 @@ pub fn load_all(db: &mut Db) -> Result<Vec<Entry>, StoreError> {
     rows.iter().map(entry).collect()
 }
 
+const SELECT_SEEN: Sql = Sql::same("SELECT id, store FROM gateways");
+
+/// Every gateway head office has heard from, with its store: how the embedded broker knows
+/// which store a gateway enrolled before the registry belongs to.
+pub fn seen_gateways(db: &mut Db) -> Result<Vec<(String, String)>, StoreError> {
+    let mut tx = db.read_transaction()?;
+    let rows = tx.query(&SELECT_SEEN, params![])?;
+    tx.commit()?;
+    rows.iter()
+        .map(|r| Ok((r.string(0)?, r.string(1)?)))
+        .collect()
+}
+
 pub fn one(db: &mut Db, gateway_id: &str) -> Result<Option<Entry>, StoreError> {
     let mut tx = db.read_transaction()?;
     let row = tx.query_opt(&SELECT_ONE, params![gateway_id])?;

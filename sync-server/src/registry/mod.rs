@@ -70,11 +70,27 @@ impl Status {
     }
 }
 
+/// What the registry says of a broker login (user name = gateway id, password = its token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Login {
+    /// The current token of this gateway of this store.
+    Gateway { store_id: String },
+    /// Refused, with the reason counted by the broker.
+    Refused(&'static str),
+    /// An unregistered gateway whose store this instance has not learnt: only a search over
+    /// every known store ([`Registry::login_by_search`]) can tell.
+    StoreUnknown,
+}
+
 /// The registry as this instance knows it, shared by every handler and ingest.
 #[derive(Clone)]
 pub struct Registry {
     secret: Arc<[u8]>,
     entries: Arc<RwLock<HashMap<String, Entry>>>,
+    /// Stores of gateways without a row (enrolled with the secret), as learnt from the
+    /// `gateways` table and from tokens that verified over HTTP: a broker login names only the
+    /// gateway, and its token is bound to a store.
+    legacy_stores: Arc<RwLock<HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -88,7 +104,68 @@ impl Registry {
         Self {
             secret: Arc::from(secret),
             entries: Arc::default(),
+            legacy_stores: Arc::default(),
         }
+    }
+
+    /// Records that `gateway_id` speaks for `store_id` (a gateway seen, or a token verified).
+    pub fn learn(&self, gateway_id: &str, store_id: &str) {
+        let mut map = self
+            .legacy_stores
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.get(gateway_id).map(String::as_str) != Some(store_id) {
+            map.insert(gateway_id.to_string(), store_id.to_string());
+        }
+    }
+
+    /// Checks a broker login against what this instance knows, without searching.
+    pub fn login(&self, gateway_id: &str, password: &str) -> Login {
+        let store_id = match self.entry(gateway_id) {
+            Some(e) if e.revoked_ms.is_some() => return Login::Refused("revoked"),
+            Some(e) => e.store_id,
+            None => {
+                let learnt = self
+                    .legacy_stores
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(gateway_id)
+                    .cloned();
+                match learnt {
+                    Some(s) => s,
+                    None => return Login::StoreUnknown,
+                }
+            }
+        };
+        if self.verify(&store_id, gateway_id, password) {
+            Login::Gateway { store_id }
+        } else {
+            Login::Refused("bad_password")
+        }
+    }
+
+    /// An unregistered gateway's login tried against every store this instance knows: one HMAC
+    /// per store, so the caller limits how often it runs.
+    pub fn login_by_search(&self, gateway_id: &str, password: &str) -> Login {
+        if self.is_registered(gateway_id) {
+            return self.login(gateway_id, password);
+        }
+        let mut stores: Vec<String> = self
+            .legacy_stores
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        stores.extend(self.read().values().map(|e| e.store_id.clone()));
+        stores.sort_unstable();
+        stores.dedup();
+        for store_id in stores {
+            if self.verify(&store_id, gateway_id, password) {
+                return Login::Gateway { store_id };
+            }
+        }
+        Login::Refused("unknown_gateway")
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
@@ -147,9 +224,14 @@ impl Registry {
 
     /// Whether `presented` is the current token of `gateway_id` in `store_id` (constant time).
     pub fn verify(&self, store_id: &str, gateway_id: &str, presented: &str) -> bool {
-        self.status(store_id, gateway_id).token().is_some_and(|t| {
+        let status = self.status(store_id, gateway_id);
+        let ok = status.token().is_some_and(|t| {
             crate::http::auth::constant_time_eq(t.as_bytes(), presented.as_bytes())
-        })
+        });
+        if ok && matches!(status, Status::Legacy(_)) {
+            self.learn(gateway_id, store_id);
+        }
+        ok
     }
 
     /// The key of the gateway's sealed messages and of head office's acks to it, if it may speak.
@@ -219,5 +301,44 @@ mod tests {
         assert!(!r.verify("s1", "g1", &g2));
         assert!(r.gateway_key("s1", "g1").is_none());
         assert_eq!(r.status("s/1", "g9"), Status::Invalid);
+    }
+
+    #[test]
+    fn a_broker_login_finds_the_store_of_a_legacy_gateway_and_refuses_revoked_and_wrong_tokens() {
+        let secret = b"0123456789abcdef";
+        let r = Registry::new(secret);
+        let t = |s, g| instore_protocol::token::gateway_token(secret, s, g).unwrap();
+        assert_eq!(r.login("g1", &t("s1", "g1")), Login::StoreUnknown);
+        // Nothing known yet: no store to search.
+        assert_eq!(
+            r.login_by_search("g1", &t("s1", "g1")),
+            Login::Refused("unknown_gateway")
+        );
+        r.learn("g0", "s1");
+        let found = Login::Gateway {
+            store_id: "s1".into(),
+        };
+        assert_eq!(r.login_by_search("g1", &t("s1", "g1")), found);
+        // The search taught the registry g1's store: the next login needs no search.
+        assert_eq!(r.login("g1", &t("s1", "g1")), found);
+        assert_eq!(
+            r.login("g1", &t("s2", "g1")),
+            Login::Refused("bad_password")
+        );
+        assert_eq!(r.login("g1", "nope"), Login::Refused("bad_password"));
+        r.put(entry("g1", "s1", 1, true));
+        assert_eq!(r.login("g1", &t("s1", "g1")), Login::Refused("revoked"));
+        r.put(entry("g2", "s3", 1, false));
+        let g2 = r.token_at("s3", "g2", 1).unwrap();
+        assert_eq!(
+            r.login("g2", &g2),
+            Login::Gateway {
+                store_id: "s3".into()
+            }
+        );
+        assert_eq!(
+            r.login("g2", &t("s3", "g2")),
+            Login::Refused("bad_password")
+        );
     }
 }

@@ -30,6 +30,11 @@ impl FakeGateway {
         Self::connect_with(&hq.mqtt_host, hq.mqtt_port, id, store, &[]).await
     }
 
+    /// Logged in with `token` (an enrolled gateway's) instead of the generation-0 one.
+    pub async fn connect_enrolled(hq: &Hq, id: &str, store: &str, token: &str) -> FakeGateway {
+        Self::connect_login(&hq.mqtt_host, hq.mqtt_port, id, store, &[], Some(token)).await
+    }
+
     pub async fn connect_with(
         host: &str,
         port: u16,
@@ -37,7 +42,26 @@ impl FakeGateway {
         store: &str,
         extra: &[String],
     ) -> FakeGateway {
-        let mut opts = MqttOptions::new(format!("fake-{id}-{}", free_port()), host, port);
+        Self::connect_login(host, port, id, store, extra, None).await
+    }
+
+    async fn connect_login(
+        host: &str,
+        port: u16,
+        id: &str,
+        store: &str,
+        extra: &[String],
+        token: Option<&str>,
+    ) -> FakeGateway {
+        // Logged in as the gateway it is (head office's embedded broker refuses anonymous
+        // clients); the client id names its store, since nothing else has told head office yet.
+        let mut opts = MqttOptions::new(format!("{id}:{store}:fake{}", free_port()), host, port);
+        let token = token
+            .map(str::to_owned)
+            .or_else(|| instore_protocol::token::gateway_token(SECRET.as_bytes(), store, id));
+        if let Some(token) = token {
+            opts.set_credentials(id, token);
+        }
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(400 * 1024, 400 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);

@@ -1,9 +1,16 @@
 //! The embedded MQTT broker (rumqttd) for the single-machine default and tests.
 //!
-//! In: a listen address. Out: a running broker on its own threads, and the address it is bound
-//! to. rumqttd keeps everything in memory and has no topic ACLs: per-store isolation needs an
-//! external broker (`[broker] url`). rumqttd offers no way to stop it, so its threads live until
-//! the process exits; a second head office in the same process needs another port.
+//! In: a listen address and who may log in ([`login::Logins`]; `None` only with `[broker]
+//! allow_anonymous`). Out: a running broker on its own threads, and the address it is bound to.
+//! rumqttd keeps everything in memory and has no topic ACLs: a logged-in gateway could read
+//! other stores' topics, so per-store isolation of reads needs an external broker with the ACLs
+//! of `instore-provision mosquitto`; forged writes are refused by the message seals on any
+//! broker. A login is checked at CONNECT only: a gateway revoked while connected keeps its
+//! connection until it drops, although head office refuses its messages at once. rumqttd offers
+//! no way to stop it, so its threads live until the process exits; a second head office in the
+//! same process needs another port.
+
+pub mod login;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -73,18 +80,40 @@ dynamic_filters = true
     toml::from_str(&text).map_err(|e| BrokerError::Config(e.to_string()))
 }
 
-/// Starts rumqttd on `addr` and waits until it accepts connections.
+/// Head office's own login on its embedded broker.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: String,
+    pub password: String,
+}
+
+/// Starts rumqttd on `addr` and waits until it accepts connections; with `logins`, only those
+/// it accepts may connect (`identity` is head office's, used for the readiness probe).
 ///
 /// The port is bound once here first so that a taken port fails with a clear error (rumqttd
 /// itself only logs it from its thread); with port 0 that probe also picks the port.
-pub async fn start(addr: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+pub async fn start(
+    addr: SocketAddr,
+    logins: Option<login::Logins>,
+    identity: &Identity,
+) -> Result<EmbeddedBroker, BrokerError> {
     let probe =
         std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
     let addr = probe
         .local_addr()
         .map_err(|source| BrokerError::Bind { addr, source })?;
     drop(probe);
-    let config = broker_config(addr)?;
+    let mut config = broker_config(addr)?;
+    if let Some(logins) = logins {
+        let server = config
+            .v4
+            .as_mut()
+            .and_then(|servers| servers.values_mut().next())
+            .ok_or_else(|| BrokerError::Config("no v4 server".into()))?;
+        server.set_auth_handler(move |client_id: String, user: String, password: String| {
+            std::future::ready(logins.check(&client_id, &user, &password, now_ms()))
+        });
+    }
     let thread = std::thread::Builder::new()
         .name("instore-broker".into())
         .spawn(move || {
@@ -97,7 +126,7 @@ pub async fn start(addr: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
 
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        if mqtt_handshake(addr).await.is_ok() {
+        if mqtt_handshake(addr, identity).await.is_ok() {
             tracing::info!(%addr, "embedded MQTT broker listening");
             return Ok(EmbeddedBroker { addr });
         }
@@ -115,16 +144,40 @@ pub async fn start(addr: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An MQTT 3.1.1 CONNECT with clean session, keep-alive 10 s, and head office's login.
+fn connect_packet(client_id: &str, identity: &Identity) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x80 | 0x40, 0, 10];
+    for field in [client_id, &identity.user, &identity.password] {
+        let bytes = &field.as_bytes()[..field.len().min(u16::MAX as usize)];
+        body.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        body.extend_from_slice(bytes);
+    }
+    let mut packet = vec![0x10];
+    // Remaining length: 7 bits per byte, high bit set on all but the last.
+    let mut len = body.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    packet
+}
+
 /// Connects, sends an MQTT 3.1.1 CONNECT, waits for CONNACK and disconnects: proof the broker
 /// serves MQTT, without the "connection closed" error a bare TCP probe makes rumqttd log.
-async fn mqtt_handshake(addr: SocketAddr) -> std::io::Result<()> {
+async fn mqtt_handshake(addr: SocketAddr, identity: &Identity) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    const CLIENT_ID: &[u8] = b"instore-sync-probe";
-    let mut packet = vec![0x10, (10 + 2 + CLIENT_ID.len()) as u8];
-    // Protocol name "MQTT", level 4, flags: clean session, keep-alive 10 s.
-    packet.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
-    packet.extend_from_slice(&[0, CLIENT_ID.len() as u8]);
-    packet.extend_from_slice(CLIENT_ID);
+    let packet = connect_packet("instore-sync-probe", identity);
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream.write_all(&packet).await?;
     let mut connack = [0u8; 4];
@@ -152,10 +205,28 @@ mod tests {
         assert!(c.router.max_connections >= 10_000);
     }
 
+    #[test]
+    fn the_probe_connect_encodes_a_long_login() {
+        let id = Identity {
+            user: "u".repeat(100),
+            password: "p".repeat(100),
+        };
+        let p = connect_packet("c", &id);
+        // 10 header bytes + 3 length-prefixed fields (3 + 102 + 102) = 217: two length bytes.
+        assert_eq!(&p[..3], &[0x10, (217 % 128) | 0x80, 1]);
+        assert_eq!(p.len(), 3 + 217);
+    }
+
     #[tokio::test]
     async fn a_taken_port_fails_with_a_clear_error() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = start(taken.local_addr().unwrap()).await.unwrap_err();
+        let id = Identity {
+            user: "hq".into(),
+            password: "pw".into(),
+        };
+        let err = start(taken.local_addr().unwrap(), None, &id)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("is the port taken"), "{err}");
     }
 }
