@@ -10,6 +10,7 @@ pub mod changes;
 pub mod eddystone_eid;
 pub mod event;
 pub mod member;
+pub mod member_code;
 pub mod purchase;
 pub mod qr;
 pub mod rotating;

@@ -139,6 +139,13 @@ pub enum Identifier {
         key: String,
         exponent: u8,
     },
+    /// The public key of a member's device that signs their member codes
+    /// ([`crate::member_code`]): `alg` `ES256` or `Ed25519`, the raw key in hex. Registered at
+    /// head office (`POST /api/members/{id}/devices`), never taken from an import.
+    DeviceKey {
+        alg: String,
+        public_key: String,
+    },
 }
 
 /// The parsed, normalised form of an [`Identifier`]: what the gateway's index is keyed by.
@@ -169,6 +176,10 @@ pub enum IdentifierKey {
         epoch: u16,
         key: [u8; 16],
         exponent: u8,
+    },
+    /// A device key by its id ([`crate::member_code::key_id`]).
+    DeviceKey {
+        key_id: [u8; crate::member_code::KEY_ID_LEN],
     },
 }
 
@@ -254,8 +265,26 @@ impl Identifier {
                 key: hex_array(key, "key")?,
                 exponent: eid_exponent(*exponent)?,
             }),
+            Identifier::DeviceKey { alg, public_key } => {
+                let (_, raw) = device_key(alg, public_key)?;
+                Ok(IdentifierKey::DeviceKey {
+                    key_id: crate::member_code::key_id(&raw),
+                })
+            }
         }
     }
+}
+
+/// The algorithm and raw bytes of a [`Identifier::DeviceKey`], checked.
+pub fn device_key(
+    alg: &str,
+    public_key: &str,
+) -> Result<(crate::member_code::Algorithm, Vec<u8>), String> {
+    let alg = crate::member_code::Algorithm::parse(alg)
+        .ok_or_else(|| format!("alg {alg:?} is not ES256 or Ed25519"))?;
+    let raw = hex::decode(public_key).map_err(|_| "public_key is not hex".to_string())?;
+    crate::member_code::check_public_key(alg, &raw).map_err(|e| e.to_string())?;
+    Ok((alg, raw))
 }
 
 impl MemberRecord {

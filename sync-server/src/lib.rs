@@ -7,7 +7,8 @@
 //! PostgreSQL, the only owner of the database) → `compute` (the Data: a pure core and its
 //! scheduling shell) → `fanout` (which stores hold whom, change streams, snapshots, notices) →
 //! `http` (API and HQ page). `cluster` makes several instances one head office (shared
-//! subscriptions, a lease for once-only work). `runtime` wires them; `config` reads the TOML.
+//! subscriptions, a lease for once-only work); `registry` (gateways), `devices` (member device
+//! keys) and `privacy` (erasure, retention) are the rest. `runtime` wires them; `config` reads the TOML.
 //!
 //! Library use (the demo, tests): build or load an [`HqConfig`], then
 //! [`start`] it to learn the bound addresses ([`HeadOffice::http_addr`],
@@ -18,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod compute;
 pub mod config;
+pub mod devices;
 pub mod fanout;
 pub mod http;
 pub mod ingest;

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub enrolments: Family<ReasonLabel, Counter>,
     pub gateways_revoked: Counter,
     pub mqtt_logins_refused: Family<ReasonLabel, Counter>,
+    pub device_keys_registered: Counter,
+    pub device_keys_revoked: Counter,
     pub purchases_imported: Counter,
     pub purchases_duplicate: Counter,
     pub purchases_refused: Counter,
@@ -115,6 +117,8 @@ impl MetricsHandle {
             members_erased: "Members erased (DELETE /api/members/{id})",
             enrolments: "Enrolment code redemptions by result (ok, bad_code, rate_limited)",
             gateways_revoked: "Gateways revoked in the registry",
+            device_keys_registered: "Member device keys registered (signed member codes)",
+            device_keys_revoked: "Member device keys revoked",
             mqtt_logins_refused: "Logins the embedded broker refused, by reason (bad_password, \
                 revoked, unknown_gateway, client_id, rate_limited)",
             purchases_imported: "Purchases stored for the first time",

@@ -31,6 +31,9 @@ pub struct Derived<'a> {
     pub has_purchases: bool,
     /// Date and summary of the latest purchase head office holds.
     pub last_purchase: Option<&'a LastPurchase>,
+    /// The member's registered, unrevoked device keys ([`crate::devices`]): they reach the
+    /// stores as [`Identifier::DeviceKey`]s. Any an import carried are dropped.
+    pub devices: &'a [Identifier],
 }
 
 /// The tier and stage stores see.
@@ -78,6 +81,7 @@ pub fn gateway_record(
                 )
             })
             .cloned()
+            .chain(derived.devices.iter().cloned())
             .collect(),
         birthday: record.birthday.clone(),
         last_purchase: derived

@@ -86,10 +86,12 @@ pub fn place(
         Some(r) => last_purchase(r.i64(0)?, r.str(1)?),
         None => None,
     };
+    let devices = crate::devices::active_keys(tx, member_id)?;
     let derived = Derived {
         computed: computed.as_ref(),
         has_purchases,
         last_purchase: last_purchase.as_ref(),
+        devices: &devices,
     };
     let gateway = gateway_form::gateway_record(&record, &derived, settings.tier_source);
     tx.execute(

@@ -147,6 +147,7 @@ pub(super) async fn member(
                 computed: Some(&c),
                 has_purchases,
                 last_purchase: None,
+                devices: &[],
             };
             let (tier, stage) = gateway_form::tier_and_stage(&record, &derived, fanout.tier_source);
             Ok(Some(MemberView {

@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod changes;
+mod devices;
 mod members;
 mod ndjson;
 mod purchases;
@@ -75,6 +76,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/members/{id}",
             get(members::member).delete(members::erase),
+        )
+        .route(
+            "/api/members/{id}/devices",
+            get(devices::list).post(devices::register),
+        )
+        .route(
+            "/api/members/{id}/devices/{key_id}",
+            axum::routing::delete(devices::revoke),
         )
         .route("/api/pyramid", get(members::pyramid))
         .route("/api/purchases", post(purchases::import))

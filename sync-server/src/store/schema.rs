@@ -227,6 +227,18 @@ CREATE TABLE enrolment_codes (
     expires_ms INTEGER NOT NULL
 );
 ",
+    // 7: member devices' public keys for signed member codes (see `devices/`).
+    "
+CREATE TABLE member_devices (
+    key_id        TEXT PRIMARY KEY,
+    member_id     TEXT    NOT NULL,
+    alg           TEXT    NOT NULL,
+    public_key    TEXT    NOT NULL,
+    registered_ms INTEGER NOT NULL,
+    revoked_ms    INTEGER
+);
+CREATE INDEX member_devices_by_member ON member_devices(member_id);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -423,6 +435,18 @@ CREATE TABLE enrolment_codes (
     store_id   TEXT    NOT NULL,
     expires_ms BIGINT NOT NULL
 );
+",
+    // 7: member devices' public keys for signed member codes (see `devices/`).
+    "
+CREATE TABLE member_devices (
+    key_id        TEXT PRIMARY KEY,
+    member_id     TEXT   NOT NULL,
+    alg           TEXT   NOT NULL,
+    public_key    TEXT   NOT NULL,
+    registered_ms BIGINT NOT NULL,
+    revoked_ms    BIGINT
+);
+CREATE INDEX member_devices_by_member ON member_devices(member_id);
 ",
 ];
 

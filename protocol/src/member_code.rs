@@ -1,0 +1,449 @@
+//! Signed member codes (version 2): what a member's phone shows at the till, signed with a key
+//! pair that only the phone holds. Gateways and head office hold public keys only, so neither a
+//! stolen gateway nor head office's database can make a valid code (unlike [`crate::qr`], where
+//! every gateway holds the HMAC day keys).
+//!
+//! # Format
+//!
+//! `ISQ2:` then the Base45 (RFC 9285, the QR alphanumeric alphabet) of 77 bytes:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 1 | version, `2` |
+//! | 8 | key id: the first 8 bytes of SHA-256 of the raw public key ([`key_id`]) |
+//! | 4 | step: Unix seconds div 30, big-endian |
+//! | 64 | signature over [`signed_message`]: ES256 as `r ‖ s` (what WebCrypto returns), or Ed25519 |
+//!
+//! 121 characters in all: a version-5 QR code at error correction M holds 154 alphanumeric
+//! characters. The signed message is `"instore-code-v2" ‖ key id ‖ be32(step)`. The algorithm is
+//! the key's (registered with it at head office), not the code's: a code cannot ask to be
+//! checked a weaker way. Raw public keys: P-256 as the 65-byte uncompressed point (WebCrypto's
+//! `raw` export), Ed25519 as its 32 bytes. Parsing never panics and looks at no more than
+//! [`MAX_LEN`] bytes. Test vectors were made with Python's `cryptography` (see the tests).
+
+use sha2::{Digest, Sha256};
+
+/// What a version-2 code starts with.
+pub const PREFIX: &str = "ISQ2:";
+pub const VERSION: u8 = 2;
+/// Seconds per step: the phone shows a fresh code every step.
+pub const STEP_SECS: i64 = 30;
+pub const KEY_ID_LEN: usize = 8;
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes before Base45.
+pub const CODE_BYTES: usize = 1 + KEY_ID_LEN + 4 + SIGNATURE_LEN;
+/// Characters of a code: the prefix and the Base45 of [`CODE_BYTES`].
+pub const MAX_LEN: usize = PREFIX.len() + CODE_BYTES / 2 * 3 + (CODE_BYTES % 2) * 2;
+// A version-5 QR code at error correction M holds 154 alphanumeric characters.
+const _: () = assert!(MAX_LEN <= 154);
+/// Steps a code may be older than now and still be accepted (about 60 s: a scanner queue, a
+/// slow till) ...
+pub const MAX_AGE_STEPS: i64 = 2;
+/// ... and newer (a phone clock a little ahead; the page corrects larger errors itself).
+pub const MAX_AHEAD_STEPS: i64 = 1;
+const LABEL: &[u8] = b"instore-code-v2";
+
+/// A device key's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Algorithm {
+    /// ECDSA over P-256 with SHA-256 (WebCrypto `ECDSA`/`P-256`): the default, in every browser.
+    #[serde(rename = "ES256")]
+    Es256,
+    #[serde(rename = "Ed25519")]
+    Ed25519,
+}
+
+impl Algorithm {
+    /// Length of the raw public key.
+    pub fn public_key_len(self) -> usize {
+        match self {
+            Algorithm::Es256 => 65,
+            Algorithm::Ed25519 => 32,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Es256 => "ES256",
+            Algorithm::Ed25519 => "Ed25519",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ES256" => Some(Algorithm::Es256),
+            "Ed25519" => Some(Algorithm::Ed25519),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CodeError {
+    #[error("not a signed member code (expected {PREFIX}...)")]
+    Format,
+    #[error("member code of {0} characters; a signed code has {MAX_LEN}")]
+    Length(usize),
+    #[error("member code is not Base45")]
+    Base45,
+    #[error("member code version {0} is not supported")]
+    Version(u8),
+    #[error("member code's key is not registered for a member held here")]
+    UnknownKey,
+    #[error("member code's key was revoked")]
+    RevokedKey,
+    #[error("member code's signature does not verify")]
+    BadSignature,
+    #[error("member code is {age_s} s old (a photo, or a phone clock behind)")]
+    Expired { age_s: i64 },
+    #[error("member code is {ahead_s} s ahead of this gateway's clock")]
+    Future { ahead_s: i64 },
+    #[error("member code was already used in this store")]
+    Replayed,
+    #[error("public key of {got} bytes; {alg} keys have {want}")]
+    PublicKey {
+        alg: &'static str,
+        got: usize,
+        want: usize,
+    },
+}
+
+impl CodeError {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CodeError::Format | CodeError::Length(_) | CodeError::Base45 => "malformed",
+            CodeError::Version(_) => "version",
+            CodeError::UnknownKey => "unknown_key",
+            CodeError::RevokedKey => "revoked_key",
+            CodeError::BadSignature => "bad_signature",
+            CodeError::Expired { .. } => "expired",
+            CodeError::Future { .. } => "future",
+            CodeError::Replayed => "replayed",
+            CodeError::PublicKey { .. } => "bad_key",
+        }
+    }
+}
+
+/// A parsed code; its signature is not checked yet ([`SignedCode::verify`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCode {
+    pub key_id: [u8; KEY_ID_LEN],
+    pub step: u32,
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// The step of a Unix time in milliseconds.
+pub fn step_of_ms(unix_ms: i64) -> u32 {
+    unix_ms
+        .div_euclid(1000 * STEP_SECS)
+        .clamp(0, i64::from(u32::MAX)) as u32
+}
+
+/// The id of a raw public key: how a code names it, and how head office lists it.
+pub fn key_id(public_key: &[u8]) -> [u8; KEY_ID_LEN] {
+    let digest = Sha256::digest(public_key);
+    let mut out = [0u8; KEY_ID_LEN];
+    out.copy_from_slice(&digest[..KEY_ID_LEN]);
+    out
+}
+
+/// What the device signs for `step`.
+pub fn signed_message(key_id: &[u8; KEY_ID_LEN], step: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LABEL.len() + KEY_ID_LEN + 4);
+    m.extend_from_slice(LABEL);
+    m.extend_from_slice(key_id);
+    m.extend_from_slice(&step.to_be_bytes());
+    m
+}
+
+/// Whether `text` is meant as a version-2 code (so a scanner routes it here, not to [`crate::qr`]).
+pub fn is_signed_code(text: &str) -> bool {
+    text.trim_start().starts_with(PREFIX)
+}
+
+/// Checks that `public_key` has the length `alg` needs.
+pub fn check_public_key(alg: Algorithm, public_key: &[u8]) -> Result<(), CodeError> {
+    if public_key.len() != alg.public_key_len()
+        || (alg == Algorithm::Es256 && public_key.first() != Some(&4))
+    {
+        return Err(CodeError::PublicKey {
+            alg: alg.as_str(),
+            got: public_key.len(),
+            want: alg.public_key_len(),
+        });
+    }
+    Ok(())
+}
+
+/// Assembles a code from its parts (the signer computed `signature` over [`signed_message`]).
+pub fn encode(key_id: &[u8; KEY_ID_LEN], step: u32, signature: &[u8; SIGNATURE_LEN]) -> String {
+    let mut bytes = Vec::with_capacity(CODE_BYTES);
+    bytes.push(VERSION);
+    bytes.extend_from_slice(key_id);
+    bytes.extend_from_slice(&step.to_be_bytes());
+    bytes.extend_from_slice(signature);
+    format!("{PREFIX}{}", base45::encode(&bytes))
+}
+
+/// Parses a scanned code (scanners append a newline: trailing line breaks are ignored, spaces
+/// are not, since Base45 uses them).
+pub fn parse(text: &str) -> Result<SignedCode, CodeError> {
+    let text = text.trim_end_matches(['\r', '\n']).trim_start();
+    let body = text.strip_prefix(PREFIX).ok_or(CodeError::Format)?;
+    if text.len() != MAX_LEN {
+        return Err(CodeError::Length(text.len()));
+    }
+    let bytes = base45::decode(body).ok_or(CodeError::Base45)?;
+    let (&version, rest) = bytes.split_first().ok_or(CodeError::Base45)?;
+    if version != VERSION {
+        return Err(CodeError::Version(version));
+    }
+    if rest.len() != CODE_BYTES - 1 {
+        return Err(CodeError::Length(text.len()));
+    }
+    let mut key_id = [0u8; KEY_ID_LEN];
+    key_id.copy_from_slice(&rest[..KEY_ID_LEN]);
+    let mut step = [0u8; 4];
+    step.copy_from_slice(&rest[KEY_ID_LEN..KEY_ID_LEN + 4]);
+    let mut signature = [0u8; SIGNATURE_LEN];
+    signature.copy_from_slice(&rest[KEY_ID_LEN + 4..]);
+    Ok(SignedCode {
+        key_id,
+        step: u32::from_be_bytes(step),
+        signature,
+    })
+}
+
+impl SignedCode {
+    /// Checks the step against `now_ms` (−[`MAX_AGE_STEPS`] to +[`MAX_AHEAD_STEPS`]), then the
+    /// signature under the device's registered public key.
+    #[cfg(feature = "verify")]
+    pub fn verify(&self, alg: Algorithm, public_key: &[u8], now_ms: i64) -> Result<(), CodeError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
+        self.check_time(now_ms)?;
+        check_public_key(alg, public_key)?;
+        if key_id(public_key) != self.key_id {
+            return Err(CodeError::UnknownKey);
+        }
+        let message = signed_message(&self.key_id, self.step);
+        let verified = match alg {
+            Algorithm::Es256 => UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, public_key)
+                .verify(&message, &self.signature),
+            Algorithm::Ed25519 => {
+                UnparsedPublicKey::new(&ED25519, public_key).verify(&message, &self.signature)
+            }
+        };
+        verified.map_err(|_| CodeError::BadSignature)
+    }
+
+    /// Whether the code's step is within the accepted window around `now_ms`.
+    pub fn check_time(&self, now_ms: i64) -> Result<(), CodeError> {
+        let skew = i64::from(self.step) - i64::from(step_of_ms(now_ms));
+        if skew < -MAX_AGE_STEPS {
+            return Err(CodeError::Expired {
+                age_s: -skew * STEP_SECS,
+            });
+        }
+        if skew > MAX_AHEAD_STEPS {
+            return Err(CodeError::Future {
+                ahead_s: skew * STEP_SECS,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9285 Base45 over the QR alphanumeric alphabet.
+pub mod base45 {
+    const ALPHABET: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
+
+    pub fn encode(data: &[u8]) -> String {
+        let mut out = String::with_capacity(data.len() / 2 * 3 + 2);
+        let mut push = |v: usize| out.push(char::from(ALPHABET[v]));
+        for pair in data.chunks(2) {
+            match *pair {
+                [a, b] => {
+                    let n = usize::from(a) * 256 + usize::from(b);
+                    push(n % 45);
+                    push(n / 45 % 45);
+                    push(n / 2025);
+                }
+                [a] => {
+                    let n = usize::from(a);
+                    push(n % 45);
+                    push(n / 45);
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn value(c: u8) -> Option<u32> {
+        ALPHABET.iter().position(|&a| a == c).map(|p| p as u32)
+    }
+
+    /// `None` for a character outside the alphabet, a dangling single character, or a group
+    /// that encodes more than its bytes can hold.
+    pub fn decode(text: &str) -> Option<Vec<u8>> {
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len() / 3 * 2 + 1);
+        for group in bytes.chunks(3) {
+            match *group {
+                [c, d, e] => {
+                    let n = value(c)? + value(d)? * 45 + value(e)? * 2025;
+                    if n > 0xFFFF {
+                        return None;
+                    }
+                    out.extend_from_slice(&(n as u16).to_be_bytes());
+                }
+                [c, d] => {
+                    let n = value(c)? + value(d)? * 45;
+                    if n > 0xFF {
+                        return None;
+                    }
+                    out.push(n as u8);
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // From protocol/tests/vectors/member_code.py (Python `cryptography` 48 signs; deterministic
+    // private keys from SHA-256 of a label; its own Base45).
+    pub const ES256_PUBLIC: &str = "04f51b66ce01e5a7fffef999ae5affbadf12d994871806a01d0da3c1f04d5643ea3429a5063750016d6ad08c8fc06cd68c7fa668a99ca345a8bb503ab95f9ff1a3";
+    pub const ES256_KEY_ID: &str = "7ef1a8c12a87d60b";
+    pub const ES256_CODE: &str = "ISQ2:8E0YOU+IOY7HTH1KWG+HOR0O%N6/HH8.6ESB0DM*G9GEQM$U1+DLIO.:H B3POTU56IAJI*I1 3.78$ERD-T$SA9S4N343PJ/7QACER+ACI5L 616A$2";
+    pub const ED25519_PUBLIC: &str =
+        "745f59045d233c8743a6e9d08d65765cf39cbf57ce6365b65b8500aafff85661";
+    pub const ED25519_KEY_ID: &str = "682f01f85c7e705c";
+    pub const ED25519_CODE: &str = "ISQ2:VD0I.5+HVD:FKSBKWGLCOGZ0ZA8:+NY7U0PU1R7LRD-I5XLMF306N2.IOSSA.KUXQK366CSMBPPY4K-P1H8C$BH-AFOEWL:0/IE/5UD34Z9NACT/8J90";
+    pub const STEP: u32 = 59_000_000;
+    const NOW_MS: i64 = STEP as i64 * 30_000 + 10_000;
+
+    #[test]
+    fn base45_matches_rfc_9285() {
+        for (raw, text) in [
+            (&b"AB"[..], "BB8"),
+            (b"Hello!!", "%69 VD92EX0"),
+            (b"base-45", "UJCLQE7W581"),
+            (b"ietf!", "QED8WEX0"),
+            (b"", ""),
+        ] {
+            assert_eq!(base45::encode(raw), text);
+            assert_eq!(base45::decode(text).as_deref(), Some(raw));
+        }
+        // RFC 9285 §6: "GGW" is 65535 + 1 and must be refused; lower case is not Base45.
+        assert_eq!(base45::decode("GGW"), None);
+        assert_eq!(base45::decode("bb8"), None);
+        assert_eq!(base45::decode("B"), None);
+    }
+
+    #[test]
+    fn the_vectors_parse_to_their_key_ids_and_step_and_fit_a_version_5_qr_code() {
+        for (code, public, kid) in [
+            (ES256_CODE, ES256_PUBLIC, ES256_KEY_ID),
+            (ED25519_CODE, ED25519_PUBLIC, ED25519_KEY_ID),
+        ] {
+            assert_eq!(code.len(), MAX_LEN);
+            let parsed = parse(&format!("{code}\r\n")).unwrap();
+            assert_eq!(hex::encode(parsed.key_id), kid);
+            assert_eq!(hex::encode(key_id(&hex::decode(public).unwrap())), kid);
+            assert_eq!(parsed.step, STEP);
+            assert_eq!(encode(&parsed.key_id, parsed.step, &parsed.signature), code);
+        }
+    }
+
+    #[cfg(feature = "verify")]
+    #[test]
+    fn the_vectors_verify_and_every_alteration_is_refused() {
+        for (code, public, alg) in [
+            (ES256_CODE, ES256_PUBLIC, Algorithm::Es256),
+            (ED25519_CODE, ED25519_PUBLIC, Algorithm::Ed25519),
+        ] {
+            let public = hex::decode(public).unwrap();
+            let parsed = parse(code).unwrap();
+            assert_eq!(parsed.verify(alg, &public, NOW_MS), Ok(()));
+            let mut other_step = parsed.clone();
+            other_step.step += 1;
+            assert_eq!(
+                other_step.verify(alg, &public, NOW_MS),
+                Err(CodeError::BadSignature)
+            );
+            let mut flipped = parsed.clone();
+            flipped.signature[10] ^= 1;
+            assert_eq!(
+                flipped.verify(alg, &public, NOW_MS),
+                Err(CodeError::BadSignature)
+            );
+            // The other vector's key: a different key id, so not this member's device.
+            let wrong_alg = if alg == Algorithm::Es256 {
+                Algorithm::Ed25519
+            } else {
+                Algorithm::Es256
+            };
+            assert!(parsed.verify(wrong_alg, &public, NOW_MS).is_err());
+        }
+        let es = parse(ES256_CODE).unwrap();
+        let ed_key = hex::decode(ED25519_PUBLIC).unwrap();
+        assert_eq!(
+            es.verify(Algorithm::Ed25519, &ed_key, NOW_MS),
+            Err(CodeError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn the_window_is_a_minute_back_and_half_a_minute_ahead() {
+        let c = parse(ES256_CODE).unwrap();
+        let at = |step: i64| step * 30_000 + 1;
+        let s = i64::from(STEP);
+        assert_eq!(c.check_time(at(s)), Ok(()));
+        assert_eq!(c.check_time(at(s + 2)), Ok(()));
+        assert_eq!(
+            c.check_time(at(s + 3)),
+            Err(CodeError::Expired { age_s: 90 })
+        );
+        assert_eq!(c.check_time(at(s - 1)), Ok(()));
+        assert_eq!(
+            c.check_time(at(s - 2)),
+            Err(CodeError::Future { ahead_s: 60 })
+        );
+    }
+
+    #[test]
+    fn malformed_codes_get_typed_errors() {
+        assert_eq!(parse(""), Err(CodeError::Format));
+        assert_eq!(parse("ISQ1.M1.1.00"), Err(CodeError::Format));
+        assert_eq!(parse("ISQ2:BB8"), Err(CodeError::Length(8)));
+        let lower = ES256_CODE.replacen('8', "a", 1);
+        assert_eq!(parse(&lower), Err(CodeError::Base45));
+        let mut bytes = vec![3u8];
+        bytes.extend_from_slice(&[0; CODE_BYTES - 1]);
+        let v3 = format!("{PREFIX}{}", base45::encode(&bytes));
+        assert_eq!(parse(&v3), Err(CodeError::Version(3)));
+        assert!(is_signed_code(" ISQ2:x") && !is_signed_code("ISQ1.M1.2.3"));
+        assert!(check_public_key(Algorithm::Es256, &[4; 65]).is_ok());
+        assert!(check_public_key(Algorithm::Es256, &[2; 65]).is_err());
+        assert!(check_public_key(Algorithm::Ed25519, &[4; 65]).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_parses_or_errors_without_panicking(s in "\\PC{0,200}") {
+            let _ = parse(&s);
+            let _ = base45::decode(&s);
+        }
+
+        #[test]
+        fn base45_round_trips(data in proptest::collection::vec(proptest::num::u8::ANY, 0..100)) {
+            proptest::prop_assert_eq!(base45::decode(&base45::encode(&data)), Some(data));
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Member device keys at head office, over HTTP on both backends: a registered public key
+//! reaches the member's stores as a `device_key` identifier (and nothing else about the device
+//! does), a revoked one leaves them, an import cannot smuggle one in, and bad or foreign keys are
+//! refused with their reasons.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{ADMIN, Hq, WAIT, both_backends, changes, embedded};
+use instore_protocol::{Identifier, changes::ChangeOp};
+use instore_testkit::wait::eventually_some;
+
+// The test vectors of protocol/src/member_code.rs (Python `cryptography`).
+const ES256: &str = "04f51b66ce01e5a7fffef999ae5affbadf12d994871806a01d0da3c1f04d5643ea3429a5063750016d6ad08c8fc06cd68c7fa668a99ca345a8bb503ab95f9ff1a3";
+const ES256_KEY_ID: &str = "7ef1a8c12a87d60b";
+const ED25519: &str = "745f59045d233c8743a6e9d08d65765cf39cbf57ce6365b65b8500aafff85661";
+
+fn member(id: &str, extra: &str) -> String {
+    format!(
+        r#"{{"member_id":"{id}","display_name":"Ms. {id}","tier":"gold","consent":{{"presence":true}}{extra}}}"#
+    )
+}
+
+async fn send(
+    hq: &Hq,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut req = reqwest::Client::new()
+        .request(method, hq.url(path))
+        .bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// The device keys of `member` in the store's latest upsert of them after `since`.
+async fn store_keys(hq: &Hq, member: &str, since: &str) -> Option<(Vec<Identifier>, String)> {
+    let c = changes(hq, "s1", since).await;
+    let chain = c.channels.into_iter().find(|c| c.channel == "chain")?;
+    let to = chain.to;
+    chain.changes.into_iter().rev().find_map(|c| match c.op {
+        ChangeOp::Upsert { member: m, .. } if m.member_id == member => Some((
+            m.identifiers
+                .into_iter()
+                .filter(|i| matches!(i, Identifier::DeviceKey { .. }))
+                .collect(),
+            format!("chain={to}"),
+        )),
+        _ => None,
+    })
+}
+
+both_backends!(
+    a_registered_device_key_reaches_the_stores_and_a_revoked_one_leaves_them,
+    |backend| async move {
+        let hq = Hq::start_with(embedded(), backend, |_| {}).await;
+        // An import that carries a device key of its own: ignored, only registration counts.
+        let smuggled = format!(
+            r#","identifiers":[{{"kind":"device_key","alg":"Ed25519","public_key":"{ED25519}"}}]"#
+        );
+        hq.post_json(
+            "/api/members",
+            format!("{}\n{}", member("M1", &smuggled), member("M2", "")),
+        )
+        .await;
+        let (keys, mut cursor) = eventually_some("M1 at the store", WAIT, || async {
+            store_keys(&hq, "M1", "").await
+        })
+        .await;
+        assert_eq!(keys, vec![], "an imported device key never reaches a store");
+
+        let path = "/api/members/M1/devices";
+        let reg = serde_json::json!({"alg": "ES256", "public_key": ES256});
+        let (s, _) = send(&hq, reqwest::Method::POST, path, "wrong", Some(reg.clone())).await;
+        assert_eq!(s, 401);
+        let (s, body) = send(&hq, reqwest::Method::POST, path, ADMIN, Some(reg.clone())).await;
+        assert_eq!(s, 201, "{body}");
+        assert_eq!(body["key_id"], ES256_KEY_ID);
+        assert_eq!(body["alg"], "ES256");
+        // Again: the same answer, nothing new.
+        let (s, again) = send(&hq, reqwest::Method::POST, path, ADMIN, Some(reg.clone())).await;
+        assert_eq!((s, &again["key_id"]), (200, &body["key_id"]));
+
+        let (keys, next) = eventually_some("the key at the store", WAIT, || async {
+            store_keys(&hq, "M1", &cursor)
+                .await
+                .filter(|(k, _)| !k.is_empty())
+        })
+        .await;
+        assert_eq!(
+            keys,
+            vec![Identifier::DeviceKey {
+                alg: "ES256".into(),
+                public_key: ES256.into()
+            }]
+        );
+        cursor = next;
+
+        // Refusals, each with its reason.
+        for (member_path, body, status, says) in [
+            (
+                path,
+                serde_json::json!({"alg": "RS256", "public_key": ES256}),
+                400,
+                "alg",
+            ),
+            (
+                path,
+                serde_json::json!({"alg": "ES256", "public_key": ED25519}),
+                400,
+                "bytes",
+            ),
+            (
+                path,
+                serde_json::json!({"alg": "ES256", "public_key": "zz"}),
+                400,
+                "hex",
+            ),
+            (
+                path,
+                serde_json::json!({"public_key": ES256}),
+                400,
+                "expected",
+            ),
+            (
+                "/api/members/M2/devices",
+                reg.clone(),
+                409,
+                "another member",
+            ),
+            ("/api/members/M9/devices", reg.clone(), 404, "M9"),
+        ] {
+            let (s, b) = send(&hq, reqwest::Method::POST, member_path, ADMIN, Some(body)).await;
+            assert_eq!(s, status, "{member_path}: {b}");
+            assert!(b["error"].as_str().unwrap().contains(says), "{b}");
+        }
+
+        let (s, list) = send(&hq, reqwest::Method::GET, path, ADMIN, None).await;
+        assert_eq!(s, 200);
+        assert_eq!(list.as_array().unwrap().len(), 1);
+        assert!(
+            !list.to_string().contains(ES256),
+            "the list shows no key: {list}"
+        );
+
+        let revoke = format!("{path}/{ES256_KEY_ID}");
+        let (s, _) = send(&hq, reqwest::Method::DELETE, &revoke, ADMIN, None).await;
+        assert_eq!(s, 204);
+        eventually_some("the key gone from the store", WAIT, || async {
+            store_keys(&hq, "M1", &cursor)
+                .await
+                .filter(|(k, _)| k.is_empty())
+        })
+        .await;
+        let (s, _) = send(&hq, reqwest::Method::DELETE, &revoke, ADMIN, None).await;
+        assert_eq!(s, 204, "revoking twice changes nothing");
+        let (s, b) = send(&hq, reqwest::Method::POST, path, ADMIN, Some(reg)).await;
+        assert_eq!(s, 409, "a revoked key cannot come back: {b}");
+        let (s, _) = send(
+            &hq,
+            reqwest::Method::DELETE,
+            "/api/members/M1/devices/00",
+            ADMIN,
+            None,
+        )
+        .await;
+        assert_eq!(s, 404);
+
+        // Erasure takes the member's keys with them.
+        let ed = serde_json::json!({"alg": "Ed25519", "public_key": ED25519});
+        let (s, _) = send(&hq, reqwest::Method::POST, path, ADMIN, Some(ed)).await;
+        assert_eq!(s, 201);
+        let (s, _) = send(&hq, reqwest::Method::DELETE, "/api/members/M1", ADMIN, None).await;
+        assert_eq!(s, 200);
+        let (s, list) = send(&hq, reqwest::Method::GET, path, ADMIN, None).await;
+        assert_eq!((s, list), (200, serde_json::json!([])));
+        hq.stop().await;
+    }
+);
