@@ -24,9 +24,17 @@ const TOP: TopLevel = TopLevel {
         "react",
         "presence",
         "alerts",
+        "member_codes",
     ],
     tables: &[
-        "http", "sync", "outbox", "record", "react", "presence", "alerts",
+        "http",
+        "sync",
+        "outbox",
+        "record",
+        "react",
+        "presence",
+        "alerts",
+        "member_codes",
     ],
 };
 
@@ -52,6 +60,30 @@ pub struct AgentConfig {
     pub presence: PresenceConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub member_codes: MemberCodesConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberCodesConfig {
+    /// Accept the HMAC member codes (`ISQ1.`) of before signed codes (`ISQ2:`, checked against
+    /// the member's device key). True when the key is absent, so a deployed config keeps
+    /// working; configs written by `instore-provision` and the example set it false. Every gateway
+    /// holds the keys that make HMAC codes: with them on, a stolen gateway can forge any
+    /// member's code. `instore_agent_member_codes_total{kind="legacy"}` shows how many still come.
+    #[serde(default = "default_true")]
+    pub legacy: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for MemberCodesConfig {
+    fn default() -> Self {
+        Self { legacy: true }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -749,12 +781,20 @@ mod tests {
         assert!(!c.sync.enabled);
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.presence.depart_after_s, 60);
+        assert!(
+            c.member_codes.legacy,
+            "a deployed config keeps accepting HMAC codes"
+        );
     }
 
     #[test]
     fn the_shipped_example_is_valid() {
         let text = include_str!("../examples/agent.toml");
-        AgentConfig::parse(text, "agent.toml").unwrap();
+        let c = AgentConfig::parse(text, "agent.toml").unwrap();
+        assert!(
+            !c.member_codes.legacy,
+            "new installs take signed codes only"
+        );
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub struct Metrics {
     /// QR codes that identified nobody, by `error`.
     pub qr_rejected: Family<Vec<(&'static str, String)>, Counter>,
     pub qr_lines_dropped: Counter,
+    /// Member codes by `kind` (signed, legacy) and `result`.
+    pub member_codes: Family<KindLabel, Counter>,
     pub sse_clients: Gauge,
     // outbox / sync
     pub outbox_appended: Counter,
@@ -169,6 +171,7 @@ impl Metrics {
             qr_scans: "QR codes read by scanners",
             qr_rejected: "QR codes that identified no member, by error",
             qr_lines_dropped: "Scanner lines dropped: too long, not text, or the engine was behind",
+            member_codes: "Member codes scanned, by kind and result: signed (identified, duplicate, refused), legacy HMAC codes (arrived, or refused with [member_codes] legacy = false)",
             sse_clients: "Connected alert-stream clients",
             outbox_appended: "Events written to the outbox",
             outbox_depth: "Events in the outbox not yet acknowledged",

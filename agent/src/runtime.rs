@@ -160,7 +160,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         &tracker,
         cancel.clone(),
     )?;
-    let core = Core::new(members, presence, rules, metrics.clone());
+    let core = Core::new(members, presence, rules, metrics.clone())
+        .with_legacy_codes(cfg.member_codes.legacy);
     let (lookup_tx, lookup_rx) = if cfg.sync.enabled {
         let (tx, rx) = mpsc::channel(sync::LOOKUP_QUEUE);
         (Some(tx), Some(rx))

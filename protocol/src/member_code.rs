@@ -254,6 +254,112 @@ impl SignedCode {
     }
 }
 
+/// A device's key pair, as a phone holds it: for tests, kiosks and `instore-provision
+/// member-code` (a phone's browser does the same with WebCrypto).
+#[cfg(feature = "verify")]
+pub struct DeviceSigner {
+    alg: Algorithm,
+    pkcs8: Vec<u8>,
+    pair: SignerPair,
+}
+
+#[cfg(feature = "verify")]
+enum SignerPair {
+    Es256(aws_lc_rs::signature::EcdsaKeyPair),
+    Ed25519(aws_lc_rs::signature::Ed25519KeyPair),
+}
+
+#[cfg(feature = "verify")]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device key: {0}")]
+pub struct SignerError(String);
+
+#[cfg(feature = "verify")]
+impl std::fmt::Debug for DeviceSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSigner")
+            .field("alg", &self.alg)
+            .field("key_id", &hex::encode(self.key_id()))
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "verify")]
+impl DeviceSigner {
+    /// A new random key pair.
+    pub fn generate(alg: Algorithm) -> Result<Self, SignerError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let doc = match alg {
+            Algorithm::Es256 => {
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            }
+            Algorithm::Ed25519 => Ed25519KeyPair::generate_pkcs8(&rng),
+        }
+        .map_err(|e| SignerError(e.to_string()))?;
+        Self::from_pkcs8(alg, doc.as_ref())
+    }
+
+    /// The key pair in a PKCS#8 DER document (what [`Self::pkcs8`] gives).
+    pub fn from_pkcs8(alg: Algorithm, der: &[u8]) -> Result<Self, SignerError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+        let pair = match alg {
+            Algorithm::Es256 => EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                .map(SignerPair::Es256)
+                .map_err(|e| SignerError(e.to_string()))?,
+            Algorithm::Ed25519 => Ed25519KeyPair::from_pkcs8(der)
+                .map(SignerPair::Ed25519)
+                .map_err(|e| SignerError(e.to_string()))?,
+        };
+        Ok(Self {
+            alg,
+            pkcs8: der.to_vec(),
+            pair,
+        })
+    }
+
+    pub fn alg(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The private key, PKCS#8 DER: keep it as secret as the phone keeps its own.
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    /// The raw public key head office registers.
+    pub fn public_key(&self) -> Vec<u8> {
+        use aws_lc_rs::signature::KeyPair;
+        match &self.pair {
+            SignerPair::Es256(p) => p.public_key().as_ref().to_vec(),
+            SignerPair::Ed25519(p) => p.public_key().as_ref().to_vec(),
+        }
+    }
+
+    pub fn key_id(&self) -> [u8; KEY_ID_LEN] {
+        key_id(&self.public_key())
+    }
+
+    /// The code to show at `unix_ms`.
+    pub fn code_at(&self, unix_ms: i64) -> Result<String, SignerError> {
+        let key_id = self.key_id();
+        let step = step_of_ms(unix_ms);
+        let message = signed_message(&key_id, step);
+        let sig = match &self.pair {
+            SignerPair::Es256(p) => p
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), &message)
+                .map_err(|e| SignerError(e.to_string()))?
+                .as_ref()
+                .to_vec(),
+            SignerPair::Ed25519(p) => p.sign(&message).as_ref().to_vec(),
+        };
+        let signature: [u8; SIGNATURE_LEN] = sig
+            .try_into()
+            .map_err(|_| SignerError("unexpected signature length".into()))?;
+        Ok(encode(&key_id, step, &signature))
+    }
+}
+
 /// RFC 9285 Base45 over the QR alphanumeric alphabet.
 pub mod base45 {
     const ALPHABET: &[u8; 45] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:";
@@ -326,6 +432,8 @@ mod tests {
     pub const ED25519_KEY_ID: &str = "682f01f85c7e705c";
     pub const ED25519_CODE: &str = "ISQ2:VD0I.5+HVD:FKSBKWGLCOGZ0ZA8:+NY7U0PU1R7LRD-I5XLMF306N2.IOSSA.KUXQK366CSMBPPY4K-P1H8C$BH-AFOEWL:0/IE/5UD34Z9NACT/8J90";
     pub const STEP: u32 = 59_000_000;
+    #[cfg(feature = "verify")]
+    const ES256_PKCS8: &str = "308187020100301306072a8648ce3d020106082a8648ce3d030107046d306b0201010420c6fe0270f169eb1be869bfac30d64931888b8b6771011e3ddc602aff0d5995eba14403420004f51b66ce01e5a7fffef999ae5affbadf12d994871806a01d0da3c1f04d5643ea3429a5063750016d6ad08c8fc06cd68c7fa668a99ca345a8bb503ab95f9ff1a3";
     const NOW_MS: i64 = STEP as i64 * 30_000 + 10_000;
 
     #[test]
@@ -397,6 +505,30 @@ mod tests {
             es.verify(Algorithm::Ed25519, &ed_key, NOW_MS),
             Err(CodeError::UnknownKey)
         );
+    }
+
+    #[cfg(feature = "verify")]
+    #[test]
+    fn a_generated_device_signs_codes_that_verify_and_survive_its_pkcs8() {
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            let d = DeviceSigner::generate(alg).unwrap();
+            let again = DeviceSigner::from_pkcs8(alg, d.pkcs8()).unwrap();
+            assert_eq!(again.public_key(), d.public_key());
+            let code = again.code_at(NOW_MS).unwrap();
+            assert_eq!(code.len(), MAX_LEN);
+            let parsed = parse(&code).unwrap();
+            assert_eq!(parsed.key_id, d.key_id());
+            assert_eq!(parsed.verify(alg, &d.public_key(), NOW_MS), Ok(()));
+            let other = DeviceSigner::generate(alg).unwrap();
+            assert_eq!(
+                parsed.verify(alg, &other.public_key(), NOW_MS),
+                Err(CodeError::UnknownKey)
+            );
+        }
+        // The Python vector's private key loads and gives the vector's public key.
+        let der = hex::decode(ES256_PKCS8).unwrap();
+        let d = DeviceSigner::from_pkcs8(Algorithm::Es256, &der).unwrap();
+        assert_eq!(hex::encode(d.public_key()), ES256_PUBLIC);
     }
 
     #[test]

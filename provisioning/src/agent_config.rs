@@ -35,6 +35,14 @@ pub struct AgentToml {
     sources: Vec<Source>,
     sync: Sync,
     react: React,
+    member_codes: MemberCodes,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberCodes {
+    /// A new gateway accepts signed member codes only: HMAC codes can be forged by anyone who
+    /// holds a gateway's disk.
+    legacy: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -90,6 +98,7 @@ impl GatewayEnrolment {
             react: React {
                 rules: RULES_PATH.into(),
             },
+            member_codes: MemberCodes { legacy: false },
         })
     }
 

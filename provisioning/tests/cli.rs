@@ -107,6 +107,11 @@ fn a_gateway_config_parses_names_its_ids_and_carries_a_token_head_office_accepts
         cfg["react"]["rules"].as_str(),
         Some("/etc/instore/rules.toml")
     );
+    assert_eq!(
+        cfg["member_codes"]["legacy"].as_bool(),
+        Some(false),
+        "a new gateway takes signed member codes only"
+    );
 
     // Head office verifies with its `[auth] gateway_secret` string's bytes.
     let token = cfg["sync"]["token"].as_str().unwrap();

@@ -87,6 +87,11 @@ pub(super) fn ident_bytes(k: &IdentifierKey) -> Option<Vec<u8>> {
             b.push(4);
             b.extend_from_slice(k);
         }
+        // Only ever looked up on disk, by a scanned member code: never in the in-memory index.
+        IdentifierKey::DeviceKey { key_id } => {
+            b.push(5);
+            b.extend_from_slice(key_id);
+        }
         _ => return None,
     }
     Some(b)
@@ -106,6 +111,9 @@ pub(super) fn ident_from_bytes(b: &[u8]) -> Option<IdentifierKey> {
         },
         (3, 6) => IdentifierKey::Mac(rest.try_into().ok()?),
         (4, 16) => IdentifierKey::Irk(rest.try_into().ok()?),
+        (5, 8) => IdentifierKey::DeviceKey {
+            key_id: rest.try_into().ok()?,
+        },
         _ => return None,
     })
 }

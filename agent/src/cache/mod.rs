@@ -23,7 +23,8 @@ pub use index::{IndexBuilder, IndexPatch, MemberIndex, PatchOp};
 pub use member::{Member, Slot};
 pub use reader::{SqliteKeys, SqliteMembers};
 pub use source::{
-    MemberSource, Members, MemoryKeys, MemoryMembers, RECORD_CACHE, RecordRead, Records, WindowKeys,
+    DeviceKey, MemberSource, Members, MemoryKeys, MemoryMembers, RECORD_CACHE, RecordRead, Records,
+    WindowKeys,
 };
 pub use store::{CacheError, ImportReport, MAX_LINE_BYTES, MemberCache, SnapshotFormatError};
 pub use table::IdTable;

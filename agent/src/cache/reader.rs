@@ -9,13 +9,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     Member, Slot,
+    db::ident_bytes,
     db::{KIND_DAY, KIND_EID},
-    source::{MemberSource, WindowKeys},
+    source::{DeviceKey, MemberSource, WindowKeys, device_key_in},
     store::{CacheError, sqlite_err},
 };
 
 const RECORD: &str = "SELECT record FROM members WHERE slot = ?1";
 const SLOT_OF: &str = "SELECT slot FROM members WHERE member_id = ?1";
+const BY_DEVICE_KEY: &str =
+    "SELECT m.slot, m.record FROM idents i JOIN members m ON m.slot = i.slot
+    WHERE i.key = ?1";
 const DAY_KEY: &str = "SELECT key FROM keys WHERE slot = ?1 AND kind = 1 AND period = ?2";
 const KEYS_OF_PERIOD: &str = "SELECT slot, exponent, key FROM keys WHERE kind = ?1 AND period = ?2";
 /// The engine's reader: it reads one record per new member heard (KiB).
@@ -107,6 +111,39 @@ impl MemberSource for SqliteMembers {
             .query_row([member_id], |r| Ok(r.get::<_, i64>(0)? as Slot))
             .optional()
             .map_err(&err)
+    }
+
+    fn device_key(
+        &mut self,
+        key_id: &[u8; instore_protocol::member_code::KEY_ID_LEN],
+    ) -> Result<Option<DeviceKey>, CacheError> {
+        let err = sqlite_err(&self.path);
+        let Some(key) =
+            ident_bytes(&instore_protocol::IdentifierKey::DeviceKey { key_id: *key_id })
+        else {
+            return Ok(None);
+        };
+        let row: Option<(i64, String)> = self
+            .conn
+            .prepare_cached(BY_DEVICE_KEY)
+            .map_err(&err)?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(&err)?;
+        let Some((slot, json)) = row else {
+            return Ok(None);
+        };
+        let slot = slot as Slot;
+        let record: MemberRecord =
+            serde_json::from_str(&json).map_err(|source| CacheError::Corrupt {
+                path: self.path.display().to_string(),
+                slot,
+                source,
+            })?;
+        if !record.consent.presence {
+            return Ok(None);
+        }
+        Ok(device_key_in(&record, slot, key_id))
     }
 
     fn day_key(&mut self, slot: Slot, day: u32) -> Result<Option<DayKey>, CacheError> {

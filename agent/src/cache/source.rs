@@ -11,7 +11,36 @@ use std::{collections::HashMap, sync::Arc};
 use foldhash::fast::RandomState;
 use instore_protocol::{IdentifierKey, MemberRecord, eddystone_eid::TempKey, rotating::DayKey};
 
+use instore_protocol::member_code::{Algorithm, KEY_ID_LEN};
+
 use super::{CacheError, IndexBuilder, Member, MemberIndex, Slot};
+
+/// A member's registered device key, as a gateway holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceKey {
+    pub slot: Slot,
+    pub alg: Algorithm,
+    pub public_key: Vec<u8>,
+}
+
+/// The device key with id `key_id` among a record's identifiers.
+pub fn device_key_in(
+    record: &MemberRecord,
+    slot: Slot,
+    key_id: &[u8; KEY_ID_LEN],
+) -> Option<DeviceKey> {
+    record.identifiers.iter().find_map(|i| match i {
+        instore_protocol::Identifier::DeviceKey { alg, public_key } => {
+            let (alg, raw) = instore_protocol::member::device_key(alg, public_key).ok()?;
+            (instore_protocol::member_code::key_id(&raw) == *key_id).then_some(DeviceKey {
+                slot,
+                alg,
+                public_key: raw,
+            })
+        }
+        _ => None,
+    })
+}
 
 /// Records by slot and id, for the engine (one owner; reads may touch disk).
 pub trait MemberSource: Send {
@@ -21,6 +50,11 @@ pub trait MemberSource: Send {
     fn slot_of(&mut self, member_id: &str) -> Result<Option<Slot>, CacheError>;
     /// The rotating-ID day key of the member in `slot` for `day` (QR codes are signed with it).
     fn day_key(&mut self, slot: Slot, day: u32) -> Result<Option<DayKey>, CacheError>;
+    /// The consenting member whose registered device key has this id, with the key: what a
+    /// signed member code is checked against. Sources without device keys hold none.
+    fn device_key(&mut self, _key_id: &[u8; KEY_ID_LEN]) -> Result<Option<DeviceKey>, CacheError> {
+        Ok(None)
+    }
     /// The engine applied a patch: read the state it describes from now on. `truncate_log`:
     /// members were removed, so old copies of their records in the write-ahead log go now.
     fn refresh(&mut self, _truncate_log: bool) -> Result<(), CacheError> {

@@ -13,6 +13,7 @@ use crate::{
     },
     identify::{
         Identify,
+        member_code::{CodeOutcome, MemberCodes},
         qr::{QrOutcome, identify_qr, verify_lookup},
     },
     metrics::Metrics,
@@ -156,6 +157,8 @@ pub struct Core {
     identify: Identify,
     /// Reused buffer for one sighting's presence changes.
     changes: Vec<PresenceChange>,
+    /// Signed member codes: the check and the codes seen in this store.
+    codes: MemberCodes,
 }
 
 impl Core {
@@ -179,7 +182,22 @@ impl Core {
             identify,
             presence_changed: true,
             changes: Vec::new(),
+            codes: MemberCodes::default(),
         }
+    }
+
+    /// Whether the HMAC member codes of before signed codes are still accepted
+    /// (`[member_codes] legacy`).
+    pub fn with_legacy_codes(mut self, legacy: bool) -> Self {
+        self.codes.legacy = legacy;
+        self
+    }
+
+    fn count_code(&self, kind: &'static str, result: &'static str) {
+        self.metrics
+            .member_codes
+            .get_or_create(&vec![("kind", kind), ("result", result)])
+            .inc();
     }
 
     /// The record of the member in `slot` (memory, else disk), counted.
@@ -275,6 +293,39 @@ impl Core {
         wall_ms: i64,
         out: &mut Vec<Output>,
     ) {
+        if instore_protocol::member_code::is_signed_code(payload) {
+            match self
+                .codes
+                .check(payload, zone, self.records.source(), wall_ms)
+            {
+                CodeOutcome::Member(slot) => match self.record(slot) {
+                    Some(member) => {
+                        self.count_code("signed", "identified");
+                        self.qr_identified(&member, zone, at_ms, out);
+                    }
+                    None => {
+                        self.count_code("signed", "refused");
+                        self.qr_refused(zone, "unknown_member".into());
+                    }
+                },
+                // The first scan already identified and reacted: nothing happens twice.
+                CodeOutcome::Duplicate(_) => self.count_code("signed", "duplicate"),
+                CodeOutcome::Refused(reason) => {
+                    self.count_code("signed", "refused");
+                    self.qr_refused(zone, reason.to_string());
+                }
+            }
+            return;
+        }
+        if instore_protocol::qr::parse(payload).is_ok() {
+            if !self.codes.legacy {
+                self.count_code("legacy", "refused");
+                self.qr_refused(zone, "legacy_code".into());
+                return;
+            }
+            // How many still arrive: the HMAC check below counts its own refusals.
+            self.count_code("legacy", "arrived");
+        }
         match identify_qr(payload, &self.index, self.records.source(), wall_ms) {
             QrOutcome::Member(slot) => match self.record(slot) {
                 Some(member) => self.qr_identified(&member, zone, at_ms, out),

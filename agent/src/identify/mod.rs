@@ -22,6 +22,7 @@ pub mod address;
 pub mod altbeacon;
 pub mod eddystone;
 pub mod ibeacon;
+pub mod member_code;
 pub mod qr;
 pub mod rotating;
 pub mod rpa;
