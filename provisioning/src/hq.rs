@@ -124,6 +124,21 @@ pub fn rotate(hq: &str, admin: &str, gateway: &str) -> Result<Value> {
     )
 }
 
+pub fn register_device(
+    hq: &str,
+    admin: &str,
+    member: &str,
+    alg: instore_protocol::member_code::Algorithm,
+    public_key: &[u8],
+) -> Result<Value> {
+    request(
+        reqwest::Method::POST,
+        &url(hq, &format!("/api/members/{member}/devices")),
+        Some(admin),
+        Some(serde_json::json!({"alg": alg.as_str(), "public_key": hex::encode(public_key)})),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

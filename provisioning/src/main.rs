@@ -4,7 +4,8 @@
 //! gateway secret (`secret`); a complete agent config for one gateway, with its token minted from
 //! the secret (`gateway`, for whoever holds the secret) or handed out by head office for a
 //! one-time code (`enrol`, for a technician, who never holds the secret); codes, and the registry
-//! listed, revoked and rotated (`enrolment`, `gateways`, with the admin token). Files it writes
+//! listed, revoked and rotated (`enrolment`, `gateways`, with the admin token); a member device
+//! key registered at head office and its current signed code (`member-device`, `member-code`). Files it writes
 //! hold secrets, so they are created with mode 0600 and never overwritten without `--force`.
 //! A plaintext broker or head-office URL to another machine is refused unless `--insecure`.
 //!
@@ -13,7 +14,9 @@
 mod agent_config;
 mod files;
 mod hq;
+mod member;
 mod mosquitto;
+mod png;
 
 use std::path::PathBuf;
 
@@ -60,6 +63,52 @@ enum Command {
     /// Mosquitto files for production: a password per gateway (its token), ACLs per gateway
     /// and for head office, anonymous clients off.
     Mosquitto(MosquittoArgs),
+    /// Make a member device key (as a phone would), register its public key at head office
+    /// (admin token) and write the key file (mode 0600).
+    MemberDevice(MemberDeviceArgs),
+    /// Print a device's current signed member code; `--svg`/`--png` also render it as a QR code.
+    MemberCode(MemberCodeArgs),
+}
+
+#[derive(clap::Args)]
+struct MemberDeviceArgs {
+    #[arg(long)]
+    member: String,
+    #[arg(long)]
+    hq_url: String,
+    #[arg(long, env = "INSTORE_HQ_TOKEN")]
+    token: String,
+    /// Key algorithm: ES256 (P-256, what browsers make) or Ed25519.
+    #[arg(long, default_value = "ES256", value_parser = parse_alg)]
+    alg: instore_protocol::member_code::Algorithm,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    force: bool,
+    /// Allow a plaintext head-office URL to another machine.
+    #[arg(long)]
+    insecure: bool,
+}
+
+#[derive(clap::Args)]
+struct MemberCodeArgs {
+    /// The key file `member-device` wrote.
+    #[arg(long)]
+    key: PathBuf,
+    /// Also write the QR code as SVG here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Also write the QR code as PNG here.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// The code of this Unix time in milliseconds instead of now (field checks of clocks).
+    #[arg(long)]
+    at_ms: Option<i64>,
+}
+
+fn parse_alg(s: &str) -> Result<instore_protocol::member_code::Algorithm, String> {
+    instore_protocol::member_code::Algorithm::parse(s)
+        .ok_or_else(|| format!("{s:?}: expected ES256 or Ed25519"))
 }
 
 #[derive(clap::Args)]
@@ -207,6 +256,8 @@ fn main() -> std::process::ExitCode {
         Command::Enrol(args) => enrol(args),
         Command::Gateways(args) => gateways(args),
         Command::Mosquitto(args) => mosquitto_files(args),
+        Command::MemberDevice(args) => member_device(args),
+        Command::MemberCode(args) => member_code(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -466,5 +517,46 @@ fn check_secret_len(secret: &str) -> Result<()> {
             secret.len()
         );
     }
+    Ok(())
+}
+
+fn member_device(args: MemberDeviceArgs) -> Result<()> {
+    hq::check_transport("head-office URL", &args.hq_url, args.insecure)?;
+    let key_id = member::create_device(
+        &args.member,
+        args.alg,
+        &args.hq_url,
+        &args.token,
+        &args.out,
+        args.force,
+    )?;
+    eprintln!(
+        "registered device key {key_id} for member {} and wrote it to {} (mode 0600)",
+        args.member,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn member_code(args: MemberCodeArgs) -> Result<()> {
+    let device = member::load_device(&args.key)?;
+    let at = args.at_ms.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    });
+    let code = device.code_at(at).context("signing the code")?;
+    if args.svg.is_some() || args.png.is_some() {
+        let qr = member::qr(&code)?;
+        if let Some(path) = &args.svg {
+            std::fs::write(path, member::svg(&qr))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        if let Some(path) = &args.png {
+            std::fs::write(path, member::png(&qr))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    println!("{code}");
     Ok(())
 }
