@@ -4,6 +4,9 @@
 //! signs, sent to the agent's QR scanners over TCP, identify the member once and raise the
 //! `qr_scan` alert; a second read on the same scanner is a duplicate, the same code elsewhere a
 //! replay, and tampered, unregistered, revoked and legacy codes are refused with their reasons.
+//! And the member's side in Debian's chromium: the "my card" page head office serves enrols
+//! with a single-use link, makes its key in the browser, shows a code that decodes (as a QR
+//! code) to one the gateway accepts, and keeps working with head office gone.
 
 mod support;
 
@@ -11,6 +14,7 @@ use std::{path::Path, time::Duration};
 
 use instore_protocol::member_code::{Algorithm, DeviceSigner};
 use support::{
+    browser::{browser, js, shot, wait_js},
     hq::{ADMIN, Hq, SECRET, embedded},
     net::free_port,
     wait::eventually,
@@ -196,4 +200,155 @@ async fn a_registered_device_identifies_its_member_once_per_code_at_a_gateway_th
     assert_eq!(m.alerts_raised.get(), 2);
     agent.shutdown(Duration::from_secs(5)).await;
     hq.stop().await;
+}
+
+/// The page's QR modules (`data-modules`, row by row) as rqrr reads a grid.
+struct Modules {
+    size: usize,
+    bits: Vec<bool>,
+}
+
+impl rqrr::BitGrid for Modules {
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn bit(&self, y: usize, x: usize) -> bool {
+        self.bits[y * self.size + x]
+    }
+}
+
+/// The page's current code, checked to be what its QR code says.
+async fn page_code(client: &fantoccini::Client) -> String {
+    let v = wait_js(
+        client,
+        "a code on the card",
+        "const q = document.getElementById('qr'); \
+         return q.dataset.code ? [q.dataset.code, q.dataset.size, q.dataset.modules] : null;",
+    )
+    .await;
+    let code = v[0].as_str().unwrap().to_string();
+    let size: usize = v[1].as_str().unwrap().parse().unwrap();
+    let bits: Vec<bool> = v[2].as_str().unwrap().bytes().map(|b| b == b'1').collect();
+    assert_eq!(bits.len(), size * size);
+    let (meta, text) = rqrr::Grid::new(Modules { size, bits }).decode().unwrap();
+    assert_eq!(text, code, "the QR code says what the page says");
+    assert!(meta.version.0 <= 5, "QR version {} > 5", meta.version.0);
+    code
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_my_card_page_enrols_once_shows_a_code_the_gateway_accepts_and_works_offline() {
+    let hq = Hq::start(embedded()).await;
+    hq.post_json(
+        "/api/members",
+        r#"{"member_id":"M1","display_name":"Ms. Li","tier":"gold","consent":{"presence":true}}"#,
+    )
+    .await;
+    let link = reqwest::Client::new()
+        .post(hq.url("/api/members/M1/card-links"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(link.status(), 201);
+    let link: serde_json::Value = link.json().await.unwrap();
+    let code = link["code"].as_str().unwrap().to_string();
+    let (till, fitting) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path(), &hq, till, fitting).await;
+    let m = agent.metrics.clone();
+    eventually("the member at the gateway", WAIT, || async {
+        m.members_cached.get() == 1
+    })
+    .await;
+
+    let profile = tempfile::tempdir().unwrap();
+    let (_driver, client) = browser(profile.path()).await;
+    let url = format!("http://{}{}", hq.http, link["path"].as_str().unwrap());
+    client.goto(&url).await.unwrap();
+    let first = page_code(&client).await;
+    wait_js(
+        &client,
+        "the card's name",
+        "return document.getElementById('name').textContent === 'Ms. Li';",
+    )
+    .await;
+    let shown = js(&client, "return document.body.innerText;").await;
+    assert!(
+        !shown.to_string().contains("M1"),
+        "no member id on the card: {shown}"
+    );
+    assert!(
+        !js(&client, "return location.href;")
+            .await
+            .to_string()
+            .contains("enrol="),
+        "the spent code is out of the address bar"
+    );
+    let private = js(
+        &client,
+        "return new Promise(r => indexedDB.open('instore-card').onsuccess = e => \
+           e.target.result.transaction('device').objectStore('device').get('me').onsuccess = \
+           g => r(g.target.result.keys.privateKey.extractable));",
+    )
+    .await;
+    assert_eq!(
+        private,
+        serde_json::json!(false),
+        "the private key cannot leave the browser"
+    );
+    shot(&client, "member-card").await;
+
+    // The link was single-use.
+    let again = reqwest::Client::new()
+        .post(hq.url("/api/card/enrol"))
+        .json(&serde_json::json!({"code": code, "alg": "ES256", "public_key": "04".to_string() + &"11".repeat(64)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+
+    // The code from the page, at the till: once the key has reached the gateway, Ms. Li is
+    // identified and greeted (until then the gateway refuses it as unknown_key, unspent).
+    let signed = m.member_codes.clone();
+    eventually("the card's code identifying Ms. Li", WAIT, || {
+        let client = client.clone();
+        let signed = signed.clone();
+        async move {
+            let code = page_code(&client).await;
+            scan(till, &code).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            signed
+                .get_or_create(&vec![("kind", "signed"), ("result", "identified")])
+                .get()
+                == 1
+        }
+    })
+    .await;
+    eventually("the qr_scan alert", WAIT, || async {
+        m.alerts_raised.get() == 1
+    })
+    .await;
+    assert!(first.starts_with("ISQ2:"));
+
+    // Head office gone: the page reloads from its service worker and still signs codes.
+    wait_js(
+        &client,
+        "the service worker in control",
+        "return !!navigator.serviceWorker.controller;",
+    )
+    .await;
+    hq.stop().await;
+    client.refresh().await.unwrap();
+    let offline = page_code(&client).await;
+    assert!(offline.starts_with("ISQ2:"));
+    wait_js(
+        &client,
+        "the card's name, offline",
+        "return document.getElementById('name').textContent === 'Ms. Li';",
+    )
+    .await;
+    shot(&client, "member-card-offline").await;
+    client.close().await.unwrap();
+    agent.shutdown(Duration::from_secs(5)).await;
 }

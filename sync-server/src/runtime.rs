@@ -405,6 +405,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         admin_token: Arc::from(cfg.api.token.as_str()),
         registry,
         enrol_limiter: Default::default(),
+        card_limiter: Default::default(),
         message_auth,
         notices: notice_tx,
         fanout: Arc::new(fanout),

@@ -187,3 +187,142 @@ both_backends!(
         hq.stop().await;
     }
 );
+
+#[tokio::test]
+async fn card_links_are_admin_only_single_use_and_limited_and_the_face_needs_a_live_code() {
+    use instore_protocol::member_code::{Algorithm, DeviceSigner};
+    let hq = Hq::start(embedded()).await;
+    hq.post_json("/api/members", member("M1", "")).await;
+    let (s, _) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/members/M1/card-links",
+        "wrong",
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, _) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/members/M9/card-links",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, link) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/members/M1/card-links",
+        ADMIN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 201, "{link}");
+    let code = link["code"].as_str().unwrap();
+    assert_eq!(link["path"], format!("/card/#enrol={code}"));
+
+    let phone = DeviceSigner::generate(Algorithm::Es256).unwrap();
+    let enrol = |code: &str, key: String| serde_json::json!({"code": code, "alg": "ES256", "public_key": key});
+    let key = hex::encode(phone.public_key());
+    // A bad key does not spend the link.
+    let (s, b) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/enrol",
+        "",
+        Some(enrol(code, "04".into())),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/enrol",
+        "",
+        Some(enrol(code, key.clone())),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["card"]["display_name"], "Ms. M1");
+    assert_eq!(b["key_id"], hex::encode(phone.key_id()));
+    let (s, _) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/enrol",
+        "",
+        Some(enrol(code, key.clone())),
+    )
+    .await;
+    assert_eq!(s, 400, "the link is spent");
+
+    // The face: only for a current code of a registered device.
+    let now = instore_sync::now_ms();
+    let face = |code: String| serde_json::json!({ "code": code });
+    let (s, b) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/face",
+        "",
+        Some(face(phone.code_at(now).unwrap())),
+    )
+    .await;
+    assert_eq!(
+        (s, &b["card"]["display_name"]),
+        (200, &serde_json::json!("Ms. M1")),
+        "{b}"
+    );
+    let (s, _) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/face",
+        "",
+        Some(face(phone.code_at(now - 600_000).unwrap())),
+    )
+    .await;
+    assert_eq!(s, 403, "an old code");
+    let stranger = DeviceSigner::generate(Algorithm::Es256).unwrap();
+    let (s, b) = send(
+        &hq,
+        reqwest::Method::POST,
+        "/api/card/face",
+        "",
+        Some(face(stranger.code_at(now).unwrap())),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+
+    // Guessing links: refused, then limited for everyone.
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let (s, _) = send(
+            &hq,
+            reqwest::Method::POST,
+            "/api/card/enrol",
+            "",
+            Some(enrol(&format!("GUESS{i}"), key.clone())),
+        )
+        .await;
+        statuses.push(s);
+    }
+    // 30 wrong codes a minute in all, the spent one above included.
+    assert_eq!(statuses.iter().filter(|s| **s == 400).count(), 29);
+    assert_eq!(statuses.last(), Some(&429));
+    // The page itself, and its offline parts.
+    for (path, kind) in [
+        ("/card/", "text/html"),
+        ("/card/qrcode.js", "text/javascript"),
+        ("/card/sw.js", "text/javascript"),
+        ("/card/manifest.webmanifest", "application/manifest+json"),
+    ] {
+        let r = reqwest::get(hq.url(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let ct = r.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+    }
+    hq.stop().await;
+}

@@ -11,6 +11,8 @@
 use instore_protocol::{Identifier, member::device_key, member_code};
 use serde::Serialize;
 
+pub mod card;
+
 use crate::{
     fanout::{self, FanoutSettings},
     params,
@@ -34,6 +36,10 @@ const SELECT_ALL: Sql = Sql::same(
 );
 const SELECT_KEY: Sql = Sql::same(
     "SELECT member_id, alg, registered_ms, revoked_ms FROM member_devices WHERE key_id = ?1",
+);
+const SELECT_ACTIVE_KEY: Sql = Sql::same(
+    "SELECT member_id, alg, public_key FROM member_devices WHERE key_id = ?1
+    AND revoked_ms IS NULL",
 );
 const MEMBER_EXISTS: Sql = Sql::same("SELECT 1 FROM members WHERE member_id = ?1");
 const INSERT: Sql = Sql::same(
@@ -113,14 +119,37 @@ pub fn register(
     settings: &FanoutSettings,
     now_ms: i64,
 ) -> Result<(Device, bool, Touched), DeviceError> {
+    let mut tx = db.transaction()?;
+    let mut touched = Touched::default();
+    let (device, created) = register_in(
+        &mut tx,
+        member_id,
+        alg,
+        public_key,
+        settings,
+        now_ms,
+        &mut touched,
+    )?;
+    tx.commit()?;
+    Ok((device, created, touched))
+}
+
+/// [`register`] in the caller's transaction.
+pub fn register_in(
+    tx: &mut Tx<'_>,
+    member_id: &str,
+    alg: &str,
+    public_key: &str,
+    settings: &FanoutSettings,
+    now_ms: i64,
+    touched: &mut Touched,
+) -> Result<(Device, bool), DeviceError> {
     let public_key = public_key.trim().to_ascii_lowercase();
     let (alg, raw) = device_key(alg, &public_key).map_err(DeviceError::BadKey)?;
     let key_id = hex::encode(member_code::key_id(&raw));
-    let mut tx = db.transaction()?;
     if tx.query_opt(&MEMBER_EXISTS, params![member_id])?.is_none() {
         return Err(DeviceError::NoMember(member_id.to_string()));
     }
-    let mut touched = Touched::default();
     if let Some(r) = tx.query_opt(&SELECT_KEY, params![&key_id])? {
         if r.str(0)? != member_id {
             return Err(DeviceError::TakenKey);
@@ -134,8 +163,7 @@ pub fn register(
             registered_ms: r.i64(2)?,
             revoked_ms: None,
         };
-        tx.commit()?;
-        return Ok((device, false, touched));
+        return Ok((device, false));
     }
     if tx.query(&SELECT_ALL, params![member_id])?.len() >= MAX_KEYS_PER_MEMBER {
         return Err(DeviceError::TooMany);
@@ -144,8 +172,7 @@ pub fn register(
         &INSERT,
         params![&key_id, member_id, alg.as_str(), &public_key, now_ms],
     )?;
-    fanout::place(&mut tx, member_id, settings, false, now_ms, &mut touched)?;
-    tx.commit()?;
+    fanout::place(tx, member_id, settings, false, now_ms, touched)?;
     Ok((
         Device {
             key_id,
@@ -154,8 +181,21 @@ pub fn register(
             revoked_ms: None,
         },
         true,
-        touched,
     ))
+}
+
+/// The registered, unrevoked key with id `key_id` (hex): its member, algorithm and raw key.
+pub fn active_key(
+    db: &mut Db,
+    key_id: &str,
+) -> Result<Option<(String, member_code::Algorithm, Vec<u8>)>, StoreError> {
+    let mut tx = db.read_transaction()?;
+    let row = tx.query_opt(&SELECT_ACTIVE_KEY, params![key_id])?;
+    tx.commit()?;
+    let Some(r) = row else { return Ok(None) };
+    Ok(device_key(r.str(1)?, r.str(2)?)
+        .ok()
+        .map(|(alg, raw)| (r.string(0).unwrap_or_default(), alg, raw)))
 }
 
 /// Revokes a key of `member_id` and places the member, so the stores drop it.

@@ -5,6 +5,7 @@
 //! 401s, database trouble a logged 500. This module alone imports axum.
 
 pub mod auth;
+mod card;
 mod changes;
 mod devices;
 mod members;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub registry: crate::registry::Registry,
     /// Wrong enrolment codes, for everyone together.
     pub enrol_limiter: registry::SharedLimiter,
+    /// Wrong member card links, for everyone together.
+    pub card_limiter: registry::SharedLimiter,
     /// Store notice keys, handed to a store's gateways with their change responses.
     pub message_auth: crate::ingest::decode::MessageAuth,
     pub notices: mpsc::Sender<NoticeInput>,
@@ -85,6 +88,15 @@ pub fn router(state: AppState) -> Router {
             "/api/members/{id}/devices/{key_id}",
             axum::routing::delete(devices::revoke),
         )
+        .route("/api/members/{id}/card-links", post(card::create_link))
+        .route("/api/card/enrol", post(card::enrol))
+        .route("/api/card/face", post(card::face))
+        .route("/card", get(card::redirect))
+        .route("/card/", get(card::page))
+        .route("/card/qrcode.js", get(card::qrcode_js))
+        .route("/card/sw.js", get(card::service_worker))
+        .route("/card/manifest.webmanifest", get(card::manifest))
+        .route("/card/icon.svg", get(card::icon))
         .route("/api/pyramid", get(members::pyramid))
         .route("/api/purchases", post(purchases::import))
         .route("/api/stores/{store}/changes", get(changes::changes))

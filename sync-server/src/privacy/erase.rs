@@ -30,8 +30,9 @@ const INSERT_TOMBSTONE: Sql = Sql::same(
     ON CONFLICT (member_hash) DO NOTHING",
 );
 const DELETE_MEMBER: Sql = Sql::same("DELETE FROM members WHERE member_id = ?1");
-const DELETE_DERIVED: [Sql; 5] = [
+const DELETE_DERIVED: [Sql; 6] = [
     Sql::same("DELETE FROM member_devices WHERE member_id = ?1"),
+    Sql::same("DELETE FROM card_links WHERE member_id = ?1"),
     Sql::same("DELETE FROM member_days WHERE member_id = ?1"),
     Sql::same("DELETE FROM member_categories WHERE member_id = ?1"),
     Sql::same("DELETE FROM member_stores WHERE member_id = ?1"),

@@ -239,6 +239,14 @@ CREATE TABLE member_devices (
 );
 CREATE INDEX member_devices_by_member ON member_devices(member_id);
 ",
+    // 8: single-use "my card" links (see `devices/card.rs`), by hash.
+    "
+CREATE TABLE card_links (
+    code_hash  TEXT PRIMARY KEY,
+    member_id  TEXT    NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -447,6 +455,14 @@ CREATE TABLE member_devices (
     revoked_ms    BIGINT
 );
 CREATE INDEX member_devices_by_member ON member_devices(member_id);
+",
+    // 8: single-use "my card" links (see `devices/card.rs`), by hash.
+    "
+CREATE TABLE card_links (
+    code_hash  TEXT PRIMARY KEY,
+    member_id  TEXT   NOT NULL,
+    expires_ms BIGINT NOT NULL
+);
 ",
 ];
 
