@@ -17,7 +17,7 @@ use support::{
     browser::{browser, js, shot, wait_js},
     hq::{ADMIN, Hq, SECRET, embedded},
     net::free_port,
-    wait::eventually,
+    wait::{eventually, eventually_some},
 };
 use tokio::io::AsyncWriteExt;
 
@@ -351,4 +351,164 @@ async fn the_my_card_page_enrols_once_shows_a_code_the_gateway_accepts_and_works
     shot(&client, "member-card-offline").await;
     client.close().await.unwrap();
     agent.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Every 64-hex-digit run in `text`, as 32 bytes (aligned chunks of longer runs too).
+fn hex_secrets(text: &[u8], out: &mut std::collections::BTreeSet<[u8; 32]>) {
+    for run in text.split(|b| !b.is_ascii_hexdigit()) {
+        for chunk in run.chunks_exact(64) {
+            if let Ok(bytes) = hex::decode(chunk) {
+                out.insert(bytes.try_into().unwrap());
+            }
+        }
+    }
+}
+
+/// Every secret-looking value a thief finds in a gateway's files: 32-byte blobs (and aligned
+/// 32-byte pieces of longer ones) and 64-hex-digit strings in any SQLite table, and hex strings
+/// in every other file, the config included.
+fn gateway_secrets(data_dir: &Path, config: &Path) -> std::collections::BTreeSet<[u8; 32]> {
+    let mut out = std::collections::BTreeSet::new();
+    hex_secrets(&std::fs::read(config).unwrap(), &mut out);
+    let mut stack = vec![data_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            hex_secrets(&bytes, &mut out);
+            if !bytes.starts_with(b"SQLite format 3\0") {
+                continue;
+            }
+            let conn = rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            let tables: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            for table in tables {
+                let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+                let columns = stmt.column_count();
+                let mut rows = stmt.query([]).unwrap();
+                while let Some(row) = rows.next().unwrap() {
+                    for i in 0..columns {
+                        match row.get_ref(i).unwrap() {
+                            rusqlite::types::ValueRef::Blob(b) => {
+                                for chunk in b.chunks_exact(32) {
+                                    out.insert(chunk.try_into().unwrap());
+                                }
+                            }
+                            rusqlite::types::ValueRef::Text(t) => hex_secrets(t, &mut out),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_or_secret_on_a_gateway_makes_a_member_code_it_accepts() {
+    let hq = Hq::start(embedded()).await;
+    // A member with every kind of key a gateway gets: a rotating secret (day keys at the
+    // gateway), an IRK, and a registered device.
+    hq.post_json(
+        "/api/members",
+        format!(
+            r#"{{"member_id":"M1","display_name":"Ms. Li","tier":"gold","consent":{{"presence":true}},
+            "identifiers":[{{"kind":"rotating_secret","secret":"{}"}},{{"kind":"irk","irk":"{}"}}]}}"#,
+            "17".repeat(32),
+            "2a".repeat(16)
+        )
+        .replace('\n', ""),
+    )
+    .await;
+    let phone = DeviceSigner::generate(Algorithm::Es256).unwrap();
+    assert_eq!(register(&hq, "M1", &phone).await, 201);
+    let (till, fitting) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(dir.path(), &hq, till, fitting).await;
+    let m = agent.metrics.clone();
+    let codes = |kind: &'static str, result: &'static str| {
+        m.member_codes
+            .get_or_create(&vec![("kind", kind), ("result", result)])
+            .get()
+    };
+    eventually("the member at the gateway", WAIT, || async {
+        m.members_cached.get() == 1
+    })
+    .await;
+    // The real phone gets in: the gateway holds the key and the day keys now.
+    let now = instore_agent::now_ms();
+    eventually("the phone's code accepted", WAIT, || {
+        let code = phone.code_at(instore_agent::now_ms()).unwrap();
+        async move {
+            scan(till, &code).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            codes("signed", "identified") == 1
+        }
+    })
+    .await;
+
+    // What the thief must find: the gateway's token and the member's day keys (their own
+    // changes, which must follow the member's latest record: the device registration upserted
+    // the member again after the keys were first issued).
+    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
+    let mut expected: Vec<[u8; 32]> = vec![hex::decode(token).unwrap().try_into().unwrap()];
+    for day in instore_protocol::rotating::shipped_days(now) {
+        expected.push(instore_protocol::rotating::day_key(&[0x17; 32], day));
+    }
+    let secrets = eventually_some("the day keys on the gateway's disk", WAIT, || {
+        let found = gateway_secrets(&dir.path().join("data"), &dir.path().join("agent.toml"));
+        let all = expected.iter().all(|e| found.contains(e));
+        async move { all.then_some(found) }
+    })
+    .await;
+    let step = instore_protocol::member_code::step_of_ms(now) + 1;
+    let mut signed = 0u64;
+    let mut legacy = 0u64;
+    for secret in &secrets {
+        for alg in [Algorithm::Es256, Algorithm::Ed25519] {
+            // Not every 32 bytes are a P-256 scalar.
+            let Ok(forger) = DeviceSigner::from_secret_bytes(alg, secret) else {
+                continue;
+            };
+            for code in [
+                forger.forge(&phone.key_id(), step).unwrap(),
+                forger.code_at(now).unwrap(),
+            ] {
+                scan(till, &code).await;
+                signed += 1;
+            }
+        }
+        scan(till, &instore_protocol::qr::sign("M1", secret, now)).await;
+        legacy += 1;
+    }
+    eventually("every forgery refused", WAIT, || async {
+        codes("signed", "refused") == signed && codes("legacy", "refused") == legacy
+    })
+    .await;
+    assert_eq!(
+        codes("signed", "identified"),
+        1,
+        "no forgery identified anyone"
+    );
+    assert_eq!(m.alerts_raised.get(), 1);
+    eprintln!(
+        "{} secrets from the gateway's files: {signed} signed and {legacy} HMAC forgeries refused",
+        secrets.len()
+    );
+    agent.shutdown(Duration::from_secs(5)).await;
+    hq.stop().await;
 }

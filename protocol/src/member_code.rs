@@ -318,6 +318,58 @@ impl DeviceSigner {
         })
     }
 
+    /// A key pair from 32 raw secret bytes: a P-256 scalar or an Ed25519 seed. For tests that
+    /// try what a thief could make of any secret found on a gateway.
+    pub fn from_secret_bytes(alg: Algorithm, secret: &[u8; 32]) -> Result<Self, SignerError> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+        match alg {
+            Algorithm::Es256 => {
+                // RFC 5915 ECPrivateKey: version 1, the scalar, the P-256 curve OID.
+                let mut der = vec![0x30, 0x31, 0x02, 0x01, 0x01, 0x04, 0x20];
+                der.extend_from_slice(secret);
+                der.extend_from_slice(&[
+                    0xa0, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]);
+                let pair =
+                    EcdsaKeyPair::from_private_key_der(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                        .map_err(|e| SignerError(e.to_string()))?;
+                Ok(Self {
+                    alg,
+                    pkcs8: der,
+                    pair: SignerPair::Es256(pair),
+                })
+            }
+            Algorithm::Ed25519 => {
+                let pair = Ed25519KeyPair::from_seed_unchecked(secret)
+                    .map_err(|e| SignerError(e.to_string()))?;
+                Ok(Self {
+                    alg,
+                    pkcs8: Vec::new(),
+                    pair: SignerPair::Ed25519(pair),
+                })
+            }
+        }
+    }
+
+    /// A code for `step` that names `key_id`, whatever key this is: what a forger sends.
+    pub fn forge(&self, key_id: &[u8; KEY_ID_LEN], step: u32) -> Result<String, SignerError> {
+        let signature = self.sign(&signed_message(key_id, step))?;
+        Ok(encode(key_id, step, &signature))
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; SIGNATURE_LEN], SignerError> {
+        let sig = match &self.pair {
+            SignerPair::Es256(p) => p
+                .sign(&aws_lc_rs::rand::SystemRandom::new(), message)
+                .map_err(|e| SignerError(e.to_string()))?
+                .as_ref()
+                .to_vec(),
+            SignerPair::Ed25519(p) => p.sign(message).as_ref().to_vec(),
+        };
+        sig.try_into()
+            .map_err(|_| SignerError("unexpected signature length".into()))
+    }
+
     pub fn alg(&self) -> Algorithm {
         self.alg
     }
@@ -342,21 +394,7 @@ impl DeviceSigner {
 
     /// The code to show at `unix_ms`.
     pub fn code_at(&self, unix_ms: i64) -> Result<String, SignerError> {
-        let key_id = self.key_id();
-        let step = step_of_ms(unix_ms);
-        let message = signed_message(&key_id, step);
-        let sig = match &self.pair {
-            SignerPair::Es256(p) => p
-                .sign(&aws_lc_rs::rand::SystemRandom::new(), &message)
-                .map_err(|e| SignerError(e.to_string()))?
-                .as_ref()
-                .to_vec(),
-            SignerPair::Ed25519(p) => p.sign(&message).as_ref().to_vec(),
-        };
-        let signature: [u8; SIGNATURE_LEN] = sig
-            .try_into()
-            .map_err(|_| SignerError("unexpected signature length".into()))?;
-        Ok(encode(&key_id, step, &signature))
+        self.forge(&self.key_id(), step_of_ms(unix_ms))
     }
 }
 
@@ -525,10 +563,16 @@ mod tests {
                 Err(CodeError::UnknownKey)
             );
         }
-        // The Python vector's private key loads and gives the vector's public key.
+        // The Python vector's private key loads and gives the vector's public key, from its
+        // PKCS#8 and from the bare scalar in it.
         let der = hex::decode(ES256_PKCS8).unwrap();
         let d = DeviceSigner::from_pkcs8(Algorithm::Es256, &der).unwrap();
         assert_eq!(hex::encode(d.public_key()), ES256_PUBLIC);
+        let scalar: [u8; 32] = der[36..68].try_into().unwrap();
+        let bare = DeviceSigner::from_secret_bytes(Algorithm::Es256, &scalar).unwrap();
+        assert_eq!(hex::encode(bare.public_key()), ES256_PUBLIC);
+        let seed = DeviceSigner::from_secret_bytes(Algorithm::Ed25519, &[7; 32]).unwrap();
+        assert_eq!(seed.public_key().len(), 32);
     }
 
     #[test]

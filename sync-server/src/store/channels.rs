@@ -195,7 +195,10 @@ pub fn place_member(
             let v = append(tx, c, entry(change.member_id, "upsert", rev, now_ms))?;
             touched.insert(c.clone(), v);
         }
-        if change.has_keys && (joined || change.keys_changed) {
+        // After every new upsert too: the stream keeps one entry per member and kind, so an
+        // upsert that supersedes an older one would otherwise come after the member's keys, and
+        // a gateway reading from the start would get keys for a member it does not hold yet.
+        if change.has_keys && (joined || body_changed || change.keys_changed) {
             let v = append(tx, c, entry(change.member_id, "keys", rev, now_ms))?;
             touched.insert(c.clone(), v);
         }
