@@ -128,6 +128,18 @@ async fn a_registered_device_identifies_its_member_once_per_code_at_a_gateway_th
         codes("signed", "identified") == 1 && m.alerts_raised.get() == 1
     })
     .await;
+    // Head office hears of the use by key id and step, never the code itself.
+    let code_id = format!(
+        "{}:{}",
+        hex::encode(phone.key_id()),
+        instore_protocol::member_code::step_of_ms(now)
+    );
+    eventually("the qr_scanned event at head office", WAIT, || async {
+        let events = hq.get_json("/api/events?gateway=gw-1").await;
+        let text = events.to_string();
+        text.contains(&code_id) && !text.contains("ISQ2")
+    })
+    .await;
     // The scanner reads it twice: nothing happens twice.
     scan(till, &code).await;
     eventually("the duplicate counted", WAIT, || async {

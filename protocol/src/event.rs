@@ -54,7 +54,14 @@ pub enum EventBody {
         dwell_s: u64,
     },
     /// A member identified themselves with a QR code at a scanner.
-    QrScanned { member_id: String, zone: String },
+    QrScanned {
+        member_id: String,
+        zone: String,
+        /// A signed code's key id (hex) and step, `"<key_id>:<step>"`: head office flags the
+        /// same code used at two stores. Absent for HMAC codes and from older gateways.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+    },
     /// A rule raised a clerk alert.
     AlertRaised {
         alert_id: String,

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub mqtt_logins_refused: Family<ReasonLabel, Counter>,
     pub device_keys_registered: Counter,
     pub device_keys_revoked: Counter,
+    pub member_codes_cross_store: Counter,
     pub purchases_imported: Counter,
     pub purchases_duplicate: Counter,
     pub purchases_refused: Counter,
@@ -119,6 +120,7 @@ impl MetricsHandle {
             gateways_revoked: "Gateways revoked in the registry",
             device_keys_registered: "Member device keys registered (signed member codes)",
             device_keys_revoked: "Member device keys revoked",
+            member_codes_cross_store: "Signed member codes a store used after another store had (GET /api/member-codes/flags)",
             mqtt_logins_refused: "Logins the embedded broker refused, by reason (bad_password, \
                 revoked, unknown_gateway, client_id, rate_limited)",
             purchases_imported: "Purchases stored for the first time",

@@ -326,3 +326,54 @@ async fn card_links_are_admin_only_single_use_and_limited_and_the_face_needs_a_l
     }
     hq.stop().await;
 }
+
+#[tokio::test]
+async fn a_member_code_used_at_a_second_store_is_flagged_and_counted() {
+    use common::{FakeGateway, metric};
+    use instore_protocol::{Event, EventBody};
+    let hq = Hq::start(embedded()).await;
+    hq.post_json("/api/members", member("M1", "")).await;
+    let scanned = |seq: u64, code: &str| Event {
+        seq,
+        at_ms: instore_sync::now_ms(),
+        body: EventBody::QrScanned {
+            member_id: "M1".into(),
+            zone: "till".into(),
+            code: Some(code.into()),
+        },
+    };
+    let code = format!("{ES256_KEY_ID}:59000000");
+    let mut a = FakeGateway::connect(&hq, "gw-a", "s1").await;
+    let mut a2 = FakeGateway::connect(&hq, "gw-a2", "s1").await;
+    let mut b = FakeGateway::connect(&hq, "gw-b", "s2").await;
+    a.send_events(vec![scanned(1, &code)]).await;
+    a.next_ack().await;
+    // Another gateway of the same store: one store, one use.
+    a2.send_events(vec![scanned(1, &code), scanned(2, "not-a-code-id")])
+        .await;
+    a2.next_ack().await;
+    b.send_events(vec![scanned(1, &code)]).await;
+    b.next_ack().await;
+    let flags = hq.get_json("/api/member-codes/flags").await;
+    assert_eq!(flags.as_array().unwrap().len(), 1, "{flags}");
+    assert_eq!(flags[0]["key_id"], ES256_KEY_ID);
+    assert_eq!(flags[0]["step"], 59_000_000);
+    assert_eq!(flags[0]["first_store"], "s1");
+    assert_eq!(flags[0]["store_id"], "s2");
+    assert_eq!(flags[0]["gateway_id"], "gw-b");
+    let m = hq.metrics().await;
+    assert_eq!(
+        metric(&m, "instore_sync_member_codes_cross_store_total"),
+        1.0
+    );
+    let (s, _) = send(
+        &hq,
+        reqwest::Method::GET,
+        "/api/member-codes/flags",
+        "wrong",
+        None,
+    )
+    .await;
+    assert_eq!(s, 401);
+    hq.stop().await;
+}

@@ -298,10 +298,10 @@ impl Core {
                 .codes
                 .check(payload, zone, self.records.source(), wall_ms)
             {
-                CodeOutcome::Member(slot) => match self.record(slot) {
+                CodeOutcome::Member(slot, code_id) => match self.record(slot) {
                     Some(member) => {
                         self.count_code("signed", "identified");
-                        self.qr_identified(&member, zone, at_ms, out);
+                        self.qr_identified(&member, zone, Some(code_id), at_ms, out);
                     }
                     None => {
                         self.count_code("signed", "refused");
@@ -328,7 +328,7 @@ impl Core {
         }
         match identify_qr(payload, &self.index, self.records.source(), wall_ms) {
             QrOutcome::Member(slot) => match self.record(slot) {
-                Some(member) => self.qr_identified(&member, zone, at_ms, out),
+                Some(member) => self.qr_identified(&member, zone, None, at_ms, out),
                 None => self.qr_refused(zone, "unknown_member".into()),
             },
             QrOutcome::Refused(e) => self.qr_refused(zone, error_label(&e)),
@@ -338,7 +338,7 @@ impl Core {
                     match verify_lookup(payload, &v.response, wall_ms) {
                         Ok(()) => {
                             let member = v.member.clone();
-                            self.qr_identified(&member, zone, at_ms, out);
+                            self.qr_identified(&member, zone, None, at_ms, out);
                         }
                         Err(e) => self.qr_refused(zone, error_label(&e)),
                     }
@@ -401,7 +401,7 @@ impl Core {
                 until_wall_ms: wall_ms + VISITOR_KEEP_MS,
             },
         );
-        self.qr_identified(&member, &lookup.zone, lookup.at_ms, out);
+        self.qr_identified(&member, &lookup.zone, None, lookup.at_ms, out);
     }
 
     fn qr_refused(&mut self, zone: &str, label: String) {
@@ -413,13 +413,21 @@ impl Core {
             .inc();
     }
 
-    fn qr_identified(&mut self, member: &Member, zone: &str, at_ms: u64, out: &mut Vec<Output>) {
+    fn qr_identified(
+        &mut self,
+        member: &Member,
+        zone: &str,
+        code: Option<String>,
+        at_ms: u64,
+        out: &mut Vec<Output>,
+    ) {
         self.metrics.identified.inc();
         out.push(Output::Event {
             at_ms,
             body: EventBody::QrScanned {
                 member_id: member.member_id.clone(),
                 zone: zone.to_string(),
+                code,
             },
         });
         let occasion = Occasion {

@@ -27,8 +27,9 @@ const FORGET_AFTER_MS: i64 = (MAX_AGE_STEPS + 2) * STEP_SECS * 1000;
 /// What a scan of a signed code came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CodeOutcome {
-    /// First scan of a valid code: this member.
-    Member(Slot),
+    /// First scan of a valid code: this member, and the code's id (`key_id:step`, what head
+    /// office compares across stores; not the code, which is a credential while it lives).
+    Member(Slot, String),
     /// The same code again on the same scanner, seconds later: already handled.
     Duplicate(Slot),
     /// Refused, with the reason counted (`CodeError::reason`, or `busy`).
@@ -79,7 +80,12 @@ impl MemberCodes {
         wall_ms: i64,
     ) -> CodeOutcome {
         match self.verify(payload, source, wall_ms) {
-            Ok((key, slot)) => self.admit(key, slot, zone, wall_ms),
+            Ok((key, slot)) => match self.admit(key, slot, zone, wall_ms) {
+                CodeOutcome::Member(slot, _) => {
+                    CodeOutcome::Member(slot, format!("{}:{}", hex::encode(key.0), key.1))
+                }
+                other => other,
+            },
             Err(e) => CodeOutcome::Refused(e.reason()),
         }
     }
@@ -135,7 +141,7 @@ impl MemberCodes {
                 slot,
             },
         );
-        CodeOutcome::Member(slot)
+        CodeOutcome::Member(slot, String::new())
     }
 }
 
@@ -179,7 +185,8 @@ mod tests {
     fn a_code_identifies_once_then_is_a_duplicate_on_its_scanner_and_a_replay_elsewhere() {
         let mut c = MemberCodes::new(false);
         let src = &mut OneDevice(true);
-        assert_eq!(c.check(CODE, "till", src, NOW), CodeOutcome::Member(7));
+        let id = format!("7ef1a8c12a87d60b:{}", 59_000_000);
+        assert_eq!(c.check(CODE, "till", src, NOW), CodeOutcome::Member(7, id));
         assert_eq!(
             c.check(CODE, "till", src, NOW + 3_000),
             CodeOutcome::Duplicate(7)
@@ -223,7 +230,10 @@ mod tests {
         );
         assert_eq!(c.remembered(), 0, "refused codes are not remembered");
         // Refusals did not spend the code.
-        assert_eq!(c.check(CODE, "till", src, NOW), CodeOutcome::Member(7));
+        assert!(matches!(
+            c.check(CODE, "till", src, NOW),
+            CodeOutcome::Member(7, _)
+        ));
     }
 
     #[test]
@@ -235,10 +245,10 @@ mod tests {
             c.admit(key, 1, "till", NOW - 300_000);
         }
         // All stale: a new code makes room.
-        assert_eq!(
+        assert!(matches!(
             c.admit(([9; 8], step), 2, "till", NOW),
-            CodeOutcome::Member(2)
-        );
+            CodeOutcome::Member(2, _)
+        ));
         assert_eq!(c.remembered(), 1);
         for i in 0..MAX_SEEN - 1 {
             c.admit(((i as u64).to_be_bytes(), step), 1, "till", NOW);

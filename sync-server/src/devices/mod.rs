@@ -12,6 +12,7 @@ use instore_protocol::{Identifier, member::device_key, member_code};
 use serde::Serialize;
 
 pub mod card;
+pub mod uses;
 
 use crate::{
     fanout::{self, FanoutSettings},

@@ -3,7 +3,8 @@
 //!   `201` with `{key_id, alg, registered_ms}` (`200` when the key was already registered);
 //! - `GET /api/members/{id}/devices`: the member's keys, revoked ones included, without the keys;
 //! - `DELETE /api/members/{id}/devices/{key_id}`: revoked at head office at once, at the stores
-//!   with their next change.
+//!   with their next change;
+//! - `GET /api/member-codes/flags`: codes used at a second store (see [`devices::uses`]).
 
 use axum::{
     Json,
@@ -138,4 +139,13 @@ pub(super) async fn revoke(
     state.metrics.metrics.device_keys_revoked.inc();
     announce(&state, touched).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(super) async fn flags(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let flags = state.store.call(devices::uses::list).await?;
+    Ok(Json(flags).into_response())
 }

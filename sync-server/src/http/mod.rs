@@ -89,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(devices::revoke),
         )
         .route("/api/members/{id}/card-links", post(card::create_link))
+        .route("/api/member-codes/flags", get(devices::flags))
         .route("/api/card/enrol", post(card::enrol))
         .route("/api/card/face", post(card::face))
         .route("/card", get(card::redirect))

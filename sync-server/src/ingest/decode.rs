@@ -281,6 +281,10 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
             body_json,
             shed,
             presence: super::visits::fact(&e.body),
+            code_use: match &e.body {
+                EventBody::QrScanned { code: Some(c), .. } if valid_code_use(c) => Some(c.clone()),
+                _ => None,
+            },
         });
     }
     let hello = match &batch.hello {
@@ -508,4 +512,15 @@ mod tests {
         assert_eq!(pairs, [(1, 3), (7, 7), (9, 10)]);
         assert!(contiguous_ranges([]).is_empty());
     }
+}
+
+/// `<16 hex digits>:<step>`, as a gateway reports a signed code's use.
+fn valid_code_use(c: &str) -> bool {
+    c.split_once(':').is_some_and(|(kid, step)| {
+        kid.len() == 16
+            && kid.bytes().all(|b| b.is_ascii_hexdigit())
+            && !step.is_empty()
+            && step.len() <= 10
+            && step.bytes().all(|b| b.is_ascii_digit())
+    })
 }

@@ -125,6 +125,19 @@ impl Ingest {
                     if o.welcome.is_some() {
                         self.metrics.hellos.inc();
                     }
+                    self.metrics.events_redacted.inc_by(o.redacted);
+                    if o.codes_cross_store > 0 {
+                        self.metrics
+                            .member_codes_cross_store
+                            .inc_by(o.codes_cross_store);
+                        tracing::warn!(
+                            store = %b.store_id,
+                            gateway = %b.gateway_id,
+                            codes = o.codes_cross_store,
+                            "a member code was used at this store after another store had \
+                             taken it (a copied code?): see GET /api/member-codes/flags"
+                        );
+                    }
                     if o.refused > 0 {
                         self.metrics.seq_jumps_refused.inc_by(o.refused);
                         tracing::warn!(

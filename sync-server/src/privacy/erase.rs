@@ -136,6 +136,10 @@ fn scrub(v: &mut serde_json::Value, member_id: &str) -> bool {
                 if map.contains_key("display_name") {
                     map.insert("display_name".into(), "".into());
                 }
+                // A signed code's key id would link the anonymised events to one phone.
+                if map.contains_key("code") {
+                    map.insert("code".into(), serde_json::Value::Null);
+                }
             }
             let mut nested = false;
             for child in map.values_mut() {

@@ -26,6 +26,8 @@ pub struct StoredEvent {
     pub shed: Option<ShedReport>,
     /// The member fact of a presence event (arrival, departure, alert, ...).
     pub presence: Option<crate::ingest::visits::PresenceFact>,
+    /// A signed member code's id (`key_id:step`) a `qr_scanned` event reports.
+    pub code_use: Option<String>,
 }
 
 /// A range a gateway's outbox shed, as its `events_shed` event reported it.
@@ -97,6 +99,8 @@ pub struct BatchOutcome {
     pub refused: u64,
     /// The highest number the batch could have stored: its refused events lie above.
     pub seq_bound: i64,
+    /// Member codes this batch reports used that another store used first.
+    pub codes_cross_store: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -159,7 +163,7 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                 kept = k;
                 (&kept, refused)
             };
-            let (inserted, redacted) = insert_events(tx, b, now_ms)?;
+            let (inserted, redacted, codes_cross_store) = insert_events(tx, b, now_ms)?;
             let duplicates = b.events.len() as u64 - inserted;
             let max_seq = b.events.last().map_or(0, |e| e.seq);
             let high_water = tx
@@ -180,6 +184,7 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
                 welcome,
                 refused,
                 seq_bound,
+                codes_cross_store,
             })
         }
         IngestItem::Status {
@@ -215,11 +220,16 @@ fn seq_bound(last_seq: i64) -> i64 {
 }
 
 /// Writes a batch's events in a few multi-row statements ([`super::bulk`]) and applies the
-/// facts of those stored for the first time, in order. Returns (inserted, redacted).
+/// facts of those stored for the first time, in order. Returns (inserted, redacted, member
+/// codes first used at another store).
 ///
 /// An opted-out member's event keeps its number (no gap at head office) but nothing of what it
 /// said, and makes no visit.
-fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, u64), StoreError> {
+fn insert_events(
+    tx: &mut Tx<'_>,
+    b: &IngestBatch,
+    now_ms: i64,
+) -> Result<(u64, u64, u64), StoreError> {
     let members: Vec<Value> = b
         .events
         .iter()
@@ -267,6 +277,7 @@ fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, 
     let inserted = new.len() as u64;
 
     let mut redacted = 0u64;
+    let mut cross_store = 0u64;
     let mut facts = Vec::new();
     for e in &b.events {
         // `remove`: a sequence number twice in one batch is stored, and applied, once.
@@ -277,6 +288,16 @@ fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, 
             redacted += 1;
         } else if let Some(f) = &e.presence {
             facts.push((f, e.at_ms));
+        }
+        if let Some(code) = e.code_use.as_deref().filter(|_| !is_opted_out(e)) {
+            cross_store += u64::from(crate::devices::uses::record(
+                tx,
+                code,
+                &b.store_id,
+                &b.gateway_id,
+                e.at_ms,
+                now_ms,
+            )?);
         }
         if let Some(r) = &e.shed {
             tx.execute(
@@ -293,7 +314,7 @@ fn insert_events(tx: &mut Tx<'_>, b: &IngestBatch, now_ms: i64) -> Result<(u64, 
         }
     }
     visits::apply_all(tx, &b.store_id, &b.gateway_id, &facts)?;
-    Ok((inserted, redacted))
+    Ok((inserted, redacted, cross_store))
 }
 
 /// Of `members` (text values), those erased and not imported again since: a gateway that had not
@@ -376,6 +397,7 @@ mod tests {
                     body_json: "{}".into(),
                     shed: None,
                     presence: None,
+                    code_use: None,
                 })
                 .collect(),
             hello: None,
@@ -439,6 +461,7 @@ mod tests {
                     welcome: None,
                     refused: 0,
                     seq_bound: MAX_SEQ_JUMP as i64,
+                    codes_cross_store: 0,
                 })]
             );
             let again = ingest(c, &[batch("g1", &[2, 3, 4])], 11).unwrap();
@@ -452,6 +475,7 @@ mod tests {
                     welcome: None,
                     refused: 0,
                     seq_bound: 3 + MAX_SEQ_JUMP as i64,
+                    codes_cross_store: 0,
                 })]
             );
             let old = ingest(c, &[batch("g1", &[1])], 12).unwrap();
@@ -465,6 +489,7 @@ mod tests {
                     welcome: None,
                     refused: 0,
                     seq_bound: 4 + MAX_SEQ_JUMP as i64,
+                    codes_cross_store: 0,
                 })]
             );
             let gws = queries::gateways(c, 10).unwrap();

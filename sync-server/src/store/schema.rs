@@ -247,6 +247,23 @@ CREATE TABLE card_links (
     expires_ms INTEGER NOT NULL
 );
 ",
+    // 9: member codes seen at two stores (see `devices/uses.rs`).
+    "
+CREATE TABLE member_code_uses (
+    code     TEXT PRIMARY KEY,
+    store_id TEXT    NOT NULL,
+    at_ms    INTEGER NOT NULL
+);
+CREATE INDEX member_code_uses_by_time ON member_code_uses(at_ms);
+CREATE TABLE member_code_flags (
+    code        TEXT    NOT NULL,
+    first_store TEXT    NOT NULL,
+    store_id    TEXT    NOT NULL,
+    gateway_id  TEXT    NOT NULL,
+    at_ms       INTEGER NOT NULL
+);
+CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -463,6 +480,23 @@ CREATE TABLE card_links (
     member_id  TEXT   NOT NULL,
     expires_ms BIGINT NOT NULL
 );
+",
+    // 9: member codes seen at two stores (see `devices/uses.rs`).
+    "
+CREATE TABLE member_code_uses (
+    code     TEXT PRIMARY KEY,
+    store_id TEXT   NOT NULL,
+    at_ms    BIGINT NOT NULL
+);
+CREATE INDEX member_code_uses_by_time ON member_code_uses(at_ms);
+CREATE TABLE member_code_flags (
+    code        TEXT   NOT NULL,
+    first_store TEXT   NOT NULL,
+    store_id    TEXT   NOT NULL,
+    gateway_id  TEXT   NOT NULL,
+    at_ms       BIGINT NOT NULL
+);
+CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
 ];
 

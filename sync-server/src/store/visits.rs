@@ -218,6 +218,7 @@ mod tests {
             body_json: "{}".into(),
             shed: None,
             presence: Some(fact),
+            code_use: None,
         }
     }
     fn arrive(m: &str, v: &str, zone: &str) -> PresenceFact {
