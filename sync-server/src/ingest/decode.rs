@@ -349,6 +349,17 @@ pub fn contiguous_ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<SeqRange> {
     out
 }
 
+/// `<16 hex digits>:<step>`, as a gateway reports a signed code's use.
+fn valid_code_use(c: &str) -> bool {
+    c.split_once(':').is_some_and(|(kid, step)| {
+        kid.len() == 16
+            && kid.bytes().all(|b| b.is_ascii_hexdigit())
+            && !step.is_empty()
+            && step.len() <= 10
+            && step.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,15 +523,4 @@ mod tests {
         assert_eq!(pairs, [(1, 3), (7, 7), (9, 10)]);
         assert!(contiguous_ranges([]).is_empty());
     }
-}
-
-/// `<16 hex digits>:<step>`, as a gateway reports a signed code's use.
-fn valid_code_use(c: &str) -> bool {
-    c.split_once(':').is_some_and(|(kid, step)| {
-        kid.len() == 16
-            && kid.bytes().all(|b| b.is_ascii_hexdigit())
-            && !step.is_empty()
-            && step.len() <= 10
-            && step.bytes().all(|b| b.is_ascii_digit())
-    })
 }
