@@ -141,10 +141,13 @@ pub enum Identifier {
     },
     /// The public key of a member's device that signs their member codes
     /// ([`crate::member_code`]): `alg` `ES256` or `Ed25519`, the raw key in hex. Registered at
-    /// head office (`POST /api/members/{id}/devices`), never taken from an import.
+    /// head office (`POST /api/members/{id}/devices`), never taken from an import. A revoked
+    /// key stays in the record with `revoked`, so a gateway can say why its codes fail.
     DeviceKey {
         alg: String,
         public_key: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        revoked: bool,
     },
 }
 
@@ -265,7 +268,9 @@ impl Identifier {
                 key: hex_array(key, "key")?,
                 exponent: eid_exponent(*exponent)?,
             }),
-            Identifier::DeviceKey { alg, public_key } => {
+            Identifier::DeviceKey {
+                alg, public_key, ..
+            } => {
                 let (_, raw) = device_key(alg, public_key)?;
                 Ok(IdentifierKey::DeviceKey {
                     key_id: crate::member_code::key_id(&raw),

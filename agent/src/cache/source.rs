@@ -21,6 +21,8 @@ pub struct DeviceKey {
     pub slot: Slot,
     pub alg: Algorithm,
     pub public_key: Vec<u8>,
+    /// Revoked at head office: its codes are refused as `revoked_key`.
+    pub revoked: bool,
 }
 
 /// The device key with id `key_id` among a record's identifiers.
@@ -30,12 +32,17 @@ pub fn device_key_in(
     key_id: &[u8; KEY_ID_LEN],
 ) -> Option<DeviceKey> {
     record.identifiers.iter().find_map(|i| match i {
-        instore_protocol::Identifier::DeviceKey { alg, public_key } => {
+        instore_protocol::Identifier::DeviceKey {
+            alg,
+            public_key,
+            revoked,
+        } => {
             let (alg, raw) = instore_protocol::member::device_key(alg, public_key).ok()?;
             (instore_protocol::member_code::key_id(&raw) == *key_id).then_some(DeviceKey {
                 slot,
                 alg,
                 public_key: raw,
+                revoked: *revoked,
             })
         }
         _ => None,

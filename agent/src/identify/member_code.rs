@@ -100,6 +100,7 @@ impl MemberCodes {
         // Cheap before the disk: a stale photo costs nothing.
         code.check_time(wall_ms)?;
         let device = match source.device_key(&code.key_id) {
+            Ok(Some(d)) if d.revoked => return Err(CodeError::RevokedKey),
             Ok(Some(d)) => d,
             Ok(None) => return Err(CodeError::UnknownKey),
             Err(e) => {
@@ -176,6 +177,7 @@ mod tests {
                     slot: 7,
                     alg: Algorithm::Es256,
                     public_key,
+                    revoked: false,
                 }),
             )
         }

@@ -5,8 +5,9 @@
 //! member's unrevoked keys, which [`crate::fanout::place`] adds to the record the stores hold as
 //! `device_key` identifiers, so a gateway verifies codes offline. Only public keys are stored:
 //! nothing here, or at a gateway, can make a code. A key id belongs to one member for good; a
-//! revoked key stays on file (so it cannot be registered again) and leaves the stores with the
-//! next placement. Keys an import carries are ignored ([`crate::fanout::gateway_form`]).
+//! revoked key stays on file (so it cannot be registered again) and goes to the stores marked
+//! `revoked` with the next placement, so its codes are refused for that reason. Keys an import
+//! carries are ignored ([`crate::fanout::gateway_form`]).
 
 use instore_protocol::{Identifier, member::device_key, member_code};
 use serde::Serialize;
@@ -27,8 +28,8 @@ use crate::{
 /// Keys one member may have registered (phones replaced, several devices), revoked ones included.
 pub const MAX_KEYS_PER_MEMBER: usize = 20;
 
-const SELECT_ACTIVE: Sql = Sql::same(
-    "SELECT alg, public_key FROM member_devices WHERE member_id = ?1 AND revoked_ms IS NULL
+const SELECT_FOR_STORES: Sql = Sql::same(
+    "SELECT alg, public_key, revoked_ms FROM member_devices WHERE member_id = ?1
     ORDER BY key_id",
 );
 const SELECT_ALL: Sql = Sql::same(
@@ -80,14 +81,15 @@ pub struct Device {
     pub revoked_ms: Option<i64>,
 }
 
-/// The member's unrevoked keys as the identifiers stores get.
-pub fn active_keys(tx: &mut Tx<'_>, member_id: &str) -> Result<Vec<Identifier>, StoreError> {
-    tx.query(&SELECT_ACTIVE, params![member_id])?
+/// The member's keys as the identifiers stores get, revoked ones marked.
+pub fn store_keys(tx: &mut Tx<'_>, member_id: &str) -> Result<Vec<Identifier>, StoreError> {
+    tx.query(&SELECT_FOR_STORES, params![member_id])?
         .into_iter()
         .map(|r| {
             Ok(Identifier::DeviceKey {
                 alg: r.string(0)?,
                 public_key: r.string(1)?,
+                revoked: r.opt_i64(2)?.is_some(),
             })
         })
         .collect()

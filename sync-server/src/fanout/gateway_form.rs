@@ -31,7 +31,7 @@ pub struct Derived<'a> {
     pub has_purchases: bool,
     /// Date and summary of the latest purchase head office holds.
     pub last_purchase: Option<&'a LastPurchase>,
-    /// The member's registered, unrevoked device keys ([`crate::devices`]): they reach the
+    /// The member's registered device keys, revoked ones marked ([`crate::devices`]): they reach the
     /// stores as [`Identifier::DeviceKey`]s. Any an import carried are dropped.
     pub devices: &'a [Identifier],
 }

@@ -86,7 +86,7 @@ pub fn place(
         Some(r) => last_purchase(r.i64(0)?, r.str(1)?),
         None => None,
     };
-    let devices = crate::devices::active_keys(tx, member_id)?;
+    let devices = crate::devices::store_keys(tx, member_id)?;
     let derived = Derived {
         computed: computed.as_ref(),
         has_purchases,
