@@ -52,6 +52,13 @@ fn start_uplink(hq: &Hq, dir: &Path, outbox: &Outbox, metrics: &Metrics) -> Sync
         batch_max_age_ms: 10,
         reconnect_min_ms: 50,
         reconnect_max_ms: 500,
+        // Head office's embedded broker lets in only gateways with their token.
+        token: instore_protocol::token::gateway_token(
+            support::hq::SECRET.as_bytes(),
+            STORE,
+            GATEWAY,
+        )
+        .unwrap(),
         ..SyncConfig::default()
     };
     spawn_sync(STORE, GATEWAY, cfg, outbox, &cache, metrics)
