@@ -215,6 +215,34 @@ pub struct SourceConfig {
     /// instead of `path`: a serial/HID-raw device or a FIFO, one code per line).
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// The store-LAN broker remote receivers publish to, `mqtt://host[:port]` (kind = "mqtt").
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// Topic filter of their reports (kind = "mqtt"; default `home/+/BTtoMQTT/#`).
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Login on that broker (kind = "mqtt").
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Remote receivers by id (the topic level before `BTtoMQTT`): zone and RSSI calibration
+    /// (kind = "mqtt"). Receivers not listed land in `zone` with `rssi_offset`.
+    #[serde(default)]
+    pub receivers: Vec<ReceiverConfig>,
+}
+
+/// One remote receiver of a `kind = "mqtt"` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    pub id: String,
+    /// Its zone; the source's `zone` when absent.
+    #[serde(default)]
+    pub zone: Option<String>,
+    /// dB added to every RSSI it reports.
+    #[serde(default)]
+    pub rssi_offset: i16,
 }
 
 fn default_watchdog_s() -> u64 {
@@ -268,6 +296,8 @@ pub enum SourceKind {
     /// A QR scanner (the code is a member's signed QR): a device/FIFO `path` or a TCP `listen`.
     #[serde(alias = "qr_serial")]
     Qr,
+    /// Remote BLE receivers (OpenMQTTGateway, Theengs Gateway) reporting to a store-LAN broker.
+    Mqtt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -603,6 +633,19 @@ impl AgentConfig {
                     return Err(invalid(
                         "adapter",
                         "a ble source needs an adapter, e.g. \"hci0\"".into(),
+                    ));
+                }
+                SourceKind::Mqtt
+                    if !s
+                        .broker
+                        .as_deref()
+                        .is_some_and(|b| b.starts_with("mqtt://") && b.len() > 7) =>
+                {
+                    return Err(invalid(
+                        "broker",
+                        "an mqtt source needs broker = \"mqtt://host:port\", the store-LAN \
+                         broker its receivers publish to"
+                            .into(),
                     ));
                 }
                 SourceKind::Qr if s.path.is_some() == s.listen.is_some() => {

@@ -20,3 +20,19 @@ pub struct Advert {
     /// (16-bit service UUID, data).
     pub service_data: Vec<(u16, Vec<u8>)>,
 }
+
+/// `AA:BB:CC:DD:EE:FF` (either case) → bytes, most significant first.
+pub fn parse_address(s: &str) -> Option<[u8; 6]> {
+    let b = s.as_bytes();
+    if b.len() != 17 {
+        return None;
+    }
+    let mut out = [0u8; 6];
+    for (i, o) in out.iter_mut().enumerate() {
+        if i > 0 && b[i * 3 - 1] != b':' {
+            return None;
+        }
+        *o = u8::from_str_radix(std::str::from_utf8(&b[i * 3..i * 3 + 2]).ok()?, 16).ok()?;
+    }
+    Some(out)
+}

@@ -1,5 +1,6 @@
 //! Sources: where sightings come from — a simulated crowd (`sim`), BlueZ adapters (`ble`, Linux),
-//! recorded captures (`replay`), and QR scanners (`qr`, which feed the engine's control channel).
+//! remote receivers on the store LAN (`remote`, `kind = "mqtt"`), recorded captures (`replay`),
+//! and QR scanners (`qr`, which feed the engine's control channel).
 //!
 //! Out: [`Sighting`]s on a bounded channel to the engine. A live source never blocks on a full
 //! channel: `sim` drops the sighting and counts it (`adverts_dropped`), `ble` keeps only each
@@ -14,12 +15,13 @@ pub mod ble;
 pub mod btsnoop;
 pub mod qr;
 pub mod record;
+pub mod remote;
 pub mod replay;
 pub mod sim;
 
 use std::sync::Arc;
 
-pub use advert::{AddressType, Advert};
+pub use advert::{AddressType, Advert, parse_address};
 
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -53,22 +55,6 @@ pub enum SourceError {
     },
 }
 
-/// `AA:BB:CC:DD:EE:FF` (either case) → bytes, most significant first.
-pub fn parse_address(s: &str) -> Option<[u8; 6]> {
-    let b = s.as_bytes();
-    if b.len() != 17 {
-        return None;
-    }
-    let mut out = [0u8; 6];
-    for (i, o) in out.iter_mut().enumerate() {
-        if i > 0 && b[i * 3 - 1] != b':' {
-            return None;
-        }
-        *o = u8::from_str_radix(std::str::from_utf8(&b[i * 3..i * 3 + 2]).ok()?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// Starts one task per configured source (and the recorder, if `[record]` is on). A BLE
 /// source's adapter must exist: a wrong name fails here, before the agent runs. `outbox` receives
 /// scanner state events.
@@ -83,8 +69,6 @@ pub async fn spawn_all(
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> Result<(), SourceError> {
-    #[cfg(not(target_os = "linux"))]
-    let _ = outbox;
     let tx = match &record.path {
         Some(path) if record.write_raw_addresses => {
             record::spawn_recorder(path, tx, metrics.clone(), tracker).map_err(|source| {
@@ -133,6 +117,19 @@ pub async fn spawn_all(
                 };
                 let task = ble::start(ble::BleConfig::from_source(cfg), io, cancel.clone()).await?;
                 tracker.spawn(task);
+            }
+            SourceKind::Mqtt => {
+                let Some(src) = remote::RemoteSource::from_source(cfg, i) else {
+                    continue; // refused by config validation
+                };
+                tracker.spawn(remote::run(
+                    src,
+                    clock.clone(),
+                    tx.clone(),
+                    metrics.clone(),
+                    outbox.cloned(),
+                    cancel.clone(),
+                ));
             }
             // Scans go to the engine's control channel: started by `qr::spawn_all`.
             SourceKind::Qr => {}
