@@ -119,16 +119,19 @@ async fn a_member_heard_by_remote_receivers_is_present_in_their_zones() {
     eventually("arrival at the entrance", WAIT, || async {
         publish("entrance-esp", report(-60)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
-        events("arrive").await.iter().any(|e| e["body"]["zone"] == "entrance")
+        events("arrive")
+            .await
+            .iter()
+            .any(|e| e["body"]["zone"] == "entrance")
     })
     .await;
     assert_eq!(m.members_present.get(), 1);
 
-    // Both hear them; the fitting room's receiver reads 8 dB weaker but is calibrated +10:
-    // the member moves to the fitting rooms.
+    // Both hear them; the fitting room's receiver reads -66 dBm, calibrated +10: 16 dB above
+    // the entrance's -72, past the zone margin: the member moves to the fitting rooms.
     eventually("a zone change to the fitting rooms", WAIT, || async {
-        publish("entrance-esp", report(-62)).await;
-        publish("fitting-esp", report(-70)).await;
+        publish("entrance-esp", report(-72)).await;
+        publish("fitting-esp", report(-66)).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         events("zone_change")
             .await
@@ -145,7 +148,11 @@ async fn a_member_heard_by_remote_receivers_is_present_in_their_zones() {
             .get()
     };
     publish("entrance-esp", "not json".into()).await;
-    publish("entrance-esp", format!("{{\"pad\":\"{}\"}}", "x".repeat(2500))).await;
+    publish(
+        "entrance-esp",
+        format!("{{\"pad\":\"{}\"}}", "x".repeat(2500)),
+    )
+    .await;
     publish("entrance-esp", r#"{"id":"nope","rssi":-50}"#.into()).await;
     eventually("the garbage counted", WAIT, || async {
         refused("json") == 1 && refused("too_large") == 1 && refused("address") == 1

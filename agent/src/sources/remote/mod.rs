@@ -91,7 +91,10 @@ impl RemoteSource {
                 .username
                 .clone()
                 .map(|u| (u, cfg.password.clone().unwrap_or_default())),
-            topic: cfg.topic.clone().unwrap_or_else(|| DEFAULT_TOPIC.to_string()),
+            topic: cfg
+                .topic
+                .clone()
+                .unwrap_or_else(|| DEFAULT_TOPIC.to_string()),
             client_id: format!("instore-receivers-{}-{index}", std::process::id()),
             default: Placement {
                 zone: Arc::from(cfg.zone.as_str()),
@@ -211,7 +214,9 @@ pub async fn run(
 }
 
 fn record(outbox: Option<&Outbox>, receiver: &str, state: ScannerState, detail: &str) {
-    let Some(outbox) = outbox.cloned() else { return };
+    let Some(outbox) = outbox.cloned() else {
+        return;
+    };
     let ev = NewEvent {
         at_ms: crate::now_ms(),
         body: EventBody::Scanner {

@@ -61,9 +61,9 @@ pub fn receiver_of(topic: &str) -> Option<&str> {
 fn hex_field(v: &serde_json::Value, key: &'static str) -> Result<Option<Vec<u8>>, ReportError> {
     match v.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => hex::decode(s)
-            .map(Some)
-            .map_err(|_| ReportError::Hex(key)),
+        Some(serde_json::Value::String(s)) => {
+            hex::decode(s).map(Some).map_err(|_| ReportError::Hex(key))
+        }
         Some(_) => Err(ReportError::Hex(key)),
     }
 }
@@ -73,7 +73,9 @@ fn uuid16(s: &str) -> Option<u16> {
     let short = match s.len() {
         4 => s,
         // 0000xxxx-0000-1000-8000-00805f9b34fb
-        36 if s[8..].eq_ignore_ascii_case("-0000-1000-8000-00805f9b34fb") && s.starts_with("0000") => {
+        36 if s[8..].eq_ignore_ascii_case("-0000-1000-8000-00805f9b34fb")
+            && s.starts_with("0000") =>
+        {
             &s[4..8]
         }
         _ => return None,
@@ -146,14 +148,22 @@ mod tests {
 
     #[test]
     fn theengs_and_openmqttgateway_reports_become_adverts() {
-        let (receiver, a) = parse("home/entrance-esp/BTtoMQTT/C0FFEE000001", THEENGS_IBEACON.as_bytes()).unwrap();
+        let (receiver, a) = parse(
+            "home/entrance-esp/BTtoMQTT/C0FFEE000001",
+            THEENGS_IBEACON.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(receiver, "entrance-esp");
         assert_eq!(a.address, [0xC0, 0xFF, 0xEE, 0, 0, 1]);
         assert_eq!(a.rssi, -63);
         assert_eq!(a.address_type, AddressType::Public);
         assert_eq!(a.manufacturer_data[0].0, 0x004C);
         assert_eq!(&a.manufacturer_data[0].1[..2], &[0x02, 0x15]);
-        let (_, e) = parse("home/fitting/BTtoMQTT/D12233445566", OMG_EDDYSTONE.as_bytes()).unwrap();
+        let (_, e) = parse(
+            "home/fitting/BTtoMQTT/D12233445566",
+            OMG_EDDYSTONE.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(e.address_type, AddressType::Random);
         assert_eq!(e.service_data[0].0, 0xFEAA);
         assert_eq!(e.service_data[0].1[0], 0x00);
@@ -168,14 +178,26 @@ mod tests {
         assert_eq!(parse("BTtoMQTT/x", b"{}"), Err(ReportError::Topic));
         assert!(matches!(parse(t, b"not json"), Err(ReportError::Json(_))));
         assert!(matches!(parse(t, b"[1]"), Err(ReportError::Json(_))));
-        assert_eq!(parse(t, br#"{"id":"nope","rssi":-1}"#), Err(ReportError::Address));
-        assert_eq!(parse(t, br#"{"id":"C0:FF:EE:00:00:01"}"#), Err(ReportError::Rssi));
         assert_eq!(
-            parse(t, br#"{"id":"C0:FF:EE:00:00:01","rssi":-1,"manufacturerdata":"zz"}"#),
+            parse(t, br#"{"id":"nope","rssi":-1}"#),
+            Err(ReportError::Address)
+        );
+        assert_eq!(
+            parse(t, br#"{"id":"C0:FF:EE:00:00:01"}"#),
+            Err(ReportError::Rssi)
+        );
+        assert_eq!(
+            parse(
+                t,
+                br#"{"id":"C0:FF:EE:00:00:01","rssi":-1,"manufacturerdata":"zz"}"#
+            ),
             Err(ReportError::Hex("manufacturerdata"))
         );
         assert_eq!(
-            parse(t, br#"{"id":"C0:FF:EE:00:00:01","rssi":-1,"servicedata":"00"}"#),
+            parse(
+                t,
+                br#"{"id":"C0:FF:EE:00:00:01","rssi":-1,"servicedata":"00"}"#
+            ),
             Err(ReportError::Uuid)
         );
         assert_eq!(
