@@ -16,7 +16,7 @@ use std::{path::Path, time::Duration};
 use instore_protocol::member_code::{Algorithm, DeviceSigner};
 use support::{
     browser::{browser, js, shot, wait_js},
-    hq::{ADMIN, Hq, SECRET, embedded},
+    hq::{ADMIN, Hq, SECRET, agent_synced_to, embedded},
     net::free_port,
     wait::{eventually, eventually_some},
 };
@@ -25,20 +25,14 @@ use tokio::io::AsyncWriteExt;
 const WAIT: Duration = Duration::from_secs(60);
 
 async fn agent(dir: &Path, hq: &Hq, till: u16, fitting: u16) -> instore_agent::runtime::Agent {
-    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
     std::fs::write(
         dir.join("rules.toml"),
         "[[rules]]\nname = \"greet-at-till\"\non = \"qr_scan\"\npriority = \"normal\"\n\
          message = \"{display_name} at the {zone}\"\ncooldown_s = 0\n",
     )
     .unwrap();
-    let text = format!(
-        r#"store_id = "s1"
-gateway_id = "gw-1"
-data_dir = "data"
-[http]
-listen = "127.0.0.1:0"
-[[sources]]
+    let tables = format!(
+        r#"[[sources]]
 kind = "qr"
 zone = "till"
 listen = "127.0.0.1:{till}"
@@ -46,23 +40,20 @@ listen = "127.0.0.1:{till}"
 kind = "qr"
 zone = "fitting"
 listen = "127.0.0.1:{fitting}"
-[sync]
-enabled = true
-broker = "{}"
-hq_url = "http://{}"
-token = "{token}"
-changes_poll_s = 1
 [react]
 rules = "rules.toml"
 [member_codes]
 legacy = false
-"#,
-        hq.mqtt_url(),
-        hq.http
+"#
     );
-    std::fs::write(dir.join("agent.toml"), text).unwrap();
-    let cfg = instore_agent::config::AgentConfig::load(&dir.join("agent.toml")).unwrap();
-    instore_agent::runtime::start(cfg).await.unwrap()
+    agent_synced_to(dir, hq, &tables).await
+}
+
+/// Member codes counted by kind and result.
+fn codes(m: &instore_agent::metrics::Metrics, kind: &'static str, result: &'static str) -> u64 {
+    m.member_codes
+        .get_or_create(&vec![("kind", kind), ("result", result)])
+        .get()
 }
 
 async fn register(hq: &Hq, member: &str, device: &DeviceSigner) -> reqwest::StatusCode {
@@ -107,11 +98,7 @@ async fn a_registered_device_identifies_its_member_once_per_code_at_a_gateway_th
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path(), &hq, till, fitting).await;
     let m = agent.metrics.clone();
-    let codes = |kind: &'static str, result: &'static str| {
-        m.member_codes
-            .get_or_create(&vec![("kind", kind), ("result", result)])
-            .get()
-    };
+    let codes = |kind, result| codes(&m, kind, result);
     let refused = |reason: &str| {
         m.qr_rejected
             .get_or_create(&vec![("error", reason.to_string())])
@@ -473,11 +460,7 @@ async fn no_key_or_secret_on_a_gateway_makes_a_member_code_it_accepts() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(dir.path(), &hq, till, fitting).await;
     let m = agent.metrics.clone();
-    let codes = |kind: &'static str, result: &'static str| {
-        m.member_codes
-            .get_or_create(&vec![("kind", kind), ("result", result)])
-            .get()
-    };
+    let codes = |kind, result| codes(&m, kind, result);
     eventually("the member at the gateway", WAIT, || async {
         m.members_cached.get() == 1
     })

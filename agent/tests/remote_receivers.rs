@@ -17,7 +17,7 @@ use std::{path::Path, time::Duration};
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use support::{
-    hq::{Hq, SECRET, embedded},
+    hq::{Hq, agent_synced_to, embedded},
     net::free_port,
     wait::eventually,
 };
@@ -32,14 +32,8 @@ fn report(rssi: i32) -> String {
 }
 
 async fn agent(dir: &Path, hq: &Hq, broker: &str) -> instore_agent::runtime::Agent {
-    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
-    let text = format!(
-        r#"store_id = "s1"
-gateway_id = "gw-1"
-data_dir = "data"
-[http]
-listen = "127.0.0.1:0"
-[[sources]]
+    let tables = format!(
+        r#"[[sources]]
 kind = "mqtt"
 broker = "{broker}"
 zone = "floor"
@@ -51,22 +45,11 @@ zone = "entrance"
 id = "fitting-esp"
 zone = "fitting-rooms"
 rssi_offset = 10
-[sync]
-enabled = true
-broker = "{}"
-hq_url = "http://{}"
-token = "{token}"
-changes_poll_s = 1
-batch_max_age_ms = 50
 [presence]
 zone_switch_s = 1
-"#,
-        hq.mqtt_url(),
-        hq.http
+"#
     );
-    std::fs::write(dir.join("agent.toml"), text).unwrap();
-    let cfg = instore_agent::config::AgentConfig::load(&dir.join("agent.toml")).unwrap();
-    instore_agent::runtime::start(cfg).await.unwrap()
+    agent_synced_to(dir, hq, &tables).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

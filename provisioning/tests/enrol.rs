@@ -4,28 +4,11 @@
 //! revokes with effect at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{path::Path, process::Output};
-
 use instore_testkit::hq::{ADMIN, Hq, embedded};
 
-async fn provision(dir: &Path, args: &[&str]) -> Output {
-    let dir = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    // Off the runtime: head office serves on it while the tool waits for its answers.
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_instore-provision"))
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("instore-provision runs")
-    })
-    .await
-    .unwrap()
-}
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_owned()
-}
+use common::{provision, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_becomes_a_working_config_and_rotation_and_revocation_apply_at_once() {

@@ -4,28 +4,14 @@
 //! code no larger than version 5.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Output};
+use std::os::unix::fs::PermissionsExt;
 
 use instore_protocol::member_code::{self, Algorithm, DeviceSigner};
 use instore_testkit::hq::{ADMIN, Hq, embedded};
 
-async fn provision(dir: &Path, args: &[&str]) -> Output {
-    let dir = dir.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_instore-provision"))
-            .args(&args)
-            .current_dir(dir)
-            .output()
-            .expect("instore-provision runs")
-    })
-    .await
-    .unwrap()
-}
+mod common;
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_owned()
-}
+use common::{provision, text};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_made_by_the_tool_is_registered_and_its_codes_verify_and_render() {

@@ -26,3 +26,24 @@ pub async fn events_of(hq: &Hq, gateway: &str) -> Vec<(u64, u64)> {
         })
         .collect()
 }
+
+/// The agent in-process as gateway `gw-1` of store `s1`, synced to `hq` (member changes every
+/// second, its token for head office's broker), with `tables` (sources, rules, …) in its config.
+pub async fn agent_synced_to(
+    dir: &std::path::Path,
+    hq: &Hq,
+    tables: &str,
+) -> instore_agent::runtime::Agent {
+    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
+    let text = format!(
+        "store_id = \"s1\"\ngateway_id = \"gw-1\"\ndata_dir = \"data\"\n[http]\n\
+         listen = \"127.0.0.1:0\"\n{tables}\n[sync]\nenabled = true\nbroker = \"{}\"\n\
+         hq_url = \"http://{}\"\ntoken = \"{token}\"\nchanges_poll_s = 1\n\
+         batch_max_age_ms = 50\n",
+        hq.mqtt_url(),
+        hq.http
+    );
+    std::fs::write(dir.join("agent.toml"), text).unwrap();
+    let cfg = instore_agent::config::AgentConfig::load(&dir.join("agent.toml")).unwrap();
+    instore_agent::runtime::start(cfg).await.unwrap()
+}

@@ -111,7 +111,7 @@ pub async fn start(
             .and_then(|servers| servers.values_mut().next())
             .ok_or_else(|| BrokerError::Config("no v4 server".into()))?;
         server.set_auth_handler(move |client_id: String, user: String, password: String| {
-            std::future::ready(logins.check(&client_id, &user, &password, now_ms()))
+            std::future::ready(logins.check(&client_id, &user, &password, crate::now_ms()))
         });
     }
     let thread = std::thread::Builder::new()
@@ -142,12 +142,6 @@ pub async fn start(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// An MQTT 3.1.1 CONNECT with clean session, keep-alive 10 s, and head office's login.

@@ -196,9 +196,10 @@ pub fn active_key(
     let row = tx.query_opt(&SELECT_ACTIVE_KEY, params![key_id])?;
     tx.commit()?;
     let Some(r) = row else { return Ok(None) };
+    let member_id = r.string(0)?;
     Ok(device_key(r.str(1)?, r.str(2)?)
         .ok()
-        .map(|(alg, raw)| (r.string(0).unwrap_or_default(), alg, raw)))
+        .map(|(alg, raw)| (member_id, alg, raw)))
 }
 
 /// Revokes a key of `member_id` and places the member, so the stores drop it.

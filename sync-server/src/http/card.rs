@@ -19,7 +19,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, AppState, require_admin};
+use super::{ApiError, AppState, registry::json_body, require_admin};
 use crate::{
     devices::{self, card},
     fanout::notifier::NoticeInput,
@@ -70,15 +70,6 @@ pub(super) async fn manifest() -> Response {
 
 pub(super) async fn icon() -> Response {
     asset("image/svg+xml", ICON)
-}
-
-fn json_body<T>(body: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected {expected}: {}", e.body_text()),
-        )
-    })
 }
 
 #[derive(Debug, Deserialize)]

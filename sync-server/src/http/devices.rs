@@ -14,7 +14,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, AppState, require_admin};
+use super::{ApiError, AppState, registry::json_body, require_admin};
 use crate::{
     devices::{self, DeviceError},
     fanout::notifier::NoticeInput,
@@ -44,14 +44,12 @@ impl From<DeviceError> for ApiError {
             DeviceError::TakenKey | DeviceError::RevokedKey | DeviceError::TooMany => {
                 StatusCode::CONFLICT
             }
-            DeviceError::Store(_) => {
-                let DeviceError::Store(s) = e else {
-                    unreachable!("matched above")
-                };
-                return ApiError::from(s);
-            }
+            DeviceError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, e.to_string())
+        match e {
+            DeviceError::Store(s) => ApiError::from(s),
+            other => ApiError::new(status, other.to_string()),
+        }
     }
 }
 
@@ -75,15 +73,8 @@ pub(super) async fn register(
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     member_id(&id)?;
-    let Registration { alg, public_key } = body.map(|Json(b)| b).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected {{\"alg\": \"ES256\"|\"Ed25519\", \"public_key\": \"<hex>\"}}: {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let Registration { alg, public_key } =
+        json_body(body, r#"{"alg": "ES256"|"Ed25519", "public_key": "<hex>"}"#)?;
     let settings = state.fanout.clone();
     let now = now_ms();
     let (device, created, touched) = state

@@ -41,7 +41,10 @@ fn new_code() -> String {
     format!("{}-{}-{}", &raw[..4], &raw[4..8], &raw[8..])
 }
 
-fn json_body<T>(body: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, ApiError> {
+pub(super) fn json_body<T>(
+    body: Result<Json<T>, JsonRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

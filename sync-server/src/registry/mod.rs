@@ -110,11 +110,18 @@ impl Registry {
 
     /// Records that `gateway_id` speaks for `store_id` (a gateway seen, or a token verified).
     pub fn learn(&self, gateway_id: &str, store_id: &str) {
+        let known = |map: &HashMap<String, String>| {
+            map.get(gateway_id).map(String::as_str) == Some(store_id)
+        };
+        // Every HTTP request of such a gateway verifies its token: a read lock when nothing is new.
+        if known(&self.legacy_stores.read().unwrap_or_else(|p| p.into_inner())) {
+            return;
+        }
         let mut map = self
             .legacy_stores
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if map.get(gateway_id).map(String::as_str) != Some(store_id) {
+        if !known(&map) {
             map.insert(gateway_id.to_string(), store_id.to_string());
         }
     }
