@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod changes;
 pub mod eddystone_eid;
+pub mod holdout;
 pub mod event;
 pub mod member;
 pub mod member_code;

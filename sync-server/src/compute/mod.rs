@@ -28,6 +28,7 @@ pub mod pyramid;
 pub mod run;
 pub mod stage;
 pub mod tier;
+pub mod uplift;
 
 pub use bgnbd::{BgNbdError, BgNbdParams, Customer, Fit, FitOptions};
 pub use config::ComputeConfig;
