@@ -72,7 +72,10 @@ mod tests {
         }
         // Pinned (Python: hashlib.sha256(b"instore-holdout/v1\0vip-arrival\0M0000001")): a change
         // of the hash would reshuffle every running experiment.
-        assert_eq!(format!("{:.6}", bucket("vip-arrival", "M0000001")), "0.950365");
+        assert_eq!(
+            format!("{:.6}", bucket("vip-arrival", "M0000001")),
+            "0.950365"
+        );
     }
 
     /// The share held out stays within a binomial bound: 100,000 members at p = 0.1 have

@@ -8,8 +8,8 @@
 pub mod auth;
 pub mod changes;
 pub mod eddystone_eid;
-pub mod holdout;
 pub mod event;
+pub mod holdout;
 pub mod member;
 pub mod member_code;
 pub mod purchase;

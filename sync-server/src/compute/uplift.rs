@@ -29,7 +29,8 @@ pub struct GroupCounts {
 
 impl GroupCounts {
     pub fn rate(&self) -> Option<f64> {
-        (self.occasions > 0).then(|| self.converted.min(self.occasions) as f64 / self.occasions as f64)
+        (self.occasions > 0)
+            .then(|| self.converted.min(self.occasions) as f64 / self.occasions as f64)
     }
 
     pub fn revenue_per_occasion_cents(&self) -> Option<f64> {
@@ -110,7 +111,10 @@ mod tests {
         let (lo, hi) = wilson(0, 10);
         assert!(lo == 0.0 && close(hi, 0.2775), "{lo} {hi}");
         let u = uplift(g(10, 0), g(20, 0)).unwrap();
-        assert!(close(u.ci_low, -0.1611) && close(u.ci_high, 0.2775), "{u:?}");
+        assert!(
+            close(u.ci_low, -0.1611) && close(u.ci_high, 0.2775),
+            "{u:?}"
+        );
     }
 
     /// A synthetic chain with a known effect: treated members buy with p = 0.30, held-out ones
@@ -140,7 +144,10 @@ mod tests {
         // 2,000 replications: a 95 % procedure lands within ±1.5 points with high probability.
         assert!((0.935..=0.965).contains(&coverage), "coverage {coverage}");
         let u = uplift(g(50_000, draw(50_000, 0.30)), g(10_000, draw(10_000, 0.20))).unwrap();
-        assert!(u.ci_low > 0.0 && u.ci_low < 0.10 && 0.10 < u.ci_high, "{u:?}");
+        assert!(
+            u.ci_low > 0.0 && u.ci_low < 0.10 && 0.10 < u.ci_high,
+            "{u:?}"
+        );
         assert!((u.uplift - 0.10).abs() < 0.02, "{u:?}");
     }
 
