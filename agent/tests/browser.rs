@@ -40,6 +40,7 @@ name = "greet-member"
 on = "arrive"
 priority = "high"
 message = "Greet {display_name} ({tier}) at the {zone}"
+suggest = "Offer {display_name} the autumn preview"
 "#,
     )
     .unwrap();
@@ -221,6 +222,18 @@ async fn a_paired_tablet_sees_takes_and_closes_alerts_live_and_rides_out_an_agen
         text.contains("overdue ") && text.contains(" days"),
         "{text}"
     );
+    // The rule's one suggested action, rendered for this member.
+    let suggestion = js(
+        &client,
+        &format!("return {card}.querySelector('.suggest').textContent;"),
+    )
+    .await;
+    let suggestion = suggestion.as_str().unwrap();
+    assert!(
+        suggestion.starts_with("Suggested: Offer ") && suggestion.ends_with(" the autumn preview"),
+        "{suggestion}"
+    );
+    assert!(!suggestion.contains('{'), "{suggestion}");
     assert_eq!(
         js(&client, "return window.__notReloaded === true;").await,
         json!(true)

@@ -199,6 +199,7 @@ async fn demo(
     eprintln!();
     eprintln!("instore demo running: head office and {stores} simulated stores");
     println!("head office: {hq_url}/#token={api_token}");
+    println!("dashboard: {hq_url}/dashboard#token={api_token}");
     for (i, url) in clerk_urls.iter().enumerate() {
         println!("store-{:03} clerk page: {url}  (pairs one browser)", i + 1);
     }

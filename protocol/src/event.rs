@@ -70,6 +70,16 @@ pub enum EventBody {
         priority: AlertPriority,
         message: String,
     },
+    /// A rule would have reacted, but the member is in its holdout (control) group: nothing was
+    /// shown or sent. Head office compares what these members bought with what the alerted ones
+    /// did. `visit_id` is empty for a QR scan.
+    HeldOut {
+        rule: String,
+        member_id: String,
+        zone: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        visit_id: String,
+    },
     /// A clerk took the alert ("I'm on it"). `by` is the paired tablet's label, never a member.
     AlertTaken {
         alert_id: String,
@@ -166,6 +176,7 @@ impl EventBody {
             EventBody::Dwell { .. } => "dwell",
             EventBody::QrScanned { .. } => "qr_scanned",
             EventBody::AlertRaised { .. } => "alert_raised",
+            EventBody::HeldOut { .. } => "held_out",
             EventBody::AlertTaken { .. } => "alert_taken",
             EventBody::AlertOutcome { .. } => "alert_outcome",
             EventBody::AlertDismissed { .. } => "alert_dismissed",
@@ -189,6 +200,7 @@ impl EventBody {
             | EventBody::Dwell { .. }
             | EventBody::QrScanned { .. }
             | EventBody::AlertRaised { .. }
+            | EventBody::HeldOut { .. }
             | EventBody::AlertTaken { .. }
             | EventBody::AlertOutcome { .. }
             | EventBody::AlertDismissed { .. }
@@ -253,32 +265,96 @@ pub struct BootFloor {
 
 impl EventBatch {
     /// Decodes and checks a batch: ids well-formed, sequence numbers positive and strictly rising.
+    /// One event this build cannot read refuses the whole batch; a receiver that must take a
+    /// newer sender's batches uses [`RawEventBatch::decode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let batch: EventBatch = crate::decode(bytes)?;
-        if batch.v > SCHEMA_VERSION {
-            return Err(DecodeError::Version(batch.v));
-        }
-        if !valid_id(&batch.gateway_id) || !valid_id(&batch.store_id) {
-            return Err(DecodeError::Invalid("gateway_id or store_id"));
-        }
-        if batch
-            .hello
-            .as_ref()
-            .is_some_and(|h| h.boots.len() > MAX_HELLO_BOOTS)
-        {
-            return Err(DecodeError::Invalid("hello lists too many boots"));
-        }
-        let mut prev = 0u64;
-        for e in &batch.events {
-            if e.seq <= prev {
-                return Err(DecodeError::Invalid(
-                    "sequence numbers must rise and start at 1",
-                ));
-            }
-            prev = e.seq;
-        }
+        check_batch(
+            batch.v,
+            &batch.gateway_id,
+            &batch.store_id,
+            batch.hello.as_ref(),
+            batch.events.iter().map(|e| e.seq),
+        )?;
         Ok(batch)
     }
+}
+
+/// An [`EventBatch`] whose events' bodies are left as JSON, for a receiver that must not refuse a
+/// newer gateway's batch because one event in it is of a type (or shape) it does not know:
+/// refusing would make the gateway re-send the same batch forever and hold every later event.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RawEventBatch {
+    pub v: u32,
+    pub gateway_id: String,
+    pub store_id: String,
+    #[serde(default)]
+    pub hello: Option<Hello>,
+    pub events: Vec<RawEvent>,
+}
+
+/// One event with its body unread.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RawEvent {
+    pub seq: u64,
+    pub at_ms: i64,
+    #[serde(flatten)]
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+impl RawEvent {
+    /// The body, if this build knows its type and shape.
+    pub fn body(&self) -> Result<EventBody, serde_json::Error> {
+        serde_json::from_value(serde_json::Value::Object(self.body.clone()))
+    }
+
+    /// The body's `type`, as sent (may be anything: it is not checked against the known ones).
+    pub fn type_name(&self) -> Option<&str> {
+        self.body.get("type").and_then(serde_json::Value::as_str)
+    }
+}
+
+impl RawEventBatch {
+    /// Decodes and checks a batch as [`EventBatch::decode`] does, except for the events' bodies.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let batch: RawEventBatch = crate::decode(bytes)?;
+        check_batch(
+            batch.v,
+            &batch.gateway_id,
+            &batch.store_id,
+            batch.hello.as_ref(),
+            batch.events.iter().map(|e| e.seq),
+        )?;
+        Ok(batch)
+    }
+}
+
+fn check_batch(
+    v: u32,
+    gateway_id: &str,
+    store_id: &str,
+    hello: Option<&Hello>,
+    seqs: impl Iterator<Item = u64>,
+) -> Result<(), DecodeError> {
+    if v > SCHEMA_VERSION {
+        return Err(DecodeError::Version(v));
+    }
+    if !valid_id(gateway_id) || !valid_id(store_id) {
+        return Err(DecodeError::Invalid("gateway_id or store_id"));
+    }
+    if hello.is_some_and(|h| h.boots.len() > MAX_HELLO_BOOTS) {
+        return Err(DecodeError::Invalid("hello lists too many boots"));
+    }
+    let mut prev = 0u64;
+    for seq in seqs {
+        if seq <= prev {
+            return Err(DecodeError::Invalid(
+                "sequence numbers must rise and start at 1",
+            ));
+        }
+        prev = seq;
+    }
+    Ok(())
 }
 
 /// An inclusive range of sequence numbers.
@@ -383,6 +459,43 @@ mod tests {
             events,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_raw_batch_keeps_an_unknown_event_and_reads_the_known_ones() {
+        let json = br#"{"v":1,"gateway_id":"gw-1","store_id":"s-1","events":[
+            {"seq":1,"at_ms":5,"type":"footfall","interval_s":60,"unique_devices":3},
+            {"seq":2,"at_ms":6,"type":"from_the_future","answer":42},
+            {"seq":3,"at_ms":7,"type":"arrive","member_id":"M1"}]}"#;
+        assert!(
+            EventBatch::decode(json).is_err(),
+            "the strict decoder refuses it"
+        );
+        let b = RawEventBatch::decode(json).unwrap();
+        assert_eq!(b.events.len(), 3);
+        assert_eq!(
+            b.events[0].body().unwrap(),
+            EventBody::Footfall {
+                interval_s: 60,
+                unique_devices: 3
+            }
+        );
+        assert_eq!(b.events[1].type_name(), Some("from_the_future"));
+        assert!(b.events[1].body().is_err());
+        assert_eq!(b.events[1].body["answer"], 42);
+        assert!(b.events[2].body().is_err(), "a known type missing fields");
+        // The batch-level checks still hold.
+        let bad_seq = br#"{"v":1,"gateway_id":"gw-1","store_id":"s-1","events":[
+            {"seq":2,"at_ms":5,"type":"x"},{"seq":2,"at_ms":6,"type":"y"}]}"#;
+        assert!(matches!(
+            RawEventBatch::decode(bad_seq),
+            Err(DecodeError::Invalid(_))
+        ));
+        let future = br#"{"v":9,"gateway_id":"gw-1","store_id":"s-1","events":[]}"#;
+        assert!(matches!(
+            RawEventBatch::decode(future),
+            Err(DecodeError::Version(9))
+        ));
     }
 
     #[test]

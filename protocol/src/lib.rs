@@ -20,8 +20,8 @@ pub mod topics;
 
 pub use event::{
     Ack, AlertOutcomeKind, AlertPriority, BootFloor, Event, EventBatch, EventBody, GatewayStatus,
-    Hello, MAX_HELLO_BOOTS, MAX_SEQ_JUMP, MemberSnapshot, MembersNotice, SEQ_LIMIT, ScannerState,
-    SeqRange, ShedClass, Welcome,
+    Hello, MAX_HELLO_BOOTS, MAX_SEQ_JUMP, MemberSnapshot, MembersNotice, RawEvent, RawEventBatch,
+    SEQ_LIMIT, ScannerState, SeqRange, ShedClass, Welcome,
 };
 pub use member::{
     Consent, Identifier, IdentifierKey, MemberError, MemberLines, MemberRecord, parse_ndjson,

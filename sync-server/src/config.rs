@@ -118,6 +118,11 @@ pub struct HttpConfig {
 pub struct ApiConfig {
     /// Admin bearer token: full access to the API.
     pub token: String,
+    /// Read-only bearer token for the dashboard (`/dashboard`) and the read-only API it uses
+    /// (pyramid, funnel, overdue with names, stores, rules report, gateways): for the people who
+    /// run the chain, who should not import, erase or enrol. Absent: only the admin token reads.
+    #[serde(default)]
+    pub viewer_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -364,6 +369,22 @@ impl HqConfig {
         }
         if self.api.token.trim().is_empty() {
             return Err((Some("api"), "token".into(), "must not be empty".into()));
+        }
+        if let Some(v) = &self.api.viewer_token {
+            if v.trim().len() < 16 {
+                return Err((
+                    Some("api"),
+                    "viewer_token".into(),
+                    "must be at least 16 characters (it opens member names)".into(),
+                ));
+            }
+            if v.trim() == self.api.token.trim() {
+                return Err((
+                    Some("api"),
+                    "viewer_token".into(),
+                    "must differ from the admin token".into(),
+                ));
+            }
         }
         if self
             .auth

@@ -6,7 +6,7 @@
 //! events over MQTT with their visits; member and purchase imports) → `store` (SQLite or
 //! PostgreSQL, the only owner of the database) → `compute` (the Data: a pure core and its
 //! scheduling shell) → `fanout` (which stores hold whom, change streams, snapshots, notices) →
-//! `http` (API and HQ page). `cluster` makes several instances one head office (shared
+//! `http` (API and HQ page) and `dashboard` (the views for the people who run the chain). `cluster` makes several instances one head office (shared
 //! subscriptions, a lease for once-only work); `registry` (gateways), `devices` (member device
 //! keys) and `privacy` (erasure, retention) are the rest. `runtime` wires them; `config` reads the TOML.
 //!
@@ -19,6 +19,7 @@ pub mod client;
 pub mod cluster;
 pub mod compute;
 pub mod config;
+pub mod dashboard;
 pub mod devices;
 pub mod fanout;
 pub mod http;

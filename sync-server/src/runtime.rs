@@ -403,6 +403,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         store,
         metrics,
         admin_token: Arc::from(cfg.api.token.as_str()),
+        viewer_token: cfg.api.viewer_token.as_deref().map(|v| Arc::from(v.trim())),
         registry,
         enrol_limiter: Default::default(),
         card_limiter: Default::default(),

@@ -10,6 +10,8 @@ use crate::net::free_port;
 
 /// The admin API token of every test head office.
 pub const ADMIN: &str = "test-admin-token";
+/// The read-only `[api] viewer_token` of [`config`].
+pub const VIEWER: &str = "test-viewer-token-0123";
 /// The `[auth] gateway_secret` of every test head office.
 pub const SECRET: &str = "test-gateway-secret-0123";
 /// How long the helpers wait for head office before failing the test.
@@ -42,7 +44,8 @@ macro_rules! both_backends {
     };
 }
 
-/// A head-office config for `dir`: loopback HTTP on a free port, [`ADMIN`], [`SECRET`].
+/// A head-office config for `dir`: loopback HTTP on a free port, [`ADMIN`], [`VIEWER`],
+/// [`SECRET`].
 pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
     HqConfig {
         data_dir: dir.to_path_buf(),
@@ -51,6 +54,7 @@ pub fn config(dir: &std::path::Path, broker: BrokerConfig) -> HqConfig {
         },
         api: ApiConfig {
             token: ADMIN.into(),
+            viewer_token: Some(VIEWER.into()),
         },
         auth: AuthConfig {
             gateway_secret: Some(SECRET.into()),

@@ -50,6 +50,9 @@ pub struct MemberCard {
     /// Days overdue (past head office's `overdue_after`) on the day of the alert.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overdue_days: Option<i64>,
+    /// The one action the rule suggests for this member (its `suggest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
 }
 
 /// An alert as raised: immutable once published.

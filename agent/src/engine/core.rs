@@ -468,6 +468,21 @@ impl Core {
                     .inc_by(u64::from(n));
             }
         }
+        if let Some(rule) = verdict.held_out {
+            self.metrics
+                .reactions_held
+                .get_or_create(&vec![("reason", "holdout")])
+                .inc();
+            out.push(Output::Event {
+                at_ms: occasion.at_ms,
+                body: EventBody::HeldOut {
+                    rule,
+                    member_id: occasion.member.member_id.clone(),
+                    zone: occasion.zone.to_string(),
+                    visit_id: occasion.visit_id.to_string(),
+                },
+            });
+        }
         if let Some(r) = verdict.alert {
             out.push(alert_output(
                 occasion.member,
@@ -686,6 +701,7 @@ fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reacti
             last_visit: member.last_visit.clone(),
             expected_next_visit: member.expected_next_visit.clone(),
             overdue_days: r.overdue_days,
+            suggestion: r.suggestion,
         },
     };
     Output::Alert {

@@ -33,7 +33,7 @@ pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 
-use instore_protocol::AlertPriority;
+use instore_protocol::{AlertPriority, holdout};
 use serde::Deserialize;
 
 pub use self::{
@@ -126,6 +126,8 @@ pub struct Reaction {
     /// Days the member is overdue today by head office's `overdue_after` (the clerk card says
     /// "overdue N days"); `None` for a record without the date or not past it.
     pub overdue_days: Option<i64>,
+    /// The rule's suggested action for this member, rendered.
+    pub suggestion: Option<String>,
 }
 
 /// Matching rules held back, by reason.
@@ -151,6 +153,9 @@ pub struct Verdict {
     pub alert: Option<Reaction>,
     pub actions: Vec<Action>,
     pub held: Held,
+    /// The rule that would have alerted, had the member not been in its control group: nothing
+    /// was shown or sent, and a `held_out` event records the occasion.
+    pub held_out: Option<String>,
 }
 
 /// Per-member memories are capped so a flood of ids cannot grow them without bound; past the cap
@@ -369,14 +374,35 @@ impl Rules {
                 held.cooldown += 1;
                 continue;
             }
+            let quiet = self
+                .settings
+                .quiet_hours
+                .is_some_and(|q| q.contains(local.minute));
+            // Quiet hours come first: an occasion in them alerts neither group, so it is no
+            // occasion of the comparison. The rate limit comes after: a held-out member takes no
+            // token from the treated.
+            if !quiet && holdout::held_out(&rule.name, id, rule.holdout) {
+                remember(
+                    Memory {
+                        last_fired: &mut self.last_fired,
+                        dwell_fired: &mut self.dwell_fired,
+                        reacted_this_visit: &mut self.reacted_this_visit,
+                    },
+                    key,
+                    visit_key,
+                    dwell,
+                    o,
+                );
+                return Verdict {
+                    held,
+                    held_out: Some(rule.name.clone()),
+                    ..Verdict::default()
+                };
+            }
             let message = rule.message.as_ref().map(|t| t.render(o.member, o.zone));
             let mut alert = None;
             if let Some(message) = &message {
-                if self
-                    .settings
-                    .quiet_hours
-                    .is_some_and(|q| q.contains(local.minute))
-                {
+                if quiet {
                     held.quiet_hours += 1;
                 } else if !self.bucket.take(o.at_ms) {
                     held.rate_limit += 1;
@@ -387,6 +413,7 @@ impl Rules {
                         message: message.clone(),
                         overdue_days: days_past_overdue_after(o.member, local.day)
                             .filter(|d| *d > 0),
+                        suggestion: rule.suggest.as_ref().map(|t| t.render(o.member, o.zone)),
                     });
                 }
             }
@@ -398,23 +425,22 @@ impl Rules {
                     ..Verdict::default()
                 };
             }
-            self.last_fired.insert(key, o.at_ms);
-            if dwell {
-                if self.dwell_fired.len() >= MEMORY_CAP {
-                    self.dwell_fired.clear();
-                }
-                self.dwell_fired.insert(visit_key);
-            }
-            if o.what != Happening::Depart {
-                if self.reacted_this_visit.len() >= MEMORY_CAP {
-                    self.reacted_this_visit.clear();
-                }
-                self.reacted_this_visit.insert(id.clone());
-            }
+            remember(
+                Memory {
+                    last_fired: &mut self.last_fired,
+                    dwell_fired: &mut self.dwell_fired,
+                    reacted_this_visit: &mut self.reacted_this_visit,
+                },
+                key,
+                visit_key,
+                dwell,
+                o,
+            );
             return Verdict {
                 alert,
                 actions,
                 held,
+                held_out: None,
             };
         }
         Verdict {
@@ -428,5 +454,36 @@ impl Rules {
         let longest = self.rules.iter().map(|r| r.cooldown_ms).max().unwrap_or(0);
         self.last_fired
             .retain(|_, at| now_ms.saturating_sub(*at) < longest);
+    }
+}
+
+/// The per-member memories a reaction updates, borrowed apart from the rules being iterated.
+struct Memory<'a> {
+    last_fired: &'a mut HashMap<(String, String), u64>,
+    dwell_fired: &'a mut HashSet<(String, String)>,
+    reacted_this_visit: &'a mut HashSet<String>,
+}
+
+/// A rule reacted (or held the member out, which counts the same): cooldown, dwell-once and the
+/// scheduled check's "already reacted this visit" start now.
+fn remember(
+    m: Memory<'_>,
+    key: (String, String),
+    visit_key: (String, String),
+    dwell: bool,
+    o: &Occasion,
+) {
+    m.last_fired.insert(key, o.at_ms);
+    if dwell {
+        if m.dwell_fired.len() >= MEMORY_CAP {
+            m.dwell_fired.clear();
+        }
+        m.dwell_fired.insert(visit_key);
+    }
+    if o.what != Happening::Depart {
+        if m.reacted_this_visit.len() >= MEMORY_CAP {
+            m.reacted_this_visit.clear();
+        }
+        m.reacted_this_visit.insert(o.member.member_id.clone());
     }
 }

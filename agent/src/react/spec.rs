@@ -62,6 +62,10 @@ pub(super) struct RuleSpec {
     /// The clerk alert's text; without it the rule raises no clerk alert (actions only).
     #[serde(default)]
     pub(super) message: Option<String>,
+    /// The one thing the clerk is suggested to do for this member (template, shown on the
+    /// alert's member card), e.g. "Offer {display_name} the autumn preview".
+    #[serde(default)]
+    pub(super) suggest: Option<String>,
     #[serde(default)]
     pub(super) mqtt: Option<MqttSpec>,
     #[serde(default)]
@@ -69,6 +73,11 @@ pub(super) struct RuleSpec {
     /// The same rule reacts to the same member at most once per cooldown.
     #[serde(default = "default_cooldown_s")]
     pub(super) cooldown_s: u64,
+    /// Share of members (0 to 0.5) kept as this rule's control group: they get no alert and no
+    /// action, a `held_out` event goes to head office instead, which measures the uplift.
+    /// Which members is fixed by rule name and member id ([`instore_protocol::holdout`]).
+    #[serde(default)]
+    pub(super) holdout: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,9 +142,12 @@ pub(super) struct Rule {
     pub(super) birthday_days: u32,
     pub(super) priority: AlertPriority,
     pub(super) message: Option<Template>,
+    pub(super) suggest: Option<Template>,
     pub(super) mqtt: Option<MqttAction>,
     pub(super) webhook: Option<WebhookSpec>,
     pub(super) cooldown_ms: u64,
+    /// 0: nobody held out.
+    pub(super) holdout: f64,
 }
 
 /// Presence consent is implied (members without it are never indexed); marketing consent is the
@@ -202,8 +214,21 @@ pub(super) fn build_rule(spec: RuleSpec) -> Result<Rule, String> {
             "unknown consent {c:?} (the member record has \"presence\" and \"marketing\")"
         ));
     }
+    if let Some(share) = spec.holdout {
+        instore_protocol::holdout::check_share(share)?;
+        if spec.message.is_none() {
+            return Err(
+                "holdout measures clerk alerts against a control group: the rule needs a message"
+                    .into(),
+            );
+        }
+    }
     let hours = spec.hours.as_deref().map(HoursRange::parse).transpose()?;
     let message = spec.message.as_deref().map(Template::parse).transpose()?;
+    if spec.suggest.is_some() && message.is_none() {
+        return Err("suggest is shown on the clerk alert: the rule needs a message".into());
+    }
+    let suggest = spec.suggest.as_deref().map(Template::parse).transpose()?;
     let mqtt = match spec.mqtt {
         Some(m) => {
             if m.topic.is_empty() || m.topic.contains(['+', '#']) {
@@ -242,8 +267,10 @@ pub(super) fn build_rule(spec: RuleSpec) -> Result<Rule, String> {
         birthday_days: spec.birthday_days.unwrap_or(3),
         priority: spec.priority,
         message,
+        suggest,
         mqtt,
         webhook: spec.webhook,
         cooldown_ms: spec.cooldown_s.saturating_mul(1000),
+        holdout: spec.holdout.unwrap_or(0.0),
     })
 }

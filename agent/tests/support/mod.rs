@@ -4,17 +4,16 @@
 //! `instore-testkit` crate; the agent's own are here: the real `instore-agent` binary as a child
 //! process and its CLI (`process`), the uplink task (`sync`), a small head office serving the
 //! member change streams, snapshots and lookups from a log the test controls (`test_hq`), pairing
-//! requests (`http`), a BlueZ stand-in on a private bus (`bluez`) and headless chromium
-//! (`browser`).
+//! requests (`http`) and a BlueZ stand-in on a private bus (`bluez`); headless chromium (`browser`) is
+//! the testkit's.
 //!
 //! Each test file includes it with `mod support;` and uses part of it, hence `dead_code` allowed
 //! here (and `unused_imports`, for the re-exports a test file does not use).
 #![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
-pub use instore_testkit::{net, rumqttd as broker, wait};
+pub use instore_testkit::{browser, net, rumqttd as broker, wait};
 
 pub mod bluez;
-pub mod browser;
 pub mod hq;
 pub mod http;
 pub mod process;

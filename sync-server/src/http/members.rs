@@ -9,7 +9,7 @@ use axum::{
 };
 use serde::Serialize;
 
-use super::{ApiError, AppState, ndjson::NdjsonBody, require_admin};
+use super::{ApiError, AppState, ndjson::NdjsonBody, require_admin, require_reader};
 use crate::{
     compute::{Level, PyramidRow, run::compute_one},
     fanout::gateway_form,
@@ -202,6 +202,10 @@ struct PyramidLevel {
     /// Share of the member base, 0..1.
     share_of_members: f64,
     average_spend_minor: i64,
+    /// Moves into this level from a lower one since the first of the (UTC) month.
+    moved_up: u64,
+    /// Moves into this level from a higher one since the first of the month.
+    moved_down: u64,
 }
 
 /// `GET /api/pyramid`: heads and spend per level, best first, as of the last computation.
@@ -209,10 +213,14 @@ pub(super) async fn pyramid(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
-    let rows = state
+    require_reader(&state, &headers)?;
+    let since = crate::dashboard::views::month_start(crate::compute::run::today_of(
+        jiff::Timestamp::now().as_millisecond(),
+    ));
+    let (rows, moves) = state
         .store
-        .call(|db| {
+        .call(move |db| {
+            let moves = crate::dashboard::views::level_moves(db, since)?;
             let mut pairs = Vec::new();
             for r in db.query(&PYRAMID, params![])? {
                 let level = Level::parse(r.str(0)?).unwrap_or(Level::Rest);
@@ -222,7 +230,7 @@ pub(super) async fn pyramid(
                     spend_12m_minor: r.i64(2)?,
                 });
             }
-            Ok(pairs)
+            Ok((pairs, moves))
         })
         .await?;
     let mut by_level: Vec<PyramidRow> = Level::ALL
@@ -262,6 +270,8 @@ pub(super) async fn pyramid(
             } else {
                 0
             },
+            moved_up: moves.get(&r.level).map_or(0, |m| m.0),
+            moved_down: moves.get(&r.level).map_or(0, |m| m.1),
         })
         .collect();
     Ok(Json(out).into_response())

@@ -44,6 +44,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: MetricsHandle,
     pub admin_token: Arc<str>,
+    /// `[api] viewer_token`: reads the dashboard's views, nothing else.
+    pub viewer_token: Option<Arc<str>>,
     /// Which gateways may speak for which store (tokens, revocations, enrolment).
     pub registry: crate::registry::Registry,
     /// Wrong enrolment codes, for everyone together.
@@ -110,6 +112,7 @@ pub fn router(state: AppState) -> Router {
             "/api/stores/{store}/members/snapshot",
             get(changes::legacy_snapshot),
         )
+        .merge(crate::dashboard::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -149,6 +152,19 @@ impl IntoResponse for ApiError {
             Json(serde_json::json!({ "error": self.message })),
         )
             .into_response()
+    }
+}
+
+/// The admin token, or the read-only viewer token when one is configured.
+pub(crate) fn require_reader(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let viewer = state
+        .viewer_token
+        .as_deref()
+        .is_some_and(|v| auth::is_admin(headers, v));
+    if viewer || auth::is_admin(headers, &state.admin_token) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(state))
     }
 }
 
@@ -208,7 +224,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn gateways(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    require_reader(&state, &headers)?;
     let rows = state.store.call(|c| queries::gateways(c, MAX_GAPS)).await?;
     Ok(Json(rows).into_response())
 }
@@ -258,20 +274,35 @@ async fn events(
 struct ReportQuery {
     #[serde(default)]
     store: Option<String>,
+    /// Days after an occasion in which a purchase counts for the holdout comparison.
+    #[serde(default = "default_window_days")]
+    window_days: u32,
 }
 
+fn default_window_days() -> u32 {
+    7
+}
+
+/// Longest purchase window: past a quarter, a purchase says little about one greeting.
+const MAX_WINDOW_DAYS: u32 = 90;
+
 /// Per rule: raised, taken, converted (outcome purchased), no sale, not found, dismissed,
-/// expired — the closed loop of clerk alerts, from the gateways' lifecycle events.
+/// expired — the closed loop of clerk alerts, from the gateways' lifecycle events — and, per
+/// store and overall, alerted against held-out members: purchases within `window_days` (default
+/// 7) of the occasion, the uplift with its 95 % interval, revenue per occasion.
 async fn rules_report(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&state, &headers)?;
+    require_reader(&state, &headers)?;
     let Query(q) = query.map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("expected ?store=ID (optional): {}", e.body_text()),
+            format!(
+                "expected ?store=ID&window_days=N (both optional): {}",
+                e.body_text()
+            ),
         )
     })?;
     if let Some(store) = &q.store
@@ -282,9 +313,15 @@ async fn rules_report(
             "store is not a valid id",
         ));
     }
+    if !(1..=MAX_WINDOW_DAYS).contains(&q.window_days) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("window_days must be 1 to {MAX_WINDOW_DAYS}"),
+        ));
+    }
     let rows = state
         .store
-        .call(move |c| queries::rules_report(c, q.store.as_deref()))
+        .call(move |c| queries::rules_report(c, q.store.as_deref(), q.window_days))
         .await?;
     Ok(Json(rows).into_response())
 }

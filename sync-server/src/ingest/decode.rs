@@ -8,7 +8,7 @@
 
 use instore_protocol::auth::{MessageKey, Opened};
 use instore_protocol::{
-    DecodeError, EventBatch, GatewayStatus, SCHEMA_VERSION, SeqRange,
+    DecodeError, GatewayStatus, RawEventBatch, SCHEMA_VERSION, SeqRange,
     topics::{GatewayTopic, parse_gateway_topic, valid_id},
 };
 
@@ -142,6 +142,11 @@ impl MessageAuth {
     }
 }
 
+/// The `type` an event is stored under when this head office cannot read its body (a newer
+/// gateway's event type, or a known type in a shape it does not know); `body_json` keeps it as
+/// sent, so a later release can still read it.
+pub const UNREADABLE_KIND: &str = "unreadable";
+
 /// What a message on one of head office's subscriptions turned out to be.
 #[derive(Debug, Clone)]
 pub enum Decoded {
@@ -227,7 +232,10 @@ pub fn decode(topic: &str, payload: &[u8], auth: &MessageAuth) -> Decoded {
 }
 
 fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
-    let batch = match EventBatch::decode(payload) {
+    // Bodies are read one by one: an event of a type this head office does not know (a newer
+    // gateway) is stored as sent rather than refusing the batch, which the gateway would re-send
+    // forever, holding back everything after it.
+    let batch = match RawEventBatch::decode(payload) {
         Ok(b) => b,
         Err(e) => return from_decode_error(gw, &e),
     };
@@ -239,16 +247,46 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
         );
     }
     let mut events = Vec::with_capacity(batch.events.len());
+    let mut unreadable = 0u64;
     for e in &batch.events {
         // SQLite integers are signed: a sequence number past i64::MAX cannot be stored.
         let Ok(seq) = i64::try_from(e.seq) else {
             return bad(Some(gw), BadReason::Invalid, "sequence number too large");
         };
-        let body_json = match serde_json::to_string(&e.body) {
+        let body = match e.body() {
+            Ok(body) => body,
+            Err(_) => {
+                unreadable += 1;
+                let body_json = match serde_json::to_string(&e.body) {
+                    Ok(j) => j,
+                    Err(_) => {
+                        return bad(Some(gw), BadReason::Invalid, "event body not serialisable");
+                    }
+                };
+                events.push(StoredEvent {
+                    seq,
+                    at_ms: e.at_ms,
+                    kind: UNREADABLE_KIND,
+                    body_json,
+                    shed: None,
+                    // Whatever it is, an opted-out or erased member's event keeps nothing.
+                    presence: e
+                        .body
+                        .get("member_id")
+                        .and_then(serde_json::Value::as_str)
+                        .map(|m| super::visits::PresenceFact::Seen {
+                            member_id: m.to_string(),
+                        }),
+                    code_use: None,
+                });
+                continue;
+            }
+        };
+        let body_json = match serde_json::to_string(&body) {
             Ok(j) => j,
             Err(_) => return bad(Some(gw), BadReason::Invalid, "event body not serialisable"),
         };
-        let shed = match &e.body {
+        let shed = match &body {
             EventBody::EventsShed {
                 first_seq,
                 last_seq,
@@ -277,11 +315,11 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
         events.push(StoredEvent {
             seq,
             at_ms: e.at_ms,
-            kind: e.body.kind(),
+            kind: body.kind(),
             body_json,
             shed,
-            presence: super::visits::fact(&e.body),
-            code_use: match &e.body {
+            presence: super::visits::fact(&body),
+            code_use: match &body {
                 EventBody::QrScanned { code: Some(c), .. } if valid_code_use(c) => Some(c.clone()),
                 _ => None,
             },
@@ -309,6 +347,7 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
         hello,
         events,
         signed: false,
+        unreadable,
     })
 }
 
@@ -387,6 +426,29 @@ mod tests {
     const BATCH: &str = r#"{"v":1,"gateway_id":"g1","store_id":"s1","events":[
         {"seq":1,"at_ms":5,"type":"footfall","interval_s":60,"unique_devices":3},
         {"seq":2,"at_ms":6,"type":"gateway_started","version":"1"}]}"#;
+
+    #[test]
+    fn an_event_of_an_unknown_type_is_kept_as_sent_and_the_rest_of_the_batch_read() {
+        let batch = r#"{"v":1,"gateway_id":"g1","store_id":"s1","events":[
+            {"seq":1,"at_ms":5,"type":"footfall","interval_s":60,"unique_devices":3},
+            {"seq":2,"at_ms":6,"type":"from_a_newer_gateway","member_id":"M7","x":[1,2]},
+            {"seq":3,"at_ms":7,"type":"arrive","member_id":"M1","zone":"door","visit_id":"v"}]}"#;
+        let Decoded::Batch(b) = decode(&topics::events("g1"), batch.as_bytes()) else {
+            panic!("refused")
+        };
+        let kinds: Vec<_> = b.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["footfall", UNREADABLE_KIND, "arrive"]);
+        assert_eq!(b.unreadable, 1);
+        let raw: serde_json::Value = serde_json::from_str(&b.events[1].body_json).unwrap();
+        assert_eq!(raw["type"], "from_a_newer_gateway");
+        assert_eq!(raw["x"], serde_json::json!([1, 2]));
+        // Named member: redacted like any other event if they opted out.
+        assert_eq!(
+            b.events[1].presence.as_ref().map(|f| f.member_id()),
+            Some("M7")
+        );
+        assert!(b.events[2].presence.is_some());
+    }
 
     #[test]
     fn a_good_batch_becomes_rows_with_their_type() {

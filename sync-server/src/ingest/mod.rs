@@ -122,6 +122,15 @@ impl Ingest {
                     self.metrics.batches.inc();
                     self.metrics.events_received.inc_by(o.inserted);
                     self.metrics.duplicates_dropped.inc_by(o.duplicates);
+                    if b.unreadable > 0 {
+                        self.metrics.events_unreadable.inc_by(b.unreadable);
+                        tracing::warn!(
+                            gateway = %b.gateway_id,
+                            events = b.unreadable,
+                            "stored events this head office cannot read (a newer gateway?) as \
+                             sent, type \"unreadable\""
+                        );
+                    }
                     if o.welcome.is_some() {
                         self.metrics.hellos.inc();
                     }

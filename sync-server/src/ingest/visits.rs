@@ -22,7 +22,8 @@ pub enum PresenceFact {
         dwell_s: u64,
         zones: Vec<String>,
     },
-    /// Zone changes and dwell milestones: only the member matters (consent).
+    /// Zone changes, dwell milestones, holdouts, and events head office cannot read that name a
+    /// member: only the member matters (consent).
     Seen {
         member_id: String,
     },
@@ -75,11 +76,11 @@ pub fn fact(body: &EventBody) -> Option<PresenceFact> {
                 zones.clone()
             },
         },
-        EventBody::ZoneChange { member_id, .. } | EventBody::Dwell { member_id, .. } => {
-            PresenceFact::Seen {
-                member_id: member_id.clone(),
-            }
-        }
+        EventBody::ZoneChange { member_id, .. }
+        | EventBody::Dwell { member_id, .. }
+        | EventBody::HeldOut { member_id, .. } => PresenceFact::Seen {
+            member_id: member_id.clone(),
+        },
         EventBody::QrScanned { member_id, .. } => PresenceFact::QrScanned {
             member_id: member_id.clone(),
         },

@@ -55,6 +55,8 @@ pub struct IngestBatch {
     pub events: Vec<StoredEvent>,
     /// Arrived sealed, and its MAC verified under the gateway's key.
     pub signed: bool,
+    /// Events stored as [`crate::ingest::decode::UNREADABLE_KIND`].
+    pub unreadable: u64,
 }
 
 /// One thing ingest learned from the broker.
@@ -402,6 +404,7 @@ mod tests {
                 .collect(),
             hello: None,
             signed: false,
+            unreadable: 0,
         })
     }
 

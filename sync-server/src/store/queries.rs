@@ -1,5 +1,7 @@
 //! Read-only views for the HTTP API and metrics.
 
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Serialize;
 
 use super::{
@@ -7,7 +9,10 @@ use super::{
     db::{Db, Tx},
     sql,
 };
-use crate::params;
+use crate::{
+    compute::uplift::{GroupCounts, Uplift, uplift},
+    params,
+};
 
 /// An inclusive range of sequence numbers missing at head office.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -256,7 +261,7 @@ pub fn counts(db: &mut Db) -> Result<Counts, StoreError> {
 
 /// One rule's line in `GET /api/rules/report`: how its clerk alerts ended. Each count is of
 /// distinct alerts, so a step a gateway sent twice counts once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleReportRow {
     pub rule: String,
     pub raised: u64,
@@ -267,15 +272,86 @@ pub struct RuleReportRow {
     pub not_found: u64,
     pub dismissed: u64,
     pub expired: u64,
+    /// Alerted against held-out members over the report's window, all stores asked for
+    /// together; absent for a rule that neither alerted nor held anyone out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holdout: Option<HoldoutReport>,
+    /// The same, per store.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stores: Vec<StoreHoldoutReport>,
 }
 
-/// Per rule: raised, taken, converted, and the other endings (all stores, or `store`'s).
-pub fn rules_report(db: &mut Db, store: Option<&str>) -> Result<Vec<RuleReportRow>, StoreError> {
-    db.query(&sql::SELECT_RULES_REPORT, params![store])?
-        .into_iter()
-        .map(|r| {
-            Ok(RuleReportRow {
-                rule: r.string(0)?,
+/// One group of a holdout comparison.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct GroupReport {
+    /// Eligible occasions: alerts raised, or members held out.
+    pub occasions: u64,
+    /// Occasions the member followed with a purchase within the window (imported purchases,
+    /// at any store).
+    pub purchased: u64,
+    /// Their revenue, in minor units of the chain's currency.
+    pub revenue_minor: i64,
+    pub purchase_rate: Option<f64>,
+    pub revenue_per_occasion_minor: Option<f64>,
+}
+
+impl GroupReport {
+    fn new(c: GroupCounts) -> Self {
+        Self {
+            occasions: c.occasions,
+            purchased: c.converted,
+            revenue_minor: c.revenue_cents,
+            purchase_rate: c.rate(),
+            revenue_per_occasion_minor: c.revenue_per_occasion_cents(),
+        }
+    }
+}
+
+/// Alerted against held out, and the difference with its 95 % interval (absent until both
+/// groups have an occasion).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HoldoutReport {
+    pub window_days: u32,
+    pub alerted: GroupReport,
+    pub held_out: GroupReport,
+    /// Alerts a clerk took.
+    pub taken: u64,
+    pub uplift: Option<Uplift>,
+}
+
+impl HoldoutReport {
+    fn new(window_days: u32, alerted: GroupCounts, held_out: GroupCounts, taken: u64) -> Self {
+        Self {
+            window_days,
+            alerted: GroupReport::new(alerted),
+            held_out: GroupReport::new(held_out),
+            taken,
+            uplift: uplift(alerted, held_out),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoreHoldoutReport {
+    pub store_id: String,
+    #[serde(flatten)]
+    pub report: HoldoutReport,
+}
+
+/// Per rule: raised, taken, converted, and the other endings (all stores, or `store`'s), and
+/// the rule's alerted members against its held-out ones over `window_days`.
+pub fn rules_report(
+    db: &mut Db,
+    store: Option<&str>,
+    window_days: u32,
+) -> Result<Vec<RuleReportRow>, StoreError> {
+    let mut rows: BTreeMap<String, RuleReportRow> = BTreeMap::new();
+    for r in db.query(&sql::SELECT_RULES_REPORT, params![store])? {
+        let rule = r.string(0)?;
+        rows.insert(
+            rule.clone(),
+            RuleReportRow {
+                rule,
                 raised: r.u64(1)?,
                 taken: r.u64(2)?,
                 converted: r.u64(3)?,
@@ -283,7 +359,62 @@ pub fn rules_report(db: &mut Db, store: Option<&str>) -> Result<Vec<RuleReportRo
                 not_found: r.u64(5)?,
                 dismissed: r.u64(6)?,
                 expired: r.u64(7)?,
+                holdout: None,
+                stores: Vec::new(),
+            },
+        );
+    }
+    let mut taken: HashMap<(String, String), u64> = HashMap::new();
+    for r in db.query(&sql::SELECT_TAKEN_BY_STORE, params![store])? {
+        taken.insert((r.string(0)?, r.string(1)?), r.u64(2)?);
+    }
+    // (rule, store) → [alerted, held out]; BTreeMap for a stable order of stores.
+    let mut groups: BTreeMap<(String, String), [GroupCounts; 2]> = BTreeMap::new();
+    let window_ms = i64::from(window_days) * 86_400_000;
+    for r in db.query(&sql::SELECT_HOLDOUT_GROUPS, params![store, window_ms])? {
+        let held = usize::from(r.i64(2)? != 0);
+        groups.entry((r.string(1)?, r.string(0)?)).or_default()[held] = GroupCounts {
+            occasions: r.u64(3)?,
+            converted: r.u64(4)?,
+            revenue_cents: r.i64(5)?,
+        };
+    }
+    for ((rule, store_id), [alerted, held_out]) in groups {
+        let row = rows.entry(rule.clone()).or_insert_with(|| RuleReportRow {
+            rule: rule.clone(),
+            raised: 0,
+            taken: 0,
+            converted: 0,
+            no_sale: 0,
+            not_found: 0,
+            dismissed: 0,
+            expired: 0,
+            holdout: None,
+            stores: Vec::new(),
+        });
+        let taken = taken.get(&(store_id.clone(), rule)).copied().unwrap_or(0);
+        row.stores.push(StoreHoldoutReport {
+            store_id,
+            report: HoldoutReport::new(window_days, alerted, held_out, taken),
+        });
+    }
+    for row in rows.values_mut() {
+        if row.stores.is_empty() {
+            continue;
+        }
+        let pooled = |g: fn(&HoldoutReport) -> &GroupReport| {
+            row.stores.iter().fold(GroupCounts::default(), |acc, s| {
+                let g = g(&s.report);
+                GroupCounts {
+                    occasions: acc.occasions + g.occasions,
+                    converted: acc.converted + g.purchased,
+                    revenue_cents: acc.revenue_cents + g.revenue_minor,
+                }
             })
-        })
-        .collect()
+        };
+        let (alerted, held_out) = (pooled(|r| &r.alerted), pooled(|r| &r.held_out));
+        let taken = row.stores.iter().map(|s| s.report.taken).sum();
+        row.holdout = Some(HoldoutReport::new(window_days, alerted, held_out, taken));
+    }
+    Ok(rows.into_values().collect())
 }

@@ -188,6 +188,53 @@ pub const SELECT_RULES_REPORT: Sql = Sql::per_backend(
     ORDER BY rule",
 );
 
+/// Per store, rule and group (0 alerted, 1 held out): occasions, how many were followed by a
+/// purchase of the member within `?2` ms (at any store: a greeted member may pay at the next
+/// one), and those purchases' revenue. `?1` NULL: all stores. Occasions are `alert_raised` and
+/// `held_out` events, each stored once per (gateway, seq).
+pub const SELECT_HOLDOUT_GROUPS: Sql = Sql::per_backend(
+    "SELECT store_id, rule, held, COUNT(*),
+        CAST(COALESCE(SUM(CASE WHEN revenue IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT),
+        CAST(COALESCE(SUM(revenue), 0) AS BIGINT)
+    FROM (SELECT e.store_id AS store_id, json_extract(e.body_json, '$.rule') AS rule,
+            CASE WHEN e.type = 'held_out' THEN 1 ELSE 0 END AS held,
+            (SELECT SUM(p.amount_minor) FROM purchases p
+                WHERE p.member_id = json_extract(e.body_json, '$.member_id')
+                  AND p.at_ms >= e.at_ms AND p.at_ms < e.at_ms + ?2) AS revenue
+        FROM events e
+        WHERE e.type IN ('alert_raised', 'held_out') AND (?1 IS NULL OR e.store_id = ?1))
+    WHERE rule IS NOT NULL
+    GROUP BY store_id, rule, held
+    ORDER BY rule, store_id, held",
+    "SELECT store_id, rule, held, COUNT(*),
+        CAST(COALESCE(SUM(CASE WHEN revenue IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT),
+        CAST(COALESCE(SUM(revenue), 0) AS BIGINT)
+    FROM (SELECT e.store_id AS store_id, e.body_json::jsonb ->> 'rule' AS rule,
+            CASE WHEN e.type = 'held_out' THEN 1 ELSE 0 END AS held,
+            (SELECT SUM(p.amount_minor) FROM purchases p
+                WHERE p.member_id = e.body_json::jsonb ->> 'member_id'
+                  AND p.at_ms >= e.at_ms AND p.at_ms < e.at_ms + CAST(?2 AS BIGINT)) AS revenue
+        FROM events e
+        WHERE e.type IN ('alert_raised', 'held_out')
+          AND (CAST(?1 AS TEXT) IS NULL OR e.store_id = ?1)) AS occasions
+    WHERE rule IS NOT NULL
+    GROUP BY store_id, rule, held
+    ORDER BY rule, store_id, held",
+);
+
+/// Distinct alerts taken, per store and rule (`?1` NULL: all stores).
+pub const SELECT_TAKEN_BY_STORE: Sql = Sql::per_backend(
+    "SELECT store_id, json_extract(body_json, '$.rule') AS rule,
+        COUNT(DISTINCT json_extract(body_json, '$.alert_id'))
+    FROM events WHERE type = 'alert_taken' AND (?1 IS NULL OR store_id = ?1)
+    GROUP BY store_id, rule HAVING rule IS NOT NULL",
+    "SELECT store_id, body_json::jsonb ->> 'rule' AS rule,
+        COUNT(DISTINCT body_json::jsonb ->> 'alert_id')
+    FROM events WHERE type = 'alert_taken' AND (CAST(?1 AS TEXT) IS NULL OR store_id = ?1)
+    GROUP BY store_id, body_json::jsonb ->> 'rule'
+    HAVING body_json::jsonb ->> 'rule' IS NOT NULL",
+);
+
 // --- members --------------------------------------------------------------------------------
 
 pub const SELECT_META: Sql = Sql::same("SELECT value FROM meta WHERE key = ?1");

@@ -248,6 +248,7 @@ mod tests {
             hello: None,
             events,
             signed: false,
+            unreadable: 0,
         })
     }
     type VisitRow = (String, String, i64, Option<i64>, Option<i64>, String, i64);

@@ -11,7 +11,7 @@ use std::{
 use fantoccini::{Client, ClientBuilder};
 use serde_json::{Value, json};
 
-use super::{net::free_port, wait::eventually};
+use crate::{net::free_port, wait::eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
