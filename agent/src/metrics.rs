@@ -73,6 +73,8 @@ pub struct Metrics {
     pub rules_loaded: Gauge,
     pub rules_reloads: Counter,
     pub rules_reload_failures: Counter,
+    pub campaigns_refused: Counter,
+    pub campaign_sets_received: Counter,
     pub qr_scans: Counter,
     /// QR codes that identified nobody, by `error`.
     pub qr_rejected: Family<Vec<(&'static str, String)>, Counter>,
@@ -176,6 +178,8 @@ impl Metrics {
             rules_loaded: "Rules in force",
             rules_reloads: "Successful rules reloads (SIGHUP or file change)",
             rules_reload_failures: "Rules reloads refused (bad file); the previous rules stay in force",
+            campaigns_refused: "Head-office campaigns left out at a rules build (this gateway cannot run them)",
+            campaign_sets_received: "Campaign sets received from head office (a change in the store's campaigns)",
             qr_scans: "QR codes read by scanners",
             qr_rejected: "QR codes that identified no member, by error",
             qr_lines_dropped: "Scanner lines dropped: too long, not text, or the engine was behind",

@@ -57,6 +57,10 @@ impl std::fmt::Debug for Agent {
 }
 
 /// Paths of the agent's files under `data_dir`.
+/// Head office's campaigns for this store, as last received.
+pub fn campaigns_file(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("campaigns.json")
+}
 pub fn members_db(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("members.db")
 }
@@ -89,13 +93,19 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         },
         metrics.clone(),
     )?;
-    let mut rules = match &cfg.react.rules {
-        Some(path) => Rules::load(path)?,
-        None => {
-            tracing::warn!("no [react] rules configured: no clerk alerts will be raised");
-            Rules::default()
-        }
+    // The campaigns head office sent last: a gateway restarting offline keeps running them.
+    let campaigns = if cfg.sync.enabled {
+        sync::campaigns::load(&campaigns_file(&cfg.data_dir))
+    } else {
+        instore_protocol::campaign::CampaignSet::new(Vec::new())
     };
+    if cfg.react.rules.is_none() && campaigns.campaigns.is_empty() {
+        tracing::warn!("no [react] rules configured and no campaigns yet: no clerk alerts");
+    }
+    let (mut rules, skipped) = Rules::load_with(cfg.react.rules.as_deref(), &campaigns.campaigns)?;
+    for why in skipped {
+        tracing::warn!(error = %why, "campaign left out: this gateway cannot run it");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("binding the HTTP listener on {}", cfg.http.listen))?;
@@ -176,6 +186,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         presence: presence_tx,
         metrics: metrics.clone(),
         rules_path: cfg.react.rules.clone(),
+        campaigns: campaigns.clone(),
         actions,
         lookups: lookup_tx,
         heartbeat: heartbeat.clone(),
@@ -259,6 +270,8 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
                 engine: control_tx.clone(),
                 metrics: metrics.clone(),
                 snapshot_dir: snapshots_dir(&cfg.data_dir),
+                campaigns_path: campaigns_file(&cfg.data_dir),
+                campaigns_tag: campaigns.tag.clone(),
                 lookups: lookup_rx,
             },
             &tracker,

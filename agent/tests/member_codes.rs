@@ -18,9 +18,9 @@ use support::{
     browser::{browser, js, shot, wait_js},
     hq::{ADMIN, Hq, SECRET, agent_synced_to, embedded},
     net::free_port,
+    scanner::{register, scan},
     wait::{eventually, eventually_some},
 };
-use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -54,30 +54,6 @@ fn codes(m: &instore_agent::metrics::Metrics, kind: &'static str, result: &'stat
     m.member_codes
         .get_or_create(&vec![("kind", kind), ("result", result)])
         .get()
-}
-
-async fn register(hq: &Hq, member: &str, device: &DeviceSigner) -> reqwest::StatusCode {
-    reqwest::Client::new()
-        .post(hq.url(&format!("/api/members/{member}/devices")))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({
-            "alg": device.alg().as_str(),
-            "public_key": hex::encode(device.public_key()),
-        }))
-        .send()
-        .await
-        .unwrap()
-        .status()
-}
-
-async fn scan(port: u16, code: &str) {
-    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    conn.write_all(format!("{code}\r\n").as_bytes())
-        .await
-        .unwrap();
-    conn.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

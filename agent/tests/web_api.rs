@@ -111,6 +111,7 @@ fn alert(id: &str) -> Alert {
         seq: 0,
         raised_at_ms: 1_700_000_000_000,
         rule: "vip_arrival".into(),
+        campaign: None,
         priority: AlertPriority::High,
         message: "Greet Ms. Li".into(),
         zone: "entrance".into(),

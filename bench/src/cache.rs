@@ -236,6 +236,7 @@ pub fn run(members: u32) -> anyhow::Result<()> {
         let r = ChangesResponse {
             v: 1,
             store_id: "s1".into(),
+            campaigns: None,
             channels: vec![ChannelChanges {
                 channel: "chain".into(),
                 from: version - 5_000,

@@ -151,6 +151,10 @@ pub struct ChangesResponse {
     pub store_id: String,
     /// Every channel the store subscribes to now, each with what follows the cursor.
     pub channels: Vec<ChannelChanges>,
+    /// The store's live campaigns, when the request named a set (`&campaigns=TAG`) other than
+    /// this one ([`crate::campaign`]); absent when it is the same, or was not asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaigns: Option<crate::campaign::CampaignSet>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -69,6 +69,10 @@ pub enum EventBody {
         member_id: String,
         priority: AlertPriority,
         message: String,
+        /// `id@version` of the head-office campaign whose rule raised it; absent for a rule of
+        /// the store's own file (and from older gateways).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        campaign: Option<String>,
     },
     /// A rule would have reacted, but the member is in its holdout (control) group: nothing was
     /// shown or sent. Head office compares what these members bought with what the alerted ones
@@ -79,6 +83,9 @@ pub enum EventBody {
         zone: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         visit_id: String,
+        /// As for [`EventBody::AlertRaised`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        campaign: Option<String>,
     },
     /// A clerk took the alert ("I'm on it"). `by` is the paired tablet's label, never a member.
     AlertTaken {

@@ -6,6 +6,7 @@
 //! their own domain types at the edge. This crate does no I/O and depends on serde and little else.
 
 pub mod auth;
+pub mod campaign;
 pub mod changes;
 pub mod eddystone_eid;
 pub mod event;
@@ -15,6 +16,7 @@ pub mod member_code;
 pub mod purchase;
 pub mod qr;
 pub mod rotating;
+pub mod rules;
 pub mod token;
 pub mod topics;
 

@@ -15,6 +15,7 @@
 //! [`HeadOffice::mqtt_url`]) and [`HeadOffice::wait`] for it, or simply [`run`] it.
 
 pub mod broker;
+pub mod campaigns;
 pub mod client;
 pub mod cluster;
 pub mod compute;

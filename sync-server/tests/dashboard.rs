@@ -238,6 +238,7 @@ async fn every_view_shows_what_its_api_returns_for_a_generated_chain() {
                     member_id: id(i),
                     zone: "entrance".into(),
                     visit_id: format!("v{i}"),
+                    campaign: None,
                 });
             } else {
                 push(EventBody::AlertRaised {
@@ -246,6 +247,7 @@ async fn every_view_shows_what_its_api_returns_for_a_generated_chain() {
                     member_id: id(i),
                     priority: AlertPriority::High,
                     message: "Greet".into(),
+                    campaign: None,
                 });
                 if i % 3 != 1 {
                     push(EventBody::AlertTaken {

@@ -67,6 +67,7 @@ both_backends!(
                     member_id: "M1".into(),
                     priority: AlertPriority::High,
                     message: "Greet Ms. M1".into(),
+                    campaign: None,
                 },
             },
             arrive(3, "M2", "v2"),

@@ -16,6 +16,7 @@ fn raised(id: &str, rule: &str) -> EventBody {
         member_id: "M1".into(),
         priority: AlertPriority::High,
         message: "Greet".into(),
+        campaign: None,
     }
 }
 
@@ -152,6 +153,7 @@ fn held_out(rule: &str, member: &str) -> EventBody {
         member_id: member.into(),
         zone: "entrance".into(),
         visit_id: format!("v-{member}"),
+        campaign: None,
     }
 }
 
@@ -162,6 +164,7 @@ fn raised_for(id: &str, rule: &str, member: &str) -> EventBody {
         member_id: member.into(),
         priority: AlertPriority::High,
         message: "Greet".into(),
+        campaign: None,
     }
 }
 

@@ -306,6 +306,7 @@ mod tests {
                         member_id: "M7".into(),
                         priority: instore_protocol::AlertPriority::Low,
                         message: "hello".into(),
+                        campaign: None,
                     },
                 },
                 // Already past: an outcome for an unknown alert changes nothing.

@@ -64,6 +64,9 @@ pub struct Alert {
     pub seq: u64,
     pub raised_at_ms: i64,
     pub rule: String,
+    /// `id@version` of the head-office campaign whose rule raised it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
     pub priority: AlertPriority,
     pub message: String,
     pub zone: String,
@@ -343,6 +346,7 @@ impl AlertHub {
                 member_id,
                 priority,
                 message,
+                campaign,
             } => {
                 if inner.entries.contains_key(alert_id) {
                     return false;
@@ -353,6 +357,7 @@ impl AlertHub {
                     seq: inner.next_seq,
                     raised_at_ms: event.at_ms,
                     rule: rule.clone(),
+                    campaign: campaign.clone(),
                     priority: *priority,
                     message: message.clone(),
                     zone: String::new(),
@@ -635,6 +640,7 @@ mod tests {
             seq: 0,
             raised_at_ms: 0,
             rule: "r".into(),
+            campaign: None,
             priority: AlertPriority::High,
             message: "m".into(),
             zone: "entrance".into(),

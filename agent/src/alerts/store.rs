@@ -284,6 +284,9 @@ fn decode(r: RawRow) -> Option<(Alert, AlertState)> {
             seq: 0,
             raised_at_ms: r.1,
             rule: r.2,
+            // alerts.db keeps no campaign: after a restart the card shows none (the
+            // alert_raised event at head office still names it).
+            campaign: None,
             priority,
             message: r.4,
             zone: r.5,

@@ -368,6 +368,7 @@ impl HeadOffice {
             .collect();
         ChangesResponse {
             v: 1,
+            campaigns: None,
             store_id: "s1".into(),
             channels,
         }

@@ -65,6 +65,7 @@ fn a_cache_file_from_before_channels_is_migrated_with_its_snapshot_version() {
     // The first change response from a head office with channels replaces the legacy set.
     let response = ChangesResponse {
         v: 1,
+        campaigns: None,
         store_id: "s".into(),
         channels: vec![ChannelChanges {
             channel: "chain".into(),
@@ -150,6 +151,7 @@ fn a_removed_members_record_is_overwritten_in_the_file_not_left_in_free_pages() 
     let record: MemberRecord = serde_json::from_str(&LINE.replace("Ms. Li", marker)).unwrap();
     let entry = |from, to, op| ChangesResponse {
         v: 1,
+        campaigns: None,
         store_id: "s".into(),
         channels: vec![ChannelChanges {
             channel: "chain".into(),

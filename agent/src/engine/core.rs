@@ -468,7 +468,7 @@ impl Core {
                     .inc_by(u64::from(n));
             }
         }
-        if let Some(rule) = verdict.held_out {
+        if let Some(held) = verdict.held_out {
             self.metrics
                 .reactions_held
                 .get_or_create(&vec![("reason", "holdout")])
@@ -476,10 +476,11 @@ impl Core {
             out.push(Output::Event {
                 at_ms: occasion.at_ms,
                 body: EventBody::HeldOut {
-                    rule,
+                    rule: held.rule,
                     member_id: occasion.member.member_id.clone(),
                     zone: occasion.zone.to_string(),
                     visit_id: occasion.visit_id.to_string(),
+                    campaign: held.campaign,
                 },
             });
         }
@@ -680,12 +681,14 @@ fn alert_output(member: &Member, zone: &str, at_ms: u64, r: crate::react::Reacti
         member_id: member.member_id.clone(),
         priority: r.priority,
         message: r.message.clone(),
+        campaign: r.campaign.clone(),
     };
     let alert = Alert {
         id,
         seq: 0,
         raised_at_ms: 0,
         rule: r.rule,
+        campaign: r.campaign,
         priority: r.priority,
         message: r.message,
         zone: zone.to_string(),

@@ -47,6 +47,8 @@ pub enum Control {
     },
     /// Re-read the rules file.
     ReloadRules,
+    /// Head office's campaigns for this store changed: rebuild the rules with them.
+    Campaigns(Box<instore_protocol::campaign::CampaignSet>),
     /// A scanner read a code (not yet checked: the engine identifies it).
     QrScan {
         zone: Arc<str>,
@@ -65,6 +67,8 @@ pub struct EngineIo {
     pub presence: watch::Sender<Arc<Vec<PresentMember>>>,
     pub metrics: Metrics,
     pub rules_path: Option<PathBuf>,
+    /// The campaigns the rules were built with (rebuilt with them on every reload).
+    pub campaigns: instore_protocol::campaign::CampaignSet,
     /// MQTT/webhook reaction actions, handed over after their round's events commit.
     pub actions: crate::react::ActionQueue,
     /// Head-office lookups of scanned codes (bounded; `None` when sync is off).
@@ -114,7 +118,11 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
                     if let Some(w) = rules_watch.as_mut() {
                         w.changed();
                     }
-                    reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics);
+                    reload_rules(&mut core, &io);
+                }
+                Control::Campaigns(set) => {
+                    io.campaigns = *set;
+                    reload_rules(&mut core, &io);
                 }
                 Control::QrScan { zone, payload, at_ms } => {
                     core.on_qr(&zone, &payload, at_ms, clock.wall_ms(at_ms), &mut out);
@@ -132,7 +140,7 @@ pub async fn run(mut core: Core, clock: Clock, mut io: EngineIo, cancel: Cancell
             _ = rules_poll.tick(), if rules_watch.is_some() => {
                 if rules_watch.as_mut().is_some_and(|w| w.changed()) {
                     tracing::info!("rules file changed");
-                    reload_rules(&mut core, io.rules_path.as_deref(), &io.metrics);
+                    reload_rules(&mut core, &io);
                 }
             }
         }
@@ -175,11 +183,23 @@ fn dispatch_lookups(core: &mut Core, out: &mut Vec<Output>, clock: &Clock, io: &
     }
 }
 
-fn reload_rules(core: &mut Core, path: Option<&std::path::Path>, metrics: &Metrics) {
-    let Some(path) = path else { return };
-    match Rules::load(path) {
-        Ok(rules) => {
-            tracing::info!(rules = rules.len(), path = %path.display(), "rules reloaded");
+fn reload_rules(core: &mut Core, io: &EngineIo) {
+    let metrics = &io.metrics;
+    let campaigns = &io.campaigns.campaigns;
+    if io.rules_path.is_none() && campaigns.is_empty() && core.rules_len() == 0 {
+        return;
+    }
+    match Rules::load_with(io.rules_path.as_deref(), campaigns) {
+        Ok((rules, skipped)) => {
+            for why in &skipped {
+                metrics.campaigns_refused.inc();
+                tracing::warn!(error = %why, "campaign left out: this gateway cannot run it");
+            }
+            tracing::info!(
+                rules = rules.len(),
+                campaigns = campaigns.len() - skipped.len(),
+                "rules reloaded"
+            );
             metrics.rules_loaded.set(rules.len() as i64);
             metrics.rules_reloads.inc();
             core.replace_rules(rules);

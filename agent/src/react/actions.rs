@@ -143,15 +143,6 @@ pub fn spawn(
     })
 }
 
-/// Checks a rule's webhook URL when the rules file loads.
-pub(crate) fn check_webhook_url(url: &str) -> Result<(), String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("webhook url: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err("webhook url must be http:// or https://".into());
-    }
-    Ok(())
-}
-
 fn mqtt_options(url: &str, client_id: &str) -> Result<MqttOptions, ActionError> {
     let bad = |why: &str| ActionError::Broker(url.to_string(), why.to_string());
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(&e.to_string()))?;

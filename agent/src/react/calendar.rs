@@ -79,38 +79,8 @@ impl ZoneClock {
     }
 }
 
-/// `HH:MM-HH:MM`, start inclusive, end exclusive; a range whose end is before its start wraps
-/// past midnight (`22:00-07:00`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HoursRange {
-    start: u32,
-    end: u32,
-}
-
-impl HoursRange {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("{s:?} is not a time range like \"10:00-18:00\"");
-        let (a, b) = s.split_once('-').ok_or_else(bad)?;
-        let minute = |t: &str| -> Option<u32> {
-            let (h, m) = t.trim().split_once(':')?;
-            let (h, m) = (h.parse::<u32>().ok()?, m.parse::<u32>().ok()?);
-            (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
-        };
-        let (start, end) = (minute(a).ok_or_else(bad)?, minute(b).ok_or_else(bad)?);
-        if start == end {
-            return Err(format!("{s:?} is an empty time range"));
-        }
-        Ok(Self { start, end })
-    }
-
-    pub fn contains(&self, minute: u32) -> bool {
-        if self.start < self.end {
-            (self.start..self.end).contains(&minute)
-        } else {
-            minute >= self.start || minute < self.end
-        }
-    }
-}
+/// Rules' and quiet hours' `HH:MM-HH:MM` (shared with head office's checks).
+pub use instore_protocol::rules::HoursRange;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
 pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {

@@ -14,8 +14,9 @@
 //!
 //! The rules file (`[react] rules` in the agent config) is TOML; see `agent/examples/rules.toml`.
 //!
-//! Where things are: `spec.rs` reads and checks a rules file (a bad rule is refused with its name
-//! and line); `eval.rs` matches one rule against one occasion and builds its actions; this file
+//! Where things are: `instore_protocol::rules` reads and checks a rules file (a bad rule is
+//! refused with its name and line; head office checks campaigns with the same code); `spec.rs`
+//! builds the checked rules; `eval.rs` matches one rule against one occasion and builds its actions; this file
 //! chooses the one rule that reacts and keeps the memory (cooldowns, visits, dwell);
 //! `limits.rs` is the store's alert bucket, `settings.rs` the `[react]` table, `calendar.rs`
 //! local time, `template.rs` message placeholders, `actions.rs` the MQTT/webhook task.
@@ -33,15 +34,15 @@ pub mod watch;
 
 use std::collections::{HashMap, HashSet};
 
-use instore_protocol::{AlertPriority, holdout};
-use serde::Deserialize;
+use instore_protocol::{AlertPriority, campaign::Campaign, holdout};
+
+pub use instore_protocol::rules::{RulesError, Trigger};
 
 pub use self::{
     actions::{Action, ActionQueue, ActionSettings, Webhook},
     calendar::HoursRange,
     eval::days_past_overdue_after,
     settings::{ReactSettings, SettingsError},
-    spec::RulesError,
     template::Template,
     watch::RulesWatch,
 };
@@ -49,47 +50,9 @@ use self::{
     calendar::{LocalTime, ZoneClock},
     eval::actions_of,
     limits::TokenBucket,
-    spec::{Rule, RulesFile, build_rule},
+    spec::{Rule, build_rule},
 };
-use crate::{cache::Member, config::line_of_key};
-
-/// What a rule reacts to (`on = "..."` in the rules file).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Arrive,
-    Depart,
-    /// A present member has stayed in a zone for at least the rule's `dwell_s`.
-    Dwell,
-    /// A member scanned their QR code at a till or kiosk.
-    QrScan,
-    /// An arrival, the member's first of the local day.
-    FirstVisitToday,
-    /// Planned: on arrival, or on the schedule while present, within `birthday_days` of the
-    /// member's birthday.
-    BirthdayWeek,
-    /// Planned: on arrival, or on the schedule while present, when the member's last purchase is
-    /// at least `overdue_days` old.
-    Overdue,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Arrive => "arrive",
-            Trigger::Depart => "depart",
-            Trigger::Dwell => "dwell",
-            Trigger::QrScan => "qr_scan",
-            Trigger::FirstVisitToday => "first_visit_today",
-            Trigger::BirthdayWeek => "birthday_week",
-            Trigger::Overdue => "overdue",
-        }
-    }
-
-    fn planned(self) -> bool {
-        matches!(self, Trigger::BirthdayWeek | Trigger::Overdue)
-    }
-}
+use crate::cache::Member;
 
 /// What happened, as the engine tells the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +91,15 @@ pub struct Reaction {
     pub overdue_days: Option<i64>,
     /// The rule's suggested action for this member, rendered.
     pub suggestion: Option<String>,
+    /// `id@version` of the campaign the rule came from.
+    pub campaign: Option<String>,
+}
+
+/// A rule that held the member out (its control group).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOutBy {
+    pub rule: String,
+    pub campaign: Option<String>,
 }
 
 /// Matching rules held back, by reason.
@@ -155,7 +127,25 @@ pub struct Verdict {
     pub held: Held,
     /// The rule that would have alerted, had the member not been in its control group: nothing
     /// was shown or sent, and a `held_out` event records the occasion.
-    pub held_out: Option<String>,
+    pub held_out: Option<HeldOutBy>,
+}
+
+fn build_all(text: &str, origin: &str, campaign: Option<&str>) -> Result<Vec<Rule>, RulesError> {
+    let specs = instore_protocol::rules::parse_rules(text, origin)?;
+    let mut rules = Vec::with_capacity(specs.len());
+    for (spec, line) in specs {
+        let name = spec.name.clone();
+        let rule = build_rule(spec, campaign.map(str::to_string)).map_err(|reason| {
+            RulesError::Invalid {
+                path: origin.into(),
+                rule: name,
+                line,
+                reason,
+            }
+        })?;
+        rules.push(rule);
+    }
+    Ok(rules)
 }
 
 /// Per-member memories are capped so a flood of ids cannot grow them without bound; past the cap
@@ -208,47 +198,70 @@ impl Default for Rules {
 
 impl Rules {
     pub fn load(path: &std::path::Path) -> Result<Self, RulesError> {
-        let display = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Read {
-            path: display.clone(),
-            source,
-        })?;
-        Self::parse(&text, &display)
+        Self::load_with(Some(path), &[]).map(|(rules, _)| rules)
+    }
+
+    /// The store's rules file (if any) and head office's campaigns, by the precedence of
+    /// [`instore_protocol::campaign`]. A bad file is an error (the caller keeps the rules in
+    /// force); a bad campaign (a gateway older than head office's checks) is left out and named
+    /// in the second value, so one campaign cannot silence the store's own rules.
+    pub fn load_with(
+        path: Option<&std::path::Path>,
+        campaigns: &[Campaign],
+    ) -> Result<(Self, Vec<String>), RulesError> {
+        let text = match path {
+            Some(p) => Some((
+                std::fs::read_to_string(p).map_err(|source| RulesError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })?,
+                p.display().to_string(),
+            )),
+            None => None,
+        };
+        Self::build(
+            text.as_ref().map(|(t, o)| (t.as_str(), o.as_str())),
+            campaigns,
+        )
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Self, RulesError> {
-        let file: RulesFile = toml::from_str(text).map_err(|e| RulesError::Parse {
-            path: origin.into(),
-            message: e.to_string(),
-        })?;
-        let mut rules = Vec::with_capacity(file.rules.len());
-        for spec in file.rules {
-            let line = text
-                .lines()
-                .position(|l| l.contains(&format!("\"{}\"", spec.name)))
-                .map_or_else(|| line_of_key(text, "name"), |i| i + 1);
-            let name = spec.name.clone();
-            let invalid = |reason: String| RulesError::Invalid {
-                path: origin.into(),
-                rule: name.clone(),
-                line,
-                reason,
-            };
-            if spec.name.trim().is_empty() {
-                return Err(invalid("name must not be empty".into()));
-            }
-            if rules.iter().any(|r: &Rule| r.name == spec.name) {
-                return Err(invalid("two rules share this name".into()));
-            }
-            let rule = build_rule(spec).map_err(invalid)?;
-            rules.push(rule);
+        Self::build(Some((text, origin)), &[]).map(|(rules, _)| rules)
+    }
+
+    /// `local`: the rules file's text and where it came from.
+    pub fn build(
+        local: Option<(&str, &str)>,
+        campaigns: &[Campaign],
+    ) -> Result<(Self, Vec<String>), RulesError> {
+        let mut rules = Vec::new();
+        if let Some((text, origin)) = local {
+            rules = build_all(text, origin, None)?;
         }
-        // Highest priority first; file order breaks ties (the sort is stable).
+        let mut skipped = Vec::new();
+        for c in campaigns {
+            let label = c.label();
+            match build_all(&c.rules, &format!("campaign {label}"), Some(&label)) {
+                Ok(list) => {
+                    for r in list {
+                        // The store's file, then campaigns by id: the first of a name stays.
+                        if !rules.iter().any(|x: &Rule| x.name == r.name) {
+                            rules.push(r);
+                        }
+                    }
+                }
+                Err(e) => skipped.push(e.to_string()),
+            }
+        }
+        // Highest priority first; file order, then campaigns, break ties (the sort is stable).
         rules.sort_by_key(|r| std::cmp::Reverse(r.priority));
-        Ok(Self {
-            rules,
-            ..Self::default()
-        })
+        Ok((
+            Self {
+                rules,
+                ..Self::default()
+            },
+            skipped,
+        ))
     }
 
     /// Replaces the rules, keeping settings and memory.
@@ -395,7 +408,10 @@ impl Rules {
                 );
                 return Verdict {
                     held,
-                    held_out: Some(rule.name.clone()),
+                    held_out: Some(HeldOutBy {
+                        rule: rule.name.clone(),
+                        campaign: rule.campaign.clone(),
+                    }),
                     ..Verdict::default()
                 };
             }
@@ -414,6 +430,7 @@ impl Rules {
                         overdue_days: days_past_overdue_after(o.member, local.day)
                             .filter(|d| *d > 0),
                         suggestion: rule.suggest.as_ref().map(|t| t.render(o.member, o.zone)),
+                        campaign: rule.campaign.clone(),
                     });
                 }
             }

@@ -1,4 +1,4 @@
-use instore_protocol::member::LastPurchase;
+use instore_protocol::{campaign::Campaign, member::LastPurchase};
 
 use super::{
     calendar::{days_from_civil, parse_date},
@@ -676,7 +676,12 @@ fn a_holdout_keeps_the_same_members_from_every_reaction_and_says_so() {
         let v = r.react(&occ(Happening::Arrive, &m, "e", 1000));
         if expected {
             held += 1;
-            assert_eq!(v.held_out.as_deref(), Some("vip"), "{}", m.member_id);
+            assert_eq!(
+                v.held_out.as_ref().map(|h| h.rule.as_str()),
+                Some("vip"),
+                "{}",
+                m.member_id
+            );
             // No alert, no webhook, and the lower rule does not step in.
             assert!(v.alert.is_none() && v.actions.is_empty(), "{v:?}");
         } else {
@@ -721,7 +726,7 @@ fn a_holdout_is_no_occasion_in_quiet_hours_and_a_bad_share_is_refused() {
         "e",
         at(2026, 11, 24, 10, 0),
     ));
-    assert_eq!(v.held_out.as_deref(), Some("r"));
+    assert_eq!(v.held_out.as_ref().map(|h| h.rule.as_str()), Some("r"));
     for (body, why) in [
         ("holdout = 0.8\nmessage = \"m\"", "between 0 and 0.5"),
         ("holdout = -0.1\nmessage = \"m\"", "between 0 and 0.5"),
@@ -769,6 +774,65 @@ fn a_rule_suggests_one_action_for_the_member_and_needs_a_message_to_show_it_on()
         .to_string();
         assert!(err.contains(why), "{body}: {err}");
     }
+}
+
+fn campaign(id: &str, version: u64, rules: &str) -> Campaign {
+    Campaign {
+        id: id.into(),
+        version,
+        scope: "chain".into(),
+        rules: rules.into(),
+    }
+}
+
+#[test]
+fn campaigns_join_the_store_rules_by_priority_and_a_local_rule_of_the_same_name_wins() {
+    let local = "[[rules]]\nname = \"vip\"\non = \"arrive\"\ntiers = [\"gold\"]\npriority = \"high\"\n\
+                 message = \"local vip\"\n\n[[rules]]\nname = \"hello\"\non = \"arrive\"\n\
+                 message = \"local hello\"\n";
+    let autumn = campaign(
+        "autumn",
+        3,
+        "[[rules]]\nname = \"vip\"\non = \"arrive\"\npriority = \"high\"\nmessage = \"campaign vip\"\n\n\
+         [[rules]]\nname = \"silver-push\"\non = \"arrive\"\ntiers = [\"silver\"]\npriority = \"high\"\n\
+         message = \"campaign silver\"\n",
+    );
+    let (mut r, skipped) =
+        Rules::build(Some((local, "rules.toml")), std::slice::from_ref(&autumn)).unwrap();
+    assert!(skipped.is_empty());
+    assert_eq!(r.len(), 3, "vip once: the store's own");
+    let gold = member("gold", &[]);
+    let a = r
+        .react(&occ(Happening::Arrive, &gold, "e", 0))
+        .alert
+        .unwrap();
+    assert_eq!((a.message.as_str(), a.campaign), ("local vip", None));
+    let silver = Member {
+        member_id: "M2".into(),
+        ..member("silver", &[])
+    };
+    let a = r
+        .react(&occ(Happening::Arrive, &silver, "e", 0))
+        .alert
+        .unwrap();
+    assert_eq!(
+        a.message, "campaign silver",
+        "high beats the local normal rule"
+    );
+    assert_eq!(a.campaign.as_deref(), Some("autumn@3"));
+    // Campaigns alone, with no rules file; a campaign this gateway cannot run is left out and
+    // named, the others still run.
+    let broken = campaign("broken", 1, "[[rules]]\nname = \"x\"\non = \"teleport\"\n");
+    let (mut r, skipped) = Rules::build(None, &[broken, autumn]).unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0].contains("campaign broken@1"), "{skipped:?}");
+    let a = r
+        .react(&occ(Happening::Arrive, &gold, "e", 0))
+        .alert
+        .unwrap();
+    assert_eq!(a.campaign.as_deref(), Some("autumn@3"));
+    // A bad store file is still an error: the caller keeps what runs.
+    assert!(Rules::build(Some(("[[rules]]\nname = 1\n", "rules.toml")), &[]).is_err());
 }
 
 #[test]

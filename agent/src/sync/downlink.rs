@@ -173,6 +173,9 @@ pub(super) struct Downlink {
     /// Where the store's notice key goes once head office hands it over (with every change
     /// response), for the connection task to check notices with.
     pub notice_key: watch::Sender<Option<MessageKey>>,
+    /// `data_dir/campaigns.json`, and the tag of the set held (sent with every change request).
+    pub campaigns_path: std::path::PathBuf,
+    pub campaigns_tag: String,
 }
 
 impl Downlink {
@@ -270,9 +273,12 @@ impl Downlink {
                 () = cancel.cancelled() => return Err(DownlinkError::Cancelled),
                 r = self.fetch_changes(&cursor) => r?,
             };
-            let Some(response) = response else {
+            let Some(mut response) = response else {
                 return self.legacy(wanted, cancel).await;
             };
+            if let Some(set) = response.campaigns.take() {
+                self.take_campaigns(set).await?;
+            }
             let snapshots = snapshot::apply_all(self, &response, cancel).await?;
             let cache = self.cache.clone();
             let shared = Arc::new(response);
@@ -319,6 +325,39 @@ impl Downlink {
             }
         }
         Ok(())
+    }
+
+    /// A new campaign set: kept on disk first (a restart offline runs it), then handed to the
+    /// engine, which rebuilds its rules from the store's file and the set.
+    async fn take_campaigns(
+        &mut self,
+        set: instore_protocol::campaign::CampaignSet,
+    ) -> Result<(), DownlinkError> {
+        let path = self.campaigns_path.clone();
+        let to_save = set.clone();
+        let saved = tokio::task::spawn_blocking(move || super::campaigns::save(&path, &to_save))
+            .await
+            .map_err(|e| {
+                DownlinkError::Cache(CacheError::Read {
+                    what: "campaigns".into(),
+                    source: std::io::Error::other(e.to_string()),
+                })
+            })?;
+        if let Err(source) = saved {
+            // Not fatal: the engine still takes the set; a restart asks head office again.
+            warn!(error = %source, "sync: cannot keep the campaigns on disk");
+        }
+        info!(
+            campaigns = set.campaigns.len(),
+            tag = %set.tag,
+            "sync: campaigns from head office"
+        );
+        self.campaigns_tag = set.tag.clone();
+        self.metrics.campaign_sets_received.inc();
+        self.engine
+            .send(Control::Campaigns(Box::new(set)))
+            .await
+            .map_err(|_| DownlinkError::EngineGone)
     }
 
     fn count(&self, stats: &ApplyStats) {
@@ -384,7 +423,8 @@ impl Downlink {
             })
         })?;
         url.query_pairs_mut()
-            .append_pair("since", &cursor.to_string());
+            .append_pair("since", &cursor.to_string())
+            .append_pair("campaigns", &self.campaigns_tag);
         // Compressed, a month of changes is about a tenth of the bytes over a store's uplink.
         let response = self
             .get(url)

@@ -31,6 +31,7 @@
 //! After a database rollback (see the outbox docs), events appended before the first ack arrives
 //! may reuse numbers head office already holds and would be dropped there as duplicates.
 
+pub mod campaigns;
 mod connection;
 mod downlink;
 mod lookup;
@@ -61,6 +62,10 @@ pub struct SyncContext {
     pub metrics: Metrics,
     /// Where snapshot files are downloaded to (`data_dir/snapshots`).
     pub snapshot_dir: std::path::PathBuf,
+    /// Where the store's campaigns are kept (`data_dir/campaigns.json`), and the tag of the set
+    /// the engine runs now.
+    pub campaigns_path: std::path::PathBuf,
+    pub campaigns_tag: String,
     /// The engine's lookups of scanned members not held here.
     pub lookups: Option<mpsc::Receiver<crate::engine::QrLookup>>,
 }
@@ -115,6 +120,8 @@ pub fn spawn(
         engine,
         metrics,
         snapshot_dir,
+        campaigns_path,
+        campaigns_tag,
         lookups,
     } = ctx;
     let sealer = Sealer::for_token(&cfg.token);
@@ -198,6 +205,8 @@ pub fn spawn(
         backoff: Backoff::new(cfg.reconnect_min_ms, cfg.reconnect_max_ms),
         poll: Duration::from_secs(cfg.changes_poll_s),
         notice_key: notice_key_tx,
+        campaigns_path,
+        campaigns_tag,
     };
     tracker.spawn(down.run(notice_rx, cancel));
     Ok(())

@@ -544,6 +544,7 @@ mod tests {
                 member_id: "M1".into(),
                 priority: instore_protocol::AlertPriority::High,
                 message: "x".repeat(message_len),
+                campaign: None,
             },
         }
     }

@@ -245,6 +245,7 @@ mod tests {
             seq: 0,
             raised_at_ms: 0,
             rule: "r".into(),
+            campaign: None,
             priority: AlertPriority::Normal,
             message: "m".into(),
             zone: "z".into(),

@@ -44,6 +44,8 @@ pub fn spawn_sync(
             engine: engine_tx,
             metrics: metrics.clone(),
             snapshot_dir: cache.path().with_file_name("snapshots"),
+            campaigns_path: cache.path().with_file_name("campaigns.json"),
+            campaigns_tag: instore_protocol::campaign::CampaignSet::new(Vec::new()).tag,
             lookups: None,
         },
         &tracker,

@@ -217,6 +217,7 @@ impl HqState {
             .collect();
         ChangesResponse {
             v: 1,
+            campaigns: None,
             store_id: self.store.clone(),
             channels,
         }

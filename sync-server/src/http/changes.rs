@@ -58,9 +58,13 @@ pub(super) struct ChangesQuery {
     since: String,
     #[serde(default)]
     limit: Option<usize>,
+    /// The tag of the campaign set the gateway holds (`none` before its first); absent from
+    /// gateways that predate campaigns, which get none.
+    #[serde(default)]
+    campaigns: Option<String>,
 }
 
-/// `GET /api/stores/{store}/changes?since=CURSOR[&limit=N]`.
+/// `GET /api/stores/{store}/changes?since=CURSOR[&limit=N][&campaigns=TAG]`.
 pub(super) async fn changes(
     State(state): State<AppState>,
     Path(store): Path<String>,
@@ -80,10 +84,24 @@ pub(super) async fn changes(
     let subscriptions = state.fanout.membership.subscriptions(&store);
     let limit = q.limit.unwrap_or(MAX_CHANGES_PER_RESPONSE);
     let snapshot_after = state.fanout.membership.snapshot_after_changes;
-    let plans = state
+    let held_campaigns = q.campaigns.clone();
+    let (plans, campaigns) = state
         .store
-        .call(move |db| stream::plan(db, &subscriptions, &cursor, limit, snapshot_after))
+        .call(move |db| {
+            let campaigns = match held_campaigns {
+                Some(held) => {
+                    let set = crate::campaigns::live_for(db, &subscriptions)?;
+                    (set.tag != held).then_some(set)
+                }
+                None => None,
+            };
+            let plans = stream::plan(db, &subscriptions, &cursor, limit, snapshot_after)?;
+            Ok((plans, campaigns))
+        })
         .await?;
+    if campaigns.is_some() {
+        state.metrics.metrics.campaign_sets_served.inc();
+    }
     let mut channels = Vec::with_capacity(plans.len());
     for p in plans {
         match p {
@@ -127,6 +145,7 @@ pub(super) async fn changes(
     }
     let response = ChangesResponse {
         v: SCHEMA_VERSION,
+        campaigns,
         store_id: store,
         channels,
     };

@@ -5,6 +5,7 @@
 //! 401s, database trouble a logged 500. This module alone imports axum.
 
 pub mod auth;
+mod campaigns;
 mod card;
 mod changes;
 mod devices;
@@ -77,6 +78,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/enrol", post(registry::redeem))
         .route("/api/events", get(events))
         .route("/api/rules/report", get(rules_report))
+        .route("/api/campaigns", get(campaigns::list))
+        .route(
+            "/api/campaigns/{id}",
+            axum::routing::put(campaigns::put).delete(campaigns::retire),
+        )
         .route("/api/members", post(members::import))
         .route(
             "/api/members/{id}",

@@ -264,6 +264,18 @@ CREATE TABLE member_code_flags (
 );
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
+    // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
+    "
+CREATE TABLE campaigns (
+    id         TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    scope      TEXT   NOT NULL,
+    rules      TEXT   NOT NULL,
+    retired    BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (id, version)
+);
+",
 ];
 
 const POSTGRES: &[&str] = &[
@@ -497,6 +509,18 @@ CREATE TABLE member_code_flags (
     at_ms       BIGINT NOT NULL
 );
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
+",
+    // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
+    "
+CREATE TABLE campaigns (
+    id         TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    scope      TEXT   NOT NULL,
+    rules      TEXT   NOT NULL,
+    retired    BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (id, version)
+);
 ",
 ];
 
