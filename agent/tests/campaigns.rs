@@ -4,7 +4,8 @@
 //! for the campaign's trigger) gets it with its next change response, keeps it on disk, and a
 //! member's scan raises the campaign's alert naming `id@version`, at the gateway and in the
 //! `alert_raised` event at head office. A new version replaces it; a local rule of the same name
-//! overrides it; a withdrawal removes it; a restart offline still runs what was received.
+//! overrides it; a withdrawal removes it; a restart offline still runs what was received. (And
+//! the uplink's batches carry the outbox depth the dashboard shows.)
 
 mod support;
 
@@ -122,6 +123,21 @@ async fn a_campaign_authored_at_head_office_raises_its_alert_on_a_running_gatewa
                 .unwrap()
                 .iter()
                 .any(|e| e["type"] == "alert_raised" && e["body"]["campaign"] == "autumn@1")
+        },
+    )
+    .await;
+
+    // The uplink's batches carry the outbox depth, which the dashboard shows per store.
+    eventually(
+        "the gateway's outbox depth at head office",
+        WAIT,
+        || async {
+            let stores = hq.get_json("/api/dashboard/stores").await;
+            stores["stores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["store_id"] == "s1" && s["outbox_depth"].is_u64())
         },
     )
     .await;

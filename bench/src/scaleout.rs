@@ -166,6 +166,7 @@ async fn round(args: &ScaleOutArgs, instances: usize) -> anyhow::Result<f64> {
                 gateway_id: gw.clone(),
                 store_id: format!("store-{gw}"),
                 hello: None,
+                outbox: None,
                 events: (seq..=last)
                     .map(|s| Event {
                         seq: s,

@@ -218,6 +218,7 @@ async fn ingest(hq: &HqHandle, n: u64, batch: usize) -> anyhow::Result<()> {
             gateway_id: gateway.into(),
             store_id: STORE.into(),
             hello: None,
+            outbox: None,
             events: (seq..=last)
                 .map(|s| Event {
                     seq: s,

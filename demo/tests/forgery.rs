@@ -27,6 +27,7 @@ fn forged_batch(store: &str) -> Vec<u8> {
         gateway_id: GATEWAY.into(),
         store_id: store.into(),
         hello: None,
+        outbox: None,
         events: (1..=20)
             .map(|s| Event {
                 seq: 1_000_000 + s,

@@ -548,6 +548,7 @@ async fn garbage_is_refused_counted_and_ingest_goes_on(kind: BrokerKind) {
         gateway_id: rig.gateway().into(),
         store_id: "store-c".into(),
         hello: None,
+        outbox: None,
         events: (1..=50)
             .map(|s| instore_protocol::Event {
                 seq: 1_000_000 + s,

@@ -237,6 +237,10 @@ pub struct EventBatch {
     /// Declared before `events`, which must stay the last field (the uplink splices events in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hello: Option<Hello>,
+    /// Events in the sender's outbox not yet acknowledged, when it built this batch (the
+    /// dashboard's outbox depth); absent from older gateways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbox: Option<u64>,
     pub events: Vec<Event>,
 }
 
@@ -297,6 +301,8 @@ pub struct RawEventBatch {
     pub store_id: String,
     #[serde(default)]
     pub hello: Option<Hello>,
+    #[serde(default)]
+    pub outbox: Option<u64>,
     pub events: Vec<RawEvent>,
 }
 
@@ -463,6 +469,7 @@ mod tests {
             gateway_id: "gw-1".into(),
             store_id: "s-1".into(),
             hello: None,
+            outbox: None,
             events,
         })
         .unwrap()

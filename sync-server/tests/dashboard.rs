@@ -268,7 +268,11 @@ async fn every_view_shows_what_its_api_returns_for_a_generated_chain() {
                 }
             }
         }
-        gw.send_events(events).await;
+        // As an agent does: the batch says how much is still waiting in its outbox.
+        let mut batch = gw.batch(&[]);
+        batch.events = events;
+        batch.outbox = Some(100 + s as u64);
+        gw.publish_raw(serde_json::to_vec(&batch).unwrap()).await;
         gw.next_ack().await;
     }
     let stores = eventually_some("the stores' day is in", WAIT * 4, || async {
@@ -508,6 +512,10 @@ async fn every_view_shows_what_its_api_returns_for_a_generated_chain() {
             text(&c, &cell("held_out")).await,
             int(s["held_out"].as_i64().unwrap())
         );
+        assert_eq!(
+            text(&c, &cell("outbox")).await,
+            int(s["outbox_depth"].as_i64().unwrap())
+        );
         let health = text(&c, &format!(".store[data-store={store}] [data-k=health]")).await;
         assert_eq!(
             health,
@@ -515,6 +523,7 @@ async fn every_view_shows_what_its_api_returns_for_a_generated_chain() {
         );
     }
     assert_eq!(stores["stores"][0]["present"], 10, "{stores}");
+    assert_eq!(stores["stores"][2]["outbox_depth"], 102, "{stores}");
     assert_eq!(
         text(&c, "#fleet b[data-k=alerts_raised]").await,
         int(sum(&stores["stores"], "alerts_raised"))

@@ -43,6 +43,7 @@ async fn send(gw: &mut FakeGateway, first_seq: u64, bodies: Vec<EventBody>) {
         gateway_id: gw.id.clone(),
         store_id: gw.store.clone(),
         hello: None,
+        outbox: None,
         events: bodies
             .into_iter()
             .enumerate()
@@ -174,6 +175,7 @@ async fn send_at(gw: &mut FakeGateway, first_seq: u64, at_ms: i64, bodies: Vec<E
         gateway_id: gw.id.clone(),
         store_id: gw.store.clone(),
         hello: None,
+        outbox: None,
         events: bodies
             .into_iter()
             .enumerate()

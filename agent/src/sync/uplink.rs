@@ -120,6 +120,11 @@ impl Uplink {
         self.metrics.batches_inflight.set(0);
     }
 
+    /// The outbox's depth as its last gauge refresh saw it, for head office's dashboard.
+    fn outbox_depth(&self) -> Option<u64> {
+        u64::try_from(self.metrics.outbox_depth.get()).ok()
+    }
+
     /// Asks head office for its high-water mark and the floors of this outbox's boots.
     async fn send_hello(&mut self, cancel: &CancellationToken) -> Result<(), UplinkError> {
         let boots = self.outbox.boots().await?;
@@ -132,6 +137,7 @@ impl Uplink {
                 boot: boots.current,
                 boots: boots.others,
             }),
+            outbox: self.outbox_depth(),
             events: Vec::new(),
         };
         let payload = self.sealer.seal(&self.topic, serde_json::to_vec(&batch)?);
@@ -268,8 +274,13 @@ impl Uplink {
                     return Ok(Some(Instant::now() + Duration::from_millis(wait)));
                 }
             }
-            let (payload, taken) =
-                encode_batch(&self.gateway_id, &self.store_id, &events, MAX_BATCH_BYTES)?;
+            let (payload, taken) = encode_batch(
+                &self.gateway_id,
+                &self.store_id,
+                self.outbox_depth(),
+                &events,
+                MAX_BATCH_BYTES,
+            )?;
             let seqs: Vec<u64> = events[..taken].iter().map(|e| e.seq).collect();
             let payload = self.sealer.seal(&self.topic, payload);
             let bytes = payload.len();
@@ -430,6 +441,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 pub(super) fn encode_batch(
     gateway_id: &str,
     store_id: &str,
+    outbox: Option<u64>,
     events: &[Event],
     max_bytes: usize,
 ) -> Result<(Vec<u8>, usize), serde_json::Error> {
@@ -438,6 +450,7 @@ pub(super) fn encode_batch(
         gateway_id: gateway_id.to_string(),
         store_id: store_id.to_string(),
         hello: None,
+        outbox,
         events: Vec::new(),
     };
     let mut out = serde_json::to_vec(&batch)?;
@@ -552,30 +565,33 @@ mod tests {
     #[test]
     fn a_spliced_batch_is_exactly_what_serde_would_write() {
         let events: Vec<Event> = (1..=3).map(|s| event(s, 10)).collect();
-        let (payload, taken) = encode_batch("gw-1", "s-1", &events, usize::MAX).unwrap();
+        let (payload, taken) = encode_batch("gw-1", "s-1", Some(3), &events, usize::MAX).unwrap();
         assert_eq!(taken, 3);
         let expected = serde_json::to_vec(&EventBatch {
             v: SCHEMA_VERSION,
             gateway_id: "gw-1".into(),
             store_id: "s-1".into(),
             hello: None,
+            outbox: Some(3),
             events: events.clone(),
         })
         .unwrap();
         assert_eq!(payload, expected);
-        assert_eq!(EventBatch::decode(&payload).unwrap().events, events);
+        let decoded = EventBatch::decode(&payload).unwrap();
+        assert_eq!((decoded.events, decoded.outbox), (events, Some(3)));
     }
 
     #[test]
     fn batches_are_cut_to_stay_under_the_byte_limit() {
         let events: Vec<Event> = (1..=50).map(|s| event(s, 10_000)).collect();
-        let (payload, taken) = encode_batch("gw-1", "s-1", &events, MAX_BATCH_BYTES).unwrap();
+        let (payload, taken) =
+            encode_batch("gw-1", "s-1", Some(3), &events, MAX_BATCH_BYTES).unwrap();
         assert!(payload.len() <= MAX_BATCH_BYTES);
         assert!(taken > 1 && taken < 50, "{taken}");
         let decoded = EventBatch::decode(&payload).unwrap();
         assert_eq!(decoded.events.len(), taken);
         // One event always goes, even over the limit, so the uplink always makes progress.
-        let (_, one) = encode_batch("gw-1", "s-1", &events, 10).unwrap();
+        let (_, one) = encode_batch("gw-1", "s-1", Some(3), &events, 10).unwrap();
         assert_eq!(one, 1);
     }
 

@@ -280,6 +280,7 @@
        ["alerts", "alerts raised / taken / converted", fmtInt(s.alerts_raised) + " / " + fmtInt(s.alerts_taken) + " / " + fmtInt(s.alerts_converted)],
        ["held_out", "held out (control)", fmtInt(s.held_out)],
        ["last_seen", "last heard", fmtAgo(s.last_seen_ms, now)],
+       ["outbox", "waiting in outboxes", s.outbox_depth == null ? "not reported" : fmtInt(s.outbox_depth)],
        ["shed", "outbox shed ranges (events)", fmtInt(s.shed_ranges) + " (" + fmtInt(s.events_shed) + ")"],
        ["bad_payloads", "refused messages", fmtInt(s.bad_payloads)]
       ].forEach(function (r) { row(tb, [{ text: r[1] }, { k: r[0], text: r[2] }]); });

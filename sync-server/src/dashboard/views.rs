@@ -354,7 +354,9 @@ const FLEET: Sql = Sql::same(
         CAST(COALESCE(SUM((SELECT COUNT(*) FROM shed_ranges s WHERE s.gateway_id = g.id)), 0)
             AS BIGINT),
         CAST(COALESCE(SUM((SELECT SUM(s.count) FROM shed_ranges s WHERE s.gateway_id = g.id)), 0)
-            AS BIGINT)
+            AS BIGINT),
+        CAST(COALESCE(SUM(g.outbox_depth), 0) AS BIGINT),
+        CAST(COALESCE(SUM(CASE WHEN g.outbox_depth IS NULL THEN 0 ELSE 1 END), 0) AS BIGINT)
     FROM gateways g GROUP BY g.store",
 );
 
@@ -382,6 +384,9 @@ pub struct StoreToday {
     /// Ranges the store's gateways shed over their outbox quota, and the events in them.
     pub shed_ranges: u64,
     pub events_shed: u64,
+    /// Events waiting in the store's gateways' outboxes, as their latest batches reported;
+    /// `None` while no gateway of the store has reported one (older releases).
+    pub outbox_depth: Option<u64>,
 }
 
 /// Every store with a gateway or a visit today: presence now, today's visits and alerts, and
@@ -404,6 +409,7 @@ pub fn stores_today(db: &mut Db, now_ms: i64) -> Result<Vec<StoreToday>, StoreEr
         s.bad_payloads = r.u64(4)?;
         s.shed_ranges = r.u64(5)?;
         s.events_shed = r.u64(6)?;
+        s.outbox_depth = (r.u64(8)? > 0).then(|| r.u64(7)).transpose()?;
     }
     for r in tx.query(&PRESENT_BY_TIER, params![now_ms - OPEN_VISIT_MAX_MS])? {
         let s = entry(&mut stores, r.string(0)?);

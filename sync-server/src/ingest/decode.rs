@@ -99,45 +99,61 @@ impl MessageAuth {
         topic: &str,
         store_id: &str,
         gateway_id: &str,
-    ) -> Result<bool, Decoded> {
+    ) -> Result<bool, Box<Decoded>> {
         let key = match self.registry.status(store_id, gateway_id) {
             Status::Revoked => {
-                return Err(bad(Some(gateway_id), BadReason::Revoked, "gateway revoked"));
+                return Err(Box::new(bad(
+                    Some(gateway_id),
+                    BadReason::Revoked,
+                    "gateway revoked",
+                )));
             }
             Status::WrongStore => {
-                return Err(bad(
+                return Err(Box::new(bad(
                     Some(gateway_id),
                     BadReason::WrongStore,
                     "not the store the gateway is registered in",
-                ));
+                )));
             }
-            Status::Invalid => return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id")),
+            Status::Invalid => {
+                return Err(Box::new(bad(
+                    Some(gateway_id),
+                    BadReason::Invalid,
+                    "store_id",
+                )));
+            }
             status @ (Status::Active(_) | Status::Legacy(_)) => {
                 if !opened.is_sealed() {
                     // A registered gateway runs a release that seals: plain is a forgery.
                     if self.require_sealed || matches!(status, Status::Active(_)) {
-                        return Err(bad(
+                        return Err(Box::new(bad(
                             Some(gateway_id),
                             BadReason::Unsigned,
                             "plain message from a gateway that must seal",
-                        ));
+                        )));
                     }
                     return Ok(false);
                 }
                 match status.token() {
                     Some(t) => MessageKey::for_gateway(t),
-                    None => return Err(bad(Some(gateway_id), BadReason::Invalid, "store_id")),
+                    None => {
+                        return Err(Box::new(bad(
+                            Some(gateway_id),
+                            BadReason::Invalid,
+                            "store_id",
+                        )));
+                    }
                 }
             }
         };
         if opened.verify(&key, topic) {
             Ok(true)
         } else {
-            Err(bad(
+            Err(Box::new(bad(
                 Some(gateway_id),
                 BadReason::BadMac,
                 "MAC is not this gateway's for this store",
-            ))
+            )))
         }
     }
 }
@@ -221,11 +237,11 @@ pub fn decode(topic: &str, payload: &[u8], auth: &MessageAuth) -> Decoded {
                 b.signed = signed;
                 Decoded::Batch(b)
             }
-            Err(refused) => refused,
+            Err(refused) => *refused,
         },
         Decoded::Status(s, _) => match auth.check(&opened, topic, &s.store_id, &gw) {
             Ok(signed) => Decoded::Status(s, signed),
-            Err(refused) => refused,
+            Err(refused) => *refused,
         },
         refused @ Decoded::Bad { .. } => refused,
     }
@@ -348,6 +364,8 @@ fn decode_batch(gw: &str, payload: &[u8]) -> Decoded {
         events,
         signed: false,
         unreadable,
+        // Past i64::MAX it is no depth a gateway has: dropped rather than stored wrong.
+        outbox: batch.outbox.and_then(|d| i64::try_from(d).ok()),
     })
 }
 

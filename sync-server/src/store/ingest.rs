@@ -57,6 +57,8 @@ pub struct IngestBatch {
     pub signed: bool,
     /// Events stored as [`crate::ingest::decode::UNREADABLE_KIND`].
     pub unreadable: u64,
+    /// The gateway's outbox depth when it sent the batch (newer gateways).
+    pub outbox: Option<i64>,
 }
 
 /// One thing ingest learned from the broker.
@@ -171,7 +173,7 @@ fn ingest_one(tx: &mut Tx<'_>, item: &IngestItem, now_ms: i64) -> Result<ItemOut
             let high_water = tx
                 .query_one(
                     &sql::ADD_BATCH_COUNTS,
-                    params![&b.gateway_id, max_seq, inserted, duplicates],
+                    params![&b.gateway_id, max_seq, inserted, duplicates, b.outbox],
                 )?
                 .u64(0)?;
             let welcome = match &b.hello {
@@ -405,6 +407,7 @@ mod tests {
             hello: None,
             signed: false,
             unreadable: 0,
+            outbox: None,
         })
     }
 

@@ -265,6 +265,7 @@ CREATE TABLE member_code_flags (
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
     // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
+    // And the outbox depth gateways report with their batches (the dashboard's fleet health).
     "
 CREATE TABLE campaigns (
     id         TEXT   NOT NULL,
@@ -275,6 +276,7 @@ CREATE TABLE campaigns (
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (id, version)
 );
+ALTER TABLE gateways ADD COLUMN outbox_depth BIGINT;
 ",
 ];
 
@@ -511,6 +513,7 @@ CREATE TABLE member_code_flags (
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
     // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
+    // And the outbox depth gateways report with their batches (the dashboard's fleet health).
     "
 CREATE TABLE campaigns (
     id         TEXT   NOT NULL,
@@ -521,6 +524,7 @@ CREATE TABLE campaigns (
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (id, version)
 );
+ALTER TABLE gateways ADD COLUMN outbox_depth BIGINT;
 ",
 ];
 

@@ -70,12 +70,13 @@ pub const UPSERT_GATEWAY_SEEN_LAST_SEQ: Sql = Sql::same(
 );
 
 /// Counters of one batch: `last_seq` only ever rises (it is the acks' high-water mark), and
-/// comes back.
+/// comes back; the outbox depth the batch reports (`?5`, NULL: not reported) replaces the last.
 pub const ADD_BATCH_COUNTS: Sql = Sql::same(
     "UPDATE gateways SET
     last_seq = CASE WHEN ?2 > last_seq THEN ?2 ELSE last_seq END,
     events_received = events_received + ?3,
-    duplicates_dropped = duplicates_dropped + ?4
+    duplicates_dropped = duplicates_dropped + ?4,
+    outbox_depth = COALESCE(?5, outbox_depth)
     WHERE id = ?1
     RETURNING last_seq",
 );

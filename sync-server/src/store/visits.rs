@@ -249,6 +249,7 @@ mod tests {
             events,
             signed: false,
             unreadable: 0,
+            outbox: None,
         })
     }
     type VisitRow = (String, String, i64, Option<i64>, Option<i64>, String, i64);

@@ -112,6 +112,7 @@ impl FakeGateway {
             gateway_id: self.id.clone(),
             store_id: self.store.clone(),
             hello: None,
+            outbox: None,
             events: seqs
                 .iter()
                 .map(|&seq| Event {
