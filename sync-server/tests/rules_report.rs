@@ -38,24 +38,7 @@ fn outcome(id: &str, rule: &str, outcome: AlertOutcomeKind) -> EventBody {
 }
 
 async fn send(gw: &mut FakeGateway, first_seq: u64, bodies: Vec<EventBody>) {
-    let batch = EventBatch {
-        v: SCHEMA_VERSION,
-        gateway_id: gw.id.clone(),
-        store_id: gw.store.clone(),
-        hello: None,
-        outbox: None,
-        events: bodies
-            .into_iter()
-            .enumerate()
-            .map(|(i, body)| Event {
-                seq: first_seq + i as u64,
-                at_ms: 1_700_000_000_000,
-                body,
-            })
-            .collect(),
-    };
-    gw.publish_raw(serde_json::to_vec(&batch).unwrap()).await;
-    gw.next_ack().await;
+    send_at(gw, first_seq, 1_700_000_000_000, bodies).await;
 }
 
 #[tokio::test]

@@ -167,11 +167,7 @@ pub struct Rules {
     bucket: TokenBucket,
     /// Unix ms at monotonic 0.
     wall_at_zero_ms: i64,
-    last_fired: HashMap<(String, String), u64>,
-    /// (rule, visit) pairs a dwell rule already fired for.
-    dwell_fired: HashSet<(String, String)>,
-    /// Members who got a reaction during their current visit: the scheduled check leaves them be.
-    reacted_this_visit: HashSet<String>,
+    memory: Memory,
     /// Member → local day of their last arrival.
     arrived_on: HashMap<String, i64>,
     today: i64,
@@ -186,9 +182,7 @@ impl Default for Rules {
             clock: ZoneClock::new(jiff::tz::TimeZone::UTC),
             bucket: TokenBucket::new(0, 0),
             wall_at_zero_ms: 0,
-            last_fired: HashMap::new(),
-            dwell_fired: HashSet::new(),
-            reacted_this_visit: HashSet::new(),
+            memory: Memory::default(),
             arrived_on: HashMap::new(),
             today: i64::MIN,
             next_planned_ms: 0,
@@ -359,13 +353,13 @@ impl Rules {
                     self.arrived_on.clear();
                 }
                 self.arrived_on.insert(id.clone(), local.day);
-                self.reacted_this_visit.remove(id);
+                self.memory.reacted_this_visit.remove(id);
             }
             Happening::Depart => {
-                self.reacted_this_visit.remove(id);
-                self.dwell_fired.retain(|(_, v)| v != o.visit_id);
+                self.memory.reacted_this_visit.remove(id);
+                self.memory.dwell_fired.retain(|(_, v)| v != o.visit_id);
             }
-            Happening::Scheduled if self.reacted_this_visit.contains(id) => {
+            Happening::Scheduled if self.memory.reacted_this_visit.contains(id) => {
                 return Verdict::default();
             }
             _ => {}
@@ -377,11 +371,11 @@ impl Rules {
                 continue;
             }
             let visit_key = (rule.name.clone(), o.visit_id.to_string());
-            if dwell && self.dwell_fired.contains(&visit_key) {
+            if dwell && self.memory.dwell_fired.contains(&visit_key) {
                 continue;
             }
             let key = (rule.name.clone(), id.clone());
-            if let Some(&at) = self.last_fired.get(&key)
+            if let Some(&at) = self.memory.last_fired.get(&key)
                 && o.at_ms.saturating_sub(at) < rule.cooldown_ms
             {
                 held.cooldown += 1;
@@ -395,17 +389,7 @@ impl Rules {
             // occasion of the comparison. The rate limit comes after: a held-out member takes no
             // token from the treated.
             if !quiet && holdout::held_out(&rule.name, id, rule.holdout) {
-                remember(
-                    Memory {
-                        last_fired: &mut self.last_fired,
-                        dwell_fired: &mut self.dwell_fired,
-                        reacted_this_visit: &mut self.reacted_this_visit,
-                    },
-                    key,
-                    visit_key,
-                    dwell,
-                    o,
-                );
+                self.memory.remember(key, visit_key, dwell, o);
                 return Verdict {
                     held,
                     held_out: Some(HeldOutBy {
@@ -442,17 +426,7 @@ impl Rules {
                     ..Verdict::default()
                 };
             }
-            remember(
-                Memory {
-                    last_fired: &mut self.last_fired,
-                    dwell_fired: &mut self.dwell_fired,
-                    reacted_this_visit: &mut self.reacted_this_visit,
-                },
-                key,
-                visit_key,
-                dwell,
-                o,
-            );
+            self.memory.remember(key, visit_key, dwell, o);
             return Verdict {
                 alert,
                 actions,
@@ -469,38 +443,45 @@ impl Rules {
     /// Forgets cooldowns that have run out, so memory stays bounded by recent visitors.
     pub fn prune(&mut self, now_ms: u64) {
         let longest = self.rules.iter().map(|r| r.cooldown_ms).max().unwrap_or(0);
-        self.last_fired
+        self.memory
+            .last_fired
             .retain(|_, at| now_ms.saturating_sub(*at) < longest);
     }
 }
 
-/// The per-member memories a reaction updates, borrowed apart from the rules being iterated.
-struct Memory<'a> {
-    last_fired: &'a mut HashMap<(String, String), u64>,
-    dwell_fired: &'a mut HashSet<(String, String)>,
-    reacted_this_visit: &'a mut HashSet<String>,
+/// What the rules remember per member (kept across reloads, by rule name).
+#[derive(Debug, Default)]
+struct Memory {
+    /// (rule, member) → when the rule last reacted to the member.
+    last_fired: HashMap<(String, String), u64>,
+    /// (rule, visit) pairs a dwell rule already fired for.
+    dwell_fired: HashSet<(String, String)>,
+    /// Members who got a reaction during their current visit: the scheduled check leaves them be.
+    reacted_this_visit: HashSet<String>,
 }
 
-/// A rule reacted (or held the member out, which counts the same): cooldown, dwell-once and the
-/// scheduled check's "already reacted this visit" start now.
-fn remember(
-    m: Memory<'_>,
-    key: (String, String),
-    visit_key: (String, String),
-    dwell: bool,
-    o: &Occasion,
-) {
-    m.last_fired.insert(key, o.at_ms);
-    if dwell {
-        if m.dwell_fired.len() >= MEMORY_CAP {
-            m.dwell_fired.clear();
+impl Memory {
+    /// A rule reacted (or held the member out, which counts the same): cooldown, dwell-once and
+    /// the scheduled check's "already reacted this visit" start now.
+    fn remember(
+        &mut self,
+        key: (String, String),
+        visit_key: (String, String),
+        dwell: bool,
+        o: &Occasion,
+    ) {
+        self.last_fired.insert(key, o.at_ms);
+        if dwell {
+            if self.dwell_fired.len() >= MEMORY_CAP {
+                self.dwell_fired.clear();
+            }
+            self.dwell_fired.insert(visit_key);
         }
-        m.dwell_fired.insert(visit_key);
-    }
-    if o.what != Happening::Depart {
-        if m.reacted_this_visit.len() >= MEMORY_CAP {
-            m.reacted_this_visit.clear();
+        if o.what != Happening::Depart {
+            if self.reacted_this_visit.len() >= MEMORY_CAP {
+                self.reacted_this_visit.clear();
+            }
+            self.reacted_this_visit.insert(o.member.member_id.clone());
         }
-        m.reacted_this_visit.insert(o.member.member_id.clone());
     }
 }

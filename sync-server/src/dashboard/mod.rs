@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::{
     compute::run::today_of,
-    http::{ApiError, AppState, require_reader},
+    http::{ApiError, AppState, query_or_400, require_reader},
 };
 
 /// Most overdue members one JSON answer lists (the counts cover all of them).
@@ -94,15 +94,10 @@ async fn overdue(
     query: Result<Query<OverdueQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_reader(&state, &headers)?;
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected ?store=ID&tier=NAME&limit=N&format=csv (all optional): {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let q = query_or_400(
+        query,
+        "?store=ID&tier=NAME&limit=N&format=csv (all optional)",
+    )?;
     if q.store.as_deref().is_some_and(|s| !valid_id(s)) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

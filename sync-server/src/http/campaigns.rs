@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::Deserialize;
 
-use super::{ApiError, AppState, require_admin};
+use super::{ApiError, AppState, query_or_400, require_admin};
 use crate::campaigns::{self, CampaignError};
 
 #[derive(Debug, Deserialize)]
@@ -45,12 +45,7 @@ pub(super) async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("expected ?scope=chain|group:ID|store:ID: {}", e.body_text()),
-        )
-    })?;
+    let q = query_or_400(query, "?scope=chain|group:ID|store:ID")?;
     let toml = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the rules must be UTF-8 TOML"))?
         .to_string();

@@ -174,6 +174,19 @@ pub(crate) fn require_reader(state: &AppState, headers: &HeaderMap) -> Result<()
     }
 }
 
+/// A query string, or 400 saying what was `expected` and what was wrong.
+pub(crate) fn query_or_400<T>(
+    query: Result<Query<T>, QueryRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    query.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {expected}: {}", e.body_text()),
+        )
+    })
+}
+
 pub(crate) fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if auth::is_admin(headers, &state.admin_token) {
         Ok(())
@@ -302,15 +315,7 @@ async fn rules_report(
     query: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     require_reader(&state, &headers)?;
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "expected ?store=ID&window_days=N (both optional): {}",
-                e.body_text()
-            ),
-        )
-    })?;
+    let q = query_or_400(query, "?store=ID&window_days=N (both optional)")?;
     if let Some(store) = &q.store
         && !valid_id(store)
     {
