@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Central campaigns end to end: the real head office (in-process) refuses a bad campaign with
 //! its rule and line and stores a good one; the real agent (in-process, no rules file of its own
-//! for the campaign's trigger) gets it with its next change response, keeps it on disk, and a
+//! for the campaign's trigger, polling hourly) is told by its members notice and gets it with the
+//! change response it then asks for, keeps it on disk, and a
 //! member's scan raises the campaign's alert naming `id@version`, at the gateway and in the
 //! `alert_raised` event at head office. A new version replaces it; a local rule of the same name
 //! overrides it; a withdrawal removes it; a restart offline still runs what was received. (And
@@ -13,7 +14,7 @@ use std::{path::Path, time::Duration};
 
 use instore_protocol::member_code::{Algorithm, DeviceSigner};
 use support::{
-    hq::{ADMIN, Hq, agent_synced_to, embedded},
+    hq::{ADMIN, Hq, agent_polling, embedded},
     net::free_port,
     scanner::{register, scan},
     wait::eventually,
@@ -41,7 +42,9 @@ async fn agent(dir: &Path, hq: &Hq, till: u16, local_rules: &str) -> instore_age
         "[[sources]]\nkind = \"qr\"\nzone = \"till\"\nlisten = \"127.0.0.1:{till}\"\n\
          [react]\nrules = \"rules.toml\"\n[member_codes]\nlegacy = false\n"
     );
-    agent_synced_to(dir, hq, &tables).await
+    // Member changes asked for once an hour: the campaigns arrive because the members notice
+    // says they moved, not because the gateway happened to poll.
+    agent_polling(dir, hq, &tables, 3600).await
 }
 
 /// The newest alert's (message, campaign) at the gateway.

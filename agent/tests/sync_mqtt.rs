@@ -395,6 +395,7 @@ async fn a_head_office_without_change_streams_still_brings_its_whole_store_snaps
         store_id: STORE.into(),
         version: 7,
         heads: Default::default(),
+        campaigns: 0,
     };
     hq_client
         .publish(

@@ -436,6 +436,16 @@ pub struct MembersNotice {
     pub version: u64,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub heads: crate::changes::Heads,
+    /// The chain's campaign counter: it rises with every campaign version head office stores
+    /// ([`crate::campaign`]). A gateway that has not asked for changes since it last rose asks
+    /// (with its campaign tag), so a new campaign reaches a store as fast as a member change.
+    /// 0 (absent) from head offices without campaigns.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub campaigns: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The whole member set of a store at a version, served by head office over HTTP.

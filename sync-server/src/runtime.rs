@@ -207,7 +207,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     let (store, store_thread) = tokio::task::spawn_blocking(move || Store::open(&open))
         .await
         .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
-    let (heads, known_stores) = store.call(notifier::heads_and_stores).await?;
+    let (heads, known_stores, campaigns) = store.call(notifier::heads_and_stores).await?;
     // Before ingest and HTTP start: a revoked gateway is refused from the first message on.
     registry.replace_all(store.call(crate::registry::db::load_all).await?);
     let fanout = FanoutSettings {
@@ -394,7 +394,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     );
     let notifier = tokio::spawn(notifier::run(
         notice_rx,
-        Notices::new(cfg.membership.clone(), heads, known_stores),
+        Notices::new(cfg.membership.clone(), heads, known_stores).with_campaigns(campaigns),
         client.clone(),
         metrics.metrics.clone(),
         message_auth.clone(),

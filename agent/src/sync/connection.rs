@@ -248,11 +248,14 @@ impl Connection {
                     debug!(version = n.version, "sync: members notice");
                     // Retained, so every reconnect brings it again: only a change wakes the downlink.
                     self.notices.send_if_modified(|v| {
-                        let changed = n.version != v.version || n.heads != v.heads;
+                        let changed = n.version != v.version
+                            || n.heads != v.heads
+                            || n.campaigns != v.campaigns;
                         if changed {
                             *v = Notice {
                                 version: n.version,
                                 heads: n.heads,
+                                campaigns: n.campaigns,
                             };
                         }
                         changed

@@ -50,6 +50,8 @@ const GAP_RETRIES: u32 = 3;
 pub(super) struct Notice {
     pub version: u64,
     pub heads: Heads,
+    /// Head office's campaign counter (0 from head offices without campaigns).
+    pub campaigns: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +178,8 @@ pub(super) struct Downlink {
     /// `data_dir/campaigns.json`, and the tag of the set held (sent with every change request).
     pub campaigns_path: std::path::PathBuf,
     pub campaigns_tag: String,
+    /// The notices' campaign counter at the last catch-up.
+    pub campaigns_seen: u64,
 }
 
 impl Downlink {
@@ -196,7 +200,8 @@ impl Downlink {
                         break;
                     }
                     let notice = notices.borrow_and_update().clone();
-                    if !self.behind(&notice).await {
+                    // Campaigns moved since the last catch-up: ask, even with no member change.
+                    if notice.campaigns == self.campaigns_seen && !self.behind(&notice).await {
                         continue;
                     }
                 }
@@ -206,6 +211,7 @@ impl Downlink {
                 match self.catch_up(&wanted, &cancel).await {
                     Ok(()) => {
                         self.backoff.reset();
+                        self.campaigns_seen = wanted.campaigns;
                         break;
                     }
                     Err(DownlinkError::Cancelled) => return,

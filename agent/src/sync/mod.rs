@@ -207,6 +207,7 @@ pub fn spawn(
         notice_key: notice_key_tx,
         campaigns_path,
         campaigns_tag,
+        campaigns_seen: 0,
     };
     tracker.spawn(down.run(notice_rx, cancel));
     Ok(())

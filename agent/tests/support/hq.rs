@@ -34,11 +34,22 @@ pub async fn agent_synced_to(
     hq: &Hq,
     tables: &str,
 ) -> instore_agent::runtime::Agent {
+    agent_polling(dir, hq, tables, 1).await
+}
+
+/// [`agent_synced_to`], asking for member changes only every `poll_s` unless a notice says
+/// there is something (a test of the notices sets it long).
+pub async fn agent_polling(
+    dir: &std::path::Path,
+    hq: &Hq,
+    tables: &str,
+    poll_s: u64,
+) -> instore_agent::runtime::Agent {
     let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
     let text = format!(
         "store_id = \"s1\"\ngateway_id = \"gw-1\"\ndata_dir = \"data\"\n[http]\n\
          listen = \"127.0.0.1:0\"\n{tables}\n[sync]\nenabled = true\nbroker = \"{}\"\n\
-         hq_url = \"http://{}\"\ntoken = \"{token}\"\nchanges_poll_s = 1\n\
+         hq_url = \"http://{}\"\ntoken = \"{token}\"\nchanges_poll_s = {poll_s}\n\
          batch_max_age_ms = 50\n",
         hq.mqtt_url(),
         hq.http

@@ -24,6 +24,7 @@ const LATEST: Sql = Sql::same(
     WHERE c.version = (SELECT MAX(version) FROM campaigns d WHERE d.id = c.id)
     ORDER BY c.id",
 );
+const COUNT: Sql = Sql::same("SELECT COUNT(*) FROM campaigns");
 const NEXT_VERSION: Sql =
     Sql::same("SELECT COALESCE(MAX(version), 0) + 1 FROM campaigns WHERE id = ?1");
 const INSERT: Sql = Sql::same(
@@ -93,6 +94,20 @@ fn rows(db: &mut Db) -> Result<Vec<CampaignRow>, StoreError> {
         });
     }
     Ok(out)
+}
+
+/// Campaign versions ever stored: it only rises (versions are never deleted), so it is the
+/// counter the members notices carry ([`instore_protocol::MembersNotice::campaigns`]).
+pub fn counter(tx: &mut crate::store::db::Tx<'_>) -> Result<u64, StoreError> {
+    tx.query_one(&COUNT, params![])?.u64(0)
+}
+
+/// The counter, in its own read transaction.
+pub fn counter_now(db: &mut Db) -> Result<u64, StoreError> {
+    let mut tx = db.read_transaction()?;
+    let n = counter(&mut tx)?;
+    tx.commit()?;
+    Ok(n)
 }
 
 /// Every campaign at its current version (retired ones included, marked).

@@ -38,6 +38,8 @@ pub enum NoticeInput {
     Heads(Touched),
     /// The broker had no session for head office: retained notices may be lost with it.
     BrokerSessionFresh,
+    /// The chain's campaign counter (campaign versions stored) is now this.
+    Campaigns(u64),
 }
 
 /// The notifier's state: pure, so its decisions test without a broker.
@@ -46,7 +48,9 @@ pub struct Notices {
     membership: MembershipConfig,
     heads: BTreeMap<String, u64>,
     stores: BTreeSet<String>,
-    told: HashMap<String, Heads>,
+    /// The campaign counter every notice carries.
+    campaigns: u64,
+    told: HashMap<String, (Heads, u64)>,
 }
 
 impl Notices {
@@ -57,8 +61,15 @@ impl Notices {
             membership,
             heads,
             stores: stores.into_iter().collect(),
+            campaigns: 0,
             told: HashMap::new(),
         }
+    }
+
+    /// Starts from this campaign counter too.
+    pub fn with_campaigns(mut self, campaigns: u64) -> Self {
+        self.campaigns = campaigns;
+        self
     }
 
     /// The notice `store` should hold now.
@@ -74,6 +85,7 @@ impl Notices {
             store_id: store.to_string(),
             version: heads.values().sum(),
             heads,
+            campaigns: self.campaigns,
         }
     }
 
@@ -102,17 +114,25 @@ impl Notices {
                     self.told.clear();
                     candidates.extend(self.stores.iter().cloned());
                 }
+                // Any store may take a campaign: the notice tells them all to ask, and head
+                // office answers each with its own set (or nothing, if it did not change).
+                NoticeInput::Campaigns(c) if c > self.campaigns => {
+                    self.campaigns = c;
+                    candidates.extend(self.stores.iter().cloned());
+                }
+                NoticeInput::Campaigns(_) => {}
             }
         }
         let mut out = Vec::new();
         for s in candidates {
             let n = self.notice(&s);
-            // Nothing to fetch yet (no channel of the store has a change).
-            if n.heads.is_empty() {
+            // Nothing to fetch yet (no channel of the store has a change, no campaign).
+            if n.heads.is_empty() && n.campaigns == 0 {
                 continue;
             }
-            if self.told.get(&s) != Some(&n.heads) {
-                self.told.insert(s, n.heads.clone());
+            let told = (n.heads.clone(), n.campaigns);
+            if self.told.get(&s) != Some(&told) {
+                self.told.insert(s, told);
                 out.push(n);
             }
         }
@@ -149,14 +169,15 @@ pub async fn run(
     }
 }
 
-/// What the notifier starts from, and re-reads with several instances: every channel's head and
-/// every store head office knows, read together.
-pub fn heads_and_stores(db: &mut Db) -> Result<(Touched, Vec<String>), StoreError> {
+/// What the notifier starts from, and re-reads with several instances: every channel's head,
+/// every store head office knows and the campaign counter, read together.
+pub fn heads_and_stores(db: &mut Db) -> Result<(Touched, Vec<String>, u64), StoreError> {
     let mut tx = db.read_transaction()?;
     let heads = channels::heads(&mut tx)?;
     let stores = queries::stores_in(&mut tx)?;
+    let campaigns = crate::campaigns::counter(&mut tx)?;
     tx.commit()?;
-    Ok((heads, stores))
+    Ok((heads, stores, campaigns))
 }
 
 /// With several head-office instances: feeds this instance's notifier the heads and stores
@@ -176,7 +197,7 @@ pub async fn follow_database(
             () = tokio::time::sleep(every) => {}
         }
         let read = store.call(heads_and_stores).await;
-        let (heads, stores) = match read {
+        let (heads, stores, campaigns) = match read {
             Ok(x) => x,
             Err(StoreError::Closed) => return,
             Err(e) => {
@@ -187,7 +208,7 @@ pub async fn follow_database(
         let inputs = stores
             .into_iter()
             .map(NoticeInput::StoreSeen)
-            .chain(std::iter::once(NoticeInput::Heads(heads)));
+            .chain([NoticeInput::Heads(heads), NoticeInput::Campaigns(campaigns)]);
         for input in inputs {
             if notices.send(input).await.is_err() {
                 return;
@@ -285,6 +306,23 @@ mod tests {
         let mut s = Notices::new(membership(), Touched::new(), vec!["a".into(), "b".into()]);
         let inputs = (1..=100).map(|h| NoticeInput::Heads(heads(&[("chain", h)])));
         assert_eq!(stores(&s.apply(inputs)), [("a", 100), ("b", 100)]);
+    }
+
+    #[test]
+    fn a_new_campaign_version_tells_every_store_once_even_without_member_changes() {
+        let mut s = Notices::new(membership(), Touched::new(), vec!["a".into(), "b".into()])
+            .with_campaigns(2);
+        let n = s.apply([NoticeInput::StoreSeen("a".into())]);
+        assert_eq!((n.len(), n[0].campaigns), (1, 2), "announced though no channel moved");
+        let n = s.apply([NoticeInput::Campaigns(3)]);
+        assert_eq!(stores(&n), [("a", 0), ("b", 0)]);
+        assert!(n.iter().all(|n| n.campaigns == 3));
+        // The same counter again (another instance's read), or an older one: nothing.
+        assert!(s.apply([NoticeInput::Campaigns(3)]).is_empty());
+        assert!(s.apply([NoticeInput::Campaigns(1)]).is_empty());
+        // Member changes keep the counter.
+        let n = s.apply([NoticeInput::Heads(heads(&[("chain", 1)]))]);
+        assert!(n.iter().all(|n| n.campaigns == 3 && n.version == 1));
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub(super) async fn put(
         .await?
         .map_err(refused)?;
     tracing::info!(campaign = %id, version, scope = %q.scope, rules = rules.len(), "campaign stored");
+    announce(&state).await?;
     state.metrics.metrics.campaigns_stored.inc();
     Ok((
         StatusCode::CREATED,
@@ -66,6 +67,18 @@ pub(super) async fn put(
         })),
     )
         .into_response())
+}
+
+/// Tells every store's gateways (their members notice) that campaigns moved, so they ask now
+/// rather than at their next poll.
+async fn announce(state: &AppState) -> Result<(), ApiError> {
+    let counter = state.store.call(campaigns::counter_now).await?;
+    // The notifier gone means head office is stopping; the gateways' polls still bring it.
+    let _ = state
+        .notices
+        .send(crate::fanout::notifier::NoticeInput::Campaigns(counter))
+        .await;
+    Ok(())
 }
 
 /// Every campaign at its current version.
@@ -93,5 +106,6 @@ pub(super) async fn retire(
         .await?
         .map_err(refused)?;
     tracing::info!(campaign = %id, version, "campaign withdrawn");
+    announce(&state).await?;
     Ok(Json(serde_json::json!({ "id": id, "version": version, "retired": true })).into_response())
 }
