@@ -313,7 +313,11 @@ mod tests {
         let mut s = Notices::new(membership(), Touched::new(), vec!["a".into(), "b".into()])
             .with_campaigns(2);
         let n = s.apply([NoticeInput::StoreSeen("a".into())]);
-        assert_eq!((n.len(), n[0].campaigns), (1, 2), "announced though no channel moved");
+        assert_eq!(
+            (n.len(), n[0].campaigns),
+            (1, 2),
+            "announced though no channel moved"
+        );
         let n = s.apply([NoticeInput::Campaigns(3)]);
         assert_eq!(stores(&n), [("a", 0), ("b", 0)]);
         assert!(n.iter().all(|n| n.campaigns == 3));
