@@ -191,6 +191,15 @@ pub struct SourceConfig {
     /// Mean time a simulated shopper stays, seconds (kind = "sim").
     #[serde(default = "default_mean_dwell_s")]
     pub mean_dwell_s: f64,
+    /// A simulated store with one receiver per zone (kind = "sim"), the first the entrance
+    /// every shopper passes on the way in and out; some shoppers spend the middle of their
+    /// visit in one of the others. Every receiver hears every phone, the one of the zone the
+    /// shopper is in loudest. Empty: one receiver, in `zone`.
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// How much quieter a phone sounds at the receiver of another zone, dB (kind = "sim").
+    #[serde(default = "default_zone_gap_db")]
+    pub zone_gap_db: f64,
     /// Recorded advert log (kind = "replay").
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -279,6 +288,12 @@ fn default_shoppers_per_minute() -> f64 {
 }
 fn default_member_share() -> f64 {
     0.4
+}
+/// Most receivers one simulated store has.
+const MAX_SIM_ZONES: usize = 8;
+
+fn default_zone_gap_db() -> f64 {
+    15.0
 }
 fn default_mean_dwell_s() -> f64 {
     300.0
@@ -685,6 +700,26 @@ impl AgentConfig {
                         "must be between 1 and 86400".into(),
                     ));
                 }
+                SourceKind::Sim if s.zones.len() > MAX_SIM_ZONES => {
+                    return Err(invalid(
+                        "zones",
+                        format!("at most {MAX_SIM_ZONES} simulated receivers"),
+                    ));
+                }
+                SourceKind::Sim
+                    if s.zones
+                        .iter()
+                        .enumerate()
+                        .any(|(i, z)| z.trim().is_empty() || s.zones[..i].contains(z)) =>
+                {
+                    return Err(invalid(
+                        "zones",
+                        "must be distinct, non-empty zone names".into(),
+                    ));
+                }
+                SourceKind::Sim if !(0.0..=60.0).contains(&s.zone_gap_db) => {
+                    return Err(invalid("zone_gap_db", "must be between 0 and 60".into()));
+                }
                 SourceKind::Sim if !(1..=65_535).contains(&s.population) => {
                     return Err(invalid("population", "must be between 1 and 65535".into()));
                 }
@@ -847,6 +882,32 @@ mod tests {
         );
         let err = AgentConfig::parse(&text, "a.toml").unwrap_err().to_string();
         assert!(err.contains("`broker`") && err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn a_simulated_store_with_several_receivers_is_checked() {
+        let sim = |extra: &str| format!("{MINIMAL}[[sources]]\nkind = \"sim\"\n{extra}");
+        let c = AgentConfig::parse(
+            &sim("zones = [\"entrance\", \"fitting-rooms\"]\n"),
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].zones, ["entrance", "fitting-rooms"]);
+        assert_eq!(c.sources[0].zone_gap_db, 15.0);
+        for (extra, key) in [
+            ("zones = [\"a\", \"a\"]\n", "zones"),
+            ("zones = [\"\"]\n", "zones"),
+            (
+                "zones = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]\n",
+                "zones",
+            ),
+            ("zone_gap_db = 90.0\n", "zone_gap_db"),
+        ] {
+            let err = AgentConfig::parse(&sim(extra), "a.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
     }
 
     #[test]

@@ -73,6 +73,8 @@ fn forbidden_addresses(ms: u64) -> (HashSet<[u8; 6]>, usize) {
         member_share: MEMBER_SHARE,
         population: POPULATION,
         mean_dwell_s: MEAN_DWELL_S,
+        receivers: 1,
+        zone_gap_db: 15.0,
     });
     let opted_out: HashSet<u16> = sim::population(POPULATION)
         .iter()
@@ -88,7 +90,7 @@ fn forbidden_addresses(ms: u64) -> (HashSet<[u8; 6]>, usize) {
     }
     let mut out = HashSet::new();
     let mut opted_out_adverts = 0;
-    for a in &adverts {
+    for (_, a) in &adverts {
         let data = &a.manufacturer_data[0].1;
         if !data.starts_with(&[0x02, 0x15]) {
             out.insert(a.address);

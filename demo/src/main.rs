@@ -321,7 +321,10 @@ listen = "127.0.0.1:{port}"
 admin_token = "{admin}"
 [[sources]]
 kind = "sim"
+# A store with an entrance receiver and a fitting-room receiver: shoppers come in at the
+# entrance, some spend the middle of their visit in the fitting rooms.
 zone = "entrance"
+zones = ["entrance", "fitting-rooms"]
 seed = {i}
 shoppers_per_minute = 60.0
 member_share = 0.6

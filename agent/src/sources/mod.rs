@@ -84,9 +84,14 @@ pub async fn spawn_all(
         match cfg.kind {
             SourceKind::Sim => {
                 let crowd = sim::Crowd::new(sim::CrowdConfig::from_source(cfg, i as u64));
+                let zones: Vec<Arc<str>> = if cfg.zones.is_empty() {
+                    vec![Arc::from(cfg.zone.as_str())]
+                } else {
+                    cfg.zones.iter().map(|z| Arc::from(z.as_str())).collect()
+                };
                 tracker.spawn(sim::run(
                     crowd,
-                    Arc::from(cfg.zone.as_str()),
+                    zones,
                     clock.clone(),
                     tx.clone(),
                     metrics.clone(),

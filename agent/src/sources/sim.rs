@@ -107,7 +107,18 @@ pub struct CrowdConfig {
     pub member_share: f64,
     pub population: u32,
     pub mean_dwell_s: f64,
+    /// Receivers, one per zone (at least 1); receiver 0 is the entrance.
+    pub receivers: usize,
+    /// dB a phone loses at a receiver of another zone than the shopper's.
+    pub zone_gap_db: f64,
 }
+
+/// Share of shoppers who spend the middle of their visit in a zone past the entrance (with
+/// more than one receiver).
+const WANDER_SHARE: f64 = 0.6;
+/// A receiver of another zone misses more adverts than the near one.
+const FAR_LOSS: f64 = 0.35;
+const NEAR_LOSS: f64 = 0.15;
 
 impl CrowdConfig {
     /// `salt` separates several sim sources configured with the same seed.
@@ -118,6 +129,8 @@ impl CrowdConfig {
             member_share: cfg.member_share,
             population: cfg.population.max(1),
             mean_dwell_s: cfg.mean_dwell_s,
+            receivers: cfg.zones.len().max(1),
+            zone_gap_db: cfg.zone_gap_db,
         }
     }
 }
@@ -134,6 +147,18 @@ struct Shopper {
     leave_at_ms: u64,
     next_advert_ms: u64,
     base_rssi: f64,
+    /// `(from_ms, until_ms, receiver)`: the part of the visit spent in a zone past the entrance.
+    wander: Option<(u64, u64, usize)>,
+}
+
+impl Shopper {
+    /// The receiver of the zone the shopper is in at `t_ms`.
+    fn zone_at(&self, t_ms: u64) -> usize {
+        match self.wander {
+            Some((from, until, z)) if (from..until).contains(&t_ms) => z,
+            _ => 0,
+        }
+    }
 }
 
 /// The crowd's state. Pure: advance it with a clock reading and it returns the adverts due.
@@ -175,8 +200,10 @@ impl Crowd {
         self.shoppers.is_empty()
     }
 
-    /// Moves the crowd to `now_ms`, appending the adverts heard since the last call to `out`.
-    pub fn advance(&mut self, now_ms: u64, out: &mut Vec<Advert>) {
+    /// Moves the crowd to `now_ms`, appending the adverts heard since the last call to `out`,
+    /// each with the receiver that heard it (0 with a single receiver; with several, one advert
+    /// is usually heard by more than one).
+    pub fn advance(&mut self, now_ms: u64, out: &mut Vec<(usize, Advert)>) {
         while self.next_arrival_ms <= now_ms {
             let at = self.next_arrival_ms;
             self.arrive(at);
@@ -194,14 +221,24 @@ impl Crowd {
             }
             while self.shoppers[i].next_advert_ms <= now_ms {
                 let jitter = self.rng.random_range(800..1200);
-                let lost = self.rng.random_bool(0.15);
-                let noise = normal_sample(&mut self.rng) * 5.0;
-                let s = &mut self.shoppers[i];
-                s.next_advert_ms += jitter;
-                if !lost {
-                    let rssi = (s.base_rssi + noise).clamp(-100.0, -30.0) as i16;
-                    out.push(advert_of(&s.device, rssi));
+                let sent_at = self.shoppers[i].next_advert_ms;
+                let here = self.shoppers[i].zone_at(sent_at);
+                // Receiver 0 first, with the draws a single-receiver crowd has always made, so
+                // its adverts stay what they were for a given seed.
+                for r in 0..self.cfg.receivers {
+                    let near = r == here;
+                    let lost = self
+                        .rng
+                        .random_bool(if near { NEAR_LOSS } else { FAR_LOSS });
+                    let noise = normal_sample(&mut self.rng) * 5.0;
+                    let s = &self.shoppers[i];
+                    let gap = if near { 0.0 } else { self.cfg.zone_gap_db };
+                    if !lost {
+                        let rssi = (s.base_rssi - gap + noise).clamp(-100.0, -30.0) as i16;
+                        out.push((r, advert_of(&s.device, rssi)));
+                    }
                 }
+                self.shoppers[i].next_advert_ms += jitter;
             }
             i += 1;
         }
@@ -224,11 +261,21 @@ impl Crowd {
             payload.extend((0..5).map(|_| rng.random::<u8>()));
             Device::Stranger(addr, payload)
         };
+        // With several receivers, some shoppers go past the entrance for the middle of their
+        // visit (drawn only then: a single-receiver crowd's arrivals stay as they were).
+        let wander = if self.cfg.receivers > 1 && rng.random_bool(WANDER_SHARE) {
+            let zone = rng.random_range(1..self.cfg.receivers);
+            let d = dwell_ms as u64;
+            Some((at_ms + d / 5, at_ms + d - d / 5, zone))
+        } else {
+            None
+        };
         self.shoppers.push(Shopper {
             device,
             leave_at_ms: at_ms + dwell_ms as u64,
             next_advert_ms: at_ms,
             base_rssi,
+            wander,
         });
     }
 }
@@ -274,7 +321,7 @@ fn normal_sample(rng: &mut ChaCha8Rng) -> f64 {
 /// Drives a crowd on the agent's clock, ten steps a second, until cancelled.
 pub async fn run(
     mut crowd: Crowd,
-    zone: Arc<str>,
+    zones: Vec<Arc<str>>,
     clock: Clock,
     tx: mpsc::Sender<Sighting>,
     metrics: Metrics,
@@ -290,7 +337,10 @@ pub async fn run(
         }
         let now = clock.now_ms();
         crowd.advance(now, &mut buf);
-        for advert in buf.drain(..) {
+        for (receiver, advert) in buf.drain(..) {
+            let Some(zone) = zones.get(receiver) else {
+                continue;
+            };
             let s = Sighting {
                 zone: zone.clone(),
                 at_ms: now,
@@ -314,11 +364,13 @@ mod tests {
             member_share: 0.5,
             population: 100,
             mean_dwell_s: 120.0,
+            receivers: 1,
+            zone_gap_db: 15.0,
         }
     }
 
-    fn run_for(seed: u64, ms: u64) -> Vec<Advert> {
-        let mut crowd = Crowd::new(cfg(seed));
+    fn run_cfg(c: CrowdConfig, ms: u64) -> Vec<(usize, Advert)> {
+        let mut crowd = Crowd::new(c);
         let mut out = Vec::new();
         let mut t = 0;
         while t <= ms {
@@ -326,6 +378,10 @@ mod tests {
             t += 100;
         }
         out
+    }
+
+    fn run_for(seed: u64, ms: u64) -> Vec<Advert> {
+        run_cfg(cfg(seed), ms).into_iter().map(|(_, a)| a).collect()
     }
 
     #[test]
@@ -385,9 +441,150 @@ mod tests {
         crowd.arrive(0);
         let mut out = Vec::new();
         crowd.advance(1000, &mut out);
+        assert!(out.iter().all(|(r, _)| *r == 0), "one receiver");
         assert_eq!(crowd.len(), 1);
         crowd.advance(24 * 3_600_000, &mut out);
         assert!(crowd.is_empty());
+    }
+
+    #[test]
+    fn with_two_receivers_a_wandering_shopper_is_loudest_where_they_are() {
+        let c = CrowdConfig {
+            shoppers_per_minute: 0.001,
+            receivers: 2,
+            // A long visit: enough adverts either side of the move for the means to settle.
+            mean_dwell_s: 1200.0,
+            ..cfg(5)
+        };
+        let mut crowd = Crowd::new(c);
+        // Arrivals until one wanders (60 % do).
+        let mut at = 0;
+        loop {
+            crowd.arrive(at);
+            if crowd.shoppers.last().is_some_and(|s| s.wander.is_some()) {
+                break;
+            }
+            crowd.shoppers.clear();
+            crowd.members_inside.clear();
+            at += 1;
+        }
+        let (from, until, zone) = crowd.shoppers[0].wander.unwrap();
+        assert_eq!(zone, 1);
+        let mut out = Vec::new();
+        let mut heard: Vec<(u64, usize, i16)> = Vec::new();
+        let mut t = at;
+        while !crowd.is_empty() {
+            crowd.advance(t, &mut out);
+            heard.extend(out.drain(..).map(|(r, a)| (t, r, a.rssi)));
+            t += 100;
+        }
+        let mean = |inside: bool, r: usize| {
+            let v: Vec<f64> = heard
+                .iter()
+                .filter(|(t, rr, _)| *rr == r && (from..until).contains(t) == inside)
+                .map(|(_, _, rssi)| f64::from(*rssi))
+                .collect();
+            assert!(
+                v.len() > 5,
+                "receiver {r} inside={inside}: {} adverts",
+                v.len()
+            );
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        // 15 dB apart on average, either way round, with noise of 5 dB.
+        assert!(mean(true, 1) - mean(true, 0) > 10.0);
+        assert!(mean(false, 0) - mean(false, 1) > 10.0);
+    }
+
+    #[test]
+    fn the_presence_engine_follows_a_simulated_store_to_its_fitting_rooms_one_visit_each() {
+        use crate::presence::{Presence, PresenceChange, PresenceParams};
+        let zones: Vec<Arc<str>> = vec![Arc::from("entrance"), Arc::from("fitting-rooms")];
+        let c = CrowdConfig {
+            member_share: 1.0,
+            population: 60_000,
+            shoppers_per_minute: 6.0,
+            mean_dwell_s: 300.0,
+            receivers: 2,
+            ..cfg(9)
+        };
+        let mut crowd = Crowd::new(c);
+        let mut presence = Presence::new(PresenceParams::default(), "v".into());
+        let mut members: std::collections::HashMap<u16, Arc<crate::cache::Member>> =
+            std::collections::HashMap::new();
+        let (mut out, mut changes) = (Vec::new(), Vec::new());
+        let mut stays = 0usize;
+        let mut crowd_wanderers = 0usize;
+        let mut seen_inside = HashSet::new();
+        for t in (0..3_600_000u64).step_by(100) {
+            crowd.advance(t, &mut out);
+            for s in &crowd.shoppers {
+                if let Device::Member(m) = s.device
+                    && seen_inside.insert((m, s.leave_at_ms))
+                {
+                    stays += 1;
+                    crowd_wanderers += usize::from(s.wander.is_some());
+                }
+            }
+            for (r, a) in out.drain(..) {
+                let minor = u16::from_be_bytes([a.address[4], a.address[5]]);
+                let m = members.entry(minor).or_insert_with(|| {
+                    Arc::new(crate::cache::Member {
+                        member_id: format!("M{minor:06}"),
+                        ..Default::default()
+                    })
+                });
+                presence.observe(m, &zones[r], a.rssi, t, &mut changes);
+            }
+            if t % 1000 == 0 {
+                changes.extend(presence.tick(t));
+            }
+        }
+        let arrivals = changes
+            .iter()
+            .filter(|c| matches!(c, PresenceChange::Arrive { .. }))
+            .count();
+        let to_fitting = changes
+            .iter()
+            .filter(
+                |c| matches!(c, PresenceChange::ZoneChange { to, .. } if &**to == "fitting-rooms"),
+            )
+            .count();
+        let visits_moved: HashSet<&str> = changes
+            .iter()
+            .filter_map(|c| match c {
+                PresenceChange::ZoneChange { to, visit_id, .. } if &**to == "fitting-rooms" => {
+                    Some(visit_id.as_str())
+                }
+                _ => None,
+            })
+            .collect();
+        // One visit per stay, not one per receiver; most stays heard well enough to arrive.
+        assert!(stays > 200, "{stays}");
+        assert!(arrivals <= stays, "{arrivals} arrivals for {stays} stays");
+        assert!(
+            arrivals * 10 >= stays * 9,
+            "{arrivals} arrivals for {stays} stays"
+        );
+        // The zone follows the louder receiver into the fitting rooms for nearly every shopper
+        // who went there, and for nobody who did not.
+        let wanderers = crowd_wanderers;
+        assert!(wanderers * 10 >= stays * 5, "{wanderers} of {stays} wander");
+        assert!(
+            visits_moved.len() <= wanderers,
+            "{} > {wanderers}",
+            visits_moved.len()
+        );
+        assert!(
+            visits_moved.len() * 10 >= wanderers * 9,
+            "{} of {wanderers}",
+            visits_moved.len()
+        );
+        // Noise makes a few visits go back and forth across the 8 dB margin; not most.
+        assert!(
+            to_fitting * 10 <= visits_moved.len() * 12,
+            "{to_fitting} moves"
+        );
     }
 
     #[test]
