@@ -10,6 +10,8 @@
 //!   after that many purchases; generated in SQL, since importing 20,000,000 purchases one by one
 //!   would time the import, not the computation). Then two full passes: the first writes and
 //!   places every member (a new head office), the second finds nothing changed (a normal night).
+//! - **dashboard**: each of the dashboard's views (Pareto, funnel, level moves, overdue, stores)
+//!   timed once over the recomputed base, as a person opening the page would wait for it.
 //! - **latency**: purchases POSTed one at a time for members of a running head office; time from
 //!   the request to the change appearing in the member's channel (`GET /changes`, polled every
 //!   10 ms), p50/p95/max.
@@ -249,8 +251,56 @@ fn recompute(backend: Backend, members: u64, purchases: u64) -> anyhow::Result<(
                 "changed": stats.changed})
         );
     }
+    dashboard(&mut db, backend, members, now)?;
     // Dropped off any async thread: a PostgreSQL client owns a runtime.
     drop(db);
+    Ok(())
+}
+
+/// The dashboard's views over the computed base, each timed once (a person opening the page).
+fn dashboard(db: &mut Db, backend: Backend, members: u64, now: i64) -> anyhow::Result<()> {
+    use instore_sync::dashboard::views;
+    let today = now.div_euclid(DAY_MS);
+    let mut times = serde_json::Map::new();
+    let mut time = |name: &str, f: &mut dyn FnMut(&mut Db) -> anyhow::Result<String>| {
+        let t = Instant::now();
+        let what = f(db)?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "data {}: dashboard {name}: {ms:.0} ms ({what})",
+            backend.name()
+        );
+        times.insert(format!("{name}_ms"), serde_json::json!(ms.round()));
+        anyhow::Ok(())
+    };
+    time("pareto", &mut |db| {
+        Ok(format!("{} points", views::pareto(db)?.len()))
+    })?;
+    time("funnel", &mut |db| {
+        let f = views::funnel(db, today)?;
+        Ok(format!("{} transitions", f.transitions.len()))
+    })?;
+    time("level_moves", &mut |db| {
+        Ok(format!(
+            "{} levels",
+            views::level_moves(db, views::month_start(today))?.len()
+        ))
+    })?;
+    time("overdue", &mut |db| {
+        Ok(format!(
+            "{} overdue",
+            views::overdue(db, today, None, None, 100)?.total
+        ))
+    })?;
+    time("stores", &mut |db| {
+        Ok(format!("{} stores", views::stores_today(db, now)?.len()))
+    })?;
+    let mut line = serde_json::json!({"bench": "data_dashboard", "backend": backend.name(),
+        "members": members});
+    if let Some(o) = line.as_object_mut() {
+        o.extend(times);
+    }
+    println!("{line}");
     Ok(())
 }
 

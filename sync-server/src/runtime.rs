@@ -63,6 +63,7 @@ pub struct HeadOffice {
     lease: Option<JoinHandle<()>>,
     stop_lease: CancellationToken,
     store_thread: StoreThread,
+    views_thread: StoreThread,
 }
 
 impl HeadOffice {
@@ -98,6 +99,7 @@ impl HeadOffice {
             lease,
             stop_lease,
             store_thread,
+            views_thread,
             ..
         } = self;
         let mut failure = None;
@@ -141,7 +143,11 @@ impl HeadOffice {
         }
         let _ = tokio::time::timeout(GRACE, notifier).await;
         // Every Store handle is gone with its task: the thread drains its queue and exits.
-        let _ = tokio::task::spawn_blocking(move || store_thread.join()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            store_thread.join();
+            views_thread.join();
+        })
+        .await;
         tracing::info!("stopped");
         match failure {
             Some(e) => Err(e),
@@ -205,6 +211,13 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     // Off the async threads: the PostgreSQL client blocks on a runtime of its own.
     let open = location.clone();
     let (store, store_thread) = tokio::task::spawn_blocking(move || Store::open(&open))
+        .await
+        .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
+    // A second connection on its own thread for the dashboard's reads: at a million members a
+    // view takes seconds (BENCHMARKS.md, `data`), which on the one store thread would hold up
+    // ingest's commits and the gateways' acks.
+    let open = location.clone();
+    let (views, views_thread) = tokio::task::spawn_blocking(move || Store::open(&open))
         .await
         .map_err(|e| Error::Task(format!("opening the database: {e}")))??;
     let (heads, known_stores, campaigns) = store.call(notifier::heads_and_stores).await?;
@@ -401,6 +414,7 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
     ));
     let app = http::router(AppState {
         store,
+        views,
         metrics,
         admin_token: Arc::from(cfg.api.token.as_str()),
         viewer_token: cfg.api.viewer_token.as_deref().map(|v| Arc::from(v.trim())),
@@ -451,5 +465,6 @@ pub async fn start(cfg: HqConfig, cancel: CancellationToken) -> Result<HeadOffic
         lease: lease_task,
         stop_lease,
         store_thread,
+        views_thread,
     })
 }

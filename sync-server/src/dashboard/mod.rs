@@ -61,7 +61,7 @@ fn now_ms() -> i64 {
 /// `GET /api/dashboard/pareto`: cumulative share of 12-month spend against share of members.
 async fn pareto(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_reader(&state, &headers)?;
-    let points = state.store.call(views::pareto).await?;
+    let points = state.views.call(views::pareto).await?;
     Ok(Json(points).into_response())
 }
 
@@ -69,7 +69,7 @@ async fn pareto(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
 async fn funnel(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_reader(&state, &headers)?;
     let today = today_of(now_ms());
-    let f = state.store.call(move |db| views::funnel(db, today)).await?;
+    let f = state.views.call(move |db| views::funnel(db, today)).await?;
     Ok(Json(f).into_response())
 }
 
@@ -130,7 +130,7 @@ async fn overdue(
     };
     let today = today_of(now_ms());
     let o = state
-        .store
+        .views
         .call(move |db| views::overdue(db, today, q.store.as_deref(), q.tier.as_deref(), limit))
         .await?;
     if !csv {
@@ -187,7 +187,7 @@ async fn stores(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     require_reader(&state, &headers)?;
     let now = now_ms();
     let rows = state
-        .store
+        .views
         .call(move |db| views::stores_today(db, now))
         .await?;
     Ok(Json(serde_json::json!({ "now_ms": now, "stores": rows })).into_response())

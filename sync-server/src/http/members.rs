@@ -218,7 +218,7 @@ pub(super) async fn pyramid(
         jiff::Timestamp::now().as_millisecond(),
     ));
     let (rows, moves) = state
-        .store
+        .views
         .call(move |db| {
             let moves = crate::dashboard::views::level_moves(db, since)?;
             let mut pairs = Vec::new();

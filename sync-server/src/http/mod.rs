@@ -43,6 +43,8 @@ const MAX_EVENTS_LIMIT: u32 = 10_000;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    /// Its own connection and thread for the dashboard's long reads (see `dashboard/`).
+    pub views: Store,
     pub metrics: MetricsHandle,
     pub admin_token: Arc<str>,
     /// `[api] viewer_token`: reads the dashboard's views, nothing else.
@@ -331,7 +333,7 @@ async fn rules_report(
         ));
     }
     let rows = state
-        .store
+        .views
         .call(move |c| queries::rules_report(c, q.store.as_deref(), q.window_days))
         .await?;
     Ok(Json(rows).into_response())
