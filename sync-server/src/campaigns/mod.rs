@@ -15,7 +15,7 @@ use crate::{
     params,
     store::{
         StoreError,
-        db::{Db, Sql},
+        db::{Db, Sql, Tx},
     },
 };
 
@@ -76,29 +76,34 @@ pub fn check(id: &str, scope: &str, toml: &str) -> Result<Vec<String>, CampaignE
     Ok(rules.into_iter().map(|(r, _)| r.name).collect())
 }
 
-fn rows(db: &mut Db) -> Result<Vec<CampaignRow>, StoreError> {
+/// Every campaign at its current version, rule names left empty: what counting and delivery
+/// need, without parsing every campaign's TOML on each gateway's change request.
+fn latest(tx: &mut Tx<'_>) -> Result<Vec<CampaignRow>, StoreError> {
     let mut out = Vec::new();
-    for r in db.query(&LATEST, params![])? {
-        let toml = r.string(3)?;
-        let rules = instore_protocol::rules::parse_rules(&toml, "stored campaign")
-            .map(|rs| rs.into_iter().map(|(r, _)| r.name).collect())
-            .unwrap_or_default();
+    for r in tx.query(&LATEST, params![])? {
         out.push(CampaignRow {
             id: r.string(0)?,
             version: r.u64(1)?,
             scope: r.string(2)?,
-            rules,
+            rules: Vec::new(),
             retired: r.i64(4)? != 0,
             created_ms: r.i64(5)?,
-            toml,
+            toml: r.string(3)?,
         });
     }
     Ok(out)
 }
 
+fn read_latest(db: &mut Db) -> Result<Vec<CampaignRow>, StoreError> {
+    let mut tx = db.read_transaction()?;
+    let rows = latest(&mut tx)?;
+    tx.commit()?;
+    Ok(rows)
+}
+
 /// Campaign versions ever stored: it only rises (versions are never deleted), so it is the
 /// counter the members notices carry ([`instore_protocol::MembersNotice::campaigns`]).
-pub fn counter(tx: &mut crate::store::db::Tx<'_>) -> Result<u64, StoreError> {
+pub fn counter(tx: &mut Tx<'_>) -> Result<u64, StoreError> {
     tx.query_one(&COUNT, params![])?.u64(0)
 }
 
@@ -112,7 +117,13 @@ pub fn counter_now(db: &mut Db) -> Result<u64, StoreError> {
 
 /// Every campaign at its current version (retired ones included, marked).
 pub fn list(db: &mut Db) -> Result<Vec<CampaignRow>, StoreError> {
-    rows(db)
+    let mut rows = read_latest(db)?;
+    for c in &mut rows {
+        c.rules = instore_protocol::rules::parse_rules(&c.toml, "stored campaign")
+            .map(|rs| rs.into_iter().map(|(r, _)| r.name).collect())
+            .unwrap_or_default();
+    }
+    Ok(rows)
 }
 
 /// Stores a new version of `id` (checked by [`check`] first); its version number.
@@ -126,7 +137,7 @@ pub fn put(
     check(id, scope, toml)?;
     let mut tx = db.transaction()?;
     // Counted chain-wide, which bounds what any one store can be asked to hold.
-    let live = rows_in(&mut tx)?;
+    let live = latest(&mut tx)?;
     let others = live.iter().filter(|c| !c.retired && c.id != id).count();
     if others >= MAX_CAMPAIGNS_PER_STORE {
         return Err(CampaignError::Invalid(format!(
@@ -142,7 +153,7 @@ pub fn put(
 /// Withdraws `id`: a new version, retired, that no store takes. Its version number.
 pub fn retire(db: &mut Db, id: &str, now_ms: i64) -> Result<u64, CampaignError> {
     let mut tx = db.transaction()?;
-    let live = rows_in(&mut tx)?;
+    let live = latest(&mut tx)?;
     let Some(current) = live.into_iter().find(|c| c.id == id && !c.retired) else {
         return Err(CampaignError::NotFound);
     };
@@ -155,32 +166,16 @@ pub fn retire(db: &mut Db, id: &str, now_ms: i64) -> Result<u64, CampaignError> 
     Ok(version as u64)
 }
 
-fn next_version(tx: &mut crate::store::db::Tx<'_>, id: &str) -> Result<i64, StoreError> {
+fn next_version(tx: &mut Tx<'_>, id: &str) -> Result<i64, StoreError> {
     tx.query_opt(&NEXT_VERSION, params![id])?
         .map(|r| r.i64(0))
         .transpose()
         .map(|v| v.unwrap_or(1))
 }
 
-fn rows_in(tx: &mut crate::store::db::Tx<'_>) -> Result<Vec<CampaignRow>, StoreError> {
-    let mut out = Vec::new();
-    for r in tx.query(&LATEST, params![])? {
-        out.push(CampaignRow {
-            id: r.string(0)?,
-            version: r.u64(1)?,
-            scope: r.string(2)?,
-            rules: Vec::new(),
-            retired: r.i64(4)? != 0,
-            created_ms: r.i64(5)?,
-            toml: String::new(),
-        });
-    }
-    Ok(out)
-}
-
 /// The live campaigns of a store subscribed to `channels`, as one set.
 pub fn live_for(db: &mut Db, channels: &[String]) -> Result<CampaignSet, StoreError> {
-    let live = rows(db)?
+    let live = read_latest(db)?
         .into_iter()
         .filter(|c| !c.retired && channels.contains(&c.scope))
         .map(|c| Campaign {

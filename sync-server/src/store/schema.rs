@@ -22,6 +22,20 @@ PRAGMA busy_timeout = 10000;";
 /// Serialises migrations across instances: `pg_advisory_xact_lock` on this key.
 const PG_MIGRATION_LOCK: i64 = 0x696e_7374_6f72_6501;
 
+/// Every campaign version kept; `retired` marks a withdrawal.
+const MIGRATION_10: &str = "
+CREATE TABLE campaigns (
+    id         TEXT   NOT NULL,
+    version    BIGINT NOT NULL,
+    scope      TEXT   NOT NULL,
+    rules      TEXT   NOT NULL,
+    retired    BIGINT NOT NULL DEFAULT 0,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (id, version)
+);
+ALTER TABLE gateways ADD COLUMN outbox_depth BIGINT;
+";
+
 const SQLITE: &[&str] = &[
     // 1: events, gateways, members, meta.
     "
@@ -264,20 +278,9 @@ CREATE TABLE member_code_flags (
 );
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
-    // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
-    // And the outbox depth gateways report with their batches (the dashboard's fleet health).
-    "
-CREATE TABLE campaigns (
-    id         TEXT   NOT NULL,
-    version    BIGINT NOT NULL,
-    scope      TEXT   NOT NULL,
-    rules      TEXT   NOT NULL,
-    retired    BIGINT NOT NULL DEFAULT 0,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (id, version)
-);
-ALTER TABLE gateways ADD COLUMN outbox_depth BIGINT;
-",
+    // 10: campaigns (see `campaigns/`), and the outbox depth gateways report with their
+    // batches; the same SQL on both backends.
+    MIGRATION_10,
 ];
 
 const POSTGRES: &[&str] = &[
@@ -512,20 +515,9 @@ CREATE TABLE member_code_flags (
 );
 CREATE INDEX member_code_flags_by_time ON member_code_flags(at_ms);
 ",
-    // 10: campaigns (see `campaigns/`): every version kept; `retired` marks a withdrawal.
-    // And the outbox depth gateways report with their batches (the dashboard's fleet health).
-    "
-CREATE TABLE campaigns (
-    id         TEXT   NOT NULL,
-    version    BIGINT NOT NULL,
-    scope      TEXT   NOT NULL,
-    rules      TEXT   NOT NULL,
-    retired    BIGINT NOT NULL DEFAULT 0,
-    created_ms BIGINT NOT NULL,
-    PRIMARY KEY (id, version)
-);
-ALTER TABLE gateways ADD COLUMN outbox_depth BIGINT;
-",
+    // 10: campaigns (see `campaigns/`), and the outbox depth gateways report with their
+    // batches; the same SQL on both backends.
+    MIGRATION_10,
 ];
 
 const _: () = assert!(SQLITE.len() == POSTGRES.len());
