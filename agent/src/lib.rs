@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod pairing;
 pub mod presence;
 pub mod react;
+pub mod relay;
 pub mod runtime;
 pub mod service;
 pub mod sources;

@@ -34,7 +34,8 @@ pub struct Agent {
     pub outbox: Outbox,
     pub metrics: Metrics,
     pub alerts: AlertHub,
-    /// The engine's sighting queue and clock, for benchmarks and tests that play a source.
+    /// Where sources send sightings (the engine's queue, or on a gateway with `[hub]` peers the
+    /// gate before it) and the clock, for benchmarks and tests that play a source.
     inject: (mpsc::Sender<sources::Sighting>, Clock),
     control: mpsc::Sender<Control>,
     cache: MemberCache,
@@ -99,7 +100,10 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
     } else {
         instore_protocol::campaign::CampaignSet::new(Vec::new())
     };
-    if cfg.react.rules.is_none() && campaigns.campaigns.is_empty() {
+    if cfg.react.rules.is_none()
+        && campaigns.campaigns.is_empty()
+        && cfg.hub.role != crate::config::HubRole::Receiver
+    {
         tracing::warn!("no [react] rules configured and no campaigns yet: no clerk alerts");
     }
     let (mut rules, skipped) = Rules::load_with(cfg.react.rules.as_deref(), &campaigns.campaigns)?;
@@ -202,12 +206,26 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         &intake_cancel,
     )
     .await?;
-    let inject = (sighting_tx.clone(), clock.clone());
+    // A store's other gateways: sources feed the engine directly on a lone hub, through the
+    // gate (to the engine or forwarded to the hub) otherwise.
+    let relay = crate::relay::start(crate::relay::RelayContext {
+        cfg: &cfg.hub,
+        store_id: &cfg.store_id,
+        gateway_id: &cfg.gateway_id,
+        boot: &boot,
+        engine: sighting_tx,
+        clock: clock.clone(),
+        metrics: &metrics,
+        outbox: &outbox,
+        tracker: &tracker,
+        cancel: &cancel,
+    })?;
+    let inject = (relay.sources.clone(), clock.clone());
     sources::spawn_all(
         &cfg.sources,
         &cfg.record,
         clock,
-        sighting_tx,
+        relay.sources.clone(),
         &metrics,
         Some(&outbox),
         &tracker,
@@ -249,6 +267,7 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
         metrics: metrics.clone(),
         registry: Arc::new(registry),
         metrics_access: cfg.http.metrics,
+        relay: Some(relay.relay.clone()),
     };
     {
         let cancel = cancel.clone();
@@ -273,6 +292,9 @@ pub async fn start(cfg: AgentConfig) -> anyhow::Result<Agent> {
                 campaigns_path: campaigns_file(&cfg.data_dir),
                 campaigns_tag: campaigns.tag.clone(),
                 lookups: lookup_rx,
+                // A receiver identifies nobody: it holds no member data (a stolen one leaks
+                // none) and only reports its own health upwards.
+                downlink: cfg.hub.role != crate::config::HubRole::Receiver,
             },
             &tracker,
             cancel.clone(),
@@ -358,7 +380,7 @@ impl Agent {
             .map_err(|_| anyhow::anyhow!("the engine has stopped"))
     }
 
-    /// The engine's sighting queue and the agent's monotonic clock (`Sighting::at_ms`), so a
+    /// The sources' sighting queue and the agent's monotonic clock (`Sighting::at_ms`), so a
     /// benchmark or test can act as a source.
     pub fn sighting_input(&self) -> (mpsc::Sender<sources::Sighting>, Clock) {
         self.inject.clone()

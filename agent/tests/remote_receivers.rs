@@ -6,10 +6,9 @@
 //! calibrated louder, takes them over with the usual hysteresis; garbage is counted and
 //! skipped; a receiver that goes quiet is reported stalled, then recovered.
 //!
-//! Theengs Gateway itself (PyPI) on the BlueZ stand-in is not run here yet: bleak talks to the
-//! bus named by `DBUS_SYSTEM_BUS_ADDRESS`, so pointing it at the stand-in's private bus may work,
-//! but that has not been tried; these are messages in its documented format, as its
-//! `ble_gateway.py` builds them (`manufacturerdata` = company id little-endian + data).
+//! These are messages in Theengs Gateway's documented format, as its `ble_gateway.py` builds
+//! them (`manufacturerdata` = company id little-endian + data), so every case can be driven;
+//! `theengs_gateway.rs` runs the real Theengs Gateway on the BlueZ stand-in.
 
 mod support;
 

@@ -6,7 +6,6 @@ mod support;
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
 use instore_agent::{
     alerts::{Alert, AlertHub, Lifecycle, MemberCard},
     config::MetricsAccess,
@@ -18,7 +17,10 @@ use instore_agent::{
 };
 use instore_protocol::{AlertOutcomeKind, AlertPriority, EventBody};
 use reqwest::Method;
-use support::http::{issue_pairing, pairing_code, redeem_pairing};
+use support::{
+    http::{issue_pairing, pairing_code, redeem_pairing},
+    sse::SseReader,
+};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -87,6 +89,7 @@ async fn start_with(admin_token: &str, metrics_access: MetricsAccess) -> Server 
         metrics: metrics.clone(),
         registry: Arc::new(registry),
         metrics_access,
+        relay: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -176,72 +179,6 @@ impl Server {
             As::Cookie(t) => req.header("cookie", format!("instore_tablet={t}")),
         };
         req.send().await.unwrap()
-    }
-}
-
-/// One parsed Server-Sent Event.
-#[derive(Debug, Default)]
-struct SseEvent {
-    id: Option<String>,
-    event: Option<String>,
-    data: String,
-}
-
-/// Reads events off a streaming response, skipping comment-only blocks (keep-alives, retry).
-struct SseReader {
-    body: futures::stream::BoxStream<'static, reqwest::Result<Vec<u8>>>,
-    buf: String,
-}
-
-impl SseReader {
-    fn new(resp: reqwest::Response) -> Self {
-        Self {
-            // Chunks as plain bytes, so the test needs no direct `bytes` dependency.
-            body: resp.bytes_stream().map(|c| c.map(|b| b.to_vec())).boxed(),
-            buf: String::new(),
-        }
-    }
-
-    /// The next event with data, or `None` when the stream ends.
-    async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let mut ev = SseEvent::default();
-                let mut has_data = false;
-                for line in block.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        ev.id = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        ev.event = Some(v.trim().to_owned());
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        has_data = true;
-                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if has_data {
-                    return Some(ev);
-                }
-            }
-            let chunk = tokio::time::timeout(WAIT, self.body.next())
-                .await
-                .expect("no SSE bytes in time")?
-                .ok()?;
-            self.buf.push_str(std::str::from_utf8(&chunk).unwrap());
-        }
-    }
-
-    async fn next_alert(&mut self) -> (u64, serde_json::Value) {
-        let ev = self.next().await.expect("stream ended early");
-        assert_eq!(ev.event.as_deref(), Some("alert"));
-        let id = ev.id.expect("event without id");
-        let seq = id
-            .rsplit_once('-')
-            .expect("id is epoch-seq")
-            .1
-            .parse()
-            .unwrap();
-        (seq, serde_json::from_str(&ev.data).unwrap())
     }
 }
 

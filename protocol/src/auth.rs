@@ -66,6 +66,15 @@ impl MessageKey {
         Self(m.finalize().into_bytes().into())
     }
 
+    /// The key a store's gateways seal what they send each other over the store LAN with
+    /// (forwarded sightings, hub state, hand-back), from the store's shared `[hub] key`.
+    pub fn for_store_lan(secret: &str, store_id: &str) -> Self {
+        let mut m = hmac(secret.as_bytes());
+        m.update(b"instore-lan-v1:");
+        m.update(store_id.as_bytes());
+        Self(m.finalize().into_bytes().into())
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

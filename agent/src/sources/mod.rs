@@ -158,3 +158,28 @@ pub(crate) fn offer(tx: &mpsc::Sender<Sighting>, s: Sighting, metrics: &Metrics)
         Err(mpsc::error::TrySendError::Closed(_)) => false,
     }
 }
+
+/// Records a receiver's state change (`Scanner` event) without waiting for the outbox.
+pub(crate) fn scanner_event(
+    outbox: Option<&Outbox>,
+    adapter: &str,
+    state: instore_protocol::ScannerState,
+    detail: &str,
+) {
+    let Some(outbox) = outbox.cloned() else {
+        return;
+    };
+    let ev = crate::outbox::NewEvent {
+        at_ms: crate::now_ms(),
+        body: instore_protocol::EventBody::Scanner {
+            adapter: adapter.to_string(),
+            state,
+            detail: detail.to_string(),
+        },
+    };
+    tokio::spawn(async move {
+        if let Err(e) = outbox.append(vec![ev]).await {
+            tracing::warn!(error = %e, "receiver state not recorded");
+        }
+    });
+}

@@ -68,6 +68,8 @@ pub struct SyncContext {
     pub campaigns_tag: String,
     /// The engine's lookups of scanned members not held here.
     pub lookups: Option<mpsc::Receiver<crate::engine::QrLookup>>,
+    /// Whether members (and campaigns) are taken from head office: not on a receiver.
+    pub downlink: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,7 @@ pub fn spawn(
         campaigns_path,
         campaigns_tag,
         lookups,
+        downlink,
     } = ctx;
     let sealer = Sealer::for_token(&cfg.token);
     let status_topic = topics::status(&gateway_id);
@@ -209,7 +212,9 @@ pub fn spawn(
         campaigns_tag,
         campaigns_seen: 0,
     };
-    tracker.spawn(down.run(notice_rx, cancel));
+    if downlink {
+        tracker.spawn(down.run(notice_rx, cancel));
+    }
     Ok(())
 }
 

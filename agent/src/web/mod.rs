@@ -20,8 +20,10 @@
 //! - `POST /api/admin/pairings`, `GET /api/admin/tablets`, `DELETE /api/admin/tablets/{id}` — the
 //!   admin token, from this host only (the `pair-tablet` and `tablets` commands run on the
 //!   gateway; a token leaked on the LAN cannot pair tablets or revoke them).
+//! - `/api/relay/…` — the store's other gateways, sealed under the store's LAN key ([`relay`]).
 
 pub mod auth;
+mod relay;
 mod sse;
 
 use std::{
@@ -68,6 +70,8 @@ pub struct WebState {
     pub registry: Arc<prometheus_client::registry::Registry>,
     /// `[http] metrics`.
     pub metrics_access: MetricsAccess,
+    /// The store's other gateways (`[hub]`); `None` in tests of the web alone.
+    pub relay: Option<crate::relay::Relay>,
 }
 
 impl std::fmt::Debug for WebState {
@@ -194,6 +198,7 @@ pub fn router_with(state: WebState, auth: Authorizer, shutdown: CancellationToke
         .route("/api/pair", post(redeem))
         .merge(api)
         .merge(admin)
+        .merge(relay::routes())
         .fallback(not_found)
         // Member data and tokens must not linger in a browser or proxy cache.
         .layer(middleware::map_response(no_store))

@@ -218,6 +218,16 @@ impl Bluez {
         self.set(path, "AddressType", Variant(Box::new(t.to_string())));
     }
 
+    /// Gives a device added by the stand-in well-typed, empty advertising data. dbusmock's
+    /// `AddDevice` declares `ManufacturerData` and `ServiceData` as arrays of dicts, which
+    /// bleak (Theengs Gateway's BLE library) cannot read; BlueZ sends dicts.
+    pub fn fix_advertising_types(&self, path: &str) {
+        let service: HashMap<String, Variant<Box<dyn RefArg>>> = HashMap::new();
+        self.set(path, "ServiceData", Variant(Box::new(service)));
+        let maker: HashMap<u16, Variant<Box<dyn RefArg>>> = HashMap::new();
+        self.set(path, "ManufacturerData", Variant(Box::new(maker)));
+    }
+
     /// One "advert": manufacturer data then RSSI, each emitting PropertiesChanged.
     pub fn advertise(&self, path: &str, company: u16, data: &[u8], rssi: i16) {
         let mut m: HashMap<u16, Variant<Box<dyn RefArg>>> = HashMap::new();

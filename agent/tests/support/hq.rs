@@ -45,10 +45,34 @@ pub async fn agent_polling(
     tables: &str,
     poll_s: u64,
 ) -> instore_agent::runtime::Agent {
-    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", "gw-1").unwrap();
+    gateway_of_s1(dir, hq, GATEWAY, tables, poll_s).await
+}
+
+/// Gateway `gateway` of store `s1` in-process, synced to `hq`: [`agent_polling`] for a store
+/// with several gateways.
+pub async fn gateway_of_s1(
+    dir: &std::path::Path,
+    hq: &Hq,
+    gateway: &str,
+    tables: &str,
+    poll_s: u64,
+) -> instore_agent::runtime::Agent {
+    gateway_listening(dir, hq, gateway, "127.0.0.1:0", tables, poll_s).await
+}
+
+/// [`gateway_of_s1`] with its HTTP server on `listen` (a port its peers were told).
+pub async fn gateway_listening(
+    dir: &std::path::Path,
+    hq: &Hq,
+    gateway: &str,
+    listen: &str,
+    tables: &str,
+    poll_s: u64,
+) -> instore_agent::runtime::Agent {
+    let token = instore_protocol::token::gateway_token(SECRET.as_bytes(), "s1", gateway).unwrap();
     let text = format!(
-        "store_id = \"s1\"\ngateway_id = \"gw-1\"\ndata_dir = \"data\"\n[http]\n\
-         listen = \"127.0.0.1:0\"\n{tables}\n[sync]\nenabled = true\nbroker = \"{}\"\n\
+        "store_id = \"s1\"\ngateway_id = \"{gateway}\"\ndata_dir = \"data\"\n[http]\n\
+         listen = \"{listen}\"\n{tables}\n[sync]\nenabled = true\nbroker = \"{}\"\n\
          hq_url = \"http://{}\"\ntoken = \"{token}\"\nchanges_poll_s = {poll_s}\n\
          batch_max_age_ms = 50\n",
         hq.mqtt_url(),

@@ -4,7 +4,7 @@
 //! `instore-testkit` crate; the agent's own are here: the real `instore-agent` binary as a child
 //! process and its CLI (`process`), the uplink task (`sync`), a small head office serving the
 //! member change streams, snapshots and lookups from a log the test controls (`test_hq`), pairing
-//! requests (`http`), member devices and QR scanners (`scanner`) and a BlueZ stand-in on a private bus (`bluez`); headless chromium (`browser`) is
+//! requests (`http`), the alert stream as a tablet reads it (`sse`), member devices and QR scanners (`scanner`) and a BlueZ stand-in on a private bus (`bluez`); headless chromium (`browser`) is
 //! the testkit's.
 //!
 //! Each test file includes it with `mod support;` and uses part of it, hence `dead_code` allowed
@@ -18,5 +18,6 @@ pub mod hq;
 pub mod http;
 pub mod process;
 pub mod scanner;
+pub mod sse;
 pub mod sync;
 pub mod test_hq;

@@ -47,6 +47,7 @@ pub fn spawn_sync(
             campaigns_path: cache.path().with_file_name("campaigns.json"),
             campaigns_tag: instore_protocol::campaign::CampaignSet::new(Vec::new()).tag,
             lookups: None,
+            downlink: true,
         },
         &tracker,
         cancel.clone(),

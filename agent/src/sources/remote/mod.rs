@@ -17,7 +17,7 @@ pub mod report;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use instore_protocol::{EventBody, ScannerState};
+use instore_protocol::ScannerState;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,8 +26,8 @@ use crate::{
     config::SourceConfig,
     engine::Clock,
     metrics::Metrics,
-    outbox::{NewEvent, Outbox},
-    sources::{Sighting, offer},
+    outbox::Outbox,
+    sources::{Sighting, offer, scanner_event},
 };
 
 /// Default topic filter: OpenMQTTGateway's and Theengs Gateway's.
@@ -151,7 +151,7 @@ pub async fn run(
                         r.silent = true;
                         let detail = format!("no report for {} s", src.silent_after_ms / 1000);
                         tracing::warn!(receiver = %id, "remote receiver silent");
-                        record(outbox.as_ref(), id, ScannerState::Stalled, &detail);
+                        scanner_event(outbox.as_ref(), &format!("mqtt:{id}"), ScannerState::Stalled, &detail);
                     }
                 }
                 metrics
@@ -191,7 +191,7 @@ pub async fn run(
                     if r.silent {
                         r.silent = false;
                         tracing::info!(receiver = %id, "remote receiver heard again");
-                        record(outbox.as_ref(), &id, ScannerState::Recovered, "");
+                        scanner_event(outbox.as_ref(), &format!("mqtt:{id}"), ScannerState::Recovered, "");
                     }
                     let sighting = Sighting { zone: place.zone.clone(), at_ms: now, advert };
                     if !offer(&tx, sighting, &metrics) {
@@ -211,23 +211,4 @@ pub async fn run(
         }
     }
     let _ = client.try_disconnect();
-}
-
-fn record(outbox: Option<&Outbox>, receiver: &str, state: ScannerState, detail: &str) {
-    let Some(outbox) = outbox.cloned() else {
-        return;
-    };
-    let ev = NewEvent {
-        at_ms: crate::now_ms(),
-        body: EventBody::Scanner {
-            adapter: format!("mqtt:{receiver}"),
-            state,
-            detail: detail.to_string(),
-        },
-    };
-    tokio::spawn(async move {
-        if let Err(e) = outbox.append(vec![ev]).await {
-            tracing::warn!(error = %e, "receiver state not recorded");
-        }
-    });
 }

@@ -25,6 +25,7 @@ const TOP: TopLevel = TopLevel {
         "presence",
         "alerts",
         "member_codes",
+        "hub",
     ],
     tables: &[
         "http",
@@ -35,6 +36,7 @@ const TOP: TopLevel = TopLevel {
         "presence",
         "alerts",
         "member_codes",
+        "hub",
     ],
 };
 
@@ -62,6 +64,8 @@ pub struct AgentConfig {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub member_codes: MemberCodesConfig,
+    #[serde(default)]
+    pub hub: HubConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,108 +169,6 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    pub kind: SourceKind,
-    /// Zone this source's sightings are placed in (entrance, fitting-rooms, till, ...).
-    #[serde(default = "default_zone")]
-    pub zone: String,
-    /// BLE adapter name, e.g. `hci0` (kind = "ble").
-    #[serde(default)]
-    pub adapter: Option<String>,
-    /// Simulated crowd (kind = "sim").
-    #[serde(default)]
-    pub seed: u64,
-    /// New shoppers per minute (kind = "sim").
-    #[serde(default = "default_shoppers_per_minute")]
-    pub shoppers_per_minute: f64,
-    /// Share of shoppers who are members carrying a beacon, 0..=1 (kind = "sim").
-    #[serde(default = "default_member_share")]
-    pub member_share: f64,
-    /// Size of the simulated member population, ids `M000001`.. (kind = "sim"); must match the
-    /// members loaded into the cache for sim shoppers to be recognised.
-    #[serde(default = "default_population")]
-    pub population: u32,
-    /// Mean time a simulated shopper stays, seconds (kind = "sim").
-    #[serde(default = "default_mean_dwell_s")]
-    pub mean_dwell_s: f64,
-    /// A simulated store with one receiver per zone (kind = "sim"), the first the entrance
-    /// every shopper passes on the way in and out; some shoppers spend the middle of their
-    /// visit in one of the others. Every receiver hears every phone, the one of the zone the
-    /// shopper is in loudest. Empty: one receiver, in `zone`.
-    #[serde(default)]
-    pub zones: Vec<String>,
-    /// How much quieter a phone sounds at the receiver of another zone, dB (kind = "sim").
-    #[serde(default = "default_zone_gap_db")]
-    pub zone_gap_db: f64,
-    /// Recorded advert log (kind = "replay").
-    #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// dB added to every RSSI this adapter reports (kind = "ble"): per-gateway calibration.
-    #[serde(default)]
-    pub rssi_offset: i16,
-    /// Restart scanning when no advert arrived for this many seconds (kind = "ble").
-    #[serde(default = "default_watchdog_s")]
-    pub watchdog_s: u64,
-    /// Forget a device silent for this many seconds (kind = "ble").
-    #[serde(default = "default_device_ttl_s")]
-    pub device_ttl_s: u64,
-    /// Most devices remembered per adapter; a storm of random addresses evicts the least
-    /// recently heard (kind = "ble").
-    #[serde(default = "default_max_devices")]
-    pub max_devices: usize,
-    /// Replay speed: 1.0 = as recorded, 10.0 = ten times faster, 0 = as fast as possible
-    /// (kind = "replay").
-    #[serde(default = "default_speed")]
-    pub speed: f64,
-    /// TCP address scanners in TCP-client mode connect to, e.g. `0.0.0.0:7070` (kind = "qr",
-    /// instead of `path`: a serial/HID-raw device or a FIFO, one code per line).
-    #[serde(default)]
-    pub listen: Option<SocketAddr>,
-    /// The store-LAN broker remote receivers publish to, `mqtt://host[:port]` (kind = "mqtt").
-    #[serde(default)]
-    pub broker: Option<String>,
-    /// Topic filter of their reports (kind = "mqtt"; default `home/+/BTtoMQTT/#`).
-    #[serde(default)]
-    pub topic: Option<String>,
-    /// Login on that broker (kind = "mqtt").
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Remote receivers by id (the topic level before `BTtoMQTT`): zone and RSSI calibration
-    /// (kind = "mqtt"). Receivers not listed land in `zone` with `rssi_offset`.
-    #[serde(default)]
-    pub receivers: Vec<ReceiverConfig>,
-}
-
-/// One remote receiver of a `kind = "mqtt"` source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiverConfig {
-    pub id: String,
-    /// Its zone; the source's `zone` when absent.
-    #[serde(default)]
-    pub zone: Option<String>,
-    /// dB added to every RSSI it reports.
-    #[serde(default)]
-    pub rssi_offset: i16,
-}
-
-fn default_watchdog_s() -> u64 {
-    60
-}
-fn default_device_ttl_s() -> u64 {
-    300
-}
-fn default_max_devices() -> usize {
-    20_000
-}
-fn default_speed() -> f64 {
-    1.0
-}
-
 /// `[record]`: writes every advert the sources produce to an NDJSON file (the replay format).
 /// For debugging only: the file holds raw addresses of everyone nearby, members or not.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -278,41 +180,6 @@ pub struct RecordConfig {
     /// addresses of passers-by are written to disk.
     #[serde(default)]
     pub write_raw_addresses: bool,
-}
-
-fn default_zone() -> String {
-    "entrance".into()
-}
-fn default_shoppers_per_minute() -> f64 {
-    30.0
-}
-fn default_member_share() -> f64 {
-    0.4
-}
-/// Most receivers one simulated store has.
-const MAX_SIM_ZONES: usize = 8;
-
-fn default_zone_gap_db() -> f64 {
-    15.0
-}
-fn default_mean_dwell_s() -> f64 {
-    300.0
-}
-fn default_population() -> u32 {
-    200
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    Sim,
-    Ble,
-    Replay,
-    /// A QR scanner (the code is a member's signed QR): a device/FIFO `path` or a TCP `listen`.
-    #[serde(alias = "qr_serial")]
-    Qr,
-    /// Remote BLE receivers (OpenMQTTGateway, Theengs Gateway) reporting to a store-LAN broker.
-    Mqtt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -643,100 +510,11 @@ impl AgentConfig {
             ));
         }
         for s in &self.sources {
-            match s.kind {
-                SourceKind::Ble if s.adapter.as_deref().unwrap_or("").is_empty() => {
-                    return Err(invalid(
-                        "adapter",
-                        "a ble source needs an adapter, e.g. \"hci0\"".into(),
-                    ));
-                }
-                SourceKind::Mqtt
-                    if !s
-                        .broker
-                        .as_deref()
-                        .is_some_and(|b| b.starts_with("mqtt://") && b.len() > 7) =>
-                {
-                    return Err(invalid(
-                        "broker",
-                        "an mqtt source needs broker = \"mqtt://host:port\", the store-LAN \
-                         broker its receivers publish to"
-                            .into(),
-                    ));
-                }
-                SourceKind::Qr if s.path.is_some() == s.listen.is_some() => {
-                    return Err(invalid(
-                        "kind",
-                        "a qr source needs either path (device or FIFO) or listen (TCP)".into(),
-                    ));
-                }
-                SourceKind::Replay if s.path.is_none() => {
-                    return Err(invalid("path", "a replay source needs a path".into()));
-                }
-                SourceKind::Replay if !(s.speed >= 0.0 && s.speed <= 1_000_000.0) => {
-                    return Err(invalid(
-                        "speed",
-                        "must be between 0 (as fast as possible) and 1000000".into(),
-                    ));
-                }
-                SourceKind::Ble if s.watchdog_s == 0 || s.device_ttl_s == 0 => {
-                    return Err(invalid(
-                        if s.watchdog_s == 0 {
-                            "watchdog_s"
-                        } else {
-                            "device_ttl_s"
-                        },
-                        "must be at least 1".into(),
-                    ));
-                }
-                SourceKind::Ble if s.max_devices < 64 => {
-                    return Err(invalid("max_devices", "must be at least 64".into()));
-                }
-                SourceKind::Sim if !(0.0..=1.0).contains(&s.member_share) => {
-                    return Err(invalid("member_share", "must be between 0 and 1".into()));
-                }
-                SourceKind::Sim if !(s.mean_dwell_s >= 1.0 && s.mean_dwell_s <= 86_400.0) => {
-                    return Err(invalid(
-                        "mean_dwell_s",
-                        "must be between 1 and 86400".into(),
-                    ));
-                }
-                SourceKind::Sim if s.zones.len() > MAX_SIM_ZONES => {
-                    return Err(invalid(
-                        "zones",
-                        format!("at most {MAX_SIM_ZONES} simulated receivers"),
-                    ));
-                }
-                SourceKind::Sim
-                    if s.zones
-                        .iter()
-                        .enumerate()
-                        .any(|(i, z)| z.trim().is_empty() || s.zones[..i].contains(z)) =>
-                {
-                    return Err(invalid(
-                        "zones",
-                        "must be distinct, non-empty zone names".into(),
-                    ));
-                }
-                SourceKind::Sim if !(0.0..=60.0).contains(&s.zone_gap_db) => {
-                    return Err(invalid("zone_gap_db", "must be between 0 and 60".into()));
-                }
-                SourceKind::Sim if !(1..=65_535).contains(&s.population) => {
-                    return Err(invalid("population", "must be between 1 and 65535".into()));
-                }
-                SourceKind::Sim
-                    if !(s.shoppers_per_minute > 0.0 && s.shoppers_per_minute <= 10_000.0) =>
-                {
-                    return Err(invalid(
-                        "shoppers_per_minute",
-                        "must be above 0 and at most 10000".into(),
-                    ));
-                }
-                _ => {}
-            }
-            if s.zone.trim().is_empty() {
-                return Err(invalid("zone", "must not be empty".into()));
-            }
+            s.validate().map_err(|(key, reason)| invalid(key, reason))?;
         }
+        self.hub
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
         if self.sync.enabled {
             let b = &self.sync.broker;
             if !(b.starts_with("mqtt://") || b.starts_with("mqtts://")) {
@@ -847,158 +625,11 @@ impl AgentConfig {
     }
 }
 
+mod hub;
+mod sources;
+
+pub use hub::{HubConfig, HubRole};
+pub use sources::{ReceiverConfig, SourceConfig, SourceKind};
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = "store_id = \"s1\"\ngateway_id = \"g1\"\ndata_dir = \"/tmp/x\"\n";
-
-    #[test]
-    fn a_minimal_config_gets_defaults() {
-        let c = AgentConfig::parse(MINIMAL, "t").unwrap();
-        assert!(!c.sync.enabled);
-        assert_eq!(c.http.listen.port(), 8080);
-        assert_eq!(c.presence.depart_after_s, 60);
-        assert!(
-            c.member_codes.legacy,
-            "a deployed config keeps accepting HMAC codes"
-        );
-    }
-
-    #[test]
-    fn the_shipped_example_is_valid() {
-        let text = include_str!("../examples/agent.toml");
-        let c = AgentConfig::parse(text, "agent.toml").unwrap();
-        assert!(
-            !c.member_codes.legacy,
-            "new installs take signed codes only"
-        );
-    }
-
-    #[test]
-    fn an_invalid_value_is_reported_with_key_and_line() {
-        let text = format!(
-            "{MINIMAL}\n[sync]\nenabled = true\nbroker = \"tcp://x\"\nhq_url = \"http://h\"\n"
-        );
-        let err = AgentConfig::parse(&text, "a.toml").unwrap_err().to_string();
-        assert!(err.contains("`broker`") && err.contains("line 7"), "{err}");
-    }
-
-    #[test]
-    fn a_simulated_store_with_several_receivers_is_checked() {
-        let sim = |extra: &str| format!("{MINIMAL}[[sources]]\nkind = \"sim\"\n{extra}");
-        let c = AgentConfig::parse(
-            &sim("zones = [\"entrance\", \"fitting-rooms\"]\n"),
-            "a.toml",
-        )
-        .unwrap();
-        assert_eq!(c.sources[0].zones, ["entrance", "fitting-rooms"]);
-        assert_eq!(c.sources[0].zone_gap_db, 15.0);
-        for (extra, key) in [
-            ("zones = [\"a\", \"a\"]\n", "zones"),
-            ("zones = [\"\"]\n", "zones"),
-            (
-                "zones = [\"a\",\"b\",\"c\",\"d\",\"e\",\"f\",\"g\",\"h\",\"i\"]\n",
-                "zones",
-            ),
-            ("zone_gap_db = 90.0\n", "zone_gap_db"),
-        ] {
-            let err = AgentConfig::parse(&sim(extra), "a.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains(key), "{extra}: {err}");
-        }
-    }
-
-    #[test]
-    fn http_access_keys_default_to_the_safe_side_and_are_checked() {
-        let c = AgentConfig::parse(MINIMAL, "a.toml").unwrap();
-        assert_eq!(c.http.metrics, MetricsAccess::Local);
-        assert_eq!(c.http.tablet_token_ttl(), Duration::from_secs(90 * 86_400));
-        let open = AgentConfig::parse(
-            &format!("{MINIMAL}[http]\nmetrics = \"open\"\ntablet_token_days = 7\n"),
-            "a.toml",
-        )
-        .unwrap();
-        assert_eq!(open.http.metrics, MetricsAccess::Open);
-        assert_eq!(open.http.tablet_token_days, 7);
-        for (extra, key, line) in [
-            ("[http]\ntablet_token_days = 0\n", "tablet_token_days", 5),
-            ("[http]\nmetrics = \"token\"\n", "metrics", 5),
-            ("[http]\nmetrics = \"lan\"\n", "metrics", 5),
-        ] {
-            let err = AgentConfig::parse(&format!("{MINIMAL}{extra}"), "a.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(key) && err.contains(&format!("line {line}")),
-                "{extra}: {err}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_type_error_names_the_line_and_key() {
-        let text = "store_id = \"s1\"\ngateway_id = \"g1\"\ndata_dir = 5\n";
-        let err = AgentConfig::parse(text, "a.toml").unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("data_dir"), "{err}");
-    }
-
-    #[test]
-    fn unknown_keys_are_refused_rather_than_ignored() {
-        let text = format!("{MINIMAL}stor_id = \"typo\"\n");
-        let err = AgentConfig::parse(&text, "a.toml").unwrap_err().to_string();
-        assert!(err.contains("stor_id"), "{err}");
-    }
-
-    #[test]
-    fn ids_that_would_break_topics_are_refused() {
-        let text = "store_id = \"s/1\"\ngateway_id = \"g1\"\ndata_dir = \"/tmp\"\n";
-        let err = AgentConfig::parse(text, "a.toml").unwrap_err().to_string();
-        assert!(err.contains("store_id") && err.contains("line 1"), "{err}");
-    }
-
-    #[test]
-    fn react_limits_and_qr_sources_are_checked() {
-        let ok = AgentConfig::parse(
-            &format!("{MINIMAL}[react]\nquiet_hours = \"22:00-07:00\"\ntimezone_offset_min = 60\n"),
-            "a.toml",
-        )
-        .unwrap();
-        assert_eq!(ok.react.alerts_per_minute, 30);
-        for (extra, key, line) in [
-            ("[react]\nquiet_hours = \"late\"\n", "quiet_hours", 5),
-            (
-                "[react]\ntimezone_offset_min = 900\n",
-                "timezone_offset_min",
-                5,
-            ),
-            (
-                "[react]\nquiet_hours = \"22:00-07:00\"\ntimezone = \"Europe/Berln\"\n",
-                "timezone",
-                6,
-            ),
-            (
-                "[react]\ntimezone = \"Europe/Berlin\"\ntimezone_offset_min = 60\n",
-                "timezone_offset_min",
-                6,
-            ),
-            ("[react]\nmqtt_broker = \"tcp://x\"\n", "mqtt_broker", 5),
-            ("[[sources]]\nkind = \"qr\"\n", "kind", 5),
-        ] {
-            let err = AgentConfig::parse(&format!("{MINIMAL}{extra}"), "a.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(key) && err.contains(&format!("line {line}")),
-                "{extra}: {err}"
-            );
-        }
-        let qr = AgentConfig::parse(
-            &format!("{MINIMAL}[[sources]]\nkind = \"qr_serial\"\nlisten = \"0.0.0.0:7070\"\n"),
-            "a.toml",
-        )
-        .unwrap();
-        assert_eq!(qr.sources[0].kind, SourceKind::Qr);
-    }
-}
+mod tests;
