@@ -71,6 +71,16 @@ impl Relay {
         }
     }
 
+    /// The peers' origins (`http://10.0.0.3:8080`), for the clerk page's CSP.
+    pub fn peer_origins(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .filter_map(|p| reqwest::Url::parse(p).ok())
+            .map(|u| u.origin().ascii_serialization())
+            .filter(|o| o != "null")
+            .collect()
+    }
+
     /// The state, sealed when there is a key.
     pub fn state_bytes(&self) -> Vec<u8> {
         let state = self.state();

@@ -611,30 +611,49 @@ async fn revoke_tablet(
 }
 
 fn page(html: &'static str) -> Response {
+    page_connecting(html, "")
+}
+
+/// A page that may also read the store's other gateways (`connect`: their origins, separated
+/// by spaces), to move a tablet to the one acting as hub.
+fn page_connecting(html: &'static str, connect: &str) -> Response {
+    // The pages are inline by design (one file each, no framework), so scripts and styles are
+    // allowed inline only; they talk to this origin (and the store's other gateways) alone.
+    let csp = format!(
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+         connect-src 'self'{connect}; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+         frame-ancestors 'none'"
+    );
+    let csp = HeaderValue::from_str(&csp)
+        .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"));
     (
         [
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-            // The pages are inline by design (one file each, no framework), so scripts and styles
-            // are allowed inline only; they talk to this origin alone.
-            (
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
-                     frame-ancestors 'none'",
-                ),
-            ),
+            (header::CONTENT_SECURITY_POLICY, csp),
             // The pairing code is in the URL; never leak the page URL elsewhere.
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
         ],
         Html(html),
     )
         .into_response()
 }
 
-async fn clerk_page() -> Response {
-    page(CLERK_PAGE)
+async fn clerk_page(State(state): State<AppState>) -> Response {
+    let peers = state
+        .web
+        .relay
+        .as_ref()
+        .map(|r| r.peer_origins())
+        .unwrap_or_default();
+    let connect: String = peers.iter().map(|o| format!(" {o}")).collect();
+    page_connecting(CLERK_PAGE, &connect)
 }
 
 async fn pair_page() -> Response {
