@@ -92,6 +92,19 @@ const STEPS: &[Step] = &[
         quick: &["latency", "--arrivals", "40", "--warmup", "5"],
     },
     Step {
+        name: "latency-relay",
+        what: "advert into a receiver gateway -> forwarded to the hub -> alert at an SSE client",
+        full: &["latency", "--via-receiver", "--arrivals", "500"],
+        quick: &[
+            "latency",
+            "--via-receiver",
+            "--arrivals",
+            "40",
+            "--warmup",
+            "5",
+        ],
+    },
+    Step {
         name: "uplink",
         what: "outbox drain, head-office ingest on SQLite, fsyncs at steady load",
         full: &["uplink"],

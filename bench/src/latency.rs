@@ -20,8 +20,24 @@ use instore_agent::{
 };
 
 const ADMIN: &str = "bench-admin";
+const LAN_KEY: &str = "bench-store-lan-secret";
 
-pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
+/// A receiver gateway forwarding to the hub at `hub`.
+async fn receiver(
+    dir: &std::path::Path,
+    hub: std::net::SocketAddr,
+) -> anyhow::Result<runtime::Agent> {
+    let text = format!(
+        "store_id = \"bench\"\ngateway_id = \"bench-rx\"\ndata_dir = {:?}\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n\
+         [hub]\nrole = \"receiver\"\nkey = \"{LAN_KEY}\"\npeers = [\"http://{hub}\"]\n",
+        dir.join("receiver"),
+    );
+    let cfg = AgentConfig::parse(&text, "receiver.toml").context("receiver config")?;
+    runtime::start(cfg).await
+}
+
+pub async fn run(arrivals: usize, warmup: usize, via_receiver: bool) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let rules = dir.path().join("rules.toml");
     std::fs::write(
@@ -33,7 +49,7 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
         "store_id = \"bench\"\ngateway_id = \"bench-gw\"\ndata_dir = {:?}\n\
          [http]\nlisten = \"127.0.0.1:0\"\nadmin_token = \"{ADMIN}\"\n\
          [react]\nrules = {:?}\nalerts_per_minute = 0\n\
-         [presence]\narrive_sightings = 1\n",
+         [presence]\narrive_sightings = 1\n[hub]\nkey = \"{LAN_KEY}\"\n",
         dir.path().join("data"),
         rules,
     );
@@ -44,7 +60,14 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
     let agent = runtime::start(cfg).await?;
     let records: Vec<_> = sim::population(members.min(65_535));
     agent.set_members(&records).await?;
-    let (input, clock) = agent.sighting_input();
+    let rx = match via_receiver {
+        true => Some(receiver(dir.path(), agent.http_addr).await?),
+        false => None,
+    };
+    let (input, clock) = match &rx {
+        Some(r) => r.sighting_input(),
+        None => agent.sighting_input(),
+    };
 
     let url = format!("http://{}/api/alerts/stream", agent.http_addr);
     let resp = reqwest::Client::new()
@@ -115,6 +138,9 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
             _ => lost += 1,
         }
     }
+    if let Some(r) = rx {
+        r.shutdown(Duration::from_secs(5)).await;
+    }
     agent.shutdown(Duration::from_secs(5)).await;
 
     anyhow::ensure!(!lat_us.is_empty(), "no alert arrived ({lost} lost)");
@@ -122,7 +148,15 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
     let pct =
         |p: f64| lat_us[((lat_us.len() as f64 * p).ceil() as usize).clamp(1, lat_us.len()) - 1];
     let mean = lat_us.iter().sum::<f64>() / lat_us.len() as f64;
-    println!("latency: advert into the agent -> alert event at an SSE client (loopback)");
+    let via = if via_receiver { "receiver" } else { "direct" };
+    match via_receiver {
+        true => println!(
+            "latency: advert into a receiver gateway -> forwarded to the hub -> alert event at an SSE client (loopback)"
+        ),
+        false => {
+            println!("latency: advert into the agent -> alert event at an SSE client (loopback)")
+        }
+    }
     println!(
         "  arrivals measured   {} (+{warmup} warm-up, {lost} lost)",
         lat_us.len()
@@ -137,7 +171,7 @@ pub async fn run(arrivals: usize, warmup: usize) -> anyhow::Result<()> {
     println!("  mean                {:.2} ms", mean / 1000.0);
     println!(
         "{}",
-        serde_json::json!({"bench": "latency", "arrivals": lat_us.len(), "lost": lost,
+        serde_json::json!({"bench": "latency", "via": via, "arrivals": lat_us.len(), "lost": lost,
             "p50_ms": pct(0.50) / 1000.0, "p90_ms": pct(0.90) / 1000.0,
             "p99_ms": pct(0.99) / 1000.0, "max_ms": lat_us[lat_us.len() - 1] / 1000.0})
     );

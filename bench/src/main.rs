@@ -108,6 +108,10 @@ enum Command {
         arrivals: usize,
         #[arg(long, default_value_t = 50)]
         warmup: usize,
+        /// The advert enters a receiver gateway, which forwards it to the hub over loopback
+        /// HTTP (`[hub]`), instead of the hub's own source.
+        #[arg(long)]
+        via_receiver: bool,
     },
     /// Release binaries' sizes, stripped, for the host and the gateways.
     Sizes(sizes::SizesArgs),
@@ -147,10 +151,14 @@ fn main() -> anyhow::Result<()> {
         Command::Instructions(args) => instructions::run(args),
         Command::Sizes(args) => sizes::run(args),
         Command::All(args) => all::run(args),
-        Command::Latency { arrivals, warmup } => tokio::runtime::Builder::new_multi_thread()
+        Command::Latency {
+            arrivals,
+            warmup,
+            via_receiver,
+        } => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(latency::run(arrivals, warmup)),
+            .block_on(latency::run(arrivals, warmup, via_receiver)),
         #[cfg(target_os = "linux")]
         Command::Ble(args) => ble::run(args),
         #[cfg(target_os = "linux")]

@@ -8,7 +8,8 @@
 //! latest advert (a newer advert replaces the waiting one: `relay_forward_coalesced`; a new
 //! device past the cap is dropped: `relay_forward_dropped`). A peer that is slow or gone never
 //! holds up the others or the sources: each peer has its own queue and task, one request at a
-//! time, and what a failed request carried is lost (`relay_sightings_lost`), as the device's
+//! time, and what a failed or refused request carried is lost (`relay_sightings_lost`; a passive
+//! standby's 503 is not a loss: the acting hub takes them), as the device's
 //! next advert replaces it anyway.
 
 use std::{
@@ -239,7 +240,8 @@ async fn run_peer(
             .relay_batches
             .get_or_create(&vec![("result", result)])
             .inc();
-        if result != "accepted" {
+        // A passive standby refusing is no loss: the acting hub, another peer, takes them.
+        if result == "refused" || result == "failed" {
             metrics.relay_sightings_lost.inc_by(count);
         }
         let now_reachable = result != "failed";

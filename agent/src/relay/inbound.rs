@@ -128,6 +128,12 @@ impl Peers {
         quiet.into_iter().map(Liveness::Silent).collect()
     }
 
+    /// Forgets every sender (this gateway stopped acting: what they send now is refused, and
+    /// their silence is no news).
+    pub fn clear(&mut self) {
+        self.peers.clear();
+    }
+
     pub fn silent(&self) -> usize {
         self.peers.values().filter(|p| p.silent).count()
     }
@@ -257,6 +263,11 @@ impl Inbound {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if !*self.acting.borrow() {
+                self.peers().clear();
+                self.metrics.relay_peers_silent.set(0);
+                continue;
             }
             let changes = self
                 .peers()

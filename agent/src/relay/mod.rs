@@ -285,6 +285,9 @@ async fn gate(
             }
         } else if let Some(f) = &forwarder {
             f.offer(&s);
+        } else {
+            // A hub in its first second, asking its standby to hand back.
+            metrics.adverts_dropped.inc();
         }
     }
 }

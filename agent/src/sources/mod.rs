@@ -11,6 +11,7 @@
 
 #[cfg(target_os = "linux")]
 mod advert;
+mod advert_log;
 pub mod ble;
 pub mod btsnoop;
 pub mod qr;

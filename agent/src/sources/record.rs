@@ -16,105 +16,15 @@
 //! (dropped and counted when the engine is behind, like a source), one line per advert to disk.
 
 use std::{
-    collections::BTreeMap,
     io::{BufWriter, Write},
     path::Path,
 };
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{AddressType, Advert, Sighting};
+use super::Sighting;
+pub use super::advert_log::{AdvertRecord, RecordError};
 use crate::metrics::Metrics;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdvertRecord {
-    pub t_ms: u64,
-    pub address: String,
-    pub address_type: String,
-    pub rssi: i16,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub manufacturer_data: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub service_data: BTreeMap<String, String>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum RecordError {
-    #[error("not an advert record: {0}")]
-    Json(String),
-    #[error("bad address {0:?} (want AA:BB:CC:DD:EE:FF)")]
-    Address(String),
-    #[error("bad address_type {0:?} (want public or random)")]
-    AddressType(String),
-    #[error("bad id {0:?} (want 4 hex digits)")]
-    Id(String),
-    #[error("bad hex data for {0}")]
-    Hex(String),
-}
-
-impl AdvertRecord {
-    pub fn from_advert(t_ms: u64, a: &Advert) -> Self {
-        let hexmap = |v: &[(u16, Vec<u8>)]| {
-            v.iter()
-                .map(|(k, d)| (format!("{k:04x}"), hex::encode(d)))
-                .collect()
-        };
-        Self {
-            t_ms,
-            address: a
-                .address
-                .iter()
-                .map(|b| format!("{b:02X}"))
-                .collect::<Vec<_>>()
-                .join(":"),
-            address_type: match a.address_type {
-                AddressType::Public => "public",
-                AddressType::Random => "random",
-            }
-            .into(),
-            rssi: a.rssi,
-            manufacturer_data: hexmap(&a.manufacturer_data),
-            service_data: hexmap(&a.service_data),
-        }
-    }
-
-    pub fn to_advert(&self) -> Result<Advert, RecordError> {
-        let address = super::parse_address(&self.address)
-            .ok_or_else(|| RecordError::Address(self.address.clone()))?;
-        let address_type = match self.address_type.as_str() {
-            "public" => AddressType::Public,
-            "random" => AddressType::Random,
-            other => return Err(RecordError::AddressType(other.into())),
-        };
-        let unhex = |m: &BTreeMap<String, String>| -> Result<Vec<(u16, Vec<u8>)>, RecordError> {
-            m.iter()
-                .map(|(k, v)| {
-                    if k.len() != 4 {
-                        return Err(RecordError::Id(k.clone()));
-                    }
-                    let id = u16::from_str_radix(k, 16).map_err(|_| RecordError::Id(k.clone()))?;
-                    let d = hex::decode(v).map_err(|_| RecordError::Hex(k.clone()))?;
-                    Ok((id, d))
-                })
-                .collect()
-        };
-        Ok(Advert {
-            address,
-            address_type,
-            rssi: self.rssi,
-            manufacturer_data: unhex(&self.manufacturer_data)?,
-            service_data: unhex(&self.service_data)?,
-        })
-    }
-
-    pub fn parse_line(line: &str) -> Result<(u64, Advert), RecordError> {
-        let r: AdvertRecord =
-            serde_json::from_str(line).map_err(|e| RecordError::Json(e.to_string()))?;
-        Ok((r.t_ms, r.to_advert()?))
-    }
-}
 
 /// Opens the record file (appending) and returns the sender the sources should use: every
 /// sighting is written, then forwarded to `engine`. Runs on a blocking thread of its own; ends
@@ -165,6 +75,7 @@ pub fn spawn_recorder(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::{AddressType, Advert};
 
     #[test]
     fn a_recorded_advert_reads_back_identically() {
