@@ -7,12 +7,12 @@
 
 mod support;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use fantoccini::Client;
-use instore_agent::sources::{AddressType, Advert, Sighting};
 use serde_json::Value;
 use support::{
+    beacon::{keep_hearing, member_json},
     browser::{browser, shot},
     http::issue_pairing,
     net::free_port,
@@ -21,7 +21,6 @@ use support::{
 const ADMIN: &str = "failover-browser-admin";
 const KEY: &str = "store-one-lan-secret";
 const WAIT: Duration = Duration::from_secs(45);
-const BEACON: &str = "0215f7826da64fa24e988024bc5b71e0893e00010002c5";
 
 async fn gateway(
     dir: &Path,
@@ -42,10 +41,8 @@ async fn gateway(
     std::fs::write(dir.join("agent.toml"), text).unwrap();
     let cfg = instore_agent::config::AgentConfig::load(&dir.join("agent.toml")).unwrap();
     let agent = instore_agent::runtime::start(cfg).await.unwrap();
-    let member: instore_protocol::MemberRecord = serde_json::from_str(
-        r#"{"member_id":"M1","display_name":"Ms. Li","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2}]}"#,
-    )
-    .unwrap();
+    let member: instore_protocol::MemberRecord =
+        serde_json::from_str(&member_json("M1", "Ms. Li", 2)).unwrap();
     agent.set_members(&[member]).await.unwrap();
     agent
 }
@@ -121,23 +118,7 @@ async fn a_tablet_moves_to_the_standby_when_the_hub_goes_and_shows_its_alerts() 
     assert_eq!(standby.metrics.relay_acting.get(), 1);
 
     // The standby hears the member: its alert shows on the page.
-    let (input, clock) = standby.sighting_input();
-    let feeding = tokio::spawn(async move {
-        loop {
-            let _ = input.try_send(Sighting {
-                zone: Arc::from("entrance"),
-                at_ms: clock.now_ms(),
-                advert: Advert {
-                    address: [0xC0, 0xFF, 0xEE, 0, 0, 2],
-                    address_type: AddressType::Random,
-                    rssi: -60,
-                    manufacturer_data: vec![(0x004c, hex::decode(BEACON).unwrap())],
-                    service_data: vec![],
-                },
-            });
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let feeding = keep_hearing(&standby, "entrance", 2, -60);
     until(
         &client,
         "the standby's alert on the page",

@@ -7,14 +7,15 @@
 
 mod support;
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, time::Duration};
 
 use instore_agent::{
     relay::wire::{self, SightingBatch, WireSighting},
-    sources::{AddressType, Advert, Sighting, record::AdvertRecord},
+    sources::record::AdvertRecord,
 };
 use instore_protocol::auth::MessageKey;
 use support::{
+    beacon::{ibeacon, keep_hearing, member_json},
     hq::{Hq, embedded, gateway_of_s1},
     http::{issue_pairing, pairing_code, redeem_pairing},
     sse::SseReader,
@@ -25,25 +26,6 @@ const WAIT: Duration = Duration::from_secs(60);
 const KEY: &str = "store-one-lan-secret";
 const ADMIN: &str = "hub-admin";
 const M1_MINOR: u16 = 2;
-
-fn beacon(minor: u16, rssi: i16) -> Advert {
-    let mut data = hex::decode("0215f7826da64fa24e988024bc5b71e0893e0001").unwrap();
-    data.extend_from_slice(&minor.to_be_bytes());
-    data.push(0xc5);
-    Advert {
-        address: [0xC0, 0xFF, 0xEE, 0, 0, minor as u8],
-        address_type: AddressType::Random,
-        rssi,
-        manufacturer_data: vec![(0x004c, data)],
-        service_data: vec![],
-    }
-}
-
-fn member(id: &str, minor: u16) -> String {
-    format!(
-        r#"{{"member_id":"{id}","display_name":"Ms. {id}","tier":"gold","consent":{{"presence":true}},"identifiers":[{{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":{minor}}}]}}"#
-    )
-}
 
 async fn events(hq: &Hq, gateway: &str, kind: &str) -> Vec<serde_json::Value> {
     let v = hq
@@ -79,8 +61,10 @@ fn write_rules(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hub_and_a_receiver_make_one_visit_one_alert_per_tablet_and_follow_the_louder_zone() {
     let hq = Hq::start(embedded()).await;
-    hq.post_json("/api/members", member("M1", M1_MINOR)).await;
-    hq.post_json("/api/members", member("M2", 3)).await;
+    hq.post_json("/api/members", member_json("M1", "Ms. M1", M1_MINOR))
+        .await;
+    hq.post_json("/api/members", member_json("M2", "Ms. M2", 3))
+        .await;
 
     let hub_dir = tempfile::tempdir().unwrap();
     write_rules(hub_dir.path());
@@ -116,21 +100,11 @@ async fn a_hub_and_a_receiver_make_one_visit_one_alert_per_tablet_and_follow_the
     let mut till = tablet_stream(&hub_base, "till").await;
     let mut fitting = tablet_stream(&hub_base, "fitting rooms").await;
 
-    // Both gateways hear M1, the receiver (fitting rooms) louder, 5 times a second.
-    let (hub_in, hub_clock) = hub.sighting_input();
-    let (rx_in, rx_clock) = receiver.sighting_input();
-    let feeding = tokio::spawn(async move {
-        loop {
-            let s = |zone: &str, rssi, clock: &instore_agent::engine::Clock| Sighting {
-                zone: Arc::from(zone),
-                at_ms: clock.now_ms(),
-                advert: beacon(M1_MINOR, rssi),
-            };
-            let _ = hub_in.try_send(s("entrance", -75, &hub_clock));
-            let _ = rx_in.try_send(s("fitting-rooms", -55, &rx_clock));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    // Both gateways hear M1, the receiver (fitting rooms) louder.
+    let feeding = [
+        keep_hearing(&hub, "entrance", M1_MINOR, -75),
+        keep_hearing(&receiver, "fitting-rooms", M1_MINOR, -55),
+    ];
 
     // One alert, on each tablet's stream.
     for stream in [&mut till, &mut fitting] {
@@ -195,7 +169,7 @@ async fn a_hub_and_a_receiver_make_one_visit_one_alert_per_tablet_and_follow_the
                 mono_ms: 1_000,
                 sightings: vec![WireSighting {
                     zone: "till".into(),
-                    advert: AdvertRecord::from_advert(1_000, &beacon(3, -40)),
+                    advert: AdvertRecord::from_advert(1_000, &ibeacon(3, -40)),
                 }],
             },
         )
@@ -222,7 +196,7 @@ async fn a_hub_and_a_receiver_make_one_visit_one_alert_per_tablet_and_follow_the
             .get(),
         1
     );
-    feeding.abort();
+    feeding.iter().for_each(|f| f.abort());
     // The good batch is one sighting of M2: not enough for an arrival; the forged one added none.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(

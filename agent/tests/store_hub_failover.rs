@@ -14,12 +14,11 @@ mod support;
 use std::{
     path::Path,
     process::Stdio,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use instore_agent::sources::{AddressType, Advert, Sighting};
 use support::{
+    beacon::{ibeacon_data, keep_hearing, member_json},
     hq::{Hq, SECRET, embedded, gateway_listening},
     http::{issue_pairing, pairing_code, redeem_pairing},
     net::free_port,
@@ -33,16 +32,16 @@ const KEY: &str = "store-one-lan-secret";
 const ADMIN: &str = "failover-admin";
 const TAKEOVER_S: u64 = 4;
 const DEPART_S: u64 = 5;
-const BEACON: &str = "0215f7826da64fa24e988024bc5b71e0893e00010002c5";
 
 const RULES: &str = "[[rules]]\nname = \"greet\"\non = \"arrive\"\nmessage = \"Welcome {display_name}\"\ncooldown_s = 3600\n";
 
 /// The member's beacon every 200 ms for `secs`, in the replay format.
 fn write_beacon_log(path: &Path, secs: u64) {
+    let beacon = hex::encode(ibeacon_data(2));
     let mut text = String::new();
     for i in 0..secs * 5 {
         text.push_str(&format!(
-            r#"{{"t_ms":{},"address":"C0:FF:EE:00:00:02","address_type":"random","rssi":-60,"manufacturer_data":{{"004c":"{BEACON}"}}}}"#,
+            r#"{{"t_ms":{},"address":"C0:FF:EE:00:00:02","address_type":"random","rssi":-60,"manufacturer_data":{{"004c":"{beacon}"}}}}"#,
             i * 200
         ));
         text.push('\n');
@@ -106,11 +105,8 @@ async fn store_today(hq: &Hq) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_takes_over_from_a_killed_hub_repeating_exactly_what_is_documented() {
     let hq = Hq::start(embedded()).await;
-    hq.post_json(
-        "/api/members",
-        r#"{"member_id":"M1","display_name":"Ms. Li","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2}]}"#,
-    )
-    .await;
+    hq.post_json("/api/members", member_json("M1", "Ms. Li", 2))
+        .await;
     let (hub_port, standby_port) = (free_port(), free_port());
     let hub_dir = tempfile::tempdir().unwrap();
     let hub_cfg = write_hub_config(hub_dir.path(), &hq, hub_port, standby_port);
@@ -144,23 +140,7 @@ async fn a_standby_takes_over_from_a_killed_hub_repeating_exactly_what_is_docume
         sm.members_cached.get() == 1
     })
     .await;
-    let (input, clock) = standby.sighting_input();
-    let feeding = tokio::spawn(async move {
-        loop {
-            let _ = input.try_send(Sighting {
-                zone: Arc::from("fitting-rooms"),
-                at_ms: clock.now_ms(),
-                advert: Advert {
-                    address: [0xC0, 0xFF, 0xEE, 0, 0, 2],
-                    address_type: AddressType::Random,
-                    rssi: -80,
-                    manufacturer_data: vec![(0x004c, hex::decode(BEACON).unwrap())],
-                    service_data: vec![],
-                },
-            });
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
+    let feeding = keep_hearing(&standby, "fitting-rooms", 2, -80);
     let code = pairing_code(&issue_pairing(&standby_base, ADMIN, "till").await);
     let paired: serde_json::Value = redeem_pairing(&standby_base, &code)
         .await

@@ -18,13 +18,13 @@ use std::{
 };
 
 use support::{
+    beacon::{ibeacon_data, member_json},
     bluez::{self, Bluez, Bus},
     hq::{Hq, agent_synced_to, embedded},
     wait::eventually,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-const BEACON: &str = "0215f7826da64fa24e988024bc5b71e0893e00010002c5";
 
 /// The venv's python, or why there is none (then the test fails under CI, skips elsewhere).
 fn theengs_python() -> Option<PathBuf> {
@@ -99,11 +99,8 @@ async fn a_members_beacon_heard_by_theengs_gateway_is_present_in_that_receivers_
     let lan = instore_testkit::mosquitto::Mosquitto::start(lan_dir.path()).await;
 
     let hq = Hq::start(embedded()).await;
-    hq.post_json(
-        "/api/members",
-        r#"{"member_id":"M1","display_name":"Ms. Li","tier":"gold","consent":{"presence":true},"identifiers":[{"kind":"ibeacon","uuid":"f7826da6-4fa2-4e98-8024-bc5b71e0893e","major":1,"minor":2}]}"#,
-    )
-    .await;
+    hq.post_json("/api/members", member_json("M1", "Ms. Li", 2))
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let agent = agent_synced_to(
         dir.path(),
@@ -132,7 +129,7 @@ async fn a_members_beacon_heard_by_theengs_gateway_is_present_in_that_receivers_
     let phone = bz.add_device("hci0", "C0:FF:EE:00:00:02");
     bz.fix_advertising_types(&phone);
     bz.set_address_type(&phone, "random");
-    let data = hex::decode(BEACON).unwrap();
+    let data = ibeacon_data(2);
     let hqr = &hq;
     eventually("an arrival at the entrance", WAIT, || async {
         bz.advertise(&phone, 0x004c, &data, -60);

@@ -92,6 +92,12 @@ const STEPS: &[Step] = &[
         quick: &["latency", "--arrivals", "40", "--warmup", "5"],
     },
     Step {
+        name: "relay",
+        what: "forwarded sightings taken in by the hub: sightings/s, bytes each",
+        full: &["relay"],
+        quick: &["relay", "--batches", "50"],
+    },
+    Step {
         name: "latency-relay",
         what: "advert into a receiver gateway -> forwarded to the hub -> alert at an SSE client",
         full: &["latency", "--via-receiver", "--arrivals", "500"],

@@ -106,6 +106,11 @@ pub async fn run(arrivals: usize, warmup: usize, via_receiver: bool) -> anyhow::
             service_data: vec![],
         };
         let want = format!("M{minor:06}");
+        if via_receiver {
+            // Arrivals apart, as on a shop floor: a receiver sends at most one batch per
+            // forward_every_ms (100), so back-to-back arrivals would time that pacing instead.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         let t0 = Instant::now();
         input
             .send(Sighting {

@@ -17,6 +17,9 @@
 //! measures the end-to-end ceiling of the BLE path on a BlueZ stand-in and the agent's CPU share
 //! per rate (see `ble.rs`).
 //!
+//! `cargo run --release -p instore-bench -- relay [--batches N] [--batch N]` measures what
+//! forwarded sightings cost the store's hub (see `relay.rs`).
+//!
 //! `cargo run --release -p instore-bench -- data [--members N] [--purchases N] [--backend B]`
 //! measures head office's purchase import rows/s, a full recompute of a chain-sized base, and the
 //! latency from a purchase to the store's change stream, on SQLite and PostgreSQL (see `data.rs`).
@@ -53,6 +56,7 @@ mod instructions;
 mod latency;
 mod marker;
 mod peers;
+mod relay;
 mod scaleout;
 mod sizes;
 mod uplink;
@@ -115,6 +119,8 @@ enum Command {
     },
     /// Release binaries' sizes, stripped, for the host and the gateways.
     Sizes(sizes::SizesArgs),
+    /// What forwarded sightings cost the store's hub: sightings/s, bytes each.
+    Relay(relay::RelayArgs),
     /// Every benchmark, one process each: a table on stdout, the run as JSON.
     All(all::AllArgs),
     /// End-to-end ceiling of the BLE path on a BlueZ stand-in; the agent's CPU share per rate.
@@ -150,6 +156,7 @@ fn main() -> anyhow::Result<()> {
         Command::Peers(args) => peers::run(args),
         Command::Instructions(args) => instructions::run(args),
         Command::Sizes(args) => sizes::run(args),
+        Command::Relay(args) => relay::run(args),
         Command::All(args) => all::run(args),
         Command::Latency {
             arrivals,

@@ -1,9 +1,11 @@
 //! Forwarding (a receiver; a standby while the hub acts): this gateway's sightings go to its
 //! peers over the LAN.
 //!
-//! In: sightings from the gate. Out: one sealed [`SightingBatch`] per peer every
-//! `forward_every_ms` (and an empty one at least every [`HEARTBEAT`], so the hub can tell a
-//! quiet room from a dead receiver), `POST {peer}/api/relay/sightings`.
+//! In: sightings from the gate. Out: sealed [`SightingBatch`]es, `POST
+//! {peer}/api/relay/sightings`: a sighting after a quiet spell leaves at once, and then at most
+//! one batch per `forward_every_ms` carries what came meanwhile (so an arrival is not held up
+//! by the batching, and a busy floor costs ten requests a second); an empty batch at least
+//! every [`HEARTBEAT`] lets the hub tell a quiet room from a dead receiver.
 //! Back-pressure: per peer, at most `forward_max_devices` devices wait, each with only its
 //! latest advert (a newer advert replaces the waiting one: `relay_forward_coalesced`; a new
 //! device past the cap is dropped: `relay_forward_dropped`). A peer that is slow or gone never
@@ -17,6 +19,8 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+
+use tokio::sync::Notify;
 
 use instore_protocol::auth::MessageKey;
 use tokio_util::sync::CancellationToken;
@@ -110,10 +114,24 @@ pub struct Sender {
     pub key: MessageKey,
 }
 
+/// One peer's waiting sightings and the bell its task waits on.
+#[derive(Debug)]
+struct Queue {
+    pending: Mutex<Pending>,
+    bell: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        // A poisoned queue only means a panic elsewhere; its data is still sound.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The queues of every peer; cloned into the gate.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
-    queues: Vec<Arc<Mutex<Pending>>>,
+    queues: Vec<Arc<Queue>>,
     metrics: Metrics,
 }
 
@@ -121,11 +139,8 @@ impl Forwarder {
     /// Queues `s` for every peer.
     pub fn offer(&self, s: &Sighting) {
         for q in &self.queues {
-            let outcome = match q.lock() {
-                Ok(mut p) => p.offer(s.clone()),
-                // A poisoned queue only means a panic elsewhere; its data is still sound.
-                Err(poisoned) => poisoned.into_inner().offer(s.clone()),
-            };
+            let outcome = q.lock().offer(s.clone());
+            q.bell.notify_one();
             match outcome {
                 Offered::Queued => {}
                 Offered::Replaced => {
@@ -155,7 +170,10 @@ pub fn spawn(
     let every = Duration::from_millis(cfg.forward_every_ms);
     let mut queues = Vec::new();
     for peer in &cfg.peers {
-        let q = Arc::new(Mutex::new(Pending::new(cfg.forward_max_devices)));
+        let q = Arc::new(Queue {
+            pending: Mutex::new(Pending::new(cfg.forward_max_devices)),
+            bell: Notify::new(),
+        });
         queues.push(q.clone());
         let url = format!("{}/api/relay/sightings", peer.trim_end_matches('/'));
         tracker.spawn(run_peer(
@@ -175,7 +193,7 @@ pub fn spawn(
 #[allow(clippy::too_many_arguments)]
 async fn run_peer(
     url: String,
-    queue: Arc<Mutex<Pending>>,
+    queue: Arc<Queue>,
     http: reqwest::Client,
     sender: Sender,
     every: Duration,
@@ -183,22 +201,33 @@ async fn run_peer(
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    // Any batch (heartbeats too) / the last one that carried sightings, which paces the next.
     let mut last_sent = tokio::time::Instant::now();
+    let mut last_full = last_sent;
     let mut reachable = true;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            () = queue.bell.notified() => {}
+            () = tokio::time::sleep_until(last_sent + HEARTBEAT) => {}
+        }
+        // At most one batch per `every`: what comes meanwhile joins the next.
+        let next = last_full + every;
+        if tokio::time::Instant::now() < next {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
         }
         let due = {
-            let mut q = match queue.lock() {
-                Ok(q) => q,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            q.take(wire::MAX_SIGHTINGS)
+            let mut q = queue.lock();
+            let due = q.take(wire::MAX_SIGHTINGS);
+            if !q.is_empty() {
+                // More than one batch holds: the rest goes next, not at the heartbeat.
+                queue.bell.notify_one();
+            }
+            due
         };
         if due.is_empty() && last_sent.elapsed() < HEARTBEAT {
             continue;
@@ -223,6 +252,9 @@ async fn run_peer(
         };
         let body = wire::seal(&sender.key, wire::SIGHTINGS_ROUTE, &batch);
         last_sent = tokio::time::Instant::now();
+        if count > 0 {
+            last_full = last_sent;
+        }
         let sent = tokio::select! {
             () = cancel.cancelled() => return,
             r = http.post(&url).header("content-type", "application/json").body(body).send() => r,

@@ -1,7 +1,8 @@
 //! What the agent's integration test binaries share. The helpers every crate's tests use —
 //! free ports and waiting (`net`, `wait`), an embedded rumqttd (`broker`), HTTP with a bearer
 //! token and `/metrics` values (`http`), the real head office in-process (`hq`) — come from the
-//! `instore-testkit` crate; the agent's own are here: the real `instore-agent` binary as a child
+//! `instore-testkit` crate; the agent's own are here: members with an iBeacon and their phone
+//! played into an agent (`beacon`), the real `instore-agent` binary as a child
 //! process and its CLI (`process`), the uplink task (`sync`), a small head office serving the
 //! member change streams, snapshots and lookups from a log the test controls (`test_hq`), pairing
 //! requests (`http`), the alert stream as a tablet reads it (`sse`), member devices and QR scanners (`scanner`) and a BlueZ stand-in on a private bus (`bluez`); headless chromium (`browser`) is
@@ -13,6 +14,7 @@
 
 pub use instore_testkit::{browser, net, rumqttd as broker, wait};
 
+pub mod beacon;
 pub mod bluez;
 pub mod hq;
 pub mod http;
