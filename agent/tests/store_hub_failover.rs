@@ -6,8 +6,9 @@
 //! and a tablet paired with the standby gets the alert. What the takeover repeats is what
 //! ARCHITECTURE.md says, exactly: a second visit (the hub's stays open at head office: it
 //! never sent the departure) and the arrival's alert raised again (cooldowns are per gateway).
-//! The hub restarted asks the standby to hand back; the standby's visit then ends by silence
-//! and the hub opens a third, with a third alert, as any hub restart does.
+//! The hub restarted asks the standby to hand back; its first event ends its old visit at head
+//! office, the standby's visit ends by silence, and the hub opens a third, with a third alert,
+//! as any hub restart does.
 
 mod support;
 
@@ -239,8 +240,11 @@ async fn a_standby_takes_over_from_a_killed_hub_repeating_exactly_what_is_docume
     assert_eq!(count(&hq, "gw-2", "alert_raised").await, 1);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(sm.relay_acting.get(), 0, "handed back for good");
+    // The hub's first visit ended at its restart (its new process's first event), the
+    // standby's by silence: only the hub's new one is open.
     let today = store_today(&hq).await;
     assert_eq!(today["visits_today"], 3, "{today}");
+    assert_eq!(today["present"], 1, "{today}");
 
     feeding.abort();
     standby.shutdown(Duration::from_secs(5)).await;

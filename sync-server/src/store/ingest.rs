@@ -227,6 +227,9 @@ fn seq_bound(last_seq: i64) -> i64 {
 /// facts of those stored for the first time, in order. Returns (inserted, redacted, member
 /// codes first used at another store).
 ///
+/// The event a gateway's process sends first.
+const GATEWAY_STARTED: &str = "gateway_started";
+
 /// An opted-out member's event keeps its number (no gap at head office) but nothing of what it
 /// said, and makes no visit.
 fn insert_events(
@@ -287,6 +290,13 @@ fn insert_events(
         // `remove`: a sequence number twice in one batch is stored, and applied, once.
         if !new.remove(&e.seq) {
             continue;
+        }
+        if e.kind == GATEWAY_STARTED {
+            // A new process: what its predecessor had open ended with it (a crash, a power
+            // cut, a SIGKILL never sends departures). Facts before this point come first.
+            visits::apply_all(tx, &b.store_id, &b.gateway_id, &facts)?;
+            facts.clear();
+            visits::end_open(tx, &b.store_id, &b.gateway_id, e.at_ms)?;
         }
         if is_opted_out(e) {
             redacted += 1;

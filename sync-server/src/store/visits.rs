@@ -45,6 +45,11 @@ const END_VISIT: Sql = Sql::same(
     "UPDATE visits SET departed_ms = ?3, dwell_s = ?4, zones_json = ?5
     WHERE store_id = ?1 AND visit_id = ?2",
 );
+/// Open visits of a gateway's earlier process: departed at its restart, dwell unknown.
+const END_OPEN: Sql = Sql::same(
+    "UPDATE visits SET departed_ms = ?3
+    WHERE store_id = ?1 AND gateway_id = ?2 AND departed_ms IS NULL AND arrived_ms <= ?3",
+);
 const ADD_ALERT: Sql = Sql::same(
     "UPDATE visits SET alerts = alerts + 1 WHERE store_id = ?1 AND visit_id = (
         SELECT visit_id FROM visits WHERE store_id = ?1 AND member_id = ?2
@@ -100,6 +105,23 @@ pub fn apply_all(
     }
     openings.flush(tx)?;
     openings.count_new_visits(tx)
+}
+
+/// Ends the visits `gateway_id` still has open at `restart_ms`, when a new process of it
+/// started: its previous one sent no departure for them and never will. They keep no dwell
+/// (`dwell_s` NULL: the departure is known only to have come before the restart, so the
+/// store's mean dwell leaves them out) and stop counting as present. Returns how many.
+pub fn end_open(
+    tx: &mut Tx<'_>,
+    store_id: &str,
+    gateway_id: &str,
+    restart_ms: i64,
+) -> Result<u64, StoreError> {
+    let n = tx.execute(&END_OPEN, params![store_id, gateway_id, restart_ms])?;
+    if n > 0 {
+        tracing::info!(gateway = %gateway_id, visits = n, "open visits ended by the gateway's restart");
+    }
+    Ok(n)
 }
 
 /// The visits a batch's facts open, in order; those before `flushed` are in the database.
@@ -372,6 +394,65 @@ mod tests {
                     "round {round}"
                 );
             }
+        });
+    }
+
+    fn started(seq: i64, at_ms: i64) -> StoredEvent {
+        StoredEvent {
+            seq,
+            at_ms,
+            kind: "gateway_started",
+            body_json: "{}".into(),
+            shed: None,
+            presence: None,
+            code_use: None,
+        }
+    }
+
+    /// A gateway killed with members present sends no departures; its next process's first
+    /// event ends them (no dwell), in the order the batch has them, and touches no other
+    /// gateway's visits.
+    #[test]
+    fn a_gateways_restart_ends_the_visits_its_previous_process_left_open() {
+        each_backend(|db| {
+            db.execute(
+                &Sql::same(
+                    "INSERT INTO members (member_id, record_json, version, presence, dirty)
+                    VALUES (?1, '{}', 1, 1, 0), (?2, '{}', 1, 1, 0)",
+                ),
+                params!["m1", "m2"],
+            )
+            .unwrap();
+            let d = 20_000 * DAY;
+            let mut other = batch(vec![event(1, d + 500, arrive("m2", "w1", "door"))]);
+            if let IngestItem::Batch(b) = &mut other {
+                b.gateway_id = "g2".into();
+            }
+            ingest(db, &[other], 1).unwrap();
+            // One batch: the old process's arrival, the restart, the new process's arrival.
+            let events = vec![
+                event(1, d + 1_000, arrive("m1", "v1", "door")),
+                started(2, d + 5_000),
+                event(3, d + 6_000, arrive("m1", "v2", "door")),
+            ];
+            ingest(db, &[batch(events.clone())], 1).unwrap();
+            let door = r#"["door"]"#.to_string();
+            // No dwell on any: v1 ended by the restart, the others still open.
+            let row = |v: &str, m: &str, arrived, departed| -> VisitRow {
+                (v.into(), m.into(), arrived, departed, None, door.clone(), 0)
+            };
+            let want = vec![
+                row("v1", "m1", d + 1_000, Some(d + 5_000)),
+                row("v2", "m1", d + 6_000, None),
+                row("w1", "m2", d + 500, None),
+            ];
+            assert_eq!(visits(db), want);
+            // Redelivered: nothing moves (v2 stays open).
+            ingest(db, &[batch(events)], 1).unwrap();
+            assert_eq!(visits(db), want);
+            // The next restart ends v2.
+            ingest(db, &[batch(vec![started(4, d + 9_000)])], 1).unwrap();
+            assert_eq!(visits(db)[1].3, Some(d + 9_000));
         });
     }
 }
