@@ -1,7 +1,8 @@
 //! `cargo run --release -- demo`: the whole product on one machine.
 //!
-//! Starts head office (embedded MQTT broker, SQLite) and several simulated stores, each a real
-//! agent with its own SQLite files, HTTP port and MQTT connection over loopback. Head office
+//! Starts head office (embedded MQTT broker, SQLite) and several simulated stores, each two real
+//! agents (the entrance's hub and the fitting rooms' receiver, which forwards what it hears to
+//! the hub; `[hub]`), each with its own SQLite files, HTTP port and MQTT connection over loopback. Head office
 //! imports the simulated member population and a year of their purchases, ranks them (pyramid,
 //! tiers, stages) and pushes them to the stores; shoppers walk in; VIPs raise clerk alerts; every
 //! event travels to head office. On stop it drains the stores' outboxes
@@ -184,9 +185,24 @@ async fn demo(
     let mut agents = Vec::new();
     let mut clerk_urls = Vec::new();
     for i in 1..=stores {
-        let cfg = store_config(&root, i, &hq_url, &hq.mqtt_url(), &secret, members)?;
+        let store = StoreSetup {
+            root: &root,
+            i,
+            hq_url: &hq_url,
+            mqtt_url: &hq.mqtt_url(),
+            secret: &secret,
+            population: members,
+            lan_key: &token(),
+        };
+        let cfg = store.config(Part::Hub)?;
         let admin = AdminClient::for_config(&cfg)?;
         let agent = instore_agent::runtime::start(cfg).await?;
+        // The fitting rooms' receiver: a second gateway hearing the same simulated crowd,
+        // forwarding to the hub, which alone identifies and alerts.
+        let receiver = store.config(Part::Receiver {
+            hub: agent.http_addr,
+        })?;
+        agents.push(instore_agent::runtime::start(receiver).await?);
         // Clerk pages need a paired tablet: pair one browser per store up front, so the printed
         // link opens straight onto the live feed (once; pair more with `instore-agent pair-tablet`).
         let paired = admin
@@ -294,26 +310,51 @@ async fn stop(agent: Agent) {
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
-fn store_config(
-    root: &Path,
+/// One simulated store's settings, for the configs of its two gateways.
+struct StoreSetup<'a> {
+    root: &'a Path,
     i: u32,
-    hq_url: &str,
-    mqtt_url: &str,
-    secret: &str,
+    hq_url: &'a str,
+    mqtt_url: &'a str,
+    secret: &'a str,
     population: u32,
-) -> anyhow::Result<AgentConfig> {
-    let store = format!("store-{i:03}");
-    let gateway = format!("gw-{i:03}-a");
-    let dir = root.join(&store);
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("rules.toml"), RULES)?;
-    let gw_token = instore_protocol::token::gateway_token(secret.as_bytes(), &store, &gateway)
-        .context("minting the gateway token")?;
-    let admin = token();
-    let port = free_port()?;
-    // Short dwell and departure times so that a one-minute demo shows whole visits.
-    let text = format!(
-        r#"store_id = "{store}"
+    /// The store's `[hub] key`, shared by its gateways.
+    lan_key: &'a str,
+}
+
+/// Which of a store's gateways.
+enum Part {
+    /// The entrance's, the store's hub.
+    Hub,
+    /// The fitting rooms' receiver, forwarding to the hub at this address.
+    Receiver { hub: std::net::SocketAddr },
+}
+
+impl StoreSetup<'_> {
+    fn config(&self, part: Part) -> anyhow::Result<AgentConfig> {
+        let (i, population, lan_key) = (self.i, self.population, self.lan_key);
+        let store = format!("store-{i:03}");
+        let (suffix, hears, hub) = match part {
+            Part::Hub => ("a", "entrance", format!("key = \"{lan_key}\"")),
+            Part::Receiver { hub } => (
+                "b",
+                "fitting-rooms",
+                format!("role = \"receiver\"\nkey = \"{lan_key}\"\npeers = [\"http://{hub}\"]"),
+            ),
+        };
+        let gateway = format!("gw-{i:03}-{suffix}");
+        let dir = self.root.join(&store).join(&gateway);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("rules.toml"), RULES)?;
+        let gw_token =
+            instore_protocol::token::gateway_token(self.secret.as_bytes(), &store, &gateway)
+                .context("minting the gateway token")?;
+        let admin = token();
+        let port = free_port()?;
+        let (hq_url, mqtt_url) = (self.hq_url, self.mqtt_url);
+        // Short dwell and departure times so that a one-minute demo shows whole visits.
+        let text = format!(
+            r#"store_id = "{store}"
 gateway_id = "{gateway}"
 data_dir = "data"
 [http]
@@ -321,10 +362,12 @@ listen = "127.0.0.1:{port}"
 admin_token = "{admin}"
 [[sources]]
 kind = "sim"
-# A store with an entrance receiver and a fitting-room receiver: shoppers come in at the
-# entrance, some spend the middle of their visit in the fitting rooms.
+# A store with an entrance receiver and a fitting-room receiver, one on each of its two
+# gateways (the same seed: the same crowd): shoppers come in at the entrance, some spend the
+# middle of their visit in the fitting rooms.
 zone = "entrance"
 zones = ["entrance", "fitting-rooms"]
+hear_zones = ["{hears}"]
 seed = {i}
 shoppers_per_minute = 60.0
 member_share = 0.6
@@ -334,16 +377,19 @@ mean_dwell_s = 40.0
 depart_after_s = 15
 [react]
 rules = "rules.toml"
+[hub]
+{hub}
 [sync]
 enabled = true
 broker = "{mqtt_url}"
 hq_url = "{hq_url}"
 token = "{gw_token}"
 "#
-    );
-    let path = dir.join("agent.toml");
-    std::fs::write(&path, &text)?;
-    Ok(AgentConfig::load(&path)?)
+        );
+        let path = dir.join("agent.toml");
+        std::fs::write(&path, &text)?;
+        Ok(AgentConfig::load(&path)?)
+    }
 }
 
 async fn events_at_hq(http: &reqwest::Client, hq_url: &str, token: &str) -> anyhow::Result<u64> {

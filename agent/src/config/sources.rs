@@ -39,6 +39,11 @@ pub struct SourceConfig {
     /// How much quieter a phone sounds at the receiver of another zone, dB (kind = "sim").
     #[serde(default = "default_zone_gap_db")]
     pub zone_gap_db: f64,
+    /// Of `zones`, the receivers on this gateway (kind = "sim"; empty: all). Two gateways
+    /// with the same seed and zones simulate one crowd, each hearing it through its own
+    /// receivers: a hub and a receiver gateway of one store.
+    #[serde(default)]
+    pub hear_zones: Vec<String>,
     /// Recorded advert log (kind = "replay").
     #[serde(default)]
     pub path: Option<PathBuf>,
@@ -212,6 +217,9 @@ impl SourceConfig {
                     .any(|(i, z)| z.trim().is_empty() || s.zones[..i].contains(z)) =>
             {
                 return Err(("zones", "must be distinct, non-empty zone names".into()));
+            }
+            SourceKind::Sim if s.hear_zones.iter().any(|z| !s.zones.contains(z)) => {
+                return Err(("hear_zones", "every one must be one of zones".into()));
             }
             SourceKind::Sim if !(0.0..=60.0).contains(&s.zone_gap_db) => {
                 return Err(("zone_gap_db", "must be between 0 and 60".into()));

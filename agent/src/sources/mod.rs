@@ -85,10 +85,18 @@ pub async fn spawn_all(
         match cfg.kind {
             SourceKind::Sim => {
                 let crowd = sim::Crowd::new(sim::CrowdConfig::from_source(cfg, i as u64));
-                let zones: Vec<Arc<str>> = if cfg.zones.is_empty() {
-                    vec![Arc::from(cfg.zone.as_str())]
+                // Receivers this gateway does not have are `None`: their adverts are drawn (the
+                // crowd stays the same) and left out.
+                let zones: Vec<Option<Arc<str>>> = if cfg.zones.is_empty() {
+                    vec![Some(Arc::from(cfg.zone.as_str()))]
                 } else {
-                    cfg.zones.iter().map(|z| Arc::from(z.as_str())).collect()
+                    cfg.zones
+                        .iter()
+                        .map(|z| {
+                            (cfg.hear_zones.is_empty() || cfg.hear_zones.contains(z))
+                                .then(|| Arc::from(z.as_str()))
+                        })
+                        .collect()
                 };
                 tracker.spawn(sim::run(
                     crowd,

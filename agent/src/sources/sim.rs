@@ -319,31 +319,40 @@ fn normal_sample(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 /// Drives a crowd on the agent's clock, ten steps a second, until cancelled.
+/// The crowd's time step.
+const STEP_MS: u64 = 100;
+
 pub async fn run(
     mut crowd: Crowd,
-    zones: Vec<Arc<str>>,
+    zones: Vec<Option<Arc<str>>>,
     clock: Clock,
     tx: mpsc::Sender<Sighting>,
     metrics: Metrics,
     cancel: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(STEP_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut buf = Vec::new();
+    // The crowd moves in fixed steps whatever the timer's jitter, so one seed draws the same
+    // crowd in every process: two gateways simulating one store hear the same shoppers.
+    let mut stepped = 0;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
         let now = clock.now_ms();
-        crowd.advance(now, &mut buf);
+        while stepped + STEP_MS <= now {
+            stepped += STEP_MS;
+            crowd.advance(stepped, &mut buf);
+        }
         for (receiver, advert) in buf.drain(..) {
-            let Some(zone) = zones.get(receiver) else {
+            let Some(Some(zone)) = zones.get(receiver) else {
                 continue;
             };
             let s = Sighting {
                 zone: zone.clone(),
-                at_ms: now,
+                at_ms: stepped,
                 advert,
             };
             if !offer(&tx, s, &metrics) {
