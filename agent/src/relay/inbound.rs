@@ -25,7 +25,7 @@ use crate::{
     engine::Clock,
     metrics::Metrics,
     outbox::Outbox,
-    sources::{Sighting, scanner_event},
+    sources::{Sighting, scanner_event, silence::Silence},
 };
 
 /// Senders remembered at most.
@@ -57,18 +57,13 @@ impl InboundError {
     }
 }
 
-#[derive(Debug)]
-struct Peer {
-    /// (boot, highest seq taken), newest boot last.
-    boots: VecDeque<(String, u64)>,
-    last_ms: u64,
-    silent: bool,
-}
-
-/// Which batches were taken, per sender. Pure bookkeeping; times are the hub's monotonic ms.
+/// Which batches were taken, per sender, and who went quiet. Pure bookkeeping; times are the
+/// hub's monotonic ms.
 #[derive(Debug, Default)]
 pub struct Peers {
-    peers: HashMap<String, Peer>,
+    /// Per sender: (boot, highest seq taken), newest boot last.
+    boots: HashMap<String, VecDeque<(String, u64)>>,
+    liveness: Silence<String>,
 }
 
 /// A sender's liveness changed.
@@ -88,54 +83,45 @@ impl Peers {
         seq: u64,
         now_ms: u64,
     ) -> Result<Option<Liveness>, InboundError> {
-        if !self.peers.contains_key(gateway) && self.peers.len() >= MAX_PEERS {
+        if !self.boots.contains_key(gateway) && self.boots.len() >= MAX_PEERS {
             return Err(InboundError::TooManyPeers);
         }
-        let peer = self.peers.entry(gateway.to_string()).or_insert(Peer {
-            boots: VecDeque::new(),
-            last_ms: now_ms,
-            silent: false,
-        });
-        match peer.boots.iter_mut().find(|(b, _)| b == boot) {
+        let boots = self.boots.entry(gateway.to_string()).or_default();
+        match boots.iter_mut().find(|(b, _)| b == boot) {
             Some((_, last)) if seq <= *last => return Err(InboundError::Replayed { seq }),
             Some((_, last)) => *last = seq,
             None => {
-                if peer.boots.len() >= BOOTS_KEPT {
-                    peer.boots.pop_front();
+                if boots.len() >= BOOTS_KEPT {
+                    boots.pop_front();
                 }
-                peer.boots.push_back((boot.to_string(), seq));
+                boots.push_back((boot.to_string(), seq));
             }
         }
-        peer.last_ms = now_ms;
-        Ok(if peer.silent {
-            peer.silent = false;
-            Some(Liveness::Heard(gateway.to_string()))
-        } else {
-            None
-        })
+        let id = gateway.to_string();
+        Ok(self
+            .liveness
+            .heard(&id, now_ms)
+            .then_some(Liveness::Heard(id)))
     }
 
     /// Senders that have just gone silent (not heard for `silent_after_ms`).
     pub fn check(&mut self, now_ms: u64, silent_after_ms: u64) -> Vec<Liveness> {
-        let mut quiet: Vec<String> = Vec::new();
-        for (id, p) in &mut self.peers {
-            if !p.silent && now_ms.saturating_sub(p.last_ms) > silent_after_ms {
-                p.silent = true;
-                quiet.push(id.clone());
-            }
-        }
-        quiet.sort();
-        quiet.into_iter().map(Liveness::Silent).collect()
+        self.liveness
+            .check(now_ms, silent_after_ms)
+            .into_iter()
+            .map(Liveness::Silent)
+            .collect()
     }
 
     /// Forgets every sender (this gateway stopped acting: what they send now is refused, and
     /// their silence is no news).
     pub fn clear(&mut self) {
-        self.peers.clear();
+        self.boots.clear();
+        self.liveness.clear();
     }
 
     pub fn silent(&self) -> usize {
-        self.peers.values().filter(|p| p.silent).count()
+        self.liveness.silent()
     }
 }
 

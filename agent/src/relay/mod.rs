@@ -93,8 +93,7 @@ impl Relay {
     /// A hub asks this gateway to hand back: checked, then passed to the standby's loop.
     pub async fn hand_back(&self, payload: &[u8]) -> Result<(), wire::WireError> {
         let key = self.key.as_ref().ok_or(wire::WireError::BadSeal)?;
-        let mut buf = Vec::new();
-        let msg: wire::Handback = wire::open(key, wire::HANDBACK_ROUTE, payload, &mut buf)?;
+        let msg: wire::Handback = wire::open(key, wire::HANDBACK_ROUTE, payload)?;
         wire::check_header(
             msg.v,
             &msg.store_id,
@@ -113,6 +112,20 @@ impl Relay {
             .await;
         }
         Ok(())
+    }
+}
+
+/// Sets whether this gateway acts as the store's hub: the flag the gate and inbound read, and
+/// `relay_acting`.
+pub struct Acting {
+    tx: watch::Sender<bool>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Acting {
+    pub fn set(&self, acting: bool) {
+        self.tx.send_replace(acting);
+        self.gauge.set(i64::from(acting));
     }
 }
 
@@ -146,6 +159,11 @@ pub fn start(ctx: RelayContext<'_>) -> anyhow::Result<Started> {
     let key = (!cfg.key.is_empty()).then(|| MessageKey::for_store_lan(&cfg.key, ctx.store_id));
     let lone = cfg.role == HubRole::Hub && cfg.peers.is_empty();
     let (acting_tx, acting_rx) = watch::channel(lone);
+    let acting_tx = Acting {
+        tx: acting_tx,
+        gauge: ctx.metrics.relay_acting.clone(),
+    };
+    acting_tx.set(lone);
     let inbound = match (&key, cfg.role) {
         (Some(k), HubRole::Hub | HubRole::Standby) => {
             let i = inbound::Inbound::new(
@@ -175,21 +193,6 @@ pub fn start(ctx: RelayContext<'_>) -> anyhow::Result<Started> {
         inbound,
         handbacks: None,
     };
-    {
-        let metrics = ctx.metrics.clone();
-        let mut acting = acting_rx.clone();
-        let cancel = ctx.cancel.clone();
-        metrics.relay_acting.set(i64::from(*acting.borrow()));
-        ctx.tracker.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    r = acting.changed() => if r.is_err() { return },
-                }
-                metrics.relay_acting.set(i64::from(*acting.borrow()));
-            }
-        });
-    }
     if lone {
         return Ok(Started {
             relay,

@@ -11,7 +11,6 @@
 use std::time::Duration;
 
 use instore_protocol::auth::MessageKey;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::{self, Handback, HubState};
@@ -112,8 +111,7 @@ impl PeerClient {
     }
 
     fn read_state(&self, body: &[u8]) -> Option<HubState> {
-        let mut buf = Vec::new();
-        let s: HubState = wire::open(&self.key, wire::STATE_ROUTE, body, &mut buf).ok()?;
+        let s: HubState = wire::open(&self.key, wire::STATE_ROUTE, body).ok()?;
         wire::check_header(s.v, &s.store_id, s.sent_ms, &self.store_id, wire::wall_ms()).ok()?;
         (s.gateway_id != self.gateway_id).then_some(s)
     }
@@ -139,7 +137,7 @@ impl PeerClient {
 }
 
 /// The hub, starting: every peer that answers is asked to hand back, then the hub acts.
-pub async fn start_hub(client: PeerClient, peers: Vec<String>, acting: watch::Sender<bool>) {
+pub async fn start_hub(client: PeerClient, peers: Vec<String>, acting: super::Acting) {
     for peer in &peers {
         if client.ask_hand_back(peer).await {
             tracing::info!(peer = %peer, "standby is not acting (handed back or never took over)");
@@ -147,7 +145,7 @@ pub async fn start_hub(client: PeerClient, peers: Vec<String>, acting: watch::Se
             tracing::info!(peer = %peer, "standby did not answer; acting anyway");
         }
     }
-    acting.send_replace(true);
+    acting.set(true);
     tracing::info!("acting as the store's hub");
 }
 
@@ -158,7 +156,7 @@ pub struct Standby {
     pub hub: String,
     pub watch: Watch,
     pub clock: crate::engine::Clock,
-    pub acting: watch::Sender<bool>,
+    pub acting: super::Acting,
     /// The hub's requests to hand back, from the web route.
     pub handbacks: tokio::sync::mpsc::Receiver<()>,
     pub metrics: Metrics,
@@ -195,7 +193,7 @@ impl Standby {
                 .relay_takeovers
                 .get_or_create(&vec![("kind", kind)])
                 .inc();
-            self.acting.send_replace(self.watch.acting());
+            self.acting.set(self.watch.acting());
         }
     }
 }

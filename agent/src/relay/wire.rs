@@ -122,11 +122,10 @@ pub fn seal<T: Serialize>(key: &MessageKey, route: &str, value: &T) -> Vec<u8> {
 }
 
 /// The message of a sealed payload for `route`, checked against `key`.
-pub fn open<'de, T: Deserialize<'de>>(
+pub fn open<T: serde::de::DeserializeOwned>(
     key: &MessageKey,
     route: &str,
     payload: &[u8],
-    buf: &'de mut Vec<u8>,
 ) -> Result<T, WireError> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(WireError::TooLarge(payload.len()));
@@ -135,8 +134,7 @@ pub fn open<'de, T: Deserialize<'de>>(
     if !opened.verify(key, route) {
         return Err(WireError::BadSeal);
     }
-    *buf = opened.message().to_vec();
-    serde_json::from_slice(buf).map_err(|e| WireError::Json(e.to_string()))
+    serde_json::from_slice(opened.message()).map_err(|e| WireError::Json(e.to_string()))
 }
 
 /// This gateway's wall clock, ms since the Unix epoch.
@@ -172,8 +170,7 @@ pub fn open_batch(
     own_store: &str,
     now_wall_ms: u64,
 ) -> Result<SightingBatch, WireError> {
-    let mut buf = Vec::new();
-    let b: SightingBatch = open(key, SIGHTINGS_ROUTE, payload, &mut buf)?;
+    let b: SightingBatch = open(key, SIGHTINGS_ROUTE, payload)?;
     check_header(b.v, &b.store_id, b.sent_ms, own_store, now_wall_ms)?;
     if b.sightings.len() > MAX_SIGHTINGS {
         return Err(WireError::TooMany(b.sightings.len()));
@@ -246,9 +243,8 @@ mod tests {
             Err(WireError::BadSeal)
         );
         // The same message presented for another route: a state reply cannot be made of it.
-        let mut buf = Vec::new();
         assert_eq!(
-            open::<HubState>(&key(), STATE_ROUTE, &good, &mut buf),
+            open::<HubState>(&key(), STATE_ROUTE, &good),
             Err(WireError::BadSeal)
         );
         let mut tampered = good.clone();

@@ -18,6 +18,7 @@ pub mod qr;
 pub mod record;
 pub mod remote;
 pub mod replay;
+pub mod silence;
 pub mod sim;
 
 use std::sync::Arc;

@@ -27,7 +27,7 @@ use crate::{
     engine::Clock,
     metrics::Metrics,
     outbox::Outbox,
-    sources::{Sighting, offer, scanner_event},
+    sources::{Sighting, offer, scanner_event, silence::Silence},
 };
 
 /// Default topic filter: OpenMQTTGateway's and Theengs Gateway's.
@@ -41,12 +41,6 @@ const RECONNECT_AFTER: Duration = Duration::from_secs(2);
 struct Placement {
     zone: Arc<str>,
     rssi_offset: i16,
-}
-
-#[derive(Debug)]
-struct Receiver {
-    last_ms: u64,
-    silent: bool,
 }
 
 /// A `kind = "mqtt"` source, ready to run.
@@ -126,37 +120,24 @@ pub async fn run(
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let now = clock.now_ms();
     // Configured receivers must be heard: silence counts from the start.
-    let mut receivers: HashMap<String, Receiver> = src
-        .placements
-        .keys()
-        .map(|id| {
-            (
-                id.clone(),
-                Receiver {
-                    last_ms: now,
-                    silent: false,
-                },
-            )
-        })
-        .collect();
+    let mut receivers = Silence::default();
+    for id in src.placements.keys() {
+        receivers.expect(id.clone(), now);
+    }
     let mut check = tokio::time::interval(CHECK_EVERY);
     let mut subscribed = false;
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
             _ = check.tick() => {
-                let now = clock.now_ms();
-                for (id, r) in &mut receivers {
-                    if !r.silent && now.saturating_sub(r.last_ms) > src.silent_after_ms {
-                        r.silent = true;
-                        let detail = format!("no report for {} s", src.silent_after_ms / 1000);
-                        tracing::warn!(receiver = %id, "remote receiver silent");
-                        scanner_event(outbox.as_ref(), &format!("mqtt:{id}"), ScannerState::Stalled, &detail);
-                    }
+                for id in receivers.check(clock.now_ms(), src.silent_after_ms) {
+                    let detail = format!("no report for {} s", src.silent_after_ms / 1000);
+                    tracing::warn!(receiver = %id, "remote receiver silent");
+                    scanner_event(outbox.as_ref(), &format!("mqtt:{id}"), ScannerState::Stalled, &detail);
                 }
                 metrics
                     .remote_receivers_silent
-                    .set(receivers.values().filter(|r| r.silent).count() as i64);
+                    .set(receivers.silent() as i64);
             }
             ev = eventloop.poll() => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -186,10 +167,7 @@ pub async fn run(
                     let place = src.placements.get(&id).unwrap_or(&src.default);
                     advert.rssi = advert.rssi.saturating_add(place.rssi_offset);
                     let now = clock.now_ms();
-                    let r = receivers.entry(id.clone()).or_insert(Receiver { last_ms: now, silent: false });
-                    r.last_ms = now;
-                    if r.silent {
-                        r.silent = false;
+                    if receivers.heard(&id, now) {
                         tracing::info!(receiver = %id, "remote receiver heard again");
                         scanner_event(outbox.as_ref(), &format!("mqtt:{id}"), ScannerState::Recovered, "");
                     }
